@@ -1,0 +1,135 @@
+"""The feature set: the only input the estimators ever see, and its validation.
+
+A feature set maps a layer name to a list over target cases of ``(X, y)``:
+
+- ``X``: float array, shape ``(n_samples, dim)``, the sampled voxel features of one case;
+- ``y``: int array, shape ``(n_samples,)``, the class id of each sampled voxel
+  (0 = background, 1..C = foreground classes).
+
+Every layer holds the same cases in the same order; ``dim`` is fixed within a layer and may
+differ between layers. :func:`validate_feature_set` checks all of this once, at the boundary,
+and returns float64/int64 copies that the estimators then trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ccfv.errors import FeatureSetError
+
+FeatureSet = Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]
+
+
+def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = None,
+                         min_cases: int = 2) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Check a feature set and return it as ``{layer: [(X float64, y int64), ...]}``.
+
+    Parameters
+    ----------
+    features : mapping ``layer -> list of (X, y)``
+    layers : names of the layers to keep (default: all, in the mapping's order).
+    min_cases : the fewest cases an estimator can work with.
+
+    Raises
+    ------
+    FeatureSetError
+        With a message naming the layer, the case and the offending value: an empty set,
+        an unknown layer, fewer than ``min_cases`` cases, a different number of cases between
+        layers, ragged feature dims within a layer, features and labels of different length,
+        non-integer or negative labels, NaN or Inf features.
+    """
+    if not isinstance(features, Mapping) or len(features) == 0:
+        raise FeatureSetError(
+            "the feature set is empty or not a mapping: pass {layer_name: [(X, y) per case]}, "
+            "X of shape (n_samples, dim), y of shape (n_samples,)")
+    names = list(features.keys())
+    if layers is not None:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        unknown = [name for name in layers if name not in features]
+        if unknown:
+            raise FeatureSetError(
+                f"unknown layer(s) {unknown}: this feature set has layers {names}; "
+                "pass a subset of those to `layers`")
+        if not layers:
+            raise FeatureSetError("`layers` selects no layer: name at least one of " f"{names}")
+        names = layers
+    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    n_cases = None
+    for name in names:
+        cases = features[name]
+        if isinstance(cases, (np.ndarray, str)) or not isinstance(cases, Sequence):
+            raise FeatureSetError(
+                f"layer {name!r}: expected a list of (X, y) pairs, one per case, got "
+                f"{type(cases).__name__}")
+        if len(cases) < min_cases:
+            raise FeatureSetError(
+                f"layer {name!r} holds {len(cases)} case(s); at least {min_cases} are needed "
+                "to compare cases: add labelled target cases")
+        if n_cases is not None and len(cases) != n_cases:
+            raise FeatureSetError(
+                f"layer {name!r} holds {len(cases)} cases but layer {names[0]!r} holds "
+                f"{n_cases}: every layer must hold the same cases in the same order")
+        n_cases = len(cases)
+        dim = None
+        checked = []
+        for c, pair in enumerate(cases):
+            try:
+                X, y = pair
+            except (TypeError, ValueError):
+                raise FeatureSetError(
+                    f"layer {name!r}, case {c}: expected a pair (X, y), got "
+                    f"{type(pair).__name__}") from None
+            X = np.asarray(X)
+            y = np.asarray(y)
+            if X.ndim != 2:
+                raise FeatureSetError(
+                    f"layer {name!r}, case {c}: X has shape {X.shape}; expected "
+                    "(n_samples, dim): one row per sampled voxel")
+            if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+                raise FeatureSetError(
+                    f"layer {name!r}, case {c}: X has dtype {X.dtype}; expected real numbers")
+            if y.ndim != 1 or y.shape[0] != X.shape[0]:
+                raise FeatureSetError(
+                    f"layer {name!r}, case {c}: {X.shape[0]} feature rows but labels of shape "
+                    f"{y.shape}; expected one class id per row")
+            if dim is None:
+                dim = X.shape[1]
+            elif X.shape[1] != dim:
+                raise FeatureSetError(
+                    f"layer {name!r}, case {c}: features have dim {X.shape[1]} but case 0 has "
+                    f"dim {dim}; all cases of one layer must come from the same layer")
+            if dim == 0:
+                raise FeatureSetError(f"layer {name!r}: features have dim 0")
+            X = X.astype(np.float64, copy=True)
+            bad = ~np.isfinite(X)
+            if bad.any():
+                row, col = np.argwhere(bad)[0]
+                raise FeatureSetError(
+                    f"layer {name!r}, case {c}: {int(bad.sum())} non-finite feature value(s), "
+                    f"first {X[row, col]} at sample {row}, channel {col}; the model produced "
+                    "NaN/Inf: check its input normalisation or run it in float32")
+            if y.size and not np.issubdtype(y.dtype, np.integer):
+                if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
+                        and np.all(y == np.round(y))):
+                    raise FeatureSetError(
+                        f"layer {name!r}, case {c}: labels must be integer class ids, got "
+                        f"dtype {y.dtype} with values such as {y.flat[0]!r}")
+            y = y.astype(np.int64, copy=True)
+            if y.size and y.min() < 0:
+                raise FeatureSetError(
+                    f"layer {name!r}, case {c}: negative class id {int(y.min())}; class ids "
+                    "are 0 (background) and 1..C")
+            checked.append((X, y))
+        out[name] = checked
+    return out
+
+
+def foreground_classes(features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> list[int]:
+    """Sorted foreground class ids (> 0) present anywhere in a validated feature set."""
+    ids: set[int] = set()
+    for cases in features.values():
+        for _, y in cases:
+            ids.update(int(v) for v in np.unique(y))
+    return sorted(k for k in ids if k > 0)
