@@ -1,0 +1,291 @@
+"""CC-FV: Class Consistency with Feature Variety (Yang et al., MICCAI 2023).
+
+Reference: Yang, Wei, He, Yang, Ye, Gu, "Pick the Best Pre-trained Model: Towards
+Transferability Estimation for Medical Image Segmentation", MICCAI 2023, arXiv 2307.11958.
+The formulas below are those of ``docs/METHOD.md``; ``variant="official"`` reproduces the
+released code (github.com/EndoluminalSurgicalVision-IMR/CCFV) on purpose, quirks included.
+
+Per layer l, with N cases, C foreground classes, F_j^k the sampled features of class k in
+case j fitted by a Gaussian, and v_j all sampled features of case j (background included):
+
+``variant="paper"`` (default)::
+
+    W2(F_i, F_j)  = sqrt(max(0, |mu_i - mu_j|^2 + Tr S_i + Tr S_j - 2 Tr(S_i^1/2 S_j S_i^1/2)^1/2))
+                    (a W2^2 below the round-off of its own terms counts as exactly 0)
+    C_cons        = sum_k  mean_{i<j} W2(F_i^k, F_j^k)          (= 1/(N(N-1)) sum_k sum_{i!=j})
+    E_s(v)        = mean_{a!=b} |u_a - u_b|^-s,   u = v / |v|   (s = 0: mean log 1/|u_a - u_b|)
+    F_v           = mean_j 1 / E_s(v_j)
+    T             = mean_l log(F_v / C_cons)
+
+``variant="official"`` (the released ``main.py`` + ``utils/ccfv.py``)::
+
+    W2            = sqrt(|W2^2|)                                 (abs, not clip)
+    g_j           = mean of all sampled features of case j       (no unit normalisation)
+    variety       = mean_{i<j} (|g_i - g_j|^2 + 1e-3)^(-s/2)     (an energy across cases)
+    w             = 0; for each class k: w += sum_{i<j} W2(F_i^k, F_j^k); w += w / (N_k^2 / 2) / C
+    T             = sum_l log(variety / w)
+
+Larger T = more transferable. The trace term is evaluated without any d x d matrix square
+root (see :mod:`ccfv.estimators.gaussian`), so the official values are the released formulas
+without ``scipy.linalg.sqrtm``'s round-off.
+
+Missing data never crashes and is never counted as distance 0: a case in which a foreground
+class has fewer than 2 samples is left out of that class's pairs, a class present (with >= 2
+samples) in fewer than 2 cases contributes nothing, a case with fewer than 2 samples is left out
+of the variety term; each such skip is reported in ``CCFVResult.warnings`` and as a
+:class:`ccfv.errors.CCFVWarning`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.distance import pdist
+
+from ccfv.errors import CCFVWarning, UserError
+from ccfv.estimators.featureset import FeatureSet, foreground_classes, validate_feature_set
+from ccfv.estimators.gaussian import (
+    bhattacharyya_pairs,
+    fit_gaussian,
+    kl_pairs,
+    w2_squared_pairs,
+)
+
+VARIANTS = ("paper", "official")
+DISTANCES = ("wasserstein", "kl", "bhattacharyya")
+#: Unit-sphere distances at or below this are coincident points (paper variety, eps = 0).
+COINCIDENT = 1e-6
+#: The released code's constant under the square root of the cross-case variety.
+OFFICIAL_EPS = 1e-3
+
+
+@dataclass
+class LayerParts:
+    """One layer's share of a CC-FV score.
+
+    ``variety`` is F_v (paper) or the released cross-case energy (official); ``consistency``
+    is C_cons (paper) or the released running total ``w`` (official); either is ``None`` when
+    the options leave it out. ``term`` is the layer's summand of the score.
+    ``class_consistency[k]`` is the mean (paper) or sum (official) of class k's pairwise
+    distances, ``class_pairs[k]`` how many case pairs were compared for class k.
+    """
+
+    layer: str
+    variety: float | None
+    consistency: float | None
+    term: float
+    class_consistency: dict[int, float] = field(default_factory=dict)
+    class_pairs: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class CCFVResult:
+    """A CC-FV score with its parts, the options that produced it and what was skipped."""
+
+    score: float
+    variant: str
+    options: dict
+    layers: list[LayerParts]
+    warnings: list[str]
+
+
+class _Notes(list):
+    """The skips of one computation: kept for the result and warned about as they happen."""
+
+    def append(self, note: str) -> None:
+        super().append(note)
+        warnings.warn(note, CCFVWarning, stacklevel=3)
+
+
+def _pair_distances(gaussians, distance: str, variant: str, ridge: float) -> np.ndarray:
+    if distance == "wasserstein":
+        if variant == "official":
+            return np.sqrt(np.abs(w2_squared_pairs(gaussians)))
+        return np.sqrt(np.maximum(w2_squared_pairs(gaussians, round_off_to_zero=True), 0.0))
+    if distance == "kl":
+        return kl_pairs(gaussians, ridge)
+    return bhattacharyya_pairs(gaussians, ridge)
+
+
+def _consistency(cases, layer, classes, variant, distance, ridge, notes):
+    """C_cons (paper) or the running total w (official) of one layer, and per-class parts."""
+    per_class: dict[int, float] = {}
+    pairs: dict[int, int] = {}
+    total = 0.0
+    for k in classes:
+        gaussians = []
+        for c, (X, y) in enumerate(cases):
+            Xk = X[y == k]
+            if Xk.shape[0] < 2:
+                notes.append(f"layer {layer!r}: class {k} has {Xk.shape[0]} sample(s) in case {c};"
+                             " that case is left out of the class's pairs")
+                continue
+            gaussians.append(fit_gaussian(Xk))
+        n_k = len(gaussians)
+        if n_k < 2:
+            notes.append(f"layer {layer!r}: class {k} has >= 2 samples in {n_k} case(s); it "
+                         "contributes nothing to class consistency")
+            continue
+        dist = _pair_distances(gaussians, distance, variant, ridge)
+        pairs[k] = dist.size
+        if variant == "paper":
+            per_class[k] = float(dist.mean())
+            total += per_class[k]
+        else:
+            per_class[k] = float(dist.sum())
+            total += per_class[k]
+            total += total / (n_k * n_k / 2) / len(classes)
+    if not pairs:
+        raise UserError(
+            f"layer {layer!r}: no foreground class has at least 2 samples in at least 2 cases, "
+            "so class consistency is undefined: sample more voxels per class or add cases")
+    return total, per_class, pairs
+
+
+def _energy(V: np.ndarray, s: float, normalise: bool, eps: float, where: str, notes) -> float:
+    """Mean pairwise Riesz s-energy of the rows of V (the paper's E_s, mean over a != b)."""
+    if normalise:
+        norms = np.linalg.norm(V, axis=1, keepdims=True)
+        zero = norms[:, 0] == 0
+        if zero.any():
+            notes.append(f"{where}: {int(zero.sum())} all-zero feature vector(s) cannot be put on "
+                         "the unit sphere and stay at the origin")
+            norms[zero] = 1.0
+        V = V / norms
+    dist = pdist(V) if eps == 0 else np.sqrt(pdist(V, "sqeuclidean") + eps)
+    close = dist <= COINCIDENT
+    if close.any():
+        notes.append(f"{where}: {int(close.sum())} of {dist.size} sample pairs coincide; their "
+                     f"distance is floored at {COINCIDENT:g} (pass eps > 0 to soften)")
+        dist = np.maximum(dist, COINCIDENT)
+    if s == 0:
+        return float(np.mean(-np.log(dist)))
+    return float(np.mean(dist ** (-s)))
+
+
+def _variety(cases, layer, variant, s, normalise, eps, notes) -> float:
+    if variant == "official":
+        means, kept = [], 0
+        for c, (X, _) in enumerate(cases):
+            if X.shape[0] == 0:
+                notes.append(f"layer {layer!r}: case {c} has no samples; left out of variety")
+                continue
+            means.append(X.mean(axis=0))
+            kept += 1
+        if kept < 2:
+            raise UserError(f"layer {layer!r}: fewer than 2 cases have samples; variety is "
+                            "undefined: add cases")
+        G = np.stack(means)
+        if normalise:
+            G = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), np.finfo(float).tiny)
+        sq = pdist(G, "sqeuclidean") + eps
+        if s == 0:
+            return float(np.mean(-0.5 * np.log(sq)))
+        return float(np.mean(sq ** (-s / 2)))
+    inverse_energies = []
+    for c, (X, _) in enumerate(cases):
+        if X.shape[0] < 2:
+            notes.append(f"layer {layer!r}: case {c} has {X.shape[0]} sample(s); left out of "
+                         "feature variety")
+            continue
+        inverse_energies.append(1.0 / _energy(X, s, normalise, eps, f"layer {layer!r}, case {c}",
+                                              notes))
+    if not inverse_energies:
+        raise UserError(f"layer {layer!r}: no case has 2 samples; feature variety is undefined")
+    return float(np.mean(inverse_energies))
+
+
+def _log_ratio(layer: str, numerator: float, denominator: float, what: str) -> float:
+    if not (numerator > 0 and denominator > 0 and math.isfinite(numerator / denominator)):
+        raise UserError(
+            f"layer {layer!r}: cannot take log({what}) with {what} = {numerator!r}/{denominator!r}"
+            "; both must be positive and finite (with s = 0 the energy can be negative: use s > 0"
+            "; a consistency of 0 means identical Gaussians in every case)")
+    return math.log(numerator / denominator)
+
+
+def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
+               consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
+               normalize: bool | None = None, eps: float | None = None,
+               layers: Sequence[str] | None = None, ridge: float = 1e-3) -> CCFVResult:
+    """CC-FV score of one model's feature set, with its per-layer parts.
+
+    Parameters
+    ----------
+    features : mapping ``layer -> [(X, y) per case]``
+        X (n_samples, dim) sampled voxel features, y (n_samples,) their class ids
+        (0 = background, used by the variety term only). Validated here.
+    variant : ``"paper"`` (Eq. 1-5 of the paper) or ``"official"`` (the released code).
+    distance : ``"wasserstein"`` (W2, the method's), ``"kl"`` (symmetrised Kullback-Leibler)
+        or ``"bhattacharyya"`` between the per-case Gaussians of a class (paper's Table 2).
+    consistency_only, variety_only : drop the other term (ablations); the score becomes
+        ``log(1 / consistency)`` or ``log(variety)`` per layer.
+    s : energy exponent (s > 0: |.|^-s; s = 0: log 1/|.|). Both variants.
+    normalize : project features to the unit sphere before the variety term. Default:
+        True for ``"paper"``, False for ``"official"`` (the released code does not).
+    eps : added to squared distances in the variety term. Default: 0 for ``"paper"``
+        (coincident pairs are floored and reported), 1e-3 for ``"official"`` (its constant).
+    layers : names of the layers to use (default: all).
+    ridge : for ``kl`` and ``bhattacharyya`` only: ``ridge * Tr(S) / d`` is added to each
+        covariance's diagonal so that rank-deficient covariances (fewer samples than dims)
+        have an inverse and a determinant.
+
+    Returns
+    -------
+    CCFVResult
+        ``score``, ``layers`` (one :class:`LayerParts` each), ``warnings`` (every skip).
+    """
+    if variant not in VARIANTS:
+        raise UserError(f"unknown CC-FV variant {variant!r}: use one of {VARIANTS}")
+    if distance not in DISTANCES:
+        raise UserError(f"unknown distance {distance!r}: use one of {DISTANCES}")
+    if consistency_only and variety_only:
+        raise UserError("consistency_only and variety_only exclude each other: set at most one")
+    if not (s >= 0 and math.isfinite(s)):
+        raise UserError(f"energy exponent s={s!r}: use a finite s >= 0 (the paper uses s = 1)")
+    if not ridge > 0:
+        raise UserError(f"ridge={ridge!r}: use a positive ridge (default 1e-3)")
+    normalise = (variant == "paper") if normalize is None else bool(normalize)
+    eps = (0.0 if variant == "paper" else OFFICIAL_EPS) if eps is None else float(eps)
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise UserError(f"eps={eps!r}: use a finite eps >= 0")
+    data = validate_feature_set(features, layers=layers)
+    classes = foreground_classes(data)
+    if not classes and not variety_only:
+        raise UserError("no sample carries a foreground class id (> 0): class consistency "
+                        "needs labelled foreground voxels; check the labels of the feature set")
+    options = dict(distance=distance, consistency_only=consistency_only,
+                   variety_only=variety_only, s=s, normalize=normalise, eps=eps,
+                   layers=list(data), ridge=ridge)
+    notes = _Notes()
+    parts = []
+    for layer, cases in data.items():
+        variety = None if consistency_only else _variety(cases, layer, variant, s, normalise,
+                                                         eps, notes)
+        consistency, per_class, pairs = (None, {}, {}) if variety_only else _consistency(
+            cases, layer, classes, variant, distance, ridge, notes)
+        if variety_only:
+            term = _log_ratio(layer, variety, 1.0, "variety")
+        elif consistency_only:
+            term = _log_ratio(layer, 1.0, consistency, "1/consistency")
+        else:
+            term = _log_ratio(layer, variety, consistency, "variety/consistency")
+        parts.append(LayerParts(layer, variety, consistency, term, per_class, pairs))
+    terms = [p.term for p in parts]
+    score = float(np.mean(terms) if variant == "paper" else np.sum(terms))
+    return CCFVResult(score=score, variant=variant, options=options, layers=parts,
+                      warnings=list(notes))
+
+
+def ccfv_score(features: FeatureSet, variant: str = "paper", **options) -> float:
+    """CC-FV transferability score of one model (larger = better to fine-tune).
+
+    ``T = mean_layers log(F_v / C_cons)`` for ``variant="paper"``,
+    ``T = sum_layers log(variety / w)`` for ``variant="official"``; see the module docstring
+    for the terms and :func:`ccfv_parts` for the options and the per-layer parts.
+    """
+    return ccfv_parts(features, variant, **options).score
