@@ -73,7 +73,7 @@ def energy(V, s=1.0, normalize=True):
     return total / count
 
 
-def paper_score(features, distance=w2_paper, s=1.0, normalize=True, parts=False):
+def paper_score(features, distance=w2_paper, s=1.0, normalize=True, parts=False, energy=energy):
     terms, layer_parts = [], []
     for cases in features.values():
         classes = sorted({int(k) for _, y in cases for k in y} - {0})
