@@ -1,0 +1,363 @@
+"""Reading checkpoints and loading them into a model, with a report of what matched.
+
+A checkpoint that silently leaves a network randomly initialised (or drops keys of the wrong
+shape) makes a transferability ranking meaningless, so every load is compared key by key with
+the model and refused when less than ``min_fraction`` (90 %) of the model's parameter tensors
+are matched with the right shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ccfv.errors import CCFVWarning, UserError
+
+__all__ = [
+    "DEFAULT_KEYS",
+    "LoadReport",
+    "MIN_MATCH_FRACTION",
+    "apply_state_dict",
+    "read_state_dict",
+    "strip_prefixes",
+]
+
+log = logging.getLogger(__name__)
+
+#: Keys tried, in order, when the checkpoint is a dict that is not itself a state dict.
+DEFAULT_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net", "network")
+#: Prefixes added by DataParallel/DistributedDataParallel and by torch.compile.
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+#: Fewer matched parameter tensors than this fraction of the model's refuse the checkpoint.
+MIN_MATCH_FRACTION = 0.9
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What happened when a bank entry's weights were set.
+
+    Attributes
+    ----------
+    entry : str
+        The bank entry's name.
+    initialisation : {"checkpoint", "seeded-random", "torchscript"}
+        Where the weights come from.
+    checkpoint : Path or None
+        The checkpoint file, if any.
+    key : str or None
+        The key of the checkpoint dict that held the state dict (None: the file was one).
+    seed : int or None
+        The initialisation seed (random init and any tensor the checkpoint did not cover).
+    n_params : int
+        Parameter tensors of the model.
+    n_params_matched : int
+        Of those, how many the checkpoint set (name and shape matched).
+    matched, missing, unexpected : tuple of str
+        State-dict keys loaded / in the model but not in the checkpoint / in the checkpoint but
+        not in the model (buffers included).
+    shape_mismatched : tuple of (str, tuple, tuple)
+        Keys in both with different shapes: (key, checkpoint shape, model shape); not loaded.
+    stripped : tuple of str
+        Prefixes removed from the checkpoint's keys.
+    """
+
+    entry: str
+    initialisation: str
+    checkpoint: Path | None = None
+    key: str | None = None
+    seed: int | None = None
+    n_params: int = 0
+    n_params_matched: int = 0
+    matched: tuple[str, ...] = field(default=(), repr=False)
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    shape_mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    stripped: tuple[str, ...] = ()
+
+    @property
+    def fraction_matched(self) -> float:
+        """Matched parameter tensors / model parameter tensors (1.0 for a model without any)."""
+        return self.n_params_matched / self.n_params if self.n_params else 1.0
+
+    @property
+    def n_missing(self) -> int:
+        return len(self.missing)
+
+    @property
+    def n_unexpected(self) -> int:
+        return len(self.unexpected)
+
+    @property
+    def n_shape_mismatched(self) -> int:
+        return len(self.shape_mismatched)
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        if self.initialisation == "seeded-random":
+            return (
+                f"{self.entry}: no checkpoint, random initialisation with seed {self.seed} "
+                "(the 'no pre-training' baseline)"
+            )
+        if self.initialisation == "torchscript" and self.checkpoint is None:
+            return f"{self.entry}: weights from the TorchScript file"
+        return (
+            f"{self.entry}: checkpoint {self.checkpoint}"
+            + (f" [key '{self.key}']" if self.key else "")
+            + f" set {self.n_params_matched}/{self.n_params} parameter tensors "
+            f"({100 * self.fraction_matched:.1f}%); missing {self.n_missing}, unexpected "
+            f"{self.n_unexpected}, shape mismatched {self.n_shape_mismatched}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def read_state_dict(
+    path: str | Path, key: str | None = None, *, entry: str = "?"
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Load a checkpoint file on the CPU and return its state dict.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by ``torch.save``.
+    key : str, optional
+        The key holding the state dict. Without it, the file itself is used when it is a state
+        dict (a mapping of tensors), else the first of :data:`DEFAULT_KEYS` present.
+    entry : str
+        The bank entry's name, for messages.
+
+    Returns
+    -------
+    state : dict of str to Tensor
+    key : str or None
+        The key used (None when the file was the state dict).
+
+    Raises
+    ------
+    UserError
+        The file is not a torch checkpoint, the key is absent, or no state dict is found.
+
+    Notes
+    -----
+    ``weights_only=True`` is tried first; a checkpoint that also pickles other Python objects
+    (nnU-Net's, for instance) is then read with ``weights_only=False`` and a
+    :class:`ccfv.errors.CCFVWarning`, since unpickling runs code: use only files you trust.
+    """
+    path = Path(path)
+    obj = _torch_load(path, entry)
+    if isinstance(obj, torch.nn.Module):
+        return dict(obj.state_dict()), None
+    if not isinstance(obj, Mapping):
+        raise UserError(
+            f"checkpoint {path} of model '{entry}' holds a {type(obj).__name__}, not a state "
+            "dict or a dict containing one; save it with torch.save(model.state_dict(), path)"
+        )
+    if key is not None:
+        if key not in obj:
+            raise UserError(
+                f"checkpoint {path} of model '{entry}' has no key '{key}'; its keys are "
+                f"{_short(list(map(str, obj)))}. Fix 'checkpoint.key' in the bank"
+            )
+        return _as_state_dict(obj[key], path, entry, key), key
+    if _is_state_dict(obj):
+        return dict(obj), None
+    for candidate in DEFAULT_KEYS:
+        if candidate in obj:
+            value = obj[candidate]
+            if isinstance(value, torch.nn.Module) or _is_state_dict(value):
+                return _as_state_dict(value, path, entry, candidate), candidate
+    raise UserError(
+        f"checkpoint {path} of model '{entry}' is a dict without a state dict under any of "
+        f"{', '.join(DEFAULT_KEYS)}; its keys are {_short(list(map(str, obj)))}. Name the key "
+        "with 'checkpoint: {path: ..., key: KEY}' in the bank"
+    )
+
+
+def strip_prefixes(state: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Remove leading ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) from keys.
+
+    A prefix is removed only when every key has it, repeatedly, so ``module._orig_mod.x``
+    becomes ``x``. Returns the new dict and the prefixes removed, in order.
+    """
+    out = dict(state)
+    removed: list[str] = []
+    changed = True
+    while changed and out:
+        changed = False
+        for prefix in STRIPPED_PREFIXES:
+            if all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix):]: v for k, v in out.items()}
+                removed.append(prefix)
+                changed = True
+    return out, tuple(removed)
+
+
+def apply_state_dict(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    entry: str,
+    checkpoint: Path | None = None,
+    key: str | None = None,
+    seed: int | None = None,
+    min_fraction: float = MIN_MATCH_FRACTION,
+) -> LoadReport:
+    """Load the tensors of ``state`` whose names and shapes match ``model``; report the rest.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Modified in place.
+    state : mapping of str to Tensor
+        Prefixes ``module.`` / ``_orig_mod.`` are stripped first.
+    entry, checkpoint, key, seed
+        Recorded in the report and named in messages.
+    min_fraction : float
+        Refuse when fewer than this fraction of the model's parameter tensors are matched.
+
+    Returns
+    -------
+    LoadReport
+
+    Raises
+    ------
+    UserError
+        Too few parameter tensors matched; nothing is loaded then.
+    """
+    state, stripped = strip_prefixes(state)
+    own = model.state_dict()
+    param_names = {name for name, _ in model.named_parameters()}
+    matched, mismatched, missing = [], [], []
+    for name, tensor in own.items():
+        if name not in state:
+            missing.append(name)
+            continue
+        theirs = state[name]
+        if not isinstance(theirs, torch.Tensor) or tuple(theirs.shape) != tuple(tensor.shape):
+            shape = tuple(theirs.shape) if isinstance(theirs, torch.Tensor) else ()
+            mismatched.append((name, shape, tuple(tensor.shape)))
+            continue
+        matched.append(name)
+    unexpected = [k for k in state if k not in own]
+    n_params = sum(1 for name in own if name in param_names)
+    n_matched = sum(1 for name in matched if name in param_names)
+    report = LoadReport(
+        entry=entry,
+        initialisation="checkpoint",
+        checkpoint=checkpoint,
+        key=key,
+        seed=seed,
+        n_params=n_params,
+        n_params_matched=n_matched,
+        matched=tuple(matched),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        shape_mismatched=tuple(mismatched),
+        stripped=stripped,
+    )
+    if report.fraction_matched < min_fraction:
+        raise UserError(
+            f"checkpoint {checkpoint} does not fit model '{entry}' ({type(model).__name__}): only "
+            f"{n_matched} of {n_params} parameter tensors ({100 * report.fraction_matched:.1f}%) "
+            f"match by name and shape, {100 * min_fraction:.0f}% needed. "
+            + _examples(report)
+            + " Check that 'network'/'args' describe the architecture the checkpoint was trained "
+            "with, and 'checkpoint.key' if the state dict sits under another key"
+        )
+    if matched:
+        model.load_state_dict({k: state[k] for k in matched}, strict=False)
+    if missing or unexpected or mismatched:
+        log.warning("%s. %s", report.summary(), _examples(report))
+    else:
+        log.info("%s", report.summary())
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _torch_load(path: Path, entry: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc_safe:
+        first = exc_safe
+    except Exception as exc:  # not a zip/pickle file at all, truncated file, ...
+        raise UserError(
+            f"checkpoint {path} of model '{entry}' is not a readable torch checkpoint "
+            f"({type(exc).__name__}: {_first_line(exc)}); point 'checkpoint' at a file written "
+            "by torch.save"
+        ) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(
+            f"checkpoint {path} of model '{entry}' is not a readable torch checkpoint "
+            f"({type(exc).__name__}: {_first_line(exc)}; safe load: {_first_line(first)}); "
+            "point 'checkpoint' at a file written by torch.save"
+        ) from None
+    warnings.warn(
+        f"checkpoint {path} of model '{entry}' pickles Python objects besides tensors; it was "
+        "read with weights_only=False, which runs code from the file: use only files you trust",
+        CCFVWarning,
+        stacklevel=3,
+    )
+    return obj
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _as_state_dict(value: Any, path: Path, entry: str, key: str) -> dict[str, torch.Tensor]:
+    if isinstance(value, torch.nn.Module):
+        return dict(value.state_dict())
+    if isinstance(value, Mapping):
+        tensors = {k: v for k, v in value.items() if isinstance(v, torch.Tensor)}
+        if tensors and all(isinstance(k, str) for k in tensors):
+            return tensors
+    raise UserError(
+        f"checkpoint {path} of model '{entry}': key '{key}' holds a {type(value).__name__} "
+        "without tensors, not a state dict; name the key that holds the weights"
+    )
+
+
+def _examples(report: LoadReport) -> str:
+    parts = []
+    if report.missing:
+        parts.append(f"missing in checkpoint: {_short(list(report.missing))}")
+    if report.unexpected:
+        parts.append(f"not in model: {_short(list(report.unexpected))}")
+    if report.shape_mismatched:
+        shown = [
+            f"{k} (checkpoint {list(a)} vs model {list(b)})"
+            for k, a, b in report.shape_mismatched[:_EXAMPLES]
+        ]
+        more = len(report.shape_mismatched) - len(shown)
+        parts.append(
+            "shape mismatch: " + ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+        )
+    return ("Examples: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _short(names: list[str]) -> str:
+    shown = ", ".join(names[:_EXAMPLES])
+    more = len(names) - _EXAMPLES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

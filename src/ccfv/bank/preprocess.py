@@ -1,0 +1,160 @@
+"""A model's preprocessing as one function of (image, affine), with the geometry kept right.
+
+The returned affine is the voxel-to-world map of the *returned* grid: the caller maps a voxel
+of the label grid to the preprocessed grid by ``inv(affine_out) @ affine_label @ index``, so a
+resampling without the matching affine would silently misplace every sampled voxel.
+
+Conventions
+-----------
+* ``image`` is channel-first, ``(C, *spatial)``; ``affine`` is 4 x 4, voxel index -> world
+  (mm), in MONAI's / nibabel's RAS+ world frame (orientation codes are read in that frame:
+  ``"RAS"`` = first axis towards Right, ...). A reader that gets LPS affines (SimpleITK / ITK)
+  must flip the first two world axes before calling.
+* 2D images (``ndim=2``): the 4 x 4 affine acts on ``(row, col, 0, 1)``; only its top-left
+  2 x 2 block and the first two entries of its last column describe the grid, the third world
+  axis is carried through unchanged. ``spacing`` then has 2 values and ``orientation`` 2
+  letters (e.g. ``"RA"``); a 3-letter orientation is refused for 2D images.
+* Steps, in order: orientation, spacing (bilinear, border padding, MONAI ``Spacing``), then
+  intensity on the resampled image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    NormalizeIntensity,
+    Orientation,
+    ScaleIntensityRange,
+    ScaleIntensityRangePercentiles,
+    Spacing,
+)
+
+from ccfv.bank.schema import Intensity, Preprocessing
+from ccfv.errors import UserError
+
+__all__ = ["RAS_LABELS", "make_preprocess"]
+
+#: Orientation labels: (start, end) of each world axis, RAS+ as in nibabel.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+PreprocessFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def make_preprocess(pre: Preprocessing, ndim: int) -> PreprocessFn:
+    """Build the preprocessing function of a model for ``ndim``-D images.
+
+    Parameters
+    ----------
+    pre : Preprocessing
+        From the bank entry.
+    ndim : {2, 3}
+        Spatial dimensions of the images.
+
+    Returns
+    -------
+    callable
+        ``f(image, affine) -> (image', affine')``: image ``(C, *spatial)`` float32 and its 4 x 4
+        voxel-to-world affine in, the preprocessed float32 image ``(C, *spatial')`` and the
+        affine of its grid (float64) out. The input arrays are not modified.
+
+    Raises
+    ------
+    UserError
+        ``spacing``/``orientation`` lengths do not fit ``ndim``.
+    """
+    if ndim not in (2, 3):
+        raise UserError(f"images must be 2D or 3D, got {ndim} spatial dimensions")
+    if pre.spacing is not None and len(pre.spacing) != ndim:
+        raise UserError(
+            f"preprocessing.spacing {list(pre.spacing)} has {len(pre.spacing)} values but the "
+            f"images are {ndim}D; give {ndim} values"
+        )
+    if pre.orientation is not None and len(pre.orientation) != ndim:
+        raise UserError(
+            f"preprocessing.orientation '{pre.orientation}' has {len(pre.orientation)} letters but "
+            f"the images are {ndim}D; "
+            + ("use two letters (e.g. 'RA') or remove it" if ndim == 2 else "use three, e.g. 'RAS'")
+        )
+    orient = (
+        Orientation(axcodes=pre.orientation, labels=RAS_LABELS)
+        if pre.orientation is not None
+        else None
+    )
+    spacing = (
+        Spacing(pixdim=pre.spacing, mode="bilinear", padding_mode="border")
+        if pre.spacing is not None
+        else None
+    )
+    intensity = _intensity_transforms(pre.intensity)
+
+    def preprocess(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        image = np.asarray(image, dtype=np.float32)
+        affine = np.asarray(affine, dtype=np.float64)
+        if image.ndim != ndim + 1:
+            raise ValueError(
+                f"expected a channel-first {ndim}D image of shape (C, *spatial), got {image.shape}"
+            )
+        if affine.shape != (4, 4):
+            raise ValueError(f"expected a 4 x 4 affine, got shape {affine.shape}")
+        x = MetaTensor(torch.from_numpy(image.copy()), affine=torch.from_numpy(affine.copy()))
+        with warnings.catch_warnings():
+            # MONAI warns that a 2D image "may not be channel-first": it is, by contract.
+            warnings.filterwarnings("ignore", message=".*channel-first.*")
+            if orient is not None:
+                x = orient(x)
+            if spacing is not None:
+                x = spacing(x)
+        for t in intensity:
+            x = t(x)
+        out_affine = np.asarray(x.affine, dtype=np.float64).reshape(4, 4)
+        out = np.ascontiguousarray(np.asarray(x.as_tensor(), dtype=np.float32))
+        return out, out_affine
+
+    return preprocess
+
+
+def _intensity_transforms(it: Intensity) -> list[Callable]:
+    """MONAI array transforms for one :class:`Intensity`, applied in order."""
+    if it.kind == "none":
+        return []
+    if it.kind == "ct":
+        lo, hi = it.clip  # type: ignore[misc]
+        clip = _Clip(lo, hi)
+        if it.mean is not None:
+            return [clip, NormalizeIntensity(subtrahend=it.mean, divisor=it.std)]
+        return [clip, NormalizeIntensity(channel_wise=True)]
+    if it.kind == "zscore":
+        return [NormalizeIntensity(nonzero=it.nonzero, channel_wise=True)]
+    if it.kind == "percentile":
+        return [
+            ScaleIntensityRangePercentiles(
+                lower=it.lower,
+                upper=it.upper,
+                b_min=it.b_min,
+                b_max=it.b_max,
+                clip=bool(it.clip),
+                channel_wise=True,
+            )
+        ]
+    if it.kind == "range":
+        return [
+            ScaleIntensityRange(
+                a_min=it.a_min, a_max=it.a_max, b_min=it.b_min, b_max=it.b_max, clip=bool(it.clip)
+            )
+        ]
+    raise AssertionError(f"unknown intensity kind {it.kind}")
+
+
+class _Clip:
+    """Clip intensities to [lo, hi] (keeps the MetaTensor and its affine)."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = float(lo), float(hi)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, self.lo, self.hi)
