@@ -1,42 +1,110 @@
-"""The ``ccfv`` command line."""
+"""The ``ccfv`` command line: ``rank``, ``layers``, ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
+from pathlib import Path
 
 from ccfv import __version__
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import UserError
+
+METHODS_HELP = "estimators to compute, comma-separated; the first one ranks (default: ccfv)"
+
+
+def _methods(text: str) -> list[str]:
+    from ccfv.estimators.registry import get_estimator
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UserError("--methods names no method: give e.g. --methods ccfv,ccfv-official")
+    for name in names:
+        get_estimator(name)
+    return names
+
+
+def _run_rank(bank, data, args, methods, title) -> int:
+    from ccfv.rank import rank
+    from ccfv.report import ranking_table, write_report
+
+    result = rank(bank, data, methods=methods, cases=args.cases, seed=args.seed,
+                  device=args.device, cache_dir=args.cache_dir, budget=args.budget,
+                  autocast=args.autocast, progress=not args.quiet)
+    print()
+    print(ranking_table(result.scores, result.methods))
+    details = dict(result.details)
+    if result.failures:
+        details["failures"] = result.failures
+    paths = write_report(args.out, result.scores, result.methods, details, title=title)
+    print(f"\nwrote {paths['csv']}, {paths['json']}, {paths['md']} and {paths['png']}")
+    if result.failures:
+        print(f"{len(result.failures)} model(s) failed: {', '.join(result.failures)} "
+              "(see the messages above and report.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_rank(args) -> int:
+    return _run_rank(args.bank, args.data, args, _methods(args.methods),
+                     f"ccfv ranking on {Path(args.data).name}")
 
 
 def _cmd_demo(args) -> int:
-    from ccfv.estimators.ccfv import ccfv_parts
-    from ccfv.synthetic import BANK, simulated_features
+    from ccfv.demo import prepare
 
-    print("ccfv demo: scoring a simulated bank of 5 models on 12 target cases "
-          "(synthetic voxel features, 2 foreground classes, 3 decoder layers)\n")
-    rows = []
-    for name, (drift, collapse) in BANK.items():
-        features = simulated_features(drift, collapse, seed=args.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CCFVWarning)
-            paper = ccfv_parts(features, "paper")
-            official = ccfv_parts(features, "official")
-        rows.append((name, drift, collapse, paper, official))
-    rows.sort(key=lambda row: row[3].score, reverse=True)
-    header = f"{'rank':>4}  {'model':<22}{'drift':>6}{'collapse':>9}{'ccfv':>9}" \
-             f"{'ccfv-official':>15}   per-layer F_v / C_cons (paper)"
-    print(header)
-    print("-" * len(header))
-    for rank, (name, drift, collapse, paper, official) in enumerate(rows, 1):
-        layers = "  ".join(f"{p.variety:.3f}/{p.consistency:.2f}" for p in paper.layers)
-        print(f"{rank:>4}  {name:<22}{drift:>6.1f}{collapse:>9.2f}{paper.score:>9.3f}"
-              f"{official.score:>15.3f}   {layers}")
-    print("\nLarger = better starting point for fine-tuning. drift = how far each class's "
-          "features move between cases\n(less class consistency); collapse = how few feature "
-          "directions a model uses (less variety).")
+    print("ccfv demo: ranking 7 small MONAI 3D networks (UNet, SegResNet), pre-trained on "
+          "source tasks made from\nthe MNI152 template (brain mask, white matter, an intensity "
+          "band) or not pre-trained at all, on a\ngrey/white-matter target of 8 template crops "
+          "with simulated scanner variation. Offline.\n")
+    bank, data = prepare(Path(args.cache_dir) / "demo")
+    return _run_rank(bank, data, args, _methods(args.methods), "ccfv demo ranking")
+
+
+def _cmd_layers(args) -> int:
+    from ccfv.bank import list_layers, load_bank, load_model, resolve_layers
+
+    entries = load_bank(args.bank)
+    chosen = [e for e in entries if args.model in (None, e.name)]
+    if not chosen:
+        raise UserError(f"no model named {args.model!r} in {args.bank}: it holds "
+                        f"{', '.join(e.name for e in entries)}")
+    for entry in chosen:
+        model, _ = load_model(entry)
+        pre = entry.preprocessing
+        if args.shape:
+            shape = [int(v) for v in args.shape.split(",")]
+        elif pre.roi:
+            shape = [pre.in_channels or 1, *pre.roi]
+        else:
+            raise UserError(f"{entry.name}: no roi in its preprocessing; give the input shape "
+                            "with --shape C,X,Y[,Z]")
+        print(f"# {entry.name}: modules and output shapes for input (1, {', '.join(map(str, shape))})")
+        for info in list_layers(model, [1, *shape]):
+            print(f"{info.name:<50} {info.type_name:<28} {tuple(info.output_shape) if info.output_shape else ''}")
+        try:
+            chosen_layers = resolve_layers(model, entry)
+            print(f"# layers used: {', '.join(str(s) for s in chosen_layers)}\n")
+        except UserError as error:
+            print(f"# layers: {error}\n")
     return 0
+
+
+def _add_run_options(p, out_default):
+    p.add_argument("--methods", default="ccfv", help=METHODS_HELP)
+    p.add_argument("--cases", type=int, default=None,
+                   help="use N cases, picked reproducibly with --seed (default: all)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of case selection and voxel sampling (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--autocast", action="store_true", help="mixed precision on CUDA")
+    p.add_argument("--budget", choices=["fixed", "proportional"], default="fixed",
+                   help="voxels per case and class: fixed 100/200/400 per layer (released "
+                        "code) or proportional to the class size (paper); default fixed")
+    p.add_argument("--cache-dir", default=".ccfv_cache",
+                   help="feature cache; re-runs reuse it (default .ccfv_cache)")
+    p.add_argument("--out", default=out_default,
+                   help=f"output folder for scores.csv/json, report.md (default {out_default})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,10 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "data, without fine-tuning them (CC-FV, MICCAI 2023).")
     parser.add_argument("--version", action="version", version=f"ccfv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="score a built-in example bank, offline",
-                          description="Score a built-in example model bank, offline.")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("rank", help="score every model of a bank on a labelled dataset",
+                       description="Score every model of a bank file on a labelled target "
+                                   "dataset and rank them; writes scores.csv, scores.json, "
+                                   "report.md and scores.png.")
+    p.add_argument("--bank", required=True, help="model bank YAML file")
+    p.add_argument("--data", required=True, help="target dataset folder (Decathlon, nnU-Net v2 "
+                                                 "raw, or images/ + labels/ folders)")
+    _add_run_options(p, "ccfv-out")
+    p.set_defaults(func=_cmd_rank)
+
+    p = sub.add_parser("demo", help="rank a built-in bank on built-in data, offline",
+                       description="Rank a built-in bank of small MONAI networks on a target "
+                                   "made from the MNI152 template (inside nilearn), offline.")
+    _add_run_options(p, "ccfv-demo-out")
+    p.set_defaults(func=_cmd_demo, methods="ccfv,ccfv-official")
+
+    p = sub.add_parser("layers", help="list a model's modules and output shapes",
+                       description="List the modules of bank models with their output shapes "
+                                   "(one dummy forward), to choose layers to hook.")
+    p.add_argument("--bank", required=True, help="model bank YAML file")
+    p.add_argument("--model", help="only this entry (default: all)")
+    p.add_argument("--shape", help="input shape without batch, C,X,Y[,Z] (default: "
+                                   "in_channels and the entry's roi)")
+    p.set_defaults(func=_cmd_layers)
     return parser
 
 

@@ -1,0 +1,201 @@
+"""Rank a model bank on a target dataset: data -> plan -> features (cached) -> scores.
+
+One function per stage, plain values between them. The sampling plan depends only on the
+data, the budget and the seed, so every model is read at the same voxels; features are cached
+per (model fingerprint, data fingerprint, plan fingerprint) and per case, so re-scoring with
+other methods never runs a model again and a run killed half-way redoes at most one case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ccfv.errors import CCFVWarning, UserError
+from ccfv.estimators.registry import get_estimator
+
+DEFAULT_CACHE = Path(".ccfv_cache")
+
+
+@dataclass
+class RankResult:
+    """Scores per model and method (None where a model failed), and what happened."""
+
+    methods: list[str]
+    scores: dict[str, dict[str, float | None]]
+    failures: dict[str, str] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+    def ranking(self) -> list[str]:
+        key = self.methods[0]
+        return sorted(self.scores, key=lambda m: -(self.scores[m].get(key) or -math.inf))
+
+
+def data_fingerprint(cases) -> str:
+    """Hash of the selected cases' ids and files (path, size, modification time)."""
+    digest = hashlib.sha256()
+    for case in cases:
+        digest.update(case.case_id.encode())
+        for path in (*case.images, case.label):
+            stat = Path(path).stat()
+            digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def grid_mapping(label_affine: np.ndarray, image_affine: np.ndarray):
+    """Map label-grid voxel indices (P, ndim) to continuous voxel coordinates of another grid.
+
+    Both affines are 4x4 voxel -> world maps (2D grids act on (row, col, 0, 1)).
+    """
+    to_image = np.linalg.solve(image_affine, label_affine)
+    if np.allclose(to_image, np.eye(4)):
+        return None
+
+    def apply(indices: np.ndarray) -> np.ndarray:
+        ndim = indices.shape[1]
+        homogeneous = np.zeros((indices.shape[0], 4))
+        homogeneous[:, :ndim] = indices
+        homogeneous[:, 3] = 1.0
+        return (homogeneous @ to_image.T)[:, :ndim]
+
+    return apply
+
+
+def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: str = "cpu",
+                  autocast: bool = False, progress: bool = True):
+    """Feature set of one bank entry on the loaded cases, from the cache where possible."""
+    import torch
+
+    from ccfv.bank import fingerprint, hooked, load_model, make_preprocess, resolve_layers
+    from ccfv.extract import cache_key, extract_at_points
+
+    model, report = load_model(entry)
+    layers = resolve_layers(model, entry)
+    plan = plan_for(len(layers))
+    key = cache_key(fingerprint(entry), data_fp, plan.fingerprint())
+    cached = cache.get(key)
+    if cached is not None:
+        return cached, report, layers, True
+    names = [spec.key for spec in layers]
+    model = model.to(device)
+    pre = entry.preprocessing
+    ndim = loaded_cases[0].label.ndim
+    preprocess = make_preprocess(pre, ndim)
+    with hooked(model, layers) as store:
+
+        def forward(batch):
+            model(batch)
+            return {name: store[name] for name in names}
+
+        iterator = zip(loaded_cases, plan.cases)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(list(iterator), desc=f"{entry.name}", unit="case", leave=False)
+        for case, case_plan in iterator:
+            if cache.get_case(key, case.case_id) is not None:
+                continue
+            image, affine = preprocess(case.image, case.affine)
+            points = case_plan.points(names, grid_mapping(case.affine, affine))
+            roi = list(pre.roi) if pre.roi else list(image.shape[1:])
+            feats = extract_at_points(forward, torch.as_tensor(image), points, roi,
+                                      overlap=pre.overlap, sw_batch_size=pre.sw_batch_size,
+                                      device=device, autocast=autocast)
+            cache.put_case(key, case.case_id, {
+                name: (feats[name], cls) for name, cls in zip(names, case_plan.classes)})
+    features = cache.assemble(key, [c.case_id for c in loaded_cases],
+                              info={"model": entry.name, "layers": names})
+    return features, report, layers, False
+
+
+def score_features(features, methods: Sequence[str]) -> dict[str, float]:
+    """Every method's score on one model's feature set."""
+    out = {}
+    for method in methods:
+        estimator = get_estimator(method)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CCFVWarning)
+            out[method] = float(estimator(features))
+    return out
+
+
+def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
+         cases: int | None = None, seed: int = 0, device: str = "cpu",
+         cache_dir: str | Path = DEFAULT_CACHE, budget: str = "fixed",
+         counts: Sequence[int] = (100, 200, 400), autocast: bool = False,
+         progress: bool = True, log=print) -> RankResult:
+    """Score every model of ``bank`` on the labelled cases under ``data``.
+
+    Parameters
+    ----------
+    bank : bank YAML file (see README).
+    data : target dataset folder (Decathlon, nnU-Net v2 raw, or images/labels folders).
+    methods : estimator names (``ccfv``, ``ccfv-official``, ...); the first one ranks.
+    cases : use this many cases, picked reproducibly with ``seed`` (default: all).
+    seed : seeds case selection and voxel sampling.
+    device : torch device for the feature pass (``cpu``, ``cuda``, ``cuda:1``).
+    cache_dir : where sampled features are cached.
+    budget, counts : the sampling plan (``fixed`` counts per case, class and layer, from the
+        layer nearest the bottleneck to the output, or ``proportional``).
+
+    A model that fails (bad checkpoint, out of memory, ...) is reported in
+    ``RankResult.failures`` and the others are still scored.
+    """
+    from ccfv.bank import load_bank
+    from ccfv.data import find_cases, load_case, select_cases
+    from ccfv.extract import FeatureCache, make_plan
+
+    for method in methods:
+        get_estimator(method)
+    entries = load_bank(bank)
+    dataset = find_cases(data)
+    chosen = select_cases(dataset, cases, seed) if cases else list(dataset.cases)
+    loaded = [load_case(case, dataset.labels) for case in chosen]
+    present = sorted({int(k) for case in loaded for k in np.unique(case.label)} - {0})
+    if not present:
+        raise UserError(f"{data}: the selected {len(loaded)} case(s) hold no foreground label; "
+                        "choose other cases (--cases, --seed) or check the label files")
+    missing = sorted(set(dataset.labels) - {0} - set(present))
+    if missing:
+        log(f"note: class(es) {missing} of dataset.json appear in none of the selected cases")
+    plans = {}
+
+    def plan_for(n_layers: int):
+        if n_layers not in plans:
+            plans[n_layers] = make_plan([c.label for c in loaded], [c.case_id for c in loaded],
+                                        layers=n_layers, budget=budget, counts=list(counts),
+                                        seed=seed)
+        return plans[n_layers]
+
+    cache = FeatureCache(cache_dir)
+    data_fp = data_fingerprint(chosen)
+    result = RankResult(methods=list(methods), scores={}, details={
+        "data": str(data), "bank": str(bank), "cases": [c.case_id for c in loaded],
+        "seed": seed, "budget": budget, "counts": list(counts), "device": device,
+        "per_model": {}})
+    for entry in entries:
+        start = time.perf_counter()
+        try:
+            features, report, layers, hit = extract_model(
+                entry, loaded, plan_for, cache, data_fp, device, autocast, progress)
+            result.scores[entry.name] = score_features(features, methods)
+        except UserError as error:
+            result.failures[entry.name] = str(error)
+            result.scores[entry.name] = {m: None for m in methods}
+            log(f"{entry.name}: FAILED: {error}")
+            continue
+        took = time.perf_counter() - start
+        result.details["per_model"][entry.name] = (
+            f"layers {[str(s) for s in layers]}; {report.summary()}; "
+            f"{'features from cache' if hit else f'features extracted in {took:.1f} s'}")
+        log(f"{entry.name}: " + ", ".join(f"{m} {v:.4f}" for m, v in
+                                          result.scores[entry.name].items())
+            + (" (cached features)" if hit else f" ({took:.1f} s)"))
+    return result

@@ -1,0 +1,86 @@
+"""Write a ranking: scores.csv, scores.json, report.md with a bar chart (PNG), and a table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def ranking_table(scores: dict[str, dict[str, float]], methods: list[str]) -> str:
+    """A plain-text table of models ranked by the first method (best first)."""
+    order = sorted(scores, key=lambda m: -_value(scores[m].get(methods[0])))
+    width = max(5, *(len(m) for m in scores))
+    lines = [f"{'rank':>4}  {'model':<{width}}" + "".join(f"{m:>16}" for m in methods)]
+    lines.append("-" * len(lines[0]))
+    for rank, model in enumerate(order, 1):
+        cells = "".join(f"{_fmt(scores[model].get(m)):>16}" for m in methods)
+        lines.append(f"{rank:>4}  {model:<{width}}{cells}")
+    return "\n".join(lines)
+
+
+def _value(x):
+    return -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def _fmt(x):
+    return "failed" if x is None else f"{x:.4f}"
+
+
+def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], methods: list[str],
+                 details: dict | None = None, title: str = "ccfv ranking") -> dict[str, Path]:
+    """Write ``scores.csv`` (``model`` + one column per method), ``scores.json``,
+    ``scores.png`` (bar chart of the first method) and ``report.md`` into ``out_dir``.
+
+    ``scores`` maps model -> method -> value (None where a model failed).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    order = sorted(scores, key=lambda m: -_value(scores[m].get(methods[0])))
+    rows = [["model", *methods]] + [[m, *("" if scores[m].get(k) is None else repr(scores[m][k])
+                                          for k in methods)] for m in order]
+    tmp = out / "scores.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    os.replace(tmp, out / "scores.csv")
+    _atomic_write(out / "scores.json", json.dumps(
+        {"methods": methods, "ranking": order, "scores": scores, "details": details or {}},
+        indent=1))
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.2))
+    values = [_value(scores[m].get(methods[0])) for m in order]
+    finite = [v for v in values if math.isfinite(v)]
+    floor = min(finite) if finite else 0.0
+    ax.barh(range(len(order))[::-1], [v if math.isfinite(v) else floor for v in values],
+            color=["tab:blue" if math.isfinite(v) else "lightgrey" for v in values])
+    ax.set_yticks(range(len(order))[::-1], order)
+    ax.set_xlabel(f"{methods[0]} score (larger = better to fine-tune)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=110)
+    plt.close(fig)
+
+    md = [f"# {title}", "", "Models ranked by `" + methods[0] + "` (larger = better starting "
+          "point for fine-tuning).", "", "```", ranking_table(scores, methods), "```", "",
+          "![scores](scores.png)", ""]
+    if details:
+        md += ["## Run", ""] + [f"- {k}: {v}" for k, v in details.items() if k != "per_model"]
+        for model, info in (details.get("per_model") or {}).items():
+            md.append(f"- `{model}`: {info}")
+        md.append("")
+    _atomic_write(out / "report.md", "\n".join(md))
+    return {"csv": out / "scores.csv", "json": out / "scores.json", "png": out / "scores.png",
+            "md": out / "report.md"}

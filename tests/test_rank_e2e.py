@@ -1,0 +1,174 @@
+"""End to end: bank file + real or generated volumes -> `ccfv rank` -> scores and report."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import SHARED
+from monai.networks.nets import UNet
+
+from ccfv.cli import main
+from ccfv.rank import rank
+
+DATA = SHARED / "data"
+UNET3D = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32],
+          "strides": [2, 2]}
+
+
+def write_bank(path, models):
+    path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
+    return path
+
+
+def unet_entry(name, args=UNET3D, roi=(48, 48, 16), **extra):
+    return {"name": name, "network": "monai.networks.nets.UNet", "args": args, "layers": "auto",
+            "preprocessing": {"intensity": {"kind": "zscore"}, "roi": list(roi)}, **extra}
+
+
+@pytest.fixture
+def generated_data(tmp_path):
+    """Four small 3D cases in Decathlon layout with two foreground classes (balls)."""
+    root = tmp_path / "target"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (40, 36, 20)], indexing="ij"), -1)
+    training = []
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    for c in range(4):
+        label = np.zeros((40, 36, 20), np.uint8)
+        for k, centre in ((1, (12, 12, 10)), (2, (27, 22, 9))):
+            centre = np.array(centre) + rng.integers(-2, 3, 3)
+            label[np.linalg.norm(grid - centre, axis=-1) < 6] = k
+        image = 100.0 * label + rng.normal(0, 20, label.shape)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / f"imagesTr/c{c}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / f"labelsTr/c{c}.nii.gz")
+        training.append({"image": f"./imagesTr/c{c}.nii.gz", "label": f"./labelsTr/c{c}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "balls", "labels": {"0": "background", "1": "a", "2": "b"},
+        "tensorImageSize": "3D", "training": training}))
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(7)
+    model = UNet(**UNET3D)
+    path = tmp_path / "unet.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def test_generated_volumes_rank_and_cache(tmp_path, generated_data, checkpoint):
+    bank = write_bank(tmp_path / "bank.yaml", [
+        unet_entry("pretrained", checkpoint=str(checkpoint),
+                   roi=(32, 32, 16)),
+        unet_entry("random0", seed=0, roi=(32, 32, 16)),
+        unet_entry("random1", seed=1, roi=(32, 32, 16),
+                   preprocessing={"spacing": [3.0, 3.0, 3.0], "intensity": {"kind": "zscore"},
+                                  "roi": [16, 16, 16]}),
+    ])
+    first = rank(bank, generated_data, methods=["ccfv", "ccfv-official"],
+                 cache_dir=tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert set(first.scores) == {"pretrained", "random0", "random1"}
+    assert not first.failures
+    for scores in first.scores.values():
+        assert all(np.isfinite(v) for v in scores.values())
+    # a different seed of initialisation is a different model
+    assert first.scores["random0"]["ccfv"] != first.scores["random1"]["ccfv"]
+    # cached: same numbers, no model run
+    again = rank(bank, generated_data, methods=["ccfv", "ccfv-official"],
+                 cache_dir=tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert again.scores == first.scores
+    # recomputed from scratch with the same seed: the same numbers
+    fresh = rank(bank, generated_data, methods=["ccfv", "ccfv-official"],
+                 cache_dir=tmp_path / "cache2", progress=False, log=lambda *_: None)
+    for model in first.scores:
+        for method, value in first.scores[model].items():
+            assert fresh.scores[model][method] == pytest.approx(value, rel=1e-6)
+    # another sampling seed samples other voxels
+    other = rank(bank, generated_data, methods=["ccfv"], seed=1, cache_dir=tmp_path / "cache",
+                 progress=False, log=lambda *_: None)
+    assert other.scores["random0"]["ccfv"] != first.scores["random0"]["ccfv"]
+
+
+def test_failed_model_does_not_lose_the_others(tmp_path, generated_data):
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"state_dict": {"conv.weight": torch.zeros(3, 3)}}, wrong)
+    bank = write_bank(tmp_path / "bank.yaml", [
+        unet_entry("good", roi=(32, 32, 16)),
+        unet_entry("bad", checkpoint=str(wrong), roi=(32, 32, 16)),
+    ])
+    result = rank(bank, generated_data, cache_dir=tmp_path / "cache", progress=False,
+                  log=lambda *_: None)
+    assert np.isfinite(result.scores["good"]["ccfv"])
+    assert result.scores["bad"]["ccfv"] is None
+    assert "wrong.pt" in result.failures["bad"]
+
+
+@pytest.mark.skipif(not (DATA / "spinalcord_mri_3d").exists(), reason="../shared/data absent")
+def test_cli_rank_real_mri(tmp_path, capsys):
+    bank = write_bank(tmp_path / "bank.yaml", [
+        unet_entry("unet_a", seed=0, roi=(64, 64, 16)),
+        unet_entry("unet_b", seed=3, roi=(64, 64, 16),
+                   preprocessing={"orientation": "RAS", "spacing": [1.5, 1.5, 1.5],
+                                  "intensity": {"kind": "percentile", "lower": 1, "upper": 99},
+                                  "roi": [48, 48, 16]}),
+    ])
+    out = tmp_path / "out"
+    rc = main(["rank", "--bank", str(bank), "--data", str(DATA / "spinalcord_mri_3d"),
+               "--methods", "ccfv,ccfv-official", "--cache-dir", str(tmp_path / "cache"),
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert [r["model"] for r in rows] and set(rows[0]) == {"model", "ccfv", "ccfv-official"}
+    assert all(np.isfinite(float(r["ccfv"])) for r in rows)
+    saved = json.loads((out / "scores.json").read_text())
+    assert saved["ranking"] == [r["model"] for r in rows]
+    assert (out / "scores.png").stat().st_size > 1000
+    assert "unet_a" in (out / "report.md").read_text()
+    assert "rank" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (DATA / "drive_retinal_vessels").exists(), reason="../shared/data absent")
+def test_rank_real_2d_rgb(tmp_path):
+    args = {"spatial_dims": 2, "in_channels": 3, "out_channels": 2, "channels": [8, 16, 32],
+            "strides": [2, 2]}
+    bank = write_bank(tmp_path / "bank.yaml", [
+        {"name": "unet2d", "network": "monai.networks.nets.UNet", "args": args, "seed": 0,
+         "preprocessing": {"spacing": [4.0, 4.0], "intensity": {"kind": "range", "a_min": 0,
+                                                                "a_max": 255, "b_min": 0,
+                                                                "b_max": 1},
+                           "roi": [96, 96]}},
+        {"name": "basicunet2d", "network": "monai.networks.nets.BasicUNet",
+         "args": {"spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+                  "features": [8, 8, 16, 16, 32, 8]}, "seed": 0,
+         "preprocessing": {"spacing": [4.0, 4.0], "intensity": {"kind": "zscore"},
+                           "roi": [96, 96]}},
+    ])
+    result = rank(bank, DATA / "drive_retinal_vessels", methods=["ccfv"], cases=3, seed=0,
+                  cache_dir=tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert not result.failures
+    assert len(result.details["cases"]) == 3
+    assert all(np.isfinite(s["ccfv"]) for s in result.scores.values())
+
+
+def test_cli_errors_are_messages(tmp_path, capsys, generated_data):
+    rc = main(["rank", "--bank", str(tmp_path / "missing.yaml"), "--data", str(generated_data)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "Traceback" not in err
+    bank = write_bank(tmp_path / "bank.yaml", [unet_entry("m", roi=(32, 32, 16))])
+    rc = main(["rank", "--bank", str(bank), "--data", str(generated_data), "--methods", "nope"])
+    assert rc == 2 and "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_cli_layers(tmp_path, capsys):
+    bank = write_bank(tmp_path / "bank.yaml", [unet_entry("m", roi=(32, 32, 16))])
+    assert main(["layers", "--bank", str(bank)]) == 0
+    out = capsys.readouterr().out
+    assert "model.1.submodule" in out and "layers used" in out
