@@ -164,7 +164,9 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
                         "choose other cases (--cases, --seed) or check the label files")
     missing = sorted(set(dataset.labels) - {0} - set(present))
     if missing:
-        log(f"note: class(es) {missing} of dataset.json appear in none of the selected cases")
+        log(f"note: {data}: class(es) {missing} of dataset.json appear in none of the "
+            f"{len(loaded)} selected cases and are not scored; select more cases (--cases) "
+            "or another --seed to include them")
     plans = {}
 
     def plan_for(n_layers: int):
