@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 ROI = (64, 64, 32)
-LAYERS = ["upcat_3", "upcat_2", "upcat_1"]
+LAYERS = ["upcat_3", "upcat_2", "upcat_1"]  # LayerTap layers: "name" reads the output
 COUNTS = (100, 200, 400)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "spleen_ct_crop_3d"
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
+from ccfv.bank import LayerSpec
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.extract import (LayerTap, extract_at_points, extract_at_points_naive, make_plan,
                           window_layout)
@@ -257,20 +258,44 @@ def test_naive_rejects_continuous_points():
 
 def test_layer_tap():
     model = _unet(2)
-    with pytest.raises(UserError, match="no submodule"):
+    with pytest.raises(UserError, match=r"'model\.9' is not a module.*Close names: model\."):
         LayerTap(model, ["model.9"])
+    with pytest.raises(UserError, match="no layer"):
+        LayerTap(model, [])
+    with pytest.raises(UserError, match="':inptu'"):
+        LayerTap(model, ["model.2:inptu"])
+    assert not model._forward_pre_hooks  # nothing left hooked by a failed construction
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         with LayerTap(model, {"out": "model.2"}) as tap:
             out = tap(x)["out"]
         torch.testing.assert_close(out, model(x))
-        with LayerTap(model, {"head_in": "model.2"}, capture="input") as tap:
+        with LayerTap(model, {"head_in": "model.2:input"}) as tap:
             assert tap(x)["head_in"].shape == (2, 16, 8, 8)
-        with LayerTap(model, ["model.1.submodule.1"], stop_early=True) as tap:
-            early = tap(x)["model.1.submodule.1"]
-        with LayerTap(model, ["model.1.submodule.1"]) as tap:
-            torch.testing.assert_close(early, tap(x)["model.1.submodule.1"])
+        specs = [LayerSpec("model.2", "input"), LayerSpec("model.2")]
+        with LayerTap(model, specs) as tap:  # LayerSpecs come back under spec.key
+            both = tap(x)
+        assert list(both) == ["model.2:input", "model.2:output"]
+        torch.testing.assert_close(both["model.2:output"], out)
+        with LayerTap(model, ["model.2:input", "model.2", "model.2:output"]) as tap:
+            named = tap(x)  # strings come back as given
+        assert list(named) == ["model.2:input", "model.2", "model.2:output"]
+        torch.testing.assert_close(named["model.2:input"], both["model.2:input"])
+        torch.testing.assert_close(named["model.2"], named["model.2:output"])
     assert not model.model[2]._forward_hooks  # hooks removed on close
+    assert not model.model[2]._forward_pre_hooks and not model._forward_pre_hooks
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Identity(), torch.nn.Identity()
+
+        def forward(self, x):
+            return self.a(x)
+
+    with LayerTap(Branchy().eval(), {"never": "b"}) as tap:
+        with pytest.raises(UserError, match=r"'never' \(b:output\) did not fire"):
+            tap(torch.ones(1))
     model.train()
     with LayerTap(model, ["model.2"]) as tap, pytest.warns(CCFVWarning, match="eval"):
         tap(x)

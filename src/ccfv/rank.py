@@ -73,8 +73,8 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
     """Feature set of one bank entry on the loaded cases, from the cache where possible."""
     import torch
 
-    from ccfv.bank import fingerprint, hooked, load_model, make_preprocess, resolve_layers
-    from ccfv.extract import cache_key, extract_at_points
+    from ccfv.bank import fingerprint, load_model, make_preprocess, resolve_layers
+    from ccfv.extract import LayerTap, cache_key, extract_at_points
 
     model, report = load_model(entry)
     layers = resolve_layers(model, entry)
@@ -88,12 +88,7 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
     pre = entry.preprocessing
     ndim = loaded_cases[0].label.ndim
     preprocess = make_preprocess(pre, ndim)
-    with hooked(model, layers) as store:
-
-        def forward(batch):
-            model(batch)
-            return {name: store[name] for name in names}
-
+    with LayerTap(model, layers) as forward:  # {spec.key: map}, the keys of ``names``
         iterator = zip(loaded_cases, plan.cases)
         if progress:
             from tqdm.auto import tqdm

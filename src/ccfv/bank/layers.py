@@ -29,7 +29,9 @@ AttentionUnet  ``model.1.submodule.1.submodule.1``,                       1/4, 1
 
 Shallower networks give fewer layers (a 3-level UNet: 2). Names without ``:io`` are outputs.
 
-Hooks (:func:`hooked`, :func:`register_hooks`) stay registered for every forward until they are
+:func:`register_hooks` is the only place in ccfv that registers feature hooks; :func:`hooked`
+and :class:`ccfv.extract.LayerTap` (the ``forward(batch) -> {layer: map}`` callable of the
+extraction) are built on it. Hooks stay registered for every forward until they are
 removed: the released CC-FV code removed them after the first batch, so every later window read
 the first batch's features. The store is cleared at the start of each forward of the hooked
 model, so a layer that did not run in a forward is absent rather than stale.
@@ -224,11 +226,9 @@ def resolve_layers(model: torch.nn.Module, entry: BankEntry) -> list[LayerSpec]:
     mods = dict(model.named_modules())
     for spec in entry.layers:
         if spec.name not in mods:
-            close = difflib.get_close_matches(spec.name, [n for n in mods if n], n=5, cutoff=0.5)
-            hint = f" Close names: {', '.join(close)}." if close else ""
             raise UserError(
-                f"model '{entry.name}' in {entry.source}: layer '{spec.name}' does not exist.{hint}"
-                " Run `ccfv layers` to list the model's layers"
+                f"model '{entry.name}' in {entry.source}: layer '{spec.name}' does not exist."
+                f"{_close_names(spec.name, mods)} Run `ccfv layers` to list the model's layers"
             )
         _check_hookable(mods[spec.name], spec.name, entry.name)
     return list(entry.layers)
@@ -275,8 +275,9 @@ def register_hooks(
         for spec in layers:
             if spec.name not in mods:
                 raise UserError(
-                    f"layer '{spec.name}' is not a module of this {_type_name(model)}; run "
-                    "`ccfv layers` to list them"
+                    f"layer '{spec.name}' is not a module of this {_type_name(model)}."
+                    f"{_close_names(spec.name, mods)} Run `ccfv layers` (or print "
+                    "model.named_modules()) to list its layers"
                 )
             module = mods[spec.name]
             _check_hookable(module, spec.name, "?")
@@ -403,6 +404,12 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
             if isinstance(item, torch.Tensor):
                 return item
     return None
+
+
+def _close_names(name: str, mods: Modules) -> str:
+    """`` Close names: a, b.`` for an unknown layer name, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, [n for n in mods if n], n=5, cutoff=0.5)
+    return f" Close names: {', '.join(close)}." if close else ""
 
 
 def _type_name(module: torch.nn.Module) -> str:

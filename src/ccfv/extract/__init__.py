@@ -2,7 +2,9 @@
 
 - :func:`make_plan` / :class:`SamplingPlan`: which voxels of which case are read, per layer
   and class; depends on the labels, the budget and the seed only (never on a model).
-- :class:`LayerTap`: hooks on named submodules, the ``forward(batch) -> {layer: map}`` seam.
+- :class:`LayerTap`: the ``forward(batch) -> {layer: map}`` seam, a thin adapter over
+  :func:`ccfv.bank.register_hooks` (layers as ``"name"``, ``"name:input"``, LayerSpecs or
+  ``{alias: layer}``).
 - :func:`extract_at_points`: sliding-window inference that reads each point once, by
   interpolating the low-resolution maps (no full-resolution map is ever built);
   :func:`extract_at_points_naive` is the upsample-then-index reference.
