@@ -172,3 +172,71 @@ def test_cli_layers(tmp_path, capsys):
     assert main(["layers", "--bank", str(bank)]) == 0
     out = capsys.readouterr().out
     assert "model.1.submodule" in out and "layers used" in out
+
+
+def test_source_predictions_ride_along(tmp_path, generated_data, checkpoint):
+    """The model's own softmax is cached at the last layer's voxels and read by LEEP/NCE."""
+    from ccfv.bank import LayerSpec
+    from ccfv.extract import FeatureCache, LayerTap
+    from ccfv.rank import PREDICTIONS, output_probabilities, split_predictions
+
+    model = UNet(**UNET3D).eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad(), LayerTap(model, {"out": LayerSpec("", "output")}) as tap:
+        torch.testing.assert_close(tap(x)["out"], model(x))  # the root module's output
+    logits = np.random.default_rng(0).normal(size=(5, 3)) * 10
+    np.testing.assert_allclose(output_probabilities(logits),
+                               torch.softmax(torch.as_tensor(logits), 1).numpy(), rtol=1e-12)
+    sig = output_probabilities(np.array([[0.0], [2.0]]))
+    np.testing.assert_allclose(sig[:, 1], 1 / (1 + np.exp([0.0, -2.0])))
+    np.testing.assert_allclose(sig.sum(1), 1.0)
+
+    bank = write_bank(tmp_path / "bank.yaml", [
+        unet_entry("pretrained", checkpoint=str(checkpoint), roi=(32, 32, 16))])
+    result = rank(bank, generated_data, methods=["leep", "nce", "ccfv"], bootstrap=0,
+                  cache_dir=tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert not result.failures and result.bootstrap is None
+    scores = result.scores["pretrained"]
+    assert scores["leep"] < 0 and scores["nce"] <= 0  # log-likelihoods of 3 target classes
+    assert scores["leep"] >= -np.log(3) - 1e-9 and scores["nce"] >= -np.log(3) - 1e-9
+    cache = FeatureCache(tmp_path / "cache")
+    (key,) = [p.stem for p in (tmp_path / "cache").glob("*.npz")]
+    features, predictions = split_predictions(cache.get(key))
+    assert PREDICTIONS not in features and len(predictions) == 4
+    last = list(features)[-1]
+    for P, (X, y) in zip(predictions, features[last]):
+        assert P.shape == (X.shape[0], 2)  # at the last layer's voxels, 2 source classes
+        np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-6)
+    assert np.all(cache.get(key)[PREDICTIONS][0][1] == features[last][0][1])
+
+
+@pytest.mark.skipif(not (DATA / "spinalcord_mri_3d").exists(), reason="../shared/data absent")
+def test_every_method_and_the_bootstrap_on_real_mri(tmp_path, capsys):
+    """All registered estimators from one feature pass, bootstrap in the output, then
+    `ccfv evaluate` on the written scores.csv (the Dice here are made up for the mechanics)."""
+    from ccfv.estimators.registry import ESTIMATORS
+
+    bank = write_bank(tmp_path / "bank.yaml", [
+        unet_entry(f"unet_{s}", seed=s, roi=(64, 64, 16)) for s in range(3)])
+    out = tmp_path / "out"
+    methods = ",".join(ESTIMATORS)
+    rc = main(["rank", "--bank", str(bank), "--data", str(DATA / "spinalcord_mri_3d"),
+               "--methods", methods, "--cases", "3", "--bootstrap", "20",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "95% interval" in printed and "P(first)" in printed and "stays first in" in printed
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert list(rows[0]) == ["model", *ESTIMATORS]
+    for row in rows:
+        assert all(np.isfinite(float(row[m])) for m in ESTIMATORS), row
+    boot = json.loads((out / "scores.json").read_text())["details"]["bootstrap"]
+    assert boot["method"] == "ccfv" and boot["n_boot"] == 20
+    assert sum(m["p_first"] for m in boot["models"].values()) == pytest.approx(1.0)
+    truth = tmp_path / "finetuned.csv"
+    truth.write_text("model,dice\nunet_0,0.71\nunet_1,0.65\nunet_2,0.80\n")
+    assert main(["evaluate", "--scores", str(out / "scores.csv"), "--truth", str(truth),
+                 "--out", str(tmp_path / "eval")]) == 0
+    evaluated = list(csv.DictReader(open(tmp_path / "eval" / "evaluation.csv")))
+    assert [r["method"] for r in evaluated] == list(ESTIMATORS)
+    assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 1000

@@ -29,9 +29,10 @@ def _run_rank(bank, data, args, methods, title) -> int:
 
     result = rank(bank, data, methods=methods, cases=args.cases, seed=args.seed,
                   device=args.device, cache_dir=args.cache_dir, budget=args.budget,
-                  autocast=args.autocast, progress=not args.quiet)
+                  autocast=args.autocast, bootstrap=args.bootstrap,
+                  progress=not args.quiet)
     print()
-    print(ranking_table(result.scores, result.methods))
+    print(ranking_table(result.scores, result.methods, result.details.get("bootstrap")))
     details = dict(result.details)
     if result.failures:
         details["failures"] = result.failures
@@ -89,6 +90,38 @@ def _cmd_layers(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    import warnings
+
+    from ccfv.errors import CCFVWarning
+    from ccfv.evaluation import (evaluate, format_table, plot_scores_vs_truth, read_scores_csv,
+                                 read_truth_csv, write_evaluation_csv)
+
+    scores = read_scores_csv(args.scores)
+    truth = read_truth_csv(args.truth)
+    methods = None
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not methods:
+            raise UserError("--methods names no method: give e.g. --methods ccfv,ccfv-official")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CCFVWarning)
+        rows = evaluate(scores, truth, methods=methods, scores_name=str(args.scores),
+                        truth_name=str(args.truth))
+    for message in rows.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    print(format_table(rows))
+    for row in rows:
+        for note in row["notes"]:
+            print(f"  {row['method']}: {note}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = write_evaluation_csv(rows, out / "evaluation.csv")
+    png_path = plot_scores_vs_truth(scores, truth, out / "evaluation.png", rows=rows)
+    print(f"\nwrote {csv_path} and {png_path}")
+    return 0
+
+
 def _add_run_options(p, out_default):
     p.add_argument("--methods", default="ccfv", help=METHODS_HELP)
     p.add_argument("--cases", type=int, default=None,
@@ -100,6 +133,10 @@ def _add_run_options(p, out_default):
     p.add_argument("--budget", choices=["fixed", "proportional"], default="fixed",
                    help="voxels per case and class: fixed 100/200/400 per layer (released "
                         "code) or proportional to the class size (paper); default fixed")
+    p.add_argument("--bootstrap", type=int, default=100, metavar="B",
+                   help="resample the target cases B times (from cached features, no model "
+                        "run) to give each model's interval of the first method and how often "
+                        "the top model stays first; 0 turns it off (default 100)")
     p.add_argument("--cache-dir", default=".ccfv_cache",
                    help="feature cache; re-runs reuse it (default .ccfv_cache)")
     p.add_argument("--out", default=out_default,
@@ -139,6 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", help="input shape without batch, C,X,Y[,Z] (default: "
                                    "in_channels and the entry's roi)")
     p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("evaluate", help="measure how well scores predict fine-tuned Dice",
+                       description="Compare the scores of `ccfv rank` (scores.csv) with the Dice "
+                                   "each model reached after fine-tuning (a CSV with columns "
+                                   "model,dice): weighted Kendall tau, Kendall tau, Spearman, "
+                                   "Pearson, top-1 relative Dice and regret per method; writes "
+                                   "evaluation.csv and evaluation.png.")
+    p.add_argument("--scores", required=True, help="scores.csv written by `ccfv rank`")
+    p.add_argument("--truth", required=True,
+                   help="fine-tuned ground truth: CSV with columns model,dice (others ignored)")
+    p.add_argument("--out", default="ccfv-eval",
+                   help="output folder for evaluation.csv and evaluation.png (default ccfv-eval)")
+    p.add_argument("--methods", default=None,
+                   help="methods (columns of --scores) to evaluate, comma-separated "
+                        "(default: all)")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

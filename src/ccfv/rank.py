@@ -18,10 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ccfv.bootstrap import BootstrapResult, replicate_scores, resample_cases, summarize
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators.registry import get_estimator
 
 DEFAULT_CACHE = Path(".ccfv_cache")
+
+#: Name under which the feature cache holds the source model's own predictions: its softmax
+#: (a sigmoid output becomes the two columns ``1 - p, p``) at the voxels planned for the last
+#: hooked layer, read from the model's output by the same point-wise extraction. LEEP and NCE
+#: read them; every other estimator sees only the hooked layers.
+PREDICTIONS = "<model output>:softmax"
 
 
 @dataclass
@@ -32,6 +39,8 @@ class RankResult:
     scores: dict[str, dict[str, float | None]]
     failures: dict[str, str] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    #: Bootstrap over target cases of the first (ranking) method; None when turned off.
+    bootstrap: BootstrapResult | None = None
 
     def ranking(self) -> list[str]:
         key = self.methods[0]
@@ -73,7 +82,7 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
     """Feature set of one bank entry on the loaded cases, from the cache where possible."""
     import torch
 
-    from ccfv.bank import fingerprint, load_model, make_preprocess, resolve_layers
+    from ccfv.bank import LayerSpec, fingerprint, load_model, make_preprocess, resolve_layers
     from ccfv.extract import LayerTap, cache_key, extract_at_points
 
     model, report = load_model(entry)
@@ -88,7 +97,9 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
     pre = entry.preprocessing
     ndim = loaded_cases[0].label.ndim
     preprocess = make_preprocess(pre, ndim)
-    with LayerTap(model, layers) as forward:  # {spec.key: map}, the keys of ``names``
+    taps = {spec.key: spec for spec in layers}
+    taps[PREDICTIONS] = LayerSpec("", "output")  # the root module's output: the logits
+    with LayerTap(model, taps) as forward:  # {name: map} for ``names`` and PREDICTIONS
         iterator = zip(loaded_cases, plan.cases)
         if progress:
             from tqdm.auto import tqdm
@@ -100,24 +111,47 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
             image, affine = preprocess(case.image, case.affine)
             points = case_plan.points(names, grid_mapping(case.affine, affine))
             roi = list(pre.roi) if pre.roi else list(image.shape[1:])
+            points[PREDICTIONS] = points[names[-1]]
             feats = extract_at_points(forward, torch.as_tensor(image), points, roi,
                                       overlap=pre.overlap, sw_batch_size=pre.sw_batch_size,
                                       device=device, autocast=autocast)
-            cache.put_case(key, case.case_id, {
-                name: (feats[name], cls) for name, cls in zip(names, case_plan.classes)})
+            parts = {name: (feats[name], cls) for name, cls in zip(names, case_plan.classes)}
+            parts[PREDICTIONS] = (output_probabilities(feats[PREDICTIONS]),
+                                  case_plan.classes[-1])
+            cache.put_case(key, case.case_id, parts)
     features = cache.assemble(key, [c.case_id for c in loaded_cases],
                               info={"model": entry.name, "layers": names})
     return features, report, layers, False
 
 
-def score_features(features, methods: Sequence[str]) -> dict[str, float]:
-    """Every method's score on one model's feature set."""
+def output_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from output logits ``(P, C)``: softmax over C, or for a single
+    output channel the sigmoid as two columns ``(1 - p, p)``; float64, rows sum to 1."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - p, p], axis=1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def split_predictions(cached: dict) -> tuple[dict, list[np.ndarray] | None]:
+    """A cached feature set -> (the hooked layers' feature set, the predictions per case)."""
+    features = {k: v for k, v in cached.items() if k != PREDICTIONS}
+    predictions = [P for P, _ in cached[PREDICTIONS]] if PREDICTIONS in cached else None
+    return features, predictions
+
+
+def score_features(features, methods: Sequence[str], predictions=None) -> dict[str, float]:
+    """Every method's score on one model's feature set (and its predictions, for the
+    estimators that read them)."""
     out = {}
     for method in methods:
         estimator = get_estimator(method)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CCFVWarning)
-            out[method] = float(estimator(features))
+            out[method] = float(estimator(features, predictions=predictions))
     return out
 
 
@@ -125,7 +159,8 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
          cases: int | None = None, seed: int = 0, device: str = "cpu",
          cache_dir: str | Path = DEFAULT_CACHE, budget: str = "fixed",
          counts: Sequence[int] = (100, 200, 400), autocast: bool = False,
-         progress: bool = True, log=print) -> RankResult:
+         bootstrap: int = 100, level: float = 0.95, progress: bool = True,
+         log=print) -> RankResult:
     """Score every model of ``bank`` on the labelled cases under ``data``.
 
     Parameters
@@ -139,6 +174,9 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
     cache_dir : where sampled features are cached.
     budget, counts : the sampling plan (``fixed`` counts per case, class and layer, from the
         layer nearest the bottleneck to the output, or ``proportional``).
+    bootstrap : replicates of the bootstrap over target cases for the first method (0: off);
+        see :mod:`ccfv.bootstrap`. Re-scores cached features only, never runs a model.
+    level : coverage of the bootstrap intervals.
 
     A model that fails (bad checkpoint, out of memory, ...) is reported in
     ``RankResult.failures`` and the others are still scored.
@@ -177,12 +215,19 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         "data": str(data), "bank": str(bank), "cases": [c.case_id for c in loaded],
         "seed": seed, "budget": budget, "counts": list(counts), "device": device,
         "per_model": {}})
+    draws = resample_cases(len(loaded), bootstrap, seed) if bootstrap else []
+    replicates: dict[str, np.ndarray] = {}
     for entry in entries:
         start = time.perf_counter()
         try:
-            features, report, layers, hit = extract_model(
+            cached, report, layers, hit = extract_model(
                 entry, loaded, plan_for, cache, data_fp, device, autocast, progress)
-            result.scores[entry.name] = score_features(features, methods)
+            features, predictions = split_predictions(cached)
+            result.scores[entry.name] = score_features(features, methods, predictions)
+            if draws:
+                replicates[entry.name] = replicate_scores(
+                    features, predictions, get_estimator(methods[0]), draws,
+                    progress=f"{entry.name}: bootstrap" if progress else None)
         except UserError as error:
             result.failures[entry.name] = str(error)
             result.scores[entry.name] = {m: None for m in methods}
@@ -195,4 +240,8 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         log(f"{entry.name}: " + ", ".join(f"{m} {v:.4f}" for m, v in
                                           result.scores[entry.name].items())
             + (" (cached features)" if hit else f" ({took:.1f} s)"))
+    if replicates:
+        full = {m: result.scores[m][methods[0]] for m in replicates}
+        result.bootstrap = summarize(methods[0], replicates, full, level, seed)
+        result.details["bootstrap"] = result.bootstrap.to_dict()
     return result

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators.featureset import FeatureSet, foreground_classes, validate_feature_set
@@ -111,41 +111,6 @@ def _pair_distances(gaussians, distance: str, variant: str, ridge: float) -> np.
     return bhattacharyya_pairs(gaussians, ridge)
 
 
-def _consistency(cases, layer, classes, variant, distance, ridge, notes):
-    """C_cons (paper) or the running total w (official) of one layer, and per-class parts."""
-    per_class: dict[int, float] = {}
-    pairs: dict[int, int] = {}
-    total = 0.0
-    for k in classes:
-        gaussians = []
-        for c, (X, y) in enumerate(cases):
-            Xk = X[y == k]
-            if Xk.shape[0] < 2:
-                notes.append(f"layer {layer!r}: class {k} has {Xk.shape[0]} sample(s) in case {c};"
-                             " that case is left out of the class's pairs")
-                continue
-            gaussians.append(fit_gaussian(Xk))
-        n_k = len(gaussians)
-        if n_k < 2:
-            notes.append(f"layer {layer!r}: class {k} has >= 2 samples in {n_k} case(s); it "
-                         "contributes nothing to class consistency")
-            continue
-        dist = _pair_distances(gaussians, distance, variant, ridge)
-        pairs[k] = dist.size
-        if variant == "paper":
-            per_class[k] = float(dist.mean())
-            total += per_class[k]
-        else:
-            per_class[k] = float(dist.sum())
-            total += per_class[k]
-            total += total / (n_k * n_k / 2) / len(classes)
-    if not pairs:
-        raise UserError(
-            f"layer {layer!r}: no foreground class has at least 2 samples in at least 2 cases, "
-            "so class consistency is undefined: sample more voxels per class or add cases")
-    return total, per_class, pairs
-
-
 def _energy(V: np.ndarray, s: float, normalise: bool, eps: float, where: str, notes) -> float:
     """Mean pairwise Riesz s-energy of the rows of V (the paper's E_s, mean over a != b)."""
     if normalise:
@@ -167,36 +132,123 @@ def _energy(V: np.ndarray, s: float, normalise: bool, eps: float, where: str, no
     return float(np.mean(dist ** (-s)))
 
 
-def _variety(cases, layer, variant, s, normalise, eps, notes) -> float:
+def _pair_matrix(n_cases: int, kept: np.ndarray, condensed: np.ndarray) -> np.ndarray:
+    """An (N, N) matrix holding ``condensed`` (pdist order over the ``kept`` cases), NaN
+    wherever a case was not kept."""
+    out = np.full((n_cases, n_cases), np.nan)
+    if kept.size >= 2:
+        out[np.ix_(kept, kept)] = squareform(condensed, checks=False)
+    return out
+
+
+@dataclass
+class _LayerTables:
+    """One layer's per-case and per-pair quantities; :meth:`CCFVTables.parts` sums them up."""
+
+    layer: str
+    case_variety: np.ndarray | None = None      # paper: 1 / E_s(v_j), NaN where skipped
+    variety_kept: np.ndarray | None = None      # official: cases with samples
+    pair_variety: np.ndarray | None = None      # official: (N, N) cross-case energies
+    class_valid: dict[int, np.ndarray] = field(default_factory=dict)   # cases with >= 2
+    class_pairs: dict[int, np.ndarray] = field(default_factory=dict)   # (N, N) distances
+
+
+def _variety_tables(t: _LayerTables, cases, variant, s, normalise, eps, notes) -> None:
+    layer = t.layer
     if variant == "official":
-        means, kept = [], 0
+        kept = []
         for c, (X, _) in enumerate(cases):
             if X.shape[0] == 0:
                 notes.append(f"layer {layer!r}: case {c} has no samples; left out of variety")
-                continue
-            means.append(X.mean(axis=0))
-            kept += 1
-        if kept < 2:
-            raise UserError(f"layer {layer!r}: fewer than 2 cases have samples; variety is "
-                            "undefined: add cases")
-        G = np.stack(means)
+            else:
+                kept.append(c)
+        t.variety_kept = np.asarray(kept, dtype=np.int64)
+        if len(kept) < 2:
+            t.pair_variety = np.full((len(cases), len(cases)), np.nan)
+            return
+        G = np.stack([cases[c][0].mean(axis=0) for c in kept])
         if normalise:
             G = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), np.finfo(float).tiny)
         sq = pdist(G, "sqeuclidean") + eps
-        if s == 0:
-            return float(np.mean(-0.5 * np.log(sq)))
-        return float(np.mean(sq ** (-s / 2)))
-    inverse_energies = []
+        energies = -0.5 * np.log(sq) if s == 0 else sq ** (-s / 2)
+        t.pair_variety = _pair_matrix(len(cases), t.variety_kept, energies)
+        return
+    t.case_variety = np.full(len(cases), np.nan)
     for c, (X, _) in enumerate(cases):
         if X.shape[0] < 2:
             notes.append(f"layer {layer!r}: case {c} has {X.shape[0]} sample(s); left out of "
                          "feature variety")
             continue
-        inverse_energies.append(1.0 / _energy(X, s, normalise, eps, f"layer {layer!r}, case {c}",
-                                              notes))
-    if not inverse_energies:
-        raise UserError(f"layer {layer!r}: no case has 2 samples; feature variety is undefined")
-    return float(np.mean(inverse_energies))
+        t.case_variety[c] = 1.0 / _energy(X, s, normalise, eps, f"layer {layer!r}, case {c}",
+                                          notes)
+
+
+def _consistency_tables(t: _LayerTables, cases, classes, variant, distance, ridge,
+                        notes) -> None:
+    for k in classes:
+        gaussians, kept = [], []
+        for c, (X, y) in enumerate(cases):
+            Xk = X[y == k]
+            if Xk.shape[0] < 2:
+                notes.append(f"layer {t.layer!r}: class {k} has {Xk.shape[0]} sample(s) in case "
+                             f"{c}; that case is left out of the class's pairs")
+                continue
+            gaussians.append(fit_gaussian(Xk))
+            kept.append(c)
+        valid = np.zeros(len(cases), dtype=bool)
+        valid[kept] = True
+        t.class_valid[k] = valid
+        dist = (_pair_distances(gaussians, distance, variant, ridge) if len(kept) >= 2
+                else np.zeros(0))
+        t.class_pairs[k] = _pair_matrix(len(cases), np.asarray(kept, dtype=np.int64), dist)
+
+
+def _upper(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The pairs i < j of ``matrix`` among cases ``idx`` (sorted), in pdist order."""
+    return matrix[np.ix_(idx, idx)][np.triu_indices(idx.size, 1)]
+
+
+def _variety(t: _LayerTables, idx: np.ndarray, variant: str) -> float:
+    if variant == "official":
+        kept = idx[np.isin(idx, t.variety_kept)]
+        if kept.size < 2:
+            raise UserError(f"layer {t.layer!r}: fewer than 2 cases have samples; variety is "
+                            "undefined: add cases")
+        return float(np.mean(_upper(t.pair_variety, kept)))
+    values = t.case_variety[idx]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise UserError(f"layer {t.layer!r}: no case has 2 samples; feature variety is undefined")
+    return float(np.mean(values))
+
+
+def _consistency(t: _LayerTables, idx: np.ndarray, variant: str, notes):
+    """C_cons (paper) or the running total w (official) over cases ``idx``, per-class parts."""
+    per_class: dict[int, float] = {}
+    pairs: dict[int, int] = {}
+    total = 0.0
+    n_classes = len(t.class_pairs)
+    for k, matrix in t.class_pairs.items():
+        kept = idx[t.class_valid[k][idx]]
+        n_k = kept.size
+        if n_k < 2:
+            notes.append(f"layer {t.layer!r}: class {k} has >= 2 samples in {n_k} case(s); it "
+                         "contributes nothing to class consistency")
+            continue
+        dist = _upper(matrix, kept)
+        pairs[k] = dist.size
+        if variant == "paper":
+            per_class[k] = float(dist.mean())
+            total += per_class[k]
+        else:
+            per_class[k] = float(dist.sum())
+            total += per_class[k]
+            total += total / (n_k * n_k / 2) / n_classes
+    if not pairs:
+        raise UserError(
+            f"layer {t.layer!r}: no foreground class has at least 2 samples in at least 2 cases, "
+            "so class consistency is undefined: sample more voxels per class or add cases")
+    return total, per_class, pairs
 
 
 def _log_ratio(layer: str, numerator: float, denominator: float, what: str) -> float:
@@ -206,6 +258,118 @@ def _log_ratio(layer: str, numerator: float, denominator: float, what: str) -> f
             "; both must be positive and finite (with s = 0 the energy can be negative: use s > 0"
             "; a consistency of 0 means identical Gaussians in every case)")
     return math.log(numerator / denominator)
+
+
+def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
+               consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
+               normalize: bool | None = None, eps: float | None = None,
+               layers: Sequence[str] | None = None, ridge: float = 1e-3) -> CCFVResult:
+    """The per-case and per-pair quantities of CC-FV, from which any subset of cases is scored.
+
+    Every CC-FV term is a mean (or sum) of per-case values (paper variety) or per-case-pair
+    values (class distances, official variety), so the quantities are computed once and
+    :meth:`CCFVTables.parts` / :meth:`CCFVTables.score` sum them up over all cases or over a
+    subset (the bootstrap over target cases, :mod:`ccfv.bootstrap`, re-scores this way
+    without fitting a Gaussian again). Takes the options of :func:`ccfv_parts`.
+
+    Parameters
+    ----------
+    features : mapping ``layer -> [(X, y) per case]``
+        X (n_samples, dim) sampled voxel features, y (n_samples,) their class ids
+        (0 = background, used by the variety term only). Validated here.
+    variant : ``"paper"`` (Eq. 1-5 of the paper) or ``"official"`` (the released code).
+    distance : ``"wasserstein"`` (W2, the method's), ``"kl"`` (symmetrised Kullback-Leibler)
+        or ``"bhattacharyya"`` between the per-case Gaussians of a class (paper's Table 2).
+    consistency_only, variety_only : drop the other term (ablations); the score becomes
+        ``log(1 / consistency)`` or ``log(variety)`` per layer.
+    s : energy exponent (s > 0: |.|^-s; s = 0: log 1/|.|). Both variants.
+    normalize : project features to the unit sphere before the variety term. Default:
+        True for ``"paper"``, False for ``"official"`` (the released code does not).
+    eps : added to squared distances in the variety term. Default: 0 for ``"paper"``
+        (coincident pairs are floored and reported), 1e-3 for ``"official"`` (its constant).
+    layers : names of the layers to use (default: all).
+    ridge : for ``kl`` and ``bhattacharyya`` only: ``ridge * Tr(S) / d`` is added to each
+        covariance's diagonal so that rank-deficient covariances (fewer samples than dims)
+        have an inverse and a determinant.
+
+    Returns
+    -------
+    CCFVTables
+    """
+    if variant not in VARIANTS:
+        raise UserError(f"unknown CC-FV variant {variant!r}: use one of {VARIANTS}")
+    if distance not in DISTANCES:
+        raise UserError(f"unknown distance {distance!r}: use one of {DISTANCES}")
+    if consistency_only and variety_only:
+        raise UserError("consistency_only and variety_only exclude each other: set at most one")
+    if not (s >= 0 and math.isfinite(s)):
+        raise UserError(f"energy exponent s={s!r}: use a finite s >= 0 (the paper uses s = 1)")
+    if not ridge > 0:
+        raise UserError(f"ridge={ridge!r}: use a positive ridge (default 1e-3)")
+    normalise = (variant == "paper") if normalize is None else bool(normalize)
+    eps = (0.0 if variant == "paper" else OFFICIAL_EPS) if eps is None else float(eps)
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise UserError(f"eps={eps!r}: use a finite eps >= 0")
+    data = validate_feature_set(features, layers=layers)
+    classes = foreground_classes(data)
+    if not classes and not variety_only:
+        raise UserError("no sample carries a foreground class id (> 0): class consistency "
+                        "needs labelled foreground voxels; check the labels of the feature set")
+    options = dict(distance=distance, consistency_only=consistency_only,
+                   variety_only=variety_only, s=s, normalize=normalise, eps=eps,
+                   layers=list(data), ridge=ridge)
+    notes = _Notes()
+    tables = []
+    for layer, cases in data.items():
+        t = _LayerTables(layer)
+        if not consistency_only:
+            _variety_tables(t, cases, variant, s, normalise, eps, notes)
+        if not variety_only:
+            _consistency_tables(t, cases, classes, variant, distance, ridge, notes)
+        tables.append(t)
+    n_cases = len(next(iter(data.values())))
+    return CCFVTables(variant, options, tables, n_cases, list(notes))
+
+
+@dataclass
+class CCFVTables:
+    """What :func:`ccfv_tables` computed: per layer, per-case and per-case-pair quantities."""
+
+    variant: str
+    options: dict
+    layers: list[_LayerTables]
+    n_cases: int
+    notes: list[str]
+
+    def parts(self, cases: Sequence[int] | None = None) -> CCFVResult:
+        """The CC-FV result over ``cases`` (indices of distinct cases; default all)."""
+        idx = (np.arange(self.n_cases) if cases is None
+               else np.unique(np.asarray(cases, dtype=np.int64)))
+        if idx.size and (idx[0] < 0 or idx[-1] >= self.n_cases):
+            raise UserError(f"case indices {list(idx)} outside 0..{self.n_cases - 1}")
+        notes = _Notes()
+        consistency_only = self.options["consistency_only"]
+        variety_only = self.options["variety_only"]
+        parts = []
+        for t in self.layers:
+            variety = None if consistency_only else _variety(t, idx, self.variant)
+            consistency, per_class, pairs = (None, {}, {}) if variety_only else _consistency(
+                t, idx, self.variant, notes)
+            if variety_only:
+                term = _log_ratio(t.layer, variety, 1.0, "variety")
+            elif consistency_only:
+                term = _log_ratio(t.layer, 1.0, consistency, "1/consistency")
+            else:
+                term = _log_ratio(t.layer, variety, consistency, "variety/consistency")
+            parts.append(LayerParts(t.layer, variety, consistency, term, per_class, pairs))
+        terms = [p.term for p in parts]
+        score = float(np.mean(terms) if self.variant == "paper" else np.sum(terms))
+        return CCFVResult(score=score, variant=self.variant, options=dict(self.options),
+                          layers=parts, warnings=self.notes + list(notes))
+
+    def score(self, cases: Sequence[int] | None = None) -> float:
+        """The CC-FV score over ``cases`` (default all)."""
+        return self.parts(cases).score
 
 
 def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
@@ -239,46 +403,9 @@ def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = 
     CCFVResult
         ``score``, ``layers`` (one :class:`LayerParts` each), ``warnings`` (every skip).
     """
-    if variant not in VARIANTS:
-        raise UserError(f"unknown CC-FV variant {variant!r}: use one of {VARIANTS}")
-    if distance not in DISTANCES:
-        raise UserError(f"unknown distance {distance!r}: use one of {DISTANCES}")
-    if consistency_only and variety_only:
-        raise UserError("consistency_only and variety_only exclude each other: set at most one")
-    if not (s >= 0 and math.isfinite(s)):
-        raise UserError(f"energy exponent s={s!r}: use a finite s >= 0 (the paper uses s = 1)")
-    if not ridge > 0:
-        raise UserError(f"ridge={ridge!r}: use a positive ridge (default 1e-3)")
-    normalise = (variant == "paper") if normalize is None else bool(normalize)
-    eps = (0.0 if variant == "paper" else OFFICIAL_EPS) if eps is None else float(eps)
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise UserError(f"eps={eps!r}: use a finite eps >= 0")
-    data = validate_feature_set(features, layers=layers)
-    classes = foreground_classes(data)
-    if not classes and not variety_only:
-        raise UserError("no sample carries a foreground class id (> 0): class consistency "
-                        "needs labelled foreground voxels; check the labels of the feature set")
-    options = dict(distance=distance, consistency_only=consistency_only,
-                   variety_only=variety_only, s=s, normalize=normalise, eps=eps,
-                   layers=list(data), ridge=ridge)
-    notes = _Notes()
-    parts = []
-    for layer, cases in data.items():
-        variety = None if consistency_only else _variety(cases, layer, variant, s, normalise,
-                                                         eps, notes)
-        consistency, per_class, pairs = (None, {}, {}) if variety_only else _consistency(
-            cases, layer, classes, variant, distance, ridge, notes)
-        if variety_only:
-            term = _log_ratio(layer, variety, 1.0, "variety")
-        elif consistency_only:
-            term = _log_ratio(layer, 1.0, consistency, "1/consistency")
-        else:
-            term = _log_ratio(layer, variety, consistency, "variety/consistency")
-        parts.append(LayerParts(layer, variety, consistency, term, per_class, pairs))
-    terms = [p.term for p in parts]
-    score = float(np.mean(terms) if variant == "paper" else np.sum(terms))
-    return CCFVResult(score=score, variant=variant, options=options, layers=parts,
-                      warnings=list(notes))
+    return ccfv_tables(features, variant, distance=distance, consistency_only=consistency_only,
+                       variety_only=variety_only, s=s, normalize=normalize, eps=eps,
+                       layers=layers, ridge=ridge).parts()
 
 
 def ccfv_score(features: FeatureSet, variant: str = "paper", **options) -> float:

@@ -133,3 +133,96 @@ def foreground_classes(features: Mapping[str, Sequence[tuple[np.ndarray, np.ndar
         for _, y in cases:
             ids.update(int(v) for v in np.unique(y))
     return sorted(k for k in ids if k > 0)
+
+
+def layer_samples(features: FeatureSet, layer: str | None = None, min_cases: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's samples pooled over cases, for the estimators that ignore case structure.
+
+    Parameters
+    ----------
+    features : feature set ``{layer: [(X, y) per case]}`` (validated here).
+    layer : which layer; default the LAST one, which in ccfv's layer order (bottleneck ->
+        output) is the input of the final convolution: "the layer before the final
+        convolution" that the baselines of the CC-FV paper use.
+    min_cases : fewest cases accepted (the pooled estimators work with one case).
+
+    Returns
+    -------
+    X : float64 (n, d), every case's rows stacked in case order
+    y : int64 (n,), class ids (0 = background, a class like the others here)
+    case : int64 (n,), the case index of each row
+    """
+    names = list(features.keys()) if isinstance(features, Mapping) else []
+    name = layer if layer is not None else (names[-1] if names else None)
+    checked = validate_feature_set(features, layers=None if name is None else [name],
+                                   min_cases=min_cases)
+    cases = checked[name] if name is not None else []
+    X = np.concatenate([X for X, _ in cases])
+    y = np.concatenate([y for _, y in cases])
+    case = np.concatenate([np.full(len(y_), c, dtype=np.int64) for c, (_, y_) in enumerate(cases)])
+    if X.shape[0] == 0:
+        raise FeatureSetError(f"layer {name!r} holds no sample in any case")
+    return X, y, case
+
+
+Predictions = Sequence[np.ndarray]
+
+
+def validate_predictions(predictions: Predictions | None, features: FeatureSet,
+                         layer: str | None = None, *, method: str = "this estimator"
+                         ) -> np.ndarray:
+    """Check source-model predictions against a feature set and pool them over cases.
+
+    ``predictions`` holds one array per case, shape ``(n_samples, n_source_classes)``: the
+    source model's softmax over ITS OWN classes at the very voxels of ``features[layer]``
+    (row for row; ``layer`` defaults to the last layer, as in :func:`layer_samples`).
+    ``ccfv rank`` extracts them alongside the features.
+
+    Returns
+    -------
+    float64 (n, n_source_classes), rows of all cases stacked in case order; rows sum to 1.
+
+    Raises
+    ------
+    FeatureSetError
+        No predictions, another number of cases or rows than ``features[layer]``, NaN/Inf,
+        negative values, rows that do not sum to 1 (pass probabilities, not logits).
+    """
+    if predictions is None:
+        raise FeatureSetError(
+            f"{method} needs the source model's predictions (its softmax over its source "
+            "classes at the sampled voxels), given as predictions=[P per case]; `ccfv rank` "
+            "extracts them with the features")
+    names = list(features.keys()) if isinstance(features, Mapping) else []
+    name = layer if layer is not None else (names[-1] if names else None)
+    cases = validate_feature_set(features, layers=None if name is None else [name],
+                                 min_cases=1)[name]
+    if isinstance(predictions, np.ndarray) or len(predictions) != len(cases):
+        n = "an array" if isinstance(predictions, np.ndarray) else f"{len(predictions)} case(s)"
+        raise FeatureSetError(
+            f"predictions hold {n} but layer {name!r} holds {len(cases)} cases: give one "
+            "(n_samples, n_source_classes) array per case, aligned with the layer's rows")
+    pooled = []
+    width = None
+    for c, (P, (X, _)) in enumerate(zip(predictions, cases)):
+        P = np.asarray(P, dtype=np.float64)
+        if P.ndim != 2 or P.shape[0] != X.shape[0]:
+            raise FeatureSetError(
+                f"predictions, case {c}: shape {P.shape}, but layer {name!r} has "
+                f"{X.shape[0]} rows in that case; expected ({X.shape[0]}, n_source_classes)")
+        if width is None:
+            width = P.shape[1]
+        elif P.shape[1] != width:
+            raise FeatureSetError(
+                f"predictions, case {c}: {P.shape[1]} source classes but case 0 has {width}")
+        if not np.all(np.isfinite(P)):
+            raise FeatureSetError(f"predictions, case {c}: NaN or Inf values")
+        if P.size and (P.min() < 0 or not np.allclose(P.sum(axis=1), 1.0, atol=1e-4)):
+            raise FeatureSetError(
+                f"predictions, case {c}: rows must be probabilities (>= 0, summing to 1; "
+                f"row 0 sums to {P[0].sum():.6g}): apply a softmax to logits first")
+        pooled.append(P)
+    if width is None or width < 1:
+        raise FeatureSetError("predictions have no source class")
+    return np.concatenate(pooled)

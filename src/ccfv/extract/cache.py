@@ -36,8 +36,9 @@ from ccfv.errors import CCFVWarning, UserError
 
 __all__ = ["FeatureCache", "cache_key", "CACHE_FORMAT"]
 
-#: Bumped whenever the file layout changes; files of another format count as missing.
-CACHE_FORMAT = "ccfv-features-1"
+#: Bumped whenever the file layout or what is extracted changes (2: the model's output
+#: probabilities ride along); files of another format count as missing.
+CACHE_FORMAT = "ccfv-features-2"
 
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError)
