@@ -13,9 +13,9 @@ METHODS_HELP = "estimators to compute, comma-separated; the first one ranks (def
 
 
 def _methods(text: str) -> list[str]:
-    from ccfv.estimators.registry import get_estimator
+    from ccfv.estimators.registry import get_estimator, split_methods
 
-    names = [m.strip() for m in text.split(",") if m.strip()]
+    names = split_methods(text)
     if not names:
         raise UserError("--methods names no method: give e.g. --methods ccfv,ccfv-official")
     for name in names:

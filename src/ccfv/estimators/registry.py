@@ -5,13 +5,23 @@ An estimator is a function ``(features, **options) -> float`` on a feature set
 model's own predictions at the sampled voxels take them as ``predictions=[P per case]``
 (``P``: ``(n_samples, n_source_classes)`` softmax, rows aligned with the feature set's last
 layer). Adding one is one file in this package and one line in :data:`ESTIMATORS`.
+
+A method name may carry options in brackets, ``name[key=value; key=value]`` (values read as
+YAML: ``true``, ``2``, ``kl``), e.g. ``ccfv[distance=kl]``, ``ccfv[consistency_only=true]``,
+``ccfv[layers=last]`` (``last``: the layer nearest the output only, the paper's single-scale
+ablation), ``gbc[covariance=spherical]``. The full string is the method's name in tables and
+CSV columns, so ablations are run, cached and evaluated like any other method.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
+
+import yaml
 
 from ccfv.errors import UserError
 from ccfv.estimators.ccfv import ccfv_score, ccfv_tables
@@ -39,8 +49,17 @@ class Estimator:
     func: Callable[..., float]
     needs_predictions: bool = False
     tables: Callable[..., object] | None = None
+    #: Options fixed by the method name (``ccfv[distance=kl]``), passed on every call.
+    options: dict = field(default_factory=dict)
+
+    def _options(self, features, options: dict) -> dict:
+        merged = {**self.options, **options}
+        if merged.get("layers") == "last":
+            merged["layers"] = [list(features)[-1]]
+        return merged
 
     def __call__(self, features, predictions=None, **options) -> float:
+        options = self._options(features, options)
         if self.needs_predictions:
             return self.func(features, predictions, **options)
         return self.func(features, **options)
@@ -48,7 +67,7 @@ class Estimator:
     def prepare(self, features, predictions=None, **options) -> Callable[[Sequence[int]], float]:
         """``scorer(case_indices) -> float``: the score on a subset of the cases."""
         if self.tables is not None:
-            return self.tables(features, **options).score
+            return self.tables(features, **self._options(features, options)).score
 
         def scorer(cases: Sequence[int]) -> float:
             sub = {layer: [pairs[i] for i in cases] for layer, pairs in features.items()}
@@ -76,10 +95,49 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 
+_METHOD = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[(.*)\])?\s*$")
+
+
 def get_estimator(name: str) -> Estimator:
-    """The estimator registered as ``name``; a clear error lists the known names."""
-    try:
-        return ESTIMATORS[name]
-    except KeyError:
+    """The estimator registered as ``name`` (options in brackets allowed, see the module
+    docstring); a clear error lists the known names or the options the estimator takes."""
+    match = _METHOD.match(name) if isinstance(name, str) else None
+    base = match.group(1) if match else name
+    if base not in ESTIMATORS:
         raise UserError(f"unknown method {name!r}: known methods are "
-                        f"{', '.join(ESTIMATORS)}") from None
+                        f"{', '.join(ESTIMATORS)} (options as in ccfv[distance=kl])")
+    estimator = ESTIMATORS[base]
+    if not match.group(2):
+        return estimator
+    signature = inspect.signature(estimator.func)
+    if estimator.tables is not None and any(p.kind == p.VAR_KEYWORD
+                                            for p in signature.parameters.values()):
+        signature = inspect.signature(estimator.tables)  # CC-FV: the options are named there
+    accepted = [p for p in signature.parameters.values()
+                if p.kind == p.KEYWORD_ONLY or (p.default is not p.empty
+                                                and p.kind == p.POSITIONAL_OR_KEYWORD)]
+    known = {p.name for p in accepted} - {"variant"}
+    options = {}
+    for item in filter(None, (part.strip() for part in match.group(2).split(";"))):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise UserError(f"method {name!r}: {item!r} is not an option of {base}; write "
+                            f"{base}[key=value; ...] with keys among {', '.join(sorted(known))}")
+        options[key] = yaml.safe_load(text.strip())
+    return replace(estimator, options=options)
+
+
+def split_methods(text: str) -> list[str]:
+    """``"ccfv,logme,ccfv[distance=kl; s=2]"`` -> the method names (commas inside brackets
+    do not split)."""
+    names, depth, current = [], 0, ""
+    for char in text:
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            names.append(current.strip())
+            current = ""
+        else:
+            current += char
+    names.append(current.strip())
+    return [n for n in names if n]

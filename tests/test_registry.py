@@ -1,0 +1,41 @@
+"""Method names, with options in brackets: the ablations are methods like any other."""
+
+import numpy as np
+import pytest
+from conftest import random_feature_set
+
+import ccfv
+from ccfv.estimators.registry import ESTIMATORS, get_estimator, split_methods
+
+
+def test_every_method_of_the_issue_is_registered():
+    assert list(ESTIMATORS) == ["ccfv", "ccfv-official", "logme", "transrate", "leep", "gbc",
+                                "hscore", "reg-hscore", "nleep", "nce", "parc", "sfda"]
+
+
+def test_options_in_brackets(rng):
+    f = random_feature_set(rng, n_cases=4, dims=(5, 6), samples=(8, 9), classes=2)
+    assert get_estimator("ccfv[layers=last]")(f) == ccfv.ccfv_score(f, layers=["layer1"])
+    assert get_estimator("ccfv[distance=kl]")(f) == ccfv.ccfv_score(f, distance="kl")
+    assert get_estimator("ccfv-official[ consistency_only = true ; s=2]")(f) == \
+        ccfv.ccfv_score(f, variant="official", consistency_only=True, s=2)
+    assert get_estimator("ccfv[normalize=false]").prepare(f)([0, 1, 3]) == pytest.approx(
+        ccfv.ccfv_score({k: [v[i] for i in (0, 1, 3)] for k, v in f.items()}, normalize=False),
+        rel=1e-12)
+    assert get_estimator("gbc[covariance=spherical]")(f) == \
+        ccfv.gbc_score(f, covariance="spherical")
+    assert get_estimator("ccfv") is ESTIMATORS["ccfv"]
+
+
+def test_bad_method_names():
+    with pytest.raises(ccfv.UserError, match="keys among consistency_only, distance"):
+        get_estimator("ccfv[foo=1]")
+    with pytest.raises(ccfv.UserError, match="not an option of ccfv"):
+        get_estimator("ccfv[variant=official]")  # that is what ccfv-official is for
+    with pytest.raises(ccfv.UserError, match="unknown method 'lgome'"):
+        get_estimator("lgome")
+
+
+def test_split_methods():
+    assert split_methods("ccfv, logme,ccfv[distance=kl; s=2],,gbc[covariance=spherical]") == [
+        "ccfv", "logme", "ccfv[distance=kl; s=2]", "gbc[covariance=spherical]"]
