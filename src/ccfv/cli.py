@@ -122,6 +122,21 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from ccfv.bench.config import load_config
+    from ccfv.bench.run import run_bench
+
+    config = load_config(args.config, quick=args.quick)
+    work = Path(args.work or Path(".ccfv_bench") / config["name"])
+    out = Path(args.out or Path("bench-out") / config["name"])
+    print(f"ccfv bench: {config['name']} ({len(config.task_paths)} tasks, targets "
+          f"{', '.join(config.targets)}); cache {work}, results {out}")
+    run_bench(config, work, out, progress=not args.quiet)
+    print(f"\nwrote {out / 'summary.json'}, {out / 'tables.md'} and the fig2_*.png plots")
+    print((out / "tables.md").read_text().split("## Pearson")[0])
+    return 0
+
+
 def _add_run_options(p, out_default):
     p.add_argument("--methods", default="ccfv", help=METHODS_HELP)
     p.add_argument("--cases", type=int, default=None,
@@ -192,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods (columns of --scores) to evaluate, comma-separated "
                         "(default: all)")
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("bench", help="the transfer benchmark: does a score pick the model "
+                                     "that fine-tunes best?",
+                       description="Leave one task out: pre-train every architecture on every "
+                                   "other task (and keep one from scratch), fine-tune every bank "
+                                   "model on the target (ground truth: test Dice over seeds), "
+                                   "score every model with every method on the target's train "
+                                   "split, and report weighted tau, Pearson, Spearman and top-1 "
+                                   "regret per target and averaged. Every stage is cached in "
+                                   "--work and resumes where a killed run stopped.")
+    p.add_argument("--config", required=True, help="benchmark YAML (e.g. "
+                                                    "benchmarks/transfer2d.yaml)")
+    p.add_argument("--quick", action="store_true",
+                   help="the config's small `quick` profile: the whole pipeline in minutes")
+    p.add_argument("--work", help="cache of every stage (default .ccfv_bench/NAME)")
+    p.add_argument("--out", help="results folder (default bench-out/NAME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -1,0 +1,176 @@
+"""The benchmark's results: statistics per target and averaged, tables, plots, summary.json.
+
+Written to ``out``:
+
+- ``summary.json``: the raw numbers every table is computed from,
+  ``{"targets": {TASK: {"models": {MODEL: {"dice": [per seed], "scores": {METHOD: value}}}}}}``
+  plus ``statistics`` (per target and averaged), ``config``, ``commit`` and ``wall_seconds``;
+- ``tables.md``: Table 1 (weighted tau and Pearson per target, main methods), Spearman and
+  top-1 regret, the ablation table (every CC-FV variant), the ground truth with its seed spread;
+- ``fig2_<target>.png``: standardised score against fine-tuned Dice, one panel per method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ccfv.errors import CCFVWarning, UserError
+from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
+
+STATS = (*CORRELATIONS, "top1_relative", "regret")
+
+
+def truth_of(models: dict) -> dict[str, float]:
+    """Mean fine-tuned Dice over seeds, per model (models without any Dice left out)."""
+    out = {}
+    for name, m in models.items():
+        values = [d for d in m["dice"] if d is not None]
+        if values:
+            out[name] = float(np.mean(values))
+    return out
+
+
+def seed_spread(models: dict) -> dict:
+    """How noisy the ground truth is next to the gaps between models.
+
+    ``mean_seed_sd``: mean over models of the standard deviation of Dice over seeds;
+    ``median_gap``: median difference in mean Dice between models adjacent in the Dice order.
+    """
+    sds = [float(np.std([d for d in m["dice"] if d is not None], ddof=1))
+           for m in models.values() if sum(d is not None for d in m["dice"]) > 1]
+    means = sorted(truth_of(models).values())
+    gaps = np.diff(means)
+    return {"mean_seed_sd": float(np.mean(sds)) if sds else None,
+            "median_gap": float(np.median(gaps)) if gaps.size else None}
+
+
+def target_statistics(models: dict) -> dict[str, dict]:
+    """``{method: {statistic: value or None, n_models}}`` for one target."""
+    truth = truth_of(models)
+    scores = {name: m["scores"] for name, m in models.items()}
+    methods = list(dict.fromkeys(k for m in scores.values() for k in m))
+    out = {}
+    for method in methods:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CCFVWarning)
+                (row,) = evaluate(scores, truth, methods=[method])
+        except UserError as error:
+            out[method] = {s: None for s in STATS} | {"n_models": 0, "note": str(error)}
+            continue
+        out[method] = {s: row[s] for s in STATS} | {"n_models": row["n_models"]}
+    return out
+
+
+def average(per_target: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Mean of each statistic over the targets where it is defined (and how many)."""
+    methods = list(dict.fromkeys(m for t in per_target.values() for m in t))
+    out = {}
+    for method in methods:
+        row = {}
+        for stat in STATS:
+            values = [t[method][stat] for t in per_target.values()
+                      if method in t and t[method][stat] is not None]
+            row[stat] = float(np.mean(values)) if values else None
+        row["n_targets"] = sum(method in t and t[method]["weighted_tau"] is not None
+                               for t in per_target.values())
+        out[method] = row
+    return out
+
+
+def _fmt(value, digits=3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.{digits}f}"
+
+
+def _table(per_target, avg, methods, stat, targets) -> list[str]:
+    head = "| method | " + " | ".join(targets) + " | average |"
+    lines = [head, "|" + "---|" * (len(targets) + 2)]
+    for method in methods:
+        cells = [_fmt(per_target[t].get(method, {}).get(stat)) for t in targets]
+        lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {_fmt(avg[method][stat])} |")
+    return lines
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def is_ablation(method: str) -> bool:
+    return method.startswith("ccfv") and method not in ("ccfv", "ccfv-official")
+
+
+def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
+    """Compute the statistics into ``summary`` and write every file (see module doc)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = list(summary["targets"])
+    per_target = {t: target_statistics(summary["targets"][t]["models"]) for t in targets}
+    avg = average(per_target)
+    spreads = {t: seed_spread(summary["targets"][t]["models"]) for t in targets}
+    summary["statistics"] = {"per_target": per_target, "average": avg, "seed_spread": spreads}
+    summary["commit"] = _commit()
+    methods = list(avg)
+    main = [m for m in methods if not is_ablation(m)]
+    ablations = [m for m in methods if m.startswith("ccfv")]
+    seeds = config["finetune"]["seeds"]
+    n_models = {t: len(summary["targets"][t]["models"]) for t in targets}
+    md = [f"# Transfer benchmark `{config['name']}`", "",
+          f"Leave one task out over {len(targets)} target(s); per target a bank of "
+          f"{', '.join(f'{n_models[t]}' for t in targets)} models "
+          f"({', '.join(config['architectures'])} pre-trained on every other task, and from "
+          f"scratch); ground truth: Dice on the target's test split after fine-tuning, "
+          f"mean over {len(seeds)} seed(s) {seeds}. Estimators on "
+          f"{config['scoring']['cases']} target-train cases. Commit `{summary['commit'][:12]}`, "
+          f"this invocation's wall time {summary.get('wall_seconds', 0) / 60:.1f} min. "
+          "Larger is better for every statistic except regret.", "",
+          "## Weighted Kendall tau (the paper's Table 1)", ""]
+    md += _table(per_target, avg, main, "weighted_tau", targets)
+    md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets)
+    md += ["", "## Spearman rho", ""] + _table(per_target, avg, main, "spearman", targets)
+    md += ["", "## Top-1 regret (best Dice - Dice of the model ranked first)", ""]
+    md += _table(per_target, avg, main, "regret", targets)
+    md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
+    md += _table(per_target, avg, ablations, "weighted_tau", targets)
+    md += ["", "## Ground truth and its noise", "",
+           "| target | models | mean seed sd of Dice | median gap between adjacent models |",
+           "|---|---|---|---|"]
+    for t in targets:
+        md.append(f"| {t} | {n_models[t]} | {_fmt(spreads[t]['mean_seed_sd'], 4)} | "
+                  f"{_fmt(spreads[t]['median_gap'], 4)} |")
+    for t in targets:
+        models = summary["targets"][t]["models"]
+        md += ["", f"### {t}", "", "| model | Dice per seed | mean |", "|---|---|---|"]
+        for name, m in sorted(models.items(), key=lambda kv: -truth_of(models).get(kv[0], -1)):
+            md.append(f"| {name} | {', '.join(_fmt(d, 4) for d in m['dice'])} | "
+                      f"{_fmt(truth_of(models).get(name), 4)} |")
+    paths = {}
+    for t in targets:
+        models = summary["targets"][t]["models"]
+        scores = {name: m["scores"] for name, m in models.items()}
+        usable = [m for m in main if per_target[t].get(m, {}).get("n_models", 0) >= 3]
+        if usable:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CCFVWarning)
+                paths[f"fig2_{t}"] = plot_scores_vs_truth(scores, truth_of(models),
+                                                          out / f"fig2_{t}.png", methods=usable)
+            md += ["", f"![{t}](fig2_{t}.png)"]
+    (out / "tables.md").write_text("\n".join(md) + "\n")
+    (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
+    tmp = out / f".summary.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    os.replace(tmp, out / "summary.json")
+    paths.update(summary=out / "summary.json", tables=out / "tables.md")
+    return paths

@@ -1,0 +1,221 @@
+"""The transfer benchmark, leave one task out: does the score pick the model that fine-tunes best?
+
+Stages, each cached under ``work/`` and resumable (a killed run redoes at most the network
+being trained or the model being scored):
+
+1. **tasks** (:mod:`ccfv.bench.tasks`): one input format, a fixed written-down split.
+2. **pre-training**: every architecture on every task (all its prepared cases), from a seeded
+   initialisation; plus each architecture's seeded initialisation itself ("no pre-train").
+   ``work/pretrain/<arch>__<task>-<digest>.pt``.
+3. **banks**: for target T, every architecture pre-trained on every OTHER task, plus every
+   architecture from scratch (the paper's bank at CPU scale).
+4. **fine-tuning** (the ground truth): every bank model on T's train split, all weights loaded
+   except the final convolution block (re-initialised), nothing frozen, the same steps,
+   optimiser and batch for all; Dice on T's test split (mean over foreground classes and per
+   class); one run per seed. ``work/finetune/<target>/<model>__<digest>__seed<s>.json``.
+5. **scores**: ``ccfv rank`` on T's train split only (``scoring.cases`` of its cases, one
+   sampling plan shared by all models), every method of ``scoring.methods`` (ablations are
+   methods with options, ``ccfv[distance=kl]``), and ``scoring.proportional`` again with the
+   proportional budget (columns ``<method>@proportional``). Features are cached in
+   ``work/features``.
+6. **statistics** (:mod:`ccfv.evaluation`): per target and averaged over targets; written by
+   :mod:`ccfv.bench.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ccfv.bench.config import BenchConfig
+from ccfv.bench.tasks import PreparedTask, prepare_task
+from ccfv.errors import CCFVWarning
+
+SCRATCH = "scratch"
+PROPORTIONAL = "@proportional"
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def model_name(arch: str, source: str) -> str:
+    """Bank model name: ``<arch>__<source task>`` or ``<arch>__scratch``."""
+    return f"{arch}__{source}"
+
+
+def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
+             progress: bool, log) -> Path:
+    """The checkpoint of ``arch`` pre-trained on ``task`` (None: the seeded initialisation)."""
+    import torch
+
+    from ccfv.bench.train import ARCHITECTURES, save_checkpoint, set_seed, train
+
+    cfg = config["pretrain"]
+    source = task.name if task is not None else SCRATCH
+    n_out = task.n_classes if task is not None else 2
+    digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed")
+    path = work / "pretrain" / f"{model_name(arch, source)}-{digest}.pt"
+    if path.is_file():
+        return path
+    set_seed(cfg["seed"])
+    model = ARCHITECTURES[arch](config["channels"], n_out, config["size"])
+    meta = {"arch": arch, "source": source, "out_channels": n_out, "pretrain": cfg}
+    if task is not None:
+        start = time.perf_counter()
+        info = train(model, task.images, task.labels, steps=cfg["steps"],
+                     batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
+                     progress=f"pre-train {arch} on {source}" if progress else None)
+        meta.update(info)
+        log(f"pre-trained {arch} on {source}: loss {info['loss_first']:.3f} -> "
+            f"{info['loss_last']:.3f} in {time.perf_counter() - start:.0f} s")
+    with torch.no_grad():
+        save_checkpoint(model, path, meta)
+    return path
+
+
+def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
+             target: PreparedTask, seed: int, work: Path, progress: bool) -> dict:
+    """Fine-tune one bank model on the target's train split; Dice on its test split."""
+    import torch
+
+    from ccfv.bench.train import (ARCHITECTURES, dice_per_class, head_module, load_pretrained,
+                                  set_seed, train)
+
+    cfg = config["finetune"]
+    digest = config.digest("pretrain", "finetune", "size", "channels", "max_cases",
+                           "split_seed", "test_fraction")
+    path = work / "finetune" / target.name / f"{name}__{digest}__seed{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    set_seed(seed)
+    model = ARCHITECTURES[arch](config["channels"], target.n_classes, config["size"])
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    loaded = load_pretrained(model, state, head_module(arch))
+    start = time.perf_counter()
+    info = train(model, target.images[target.train], target.labels[target.train],
+                 steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
+                 progress=f"fine-tune {name} on {target.name} (seed {seed})" if progress
+                 else None)
+    per_class = dice_per_class(model, target.images[target.test], target.labels[target.test],
+                               n_classes=target.n_classes)
+    finite = per_class[np.isfinite(per_class)]
+    result = {"model": name, "target": target.name, "seed": seed,
+              "dice": float(finite.mean()) if finite.size else None,
+              "dice_per_class": {target.class_names.get(k + 1, str(k + 1)): (
+                  float(v) if math.isfinite(v) else None) for k, v in enumerate(per_class)},
+              "seconds": time.perf_counter() - start, "loss_first": info["loss_first"],
+              "loss_last": info["loss_last"], "loaded_tensors": loaded["loaded"],
+              "reinitialised": loaded["reinitialised"]}
+    _write_json(path, result)
+    return result
+
+
+def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple],
+               work: Path) -> Path:
+    """The bank YAML of one target: every model with its network, checkpoint, layers auto."""
+    import torch
+
+    from ccfv.bench.train import network_spec
+
+    size = config["size"]
+    models = []
+    for name, (arch, checkpoint) in bank.items():
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
+        spec = network_spec(arch, config["channels"], meta["out_channels"], size)
+        models.append({"name": name, **spec, "checkpoint": str(checkpoint), "layers": "auto",
+                       "preprocessing": {"intensity": {"kind": "range", "a_min": 0,
+                                                       "a_max": 255, "b_min": 0, "b_max": 1},
+                                         "roi": [size, size]}})
+    path = work / "scores" / target.name / "bank.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
+    return path
+
+
+def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, work: Path,
+                 progress: bool, log) -> tuple[dict, dict]:
+    """Every method's score of every bank model on the target's train split."""
+    from ccfv.rank import rank
+
+    cfg = config["scoring"]
+    common = dict(cases=min(cfg["cases"], len(target.train)), seed=cfg["seed"],
+                  counts=cfg["counts"], cache_dir=work / "features", bootstrap=0,
+                  progress=progress, log=lambda *_: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CCFVWarning)
+        fixed = rank(bank_file, target.train_folder, methods=cfg["methods"], budget="fixed",
+                     **common)
+        scores = {m: dict(v) for m, v in fixed.scores.items()}
+        failures = dict(fixed.failures)
+        if cfg["proportional"]:
+            prop = rank(bank_file, target.train_folder, methods=cfg["proportional"],
+                        budget="proportional", **common)
+            for model, values in prop.scores.items():
+                for method, value in values.items():
+                    scores[model][method + PROPORTIONAL] = value
+            failures.update({m: e for m, e in prop.failures.items() if m not in failures})
+    for model, error in failures.items():
+        log(f"{target.name}: {model}: scoring FAILED: {error}")
+    return scores, {"cases": fixed.details["cases"], "failures": failures}
+
+
+def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progress: bool = True,
+              log=print) -> dict:
+    """Run (or resume) the whole benchmark; write results to ``out``; return the summary."""
+    from ccfv.bench.report import write_results
+
+    work, out = Path(work), Path(out)
+    start = time.time()
+    tasks = {}
+    for name, path in config.task_paths.items():
+        tasks[name] = prepare_task(path, work, size=config["size"], channels=config["channels"],
+                                   max_cases=config["max_cases"],
+                                   test_fraction=config["test_fraction"],
+                                   split_seed=config["split_seed"])
+        t = tasks[name]
+        log(f"task {name}: {len(t.train)} train / {len(t.test)} test cases, "
+            f"{t.n_classes - 1} foreground class(es)")
+    archs = config["architectures"]
+    targets = config.targets
+    checkpoints = {}
+    for arch in archs:
+        checkpoints[(arch, SCRATCH)] = pretrain(config, arch, None, work, progress, log)
+        for name, task in tasks.items():
+            if any(t != name for t in targets):
+                checkpoints[(arch, name)] = pretrain(config, arch, task, work, progress, log)
+    summary = {"config": config.raw, "targets": {}}
+    for target_name in targets:
+        target = tasks[target_name]
+        bank = {model_name(arch, src): (arch, checkpoints[(arch, src)])
+                for arch in archs for src in [*(n for n in tasks if n != target_name), SCRATCH]}
+        models = {}
+        for name, (arch, checkpoint) in bank.items():
+            runs = [finetune(config, arch, checkpoint, name, target, seed, work, progress)
+                    for seed in config["finetune"]["seeds"]]
+            models[name] = {"dice": [r["dice"] for r in runs],
+                            "dice_per_class": [r["dice_per_class"] for r in runs]}
+            log(f"{target_name}: {name}: fine-tuned Dice "
+                + ", ".join("n/a" if d is None else f"{d:.4f}" for d in models[name]["dice"]))
+        bank_file = write_bank(config, target, bank, work)
+        scores, info = score_target(config, target, bank_file, work, progress, log)
+        for name in models:
+            models[name]["scores"] = scores.get(name, {})
+        summary["targets"][target_name] = {"models": models, "scored_cases": info["cases"],
+                                           "failures": info["failures"],
+                                           "train": [target.case_ids[i] for i in target.train],
+                                           "test": [target.case_ids[i] for i in target.test]}
+        _write_json(work / "summary.partial.json", summary)
+    summary["wall_seconds"] = time.time() - start
+    write_results(summary, config, out)
+    return summary

@@ -1,0 +1,585 @@
+"""Networks, training, evaluation and checkpoints of the transfer benchmark (``ccfv bench``).
+
+The benchmark pre-trains small MONAI 2D networks on source tasks, fine-tunes each of them on a
+target task and measures the test Dice; these are the building blocks::
+
+    set_seed(0)
+    model = ARCHITECTURES["unet"](in_channels, n_classes, size)        # seeded initialisation
+    train(model, images, labels, steps=600, batch_size=8, lr=1e-3, seed=0)
+    save_checkpoint(model, "unet-src.pt", {"arch": "unet", ...})       # read by ccfv rank
+
+    set_seed(1)
+    target = ARCHITECTURES["unet"](in_channels, n_target_classes, size)
+    load_pretrained(target, load_checkpoint("unet-src.pt")[0], head_module("unet"))
+    train(target, target_images, target_labels, steps=..., batch_size=8, lr=1e-3, seed=1)
+    dice = dice_per_class(target, test_images, test_labels, n_classes=n_target_classes)
+
+Data: images are ``uint8`` arrays ``(N, C, S, S)``, divided by 255 into ``float32`` in [0, 1]
+before they enter a network (a bank entry that ranks these checkpoints must scale its input the
+same way); labels are ``int64`` arrays ``(N, S, S)`` of class ids ``0 .. K-1``, 0 the background.
+
+A network is described by :func:`network_spec` in the form of a bank entry
+(``{"network": "monai.networks.nets.UNet", "args": {...}}``) and every network of the benchmark
+is built from that description (:func:`build_network`, with the importer ``ccfv rank`` uses), so
+a bank file written from the spec gives exactly the network that was trained.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ccfv.bank.build import resolve_callable
+from ccfv.errors import UserError
+
+__all__ = [
+    "ARCHITECTURES",
+    "augment_batch",
+    "build_network",
+    "dice_per_class",
+    "head_module",
+    "load_checkpoint",
+    "load_pretrained",
+    "network_spec",
+    "save_checkpoint",
+    "set_seed",
+    "train",
+]
+
+_UNET = "monai.networks.nets.UNet"
+_UNETR = "monai.networks.nets.UNETR"
+
+#: Side length each architecture needs the image size to be a multiple of (UNet: 3 stride-2
+#: levels; UNETR: 16 x 16 patches).
+_SIZE_MULTIPLE = {"unet": 8, "unetr": 16}
+
+#: The module re-initialised before fine-tuning: the final convolution block, whose input is
+#: the last of ``ccfv.bank.auto_layers``. UNet built by :func:`network_spec` is
+#: ``Sequential(down block, SkipConnection(...), top up block)``: ``model.2`` is the top up block
+#: (transposed convolution + residual unit) that outputs the logits; UNETR's is ``out``.
+_HEADS = {"unet": "model.2", "unetr": "out"}
+
+
+# ------------------------------------------------------------------------------------------------
+# architectures
+
+
+def _unetr_projection_arg() -> str:
+    """Name of UNETR's patch-embedding argument: ``proj_type`` (MONAI >= 1.3) or ``pos_embed``."""
+    from monai.networks.nets import UNETR
+
+    params = inspect.signature(UNETR.__init__).parameters
+    return "proj_type" if "proj_type" in params else "pos_embed"
+
+
+def network_spec(arch: str, in_channels: int, out_channels: int, size: int) -> dict[str, Any]:
+    """The bank-entry description of a benchmark network.
+
+    Parameters
+    ----------
+    arch : str
+        A key of :data:`ARCHITECTURES` (``"unet"`` or ``"unetr"``).
+    in_channels, out_channels : int
+        Image channels; classes including the background.
+    size : int
+        Side of the square input images (UNet: multiple of 8, UNETR: multiple of 16). Only
+        UNETR's arguments depend on it.
+
+    Returns
+    -------
+    dict
+        ``{"network": dotted class path, "args": keyword arguments}`` with plain Python values
+        (lists, not tuples), ready to be written into a bank YAML entry.
+
+    Raises
+    ------
+    UserError
+        Unknown architecture, or a size the architecture cannot take.
+    """
+    if arch not in _HEADS:
+        raise UserError(
+            f"unknown benchmark architecture '{arch}'; known: {', '.join(_HEADS)}"
+        )
+    in_channels, out_channels, size = int(in_channels), int(out_channels), int(size)
+    if in_channels < 1 or out_channels < 2:
+        raise UserError(
+            f"architecture '{arch}' needs in_channels >= 1 and out_channels >= 2 (background and "
+            f"at least one class), got {in_channels} and {out_channels}"
+        )
+    multiple = _SIZE_MULTIPLE[arch]
+    if size < multiple or size % multiple:
+        raise UserError(
+            f"architecture '{arch}' needs an image size that is a multiple of {multiple}, got "
+            f"{size}; resize the benchmark images"
+        )
+    if arch == "unet":
+        return {
+            "network": _UNET,
+            "args": {
+                "spatial_dims": 2,
+                "in_channels": in_channels,
+                "out_channels": out_channels,
+                "channels": [16, 32, 64, 128],
+                "strides": [2, 2, 2],
+                "num_res_units": 1,
+            },
+        }
+    return {
+        "network": _UNETR,
+        "args": {
+            "spatial_dims": 2,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "img_size": size,
+            "feature_size": 8,
+            "hidden_size": 96,
+            "mlp_dim": 192,
+            "num_heads": 4,
+            _unetr_projection_arg(): "conv",
+            "norm_name": "instance",
+            "dropout_rate": 0.0,
+        },
+    }
+
+
+def build_network(spec: Mapping[str, Any]) -> torch.nn.Module:
+    """Import ``spec["network"]`` by dotted path and call it with ``spec["args"]``.
+
+    The import goes through :func:`ccfv.bank.build.resolve_callable`, the importer of
+    ``ccfv rank``. Weights are drawn from torch's global random state: seed it first
+    (:func:`set_seed`) for a reproducible initialisation.
+    """
+    cls = resolve_callable(spec["network"], entry="bench")
+    return cls(**dict(spec["args"]))
+
+
+def _builder(arch: str) -> Callable[[int, int, int], torch.nn.Module]:
+    def build(in_channels: int, out_channels: int, size: int) -> torch.nn.Module:
+        return build_network(network_spec(arch, in_channels, out_channels, size))
+
+    build.__name__ = f"build_{arch}"
+    build.__doc__ = (
+        f"A fresh '{arch}' network: ``build_network(network_spec('{arch}', in_channels, "
+        "out_channels, size))``."
+    )
+    return build
+
+
+#: Benchmark architectures: name -> ``build(in_channels, out_channels, size) -> Module``.
+ARCHITECTURES: dict[str, Callable[[int, int, int], torch.nn.Module]] = {
+    arch: _builder(arch) for arch in _HEADS
+}
+
+
+def head_module(arch: str) -> str:
+    """Module name of the architecture's final convolution block (re-initialised for fine-tuning).
+
+    ``"model.2"`` for UNet, ``"out"`` for UNETR; the input of this module is the last layer of
+    :func:`ccfv.bank.auto_layers` (``"<head>:input"``) and its output is the network's output.
+    """
+    if arch not in _HEADS:
+        raise UserError(f"unknown benchmark architecture '{arch}'; known: {', '.join(_HEADS)}")
+    return _HEADS[arch]
+
+
+# ------------------------------------------------------------------------------------------------
+# seeding and training
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch; ask torch for determinism.
+
+    Sets ``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide: an operation
+    without a deterministic implementation warns instead of failing) and turns cuDNN
+    benchmarking off. On the CPU, the same seed, inputs and thread count give identical results.
+    """
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def augment_batch(
+    images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips along both image axes and random 90-degree rotations, per sample.
+
+    Parameters
+    ----------
+    images : ndarray (B, C, H, W)
+    labels : ndarray (B, H, W)
+    rng : numpy Generator
+        Draws 3 numbers per sample (flip rows, flip columns, number of quarter turns; turns by
+        0 or 180 degrees only when H != W).
+
+    Returns
+    -------
+    images, labels : contiguous copies, each sample transformed identically in both.
+    """
+    square = images.shape[-1] == images.shape[-2]
+    out_images, out_labels = [], []
+    for image, label in zip(images, labels):
+        flip_rows, flip_cols = rng.integers(0, 2, size=2)
+        turns = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
+        if flip_rows:
+            image, label = image[:, ::-1, :], label[::-1, :]
+        if flip_cols:
+            image, label = image[:, :, ::-1], label[:, ::-1]
+        if turns:
+            image, label = np.rot90(image, turns, axes=(1, 2)), np.rot90(label, turns, axes=(0, 1))
+        out_images.append(image)
+        out_labels.append(label)
+    return np.ascontiguousarray(np.stack(out_images)), np.ascontiguousarray(np.stack(out_labels))
+
+
+def _check_data(images: np.ndarray, labels: np.ndarray) -> None:
+    if images.ndim != 4 or labels.ndim != 3:
+        raise ValueError(
+            f"images must be (N, C, S, S) and labels (N, S, S), got {images.shape} and "
+            f"{labels.shape}"
+        )
+    if images.shape[0] != labels.shape[0] or images.shape[2:] != labels.shape[1:]:
+        raise ValueError(f"images {images.shape} and labels {labels.shape} do not match")
+    if images.shape[0] == 0:
+        raise ValueError("no images")
+
+
+def _to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [0, 1] on ``device``."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / np.float32(255.0)).to(device)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def train(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    augment: bool = True,
+    progress: str | None = None,
+) -> dict[str, float]:
+    """Train ``model`` in place with Adam and MONAI's ``DiceCELoss``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Outputs logits ``(B, K, H, W)``; trained on the device its parameters are on.
+    images : ndarray uint8 (N, C, S, S)
+    labels : ndarray int64 (N, S, S)
+        Class ids ``0 .. K-1``.
+    steps, batch_size : int
+        Optimiser steps; each draws ``batch_size`` samples with replacement from the N.
+    lr : float
+        Adam's learning rate.
+    seed : int
+        Seeds the batch draws and the augmentation (two independent numpy streams, so the
+        batches are the same with and without augmentation) and torch's random state during
+        training (restored afterwards).
+    augment : bool
+        Random flips on both axes and random 90-degree rotations (:func:`augment_batch`).
+    progress : str, optional
+        Show a tqdm bar with this description.
+
+    Returns
+    -------
+    dict
+        ``loss_first`` (loss of the first step), ``loss_last`` (mean loss of the last 10 % of the
+        steps, at least one), ``seconds`` (wall time), ``steps``.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or arguments, or a label id the network has no output channel for.
+    FloatingPointError
+        The loss became NaN or infinite.
+
+    Notes
+    -----
+    The model is in train mode during and in eval mode after training. The same initial
+    weights, data and seed give identical weights (CPU; see :func:`set_seed`).
+    """
+    from monai.losses import DiceCELoss
+
+    _check_data(images, labels)
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, "
+                         f"{batch_size}, {lr}")
+    device = _device_of(model)
+    batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
+    batch_rng, augment_rng = np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    max_label = int(labels.max())
+    n_last = max(1, math.ceil(0.1 * steps))
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc=progress, leave=False) if isinstance(progress, str) else None
+    start = time.perf_counter()
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(int(seed))
+            for step in range(steps):
+                index = batch_rng.integers(0, images.shape[0], size=batch_size)
+                x, y = images[index], labels[index]
+                if augment:
+                    x, y = augment_batch(x, y, augment_rng)
+                inputs = _to_input(x, device)
+                target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
+                logits = model(inputs)
+                if step == 0 and max_label >= logits.shape[1]:
+                    raise ValueError(
+                        f"labels contain class id {max_label} but the network has only "
+                        f"{logits.shape[1]} output channels"
+                    )
+                loss = loss_fn(logits, target)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"training loss is {value} at step {step + 1} of {steps} (lr {lr}); "
+                        "lower the learning rate"
+                    )
+                losses.append(value)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0 or step == steps - 1:
+                        bar.set_postfix(loss=f"{value:.4f}")
+    finally:
+        model.eval()
+        if bar is not None:
+            bar.close()
+    return {
+        "loss_first": losses[0],
+        "loss_last": float(np.mean(losses[-n_last:])),
+        "seconds": time.perf_counter() - start,
+        "steps": steps,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def dice_per_class(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_classes: int,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Test Dice of each foreground class: argmax prediction vs label, averaged over images.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Outputs ``n_classes`` logits per pixel; run in eval mode without gradients (its mode is
+        restored afterwards).
+    images : ndarray uint8 (N, C, S, S)
+    labels : ndarray int64 (N, S, S)
+    n_classes : int
+        Classes including the background (0).
+    batch_size : int
+        Images per forward.
+
+    Returns
+    -------
+    ndarray float64 (n_classes - 1,)
+        Entry ``k - 1`` is the Dice of class ``k``: MONAI ``DiceMetric(include_background=False,
+        reduction="mean_batch", ignore_empty=True)`` over the whole split, i.e. the mean over
+        the images whose label contains class k of ``2 |P & G| / (|P| + |G|)``. An image
+        without class k in its label does not count for class k (whatever is predicted there),
+        so it cannot turn the mean into NaN. NaN only when class k is absent from the label of
+        every image (MONAI would report 0 there; that is not a measured Dice).
+    """
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    _check_data(images, labels)
+    if n_classes < 2:
+        raise ValueError(f"n_classes counts the background and must be >= 2, got {n_classes}")
+    if int(labels.max()) >= n_classes or int(labels.min()) < 0:
+        raise ValueError(
+            f"labels hold class ids {int(labels.min())}..{int(labels.max())}, outside "
+            f"0..{n_classes - 1}"
+        )
+    metric = DiceMetric(
+        include_background=False, reduction="mean_batch", get_not_nans=True, ignore_empty=True
+    )
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                x = _to_input(images[start:start + batch_size], device)
+                y = torch.from_numpy(np.asarray(labels[start:start + batch_size], dtype=np.int64))
+                logits = model(x)
+                if logits.shape[1] != n_classes:
+                    raise ValueError(
+                        f"the network outputs {logits.shape[1]} channels, n_classes is {n_classes}"
+                    )
+                pred = logits.argmax(dim=1, keepdim=True).cpu()
+                metric(
+                    one_hot(pred, n_classes, dim=1),
+                    one_hot(y.unsqueeze(1), n_classes, dim=1),
+                )
+    finally:
+        model.train(was_training)
+    dice, not_nans = metric.aggregate()
+    out = dice.double().numpy().copy()
+    out[not_nans.numpy() == 0] = np.nan
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def load_pretrained(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], head: str
+) -> dict[str, Any]:
+    """Load a pre-trained checkpoint into ``model`` except its head, which keeps its weights.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Freshly built (and seeded) target network; modified in place.
+    state_dict : mapping of str to Tensor
+        The pre-trained weights (see :func:`load_checkpoint`).
+    head : str
+        Module name of the head (:func:`head_module`): keys starting with ``head + "."`` are not
+        loaded, whatever their shape (the source task may have another number of classes).
+
+    Returns
+    -------
+    dict
+        ``{"loaded": number of tensors loaded, "reinitialised": the model's head keys}``.
+
+    Raises
+    ------
+    UserError
+        ``head`` is not a module with weights of ``model``, or, outside the head, the checkpoint
+        lacks a key of the model, has a key the model lacks, or has a tensor of another shape:
+        a checkpoint of another architecture. The message names the keys; nothing is loaded.
+    """
+    prefix = head + "."
+    own = model.state_dict()
+    head_keys = [k for k in own if k.startswith(prefix)]
+    if not head_keys:
+        raise UserError(
+            f"head '{head}' is not a module with weights of this {type(model).__name__}"
+        )
+    missing, mismatched, to_load = [], [], {}
+    for key, tensor in own.items():
+        if key.startswith(prefix):
+            continue
+        if key not in state_dict:
+            missing.append(key)
+            continue
+        theirs = state_dict[key]
+        if not isinstance(theirs, torch.Tensor) or theirs.shape != tensor.shape:
+            shape = list(theirs.shape) if isinstance(theirs, torch.Tensor) else type(theirs)
+            mismatched.append(f"{key} (checkpoint {shape} vs model {list(tensor.shape)})")
+            continue
+        to_load[key] = theirs
+    unexpected = [k for k in state_dict if k not in own and not k.startswith(prefix)]
+    if missing or mismatched or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing in the checkpoint: {_names(missing)}")
+        if mismatched:
+            parts.append(f"shape mismatch: {_names(mismatched)}")
+        if unexpected:
+            parts.append(f"not in the model: {_names(unexpected)}")
+        raise UserError(
+            f"the checkpoint does not fit this {type(model).__name__} outside its head "
+            f"'{head}' ({'; '.join(parts)}); was it trained with another architecture?"
+        )
+    model.load_state_dict(to_load, strict=False)
+    return {"loaded": len(to_load), "reinitialised": head_keys}
+
+
+def _names(keys: list[str], shown: int = 5) -> str:
+    more = len(keys) - shown
+    return ", ".join(keys[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _plain(value: Any, where: str = "meta") -> Any:
+    """``value`` as str/int/float/bool/None, lists and str-keyed dicts (safe to unpickle)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoint meta holds only plain values "
+        "(str, numbers, bool, None, lists, dicts)"
+    )
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write ``{"state_dict": model weights (CPU), "meta": meta}`` atomically.
+
+    The file is written to a temporary file in the same folder (created if needed) and moved
+    into place with ``os.replace``, so an interrupted run never leaves a truncated checkpoint.
+    ``meta`` is stored as plain values (tuples become lists, numpy scalars numbers, paths text)
+    so that the file loads with ``torch.load(..., weights_only=True)``: ``ccfv rank`` reads it
+    as a bank checkpoint (its state dict under the default key ``state_dict``).
+
+    Returns the path written.
+    """
+    path = Path(path)
+    plain_meta = _plain(dict(meta))
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"state_dict": state, "meta": plain_meta}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`save_checkpoint`: ``(state_dict, meta)`` on the CPU."""
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping) or "state_dict" not in obj:
+        raise UserError(f"{path} is not a benchmark checkpoint (no 'state_dict')")
+    return dict(obj["state_dict"]), dict(obj.get("meta", {}))
