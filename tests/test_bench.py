@@ -1,0 +1,125 @@
+"""The transfer benchmark: config, prepared tasks and split, statistics, and `ccfv bench --quick`
+end to end on the real 2D tasks of ../shared/data (resumed from its cache on a second run)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import SHARED
+
+import ccfv
+from ccfv.bench.config import load_config
+from ccfv.bench.report import average, seed_spread, target_statistics
+from ccfv.bench.tasks import prepare_task
+from ccfv.cli import main
+from ccfv.data import find_cases
+
+DATA = SHARED / "data"
+CONFIG = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer2d.yaml"
+needs_data = pytest.mark.skipif(not (DATA / "drive_retinal_vessels").exists(),
+                                reason="../shared/data absent")
+
+
+def _config(tmp_path, **changes):
+    raw = {"data_root": str(DATA), "tasks": ["drive_retinal_vessels", "isbi_em_membranes"],
+           **changes}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@needs_data
+def test_config_defaults_quick_and_errors(tmp_path):
+    config = load_config(CONFIG)
+    assert config.targets == list(config.task_paths) and len(config.targets) == 5
+    assert config["finetune"]["seeds"] == [0, 1] and "ccfv[distance=kl]" in config["scoring"]["methods"]
+    quick = load_config(CONFIG, quick=True)
+    assert quick["size"] == 32 and quick["pretrain"]["steps"] == 12
+    assert quick["pretrain"]["batch_size"] == config["pretrain"]["batch_size"]  # merged
+    assert quick["name"] == "transfer2d-quick" and len(quick.targets) == 3
+    with pytest.raises(ccfv.UserError, match=r"bench\.yaml: unknown key 'sise'"):
+        load_config(_config(tmp_path, sise=32))
+    with pytest.raises(ccfv.UserError, match=r"scoring: unknown key 'metods'"):
+        load_config(_config(tmp_path, scoring={"metods": []}))
+    with pytest.raises(ccfv.UserError, match="nowhere.*dataset.json not found"):
+        load_config(_config(tmp_path, tasks=["drive_retinal_vessels", "nowhere"]))
+    with pytest.raises(ccfv.UserError, match="unknown architecture 'resnet'"):
+        load_config(_config(tmp_path, architectures=["resnet"]))
+    with pytest.raises(ccfv.UserError, match="unknown method 'lgome'"):
+        load_config(_config(tmp_path, scoring={"methods": ["lgome"]}))
+    with pytest.raises(ccfv.UserError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@needs_data
+def test_prepared_task_and_its_split(tmp_path):
+    kwargs = dict(size=32, channels=3, max_cases=9, test_fraction=0.3, split_seed=0)
+    task = prepare_task(DATA / "isbi_em_membranes", tmp_path, **kwargs)  # grey -> 3 channels
+    assert task.images.shape == (9, 3, 32, 32) and task.images.dtype == np.uint8
+    assert np.array_equal(task.images[:, 0], task.images[:, 2])
+    assert task.labels.shape == (9, 32, 32) and set(np.unique(task.labels)) == {0, 1}
+    assert len(task.test) == 3 and len(task.train) == 6
+    assert not set(task.train) & set(task.test)
+    assert task.images.min() < 50 and task.images.max() > 200  # percentiles -> 0..255, resized
+    split = json.loads((task.train_folder.parent / "split.json").read_text())
+    assert split["test"] == [task.case_ids[i] for i in task.test]
+    train = find_cases(task.train_folder)  # what ccfv rank scores: the train split only
+    assert sorted(c.case_id for c in train.cases) == sorted(split["train"])
+    again = prepare_task(DATA / "isbi_em_membranes", tmp_path, **kwargs)  # from the cache
+    assert np.array_equal(again.images, task.images) and np.array_equal(again.test, task.test)
+    other = prepare_task(DATA / "isbi_em_membranes", tmp_path, **{**kwargs, "split_seed": 1})
+    assert not np.array_equal(other.test, task.test) or other.case_ids != task.case_ids
+
+
+def test_statistics_by_hand():
+    models = {"a": {"dice": [0.9, 0.8], "scores": {"m": 3.0, "bad": 1.0}},
+              "b": {"dice": [0.5, 0.7], "scores": {"m": 2.0, "bad": 2.0}},
+              "c": {"dice": [0.1, None], "scores": {"m": 1.0, "bad": 3.0}}}
+    stats = target_statistics(models)
+    assert stats["m"]["kendall_tau"] == pytest.approx(1.0)
+    assert stats["bad"]["kendall_tau"] == pytest.approx(-1.0)
+    assert stats["m"]["regret"] == 0.0 and stats["bad"]["regret"] == pytest.approx(0.85 - 0.1)
+    spread = seed_spread(models)
+    assert spread["mean_seed_sd"] == pytest.approx(np.mean([np.std([0.9, 0.8], ddof=1),
+                                                            np.std([0.5, 0.7], ddof=1)]))
+    assert spread["median_gap"] == pytest.approx(np.median([0.6 - 0.1, 0.85 - 0.6]))
+    avg = average({"t1": stats, "t2": {"m": {**stats["m"], "kendall_tau": 0.0}}})
+    assert avg["m"]["kendall_tau"] == pytest.approx(0.5) and avg["bad"]["n_targets"] == 1
+
+
+@needs_data
+def test_bench_quick_end_to_end_and_resume(tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "out"
+    args = ["bench", "--config", str(CONFIG), "--quick", "--work", str(work), "--out",
+            str(out), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    config = load_config(CONFIG, quick=True)
+    methods = config["scoring"]["methods"] + [f"{m}@proportional"
+                                              for m in config["scoring"]["proportional"]]
+    assert list(summary["targets"]) == config.targets
+    for target, t in summary["targets"].items():
+        assert len(t["models"]) == 6  # 2 architectures x (2 other tasks + scratch)
+        assert not set(t["scored_cases"]) & set(t["test"])  # estimators never see test cases
+        for name, m in t["models"].items():
+            assert target not in name
+            assert len(m["dice"]) == 2 and all(0 <= d <= 1 for d in m["dice"])
+            assert list(m["scores"]) == methods
+            assert all(np.isfinite(v) for v in m["scores"].values()), (target, name)
+        assert (out / f"fig2_{target}.png").stat().st_size > 1000
+    avg = summary["statistics"]["average"]
+    assert set(avg) == set(methods) and all(-1 <= avg[m]["weighted_tau"] <= 1 for m in methods)
+    tables = (out / "tables.md").read_text()
+    for heading in ("Weighted Kendall tau", "Pearson", "Spearman", "Top-1 regret",
+                    "ablations", "seed sd"):
+        assert heading in tables
+    finetuned = sorted((work / "finetune").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in finetuned]
+    assert len(finetuned) == 3 * 6 * 2
+    (out / "summary.json").unlink()
+    assert main(args) == 0  # resumed: nothing trained again, the same numbers
+    assert [p.stat().st_mtime_ns for p in finetuned] == stamps
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["targets"] == summary["targets"]
