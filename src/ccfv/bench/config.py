@@ -115,7 +115,12 @@ class BenchConfig:
 
     def digest(self, *keys: str) -> str:
         """A short hash of the config values under ``keys`` (what a cached stage depends on)."""
-        text = json.dumps({k: self.raw[k] for k in keys}, sort_keys=True, default=str)
+        return self.digest_of({k: self.raw[k] for k in keys})
+
+    @staticmethod
+    def digest_of(value) -> str:
+        """A short hash of any JSON-able value."""
+        text = json.dumps(value, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 

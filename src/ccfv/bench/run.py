@@ -93,8 +93,10 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
                                   set_seed, train)
 
     cfg = config["finetune"]
-    digest = config.digest("pretrain", "finetune", "size", "channels", "max_cases",
-                           "split_seed", "test_fraction")
+    # the seed is in the file name, not the digest: adding a seed keeps the runs already made
+    digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed",
+                           "test_fraction") + config.digest_of(
+        {k: v for k, v in cfg.items() if k != "seeds"})
     path = work / "finetune" / target.name / f"{name}__{digest}__seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
