@@ -263,34 +263,16 @@ def _log_ratio(layer: str, numerator: float, denominator: float, what: str) -> f
 def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
                consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
                normalize: bool | None = None, eps: float | None = None,
-               layers: Sequence[str] | None = None, ridge: float = 1e-3) -> CCFVResult:
+               layers: Sequence[str] | None = None, ridge: float = 1e-3) -> CCFVTables:
     """The per-case and per-pair quantities of CC-FV, from which any subset of cases is scored.
 
     Every CC-FV term is a mean (or sum) of per-case values (paper variety) or per-case-pair
     values (class distances, official variety), so the quantities are computed once and
     :meth:`CCFVTables.parts` / :meth:`CCFVTables.score` sum them up over all cases or over a
     subset (the bootstrap over target cases, :mod:`ccfv.bootstrap`, re-scores this way
-    without fitting a Gaussian again). Takes the options of :func:`ccfv_parts`.
+    without fitting a Gaussian again).
 
-    Parameters
-    ----------
-    features : mapping ``layer -> [(X, y) per case]``
-        X (n_samples, dim) sampled voxel features, y (n_samples,) their class ids
-        (0 = background, used by the variety term only). Validated here.
-    variant : ``"paper"`` (Eq. 1-5 of the paper) or ``"official"`` (the released code).
-    distance : ``"wasserstein"`` (W2, the method's), ``"kl"`` (symmetrised Kullback-Leibler)
-        or ``"bhattacharyya"`` between the per-case Gaussians of a class (paper's Table 2).
-    consistency_only, variety_only : drop the other term (ablations); the score becomes
-        ``log(1 / consistency)`` or ``log(variety)`` per layer.
-    s : energy exponent (s > 0: |.|^-s; s = 0: log 1/|.|). Both variants.
-    normalize : project features to the unit sphere before the variety term. Default:
-        True for ``"paper"``, False for ``"official"`` (the released code does not).
-    eps : added to squared distances in the variety term. Default: 0 for ``"paper"``
-        (coincident pairs are floored and reported), 1e-3 for ``"official"`` (its constant).
-    layers : names of the layers to use (default: all).
-    ridge : for ``kl`` and ``bhattacharyya`` only: ``ridge * Tr(S) / d`` is added to each
-        covariance's diagonal so that rank-deficient covariances (fewer samples than dims)
-        have an inverse and a determinant.
+    Parameters: those of :func:`ccfv_parts`, which is ``ccfv_tables(...).parts()``.
 
     Returns
     -------
