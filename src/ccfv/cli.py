@@ -126,6 +126,10 @@ def _cmd_bench(args) -> int:
     from ccfv.bench.config import load_config
     from ccfv.bench.run import run_bench
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = load_config(args.config, quick=args.quick)
     work = Path(args.work or Path(".ccfv_bench") / config["name"])
     out = Path(args.out or Path("bench-out") / config["name"])
@@ -222,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the config's small `quick` profile: the whole pipeline in minutes")
     p.add_argument("--work", help="cache of every stage (default .ccfv_bench/NAME)")
     p.add_argument("--out", help="results folder (default bench-out/NAME)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 avoids the slowdown "
+                        "of several torch processes competing for the same cores")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
     return parser
