@@ -90,10 +90,11 @@ def test_statistics_by_hand():
 
 
 @needs_data
-def test_bench_quick_end_to_end_and_resume(tmp_path, capsys):
-    work, out = tmp_path / "work", tmp_path / "out"
-    args = ["bench", "--config", str(CONFIG), "--quick", "--work", str(work), "--out",
-            str(out), "--quiet"]
+def test_bench_quick_end_to_end_and_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative --work and --out, as a user types them
+    work, out = Path("work"), Path("out")
+    args = ["bench", "--config", str(CONFIG), "--quick", "--work", "work", "--out", "out",
+            "--quiet"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     config = load_config(CONFIG, quick=True)

@@ -135,7 +135,8 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
     for name, (arch, checkpoint) in bank.items():
         meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
         spec = network_spec(arch, config["channels"], meta["out_channels"], size)
-        models.append({"name": name, **spec, "checkpoint": str(checkpoint), "layers": "auto",
+        models.append({"name": name, **spec, "checkpoint": str(Path(checkpoint).resolve()),
+                       "layers": "auto",
                        "preprocessing": {"intensity": {"kind": "range", "a_min": 0,
                                                        "a_max": 255, "b_min": 0, "b_max": 1},
                                          "roi": [size, size]}})
