@@ -110,11 +110,13 @@ def test_bench_quick_end_to_end_and_resume(tmp_path, monkeypatch):
             assert list(m["scores"]) == methods
             assert all(np.isfinite(v) for v in m["scores"].values()), (target, name)
         assert (out / f"fig2_{target}.png").stat().st_size > 1000
+    within = summary["statistics"]["within_architecture"]["average"]
+    assert set(within) == set(methods)
     avg = summary["statistics"]["average"]
     assert set(avg) == set(methods) and all(-1 <= avg[m]["weighted_tau"] <= 1 for m in methods)
     tables = (out / "tables.md").read_text()
     for heading in ("Weighted Kendall tau", "Pearson", "Spearman", "Top-1 regret",
-                    "ablations", "seed sd"):
+                    "ablations", "seed sd", "Within one architecture"):
         assert heading in tables
     finetuned = sorted((work / "finetune").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in finetuned]

@@ -96,7 +96,16 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
     model = model.to(device)
     pre = entry.preprocessing
     ndim = loaded_cases[0].label.ndim
-    preprocess = make_preprocess(pre, ndim)
+    if getattr(entry, "bundle", None) is not None:  # the bundle's own transforms
+        from ccfv.bank.bundle import make_bundle_preprocess
+
+        preprocess = make_bundle_preprocess(entry, ndim)
+    elif getattr(entry, "nnunet", None) is not None:  # nnU-Net's own preprocessing (plans)
+        from ccfv.bank.nnunet import make_nnunet_preprocess
+
+        preprocess = make_nnunet_preprocess(entry, ndim)
+    else:
+        preprocess = make_preprocess(pre, ndim)
     taps = {spec.key: spec for spec in layers}
     taps[PREDICTIONS] = LayerSpec("", "output")  # the root module's output: the logits
     with LayerTap(model, taps) as forward:  # {name: map} for ``names`` and PREDICTIONS

@@ -159,6 +159,14 @@ def load_model(entry: BankEntry) -> tuple[torch.nn.Module, LoadReport]:
         The class/factory cannot be found or rejects ``args``, the TorchScript file cannot be
         read, the checkpoint cannot be read or does not fit.
     """
+    if entry.kind == "bundle":  # MONAI bundle: network_def + models/model.pt, strict
+        from ccfv.bank.bundle import load_bundle_model
+
+        return load_bundle_model(entry)
+    if entry.kind == "nnunet":  # nnU-Net v2 folder: plans.json + fold_X checkpoint, strict
+        from ccfv.bank.nnunet import load_nnunet_model
+
+        return load_nnunet_model(entry)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(entry.seed)
         model = _construct(entry)

@@ -73,6 +73,17 @@ def fingerprint(entry: BankEntry) -> str:
 
         payload["network"] = entry.network
         payload["monai"] = monai.__version__
+    elif entry.kind == "bundle":
+        import monai
+
+        from ccfv.bank.bundle import bundle_fingerprint
+
+        payload["bundle"] = bundle_fingerprint(entry)
+        payload["monai"] = monai.__version__
+    elif entry.kind == "nnunet":
+        from ccfv.bank.nnunet import nnunet_fingerprint
+
+        payload["nnunet"] = nnunet_fingerprint(entry)
     elif entry.kind == "factory":
         payload["factory"] = entry.factory
         payload["factory_source"] = _module_source_hash(str(entry.factory).split(":", 1)[0])

@@ -222,6 +222,14 @@ def resolve_layers(model: torch.nn.Module, entry: BankEntry) -> list[LayerSpec]:
         TorchScript module), or ``auto`` does not know the architecture.
     """
     if entry.layers == "auto":
+        if getattr(entry, "bundle", None) is not None:  # unknown network: list its layers
+            from ccfv.bank.bundle import bundle_auto_layers
+
+            return bundle_auto_layers(model, entry)
+        if getattr(entry, "nnunet", None) is not None:  # nnU-Net decoder stages + head input
+            from ccfv.bank.nnunet import nnunet_auto_layers
+
+            return nnunet_auto_layers(model, entry)
         return auto_layers(model, entry=entry.name)
     mods = dict(model.named_modules())
     for spec in entry.layers:

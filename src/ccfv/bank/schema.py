@@ -75,6 +75,8 @@ ENTRY_KEYS = (
     "seed",
     "layers",
     "preprocessing",
+    "bundle",
+    "nnunet",
 )
 SOURCE_KEYS = ("network", "factory", "torchscript")
 CHECKPOINT_KEYS = ("path", "key")
@@ -193,10 +195,19 @@ class BankEntry:
     layers: Literal["auto"] | tuple[LayerSpec, ...] = "auto"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     source: str = field(default="<bank dict>", compare=False)
+    #: A MONAI bundle folder (``bundle:`` entries, see :mod:`ccfv.bank.bundle`), absolute.
+    bundle: Path | None = None
+    #: An nnU-Net v2 trained-model folder (``nnunet:`` entries, see :mod:`ccfv.bank.nnunet`);
+    #: ``args`` then holds its ``configuration`` and ``fold``.
+    nnunet: Path | None = None
 
     @property
-    def kind(self) -> Literal["network", "factory", "torchscript"]:
-        """Which of ``network`` / ``factory`` / ``torchscript`` builds the model."""
+    def kind(self) -> Literal["network", "factory", "torchscript", "bundle"]:
+        """Which of ``network`` / ``factory`` / ``torchscript`` / ``bundle`` builds the model."""
+        if self.bundle is not None:
+            return "bundle"
+        if self.nnunet is not None:
+            return "nnunet"  # type: ignore[return-value]
         if self.network is not None:
             return "network"
         if self.factory is not None:
@@ -206,7 +217,7 @@ class BankEntry:
     @property
     def target(self) -> str:
         """The dotted path, factory reference or TorchScript file, as text."""
-        return str(self.network or self.factory or self.torchscript)
+        return str(self.network or self.factory or self.torchscript or self.bundle or self.nnunet)
 
     @property
     def spatial_dims(self) -> int | None:
@@ -335,7 +346,15 @@ def _parse_entry(raw: Any, index: int, base: Path, source: str) -> BankEntry:
         )
     name = name.strip()
     where = f"{source}: model '{name}'"
+    if raw.get("nnunet") is not None:  # an nnU-Net v2 trained-model folder: its own parser
+        from ccfv.bank.nnunet import parse_nnunet_entry
+
+        return parse_nnunet_entry(raw, name, base, source, where)
     _check_keys(raw, ENTRY_KEYS, where)
+    if raw.get("bundle") is not None:  # a MONAI bundle folder: its own parser
+        from ccfv.bank.bundle import parse_bundle_entry
+
+        return parse_bundle_entry(raw, name, base, source, where)
 
     given = [k for k in SOURCE_KEYS if raw.get(k) is not None]
     if len(given) != 1:

@@ -120,7 +120,19 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     per_target = {t: target_statistics(summary["targets"][t]["models"]) for t in targets}
     avg = average(per_target)
     spreads = {t: seed_spread(summary["targets"][t]["models"]) for t in targets}
-    summary["statistics"] = {"per_target": per_target, "average": avg, "seed_spread": spreads}
+    # the same statistics among the models of ONE architecture (averaged over architectures):
+    # separates "ranks the sources" from "ranks the architectures"
+    within = {}
+    for t in targets:
+        models = summary["targets"][t]["models"]
+        per_arch = {a: target_statistics({n: m for n, m in models.items()
+                                          if n.split("__")[0] == a})
+                    for a in config["architectures"]}
+        within[t] = average(per_arch)
+    within_avg = average(within)
+    summary["statistics"] = {"per_target": per_target, "average": avg, "seed_spread": spreads,
+                             "within_architecture": {"per_target": within,
+                                                     "average": within_avg}}
     summary["commit"] = _commit()
     methods = list(avg)
     main = [m for m in methods if not is_ablation(m)]
@@ -142,6 +154,11 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     md += ["", "## Spearman rho", ""] + _table(per_target, avg, main, "spearman", targets)
     md += ["", "## Top-1 regret (best Dice - Dice of the model ranked first)", ""]
     md += _table(per_target, avg, main, "regret", targets)
+    md += ["", "## Within one architecture (weighted tau among the models of one "
+           "architecture, averaged over the architectures)", "",
+           "Ranking the sources of one architecture, without comparing architectures:", ""]
+    md += _table(within, within_avg, [m for m in main if m in within_avg], "weighted_tau",
+                 targets)
     md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
     md += _table(per_target, avg, ablations, "weighted_tau", targets)
     md += ["", "## Ground truth and its noise", "",
