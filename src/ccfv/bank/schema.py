@@ -202,12 +202,12 @@ class BankEntry:
     nnunet: Path | None = None
 
     @property
-    def kind(self) -> Literal["network", "factory", "torchscript", "bundle"]:
+    def kind(self) -> Literal["network", "factory", "torchscript", "bundle", "nnunet"]:
         """Which of ``network`` / ``factory`` / ``torchscript`` / ``bundle`` builds the model."""
         if self.bundle is not None:
             return "bundle"
         if self.nnunet is not None:
-            return "nnunet"  # type: ignore[return-value]
+            return "nnunet"
         if self.network is not None:
             return "network"
         if self.factory is not None:
