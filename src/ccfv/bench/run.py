@@ -173,6 +173,14 @@ def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, wor
     return scores, {"cases": fixed.details["cases"], "failures": failures}
 
 
+def _pretrain_seconds(paths) -> float:
+    """Training time recorded in the pre-trained checkpoints (0 for initialisations)."""
+    import torch
+
+    return float(sum(torch.load(p, map_location="cpu", weights_only=True)["meta"]
+                     .get("seconds", 0.0) for p in set(paths)))
+
+
 def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progress: bool = True,
               log=print) -> dict:
     """Run (or resume) the whole benchmark; write results to ``out``; return the summary."""
@@ -207,7 +215,8 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
             runs = [finetune(config, arch, checkpoint, name, target, seed, work, progress)
                     for seed in config["finetune"]["seeds"]]
             models[name] = {"dice": [r["dice"] for r in runs],
-                            "dice_per_class": [r["dice_per_class"] for r in runs]}
+                            "dice_per_class": [r["dice_per_class"] for r in runs],
+                            "finetune_seconds": [r["seconds"] for r in runs]}
             log(f"{target_name}: {name}: fine-tuned Dice "
                 + ", ".join("n/a" if d is None else f"{d:.4f}" for d in models[name]["dice"]))
         bank_file = write_bank(config, target, bank, work)
@@ -220,5 +229,6 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
                                            "test": [target.case_ids[i] for i in target.test]}
         _write_json(work / "summary.partial.json", summary)
     summary["wall_seconds"] = time.time() - start
+    summary["pretrain_seconds"] = _pretrain_seconds(checkpoints.values())
     write_results(summary, config, out)
     return summary
