@@ -51,3 +51,17 @@ def random_feature_set(rng, n_cases=4, dims=(8,), samples=(12,), classes=1, shif
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+#: Prepended to code run in a subprocess: torchvision and timm behave as if not installed,
+#: as on the machines we support (PyPI's torchvision does not import beside the pinned CPU
+#: torch), whether or not an optional extra (nnunetv2 -> timm -> torchvision) installed them.
+NO_TORCHVISION = """
+import importlib.abc, sys
+class _NoTorchvision(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torchvision", "timm"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NoTorchvision())
+"""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import NO_TORCHVISION
 
 from ccfv.bank import (
     LoadReport,
@@ -386,5 +387,6 @@ def test_bank_never_imports_torchvision_or_timm():
         print(sorted(k for k in sys.modules if k.split(".")[0] in ("torchvision", "timm")))
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", NO_TORCHVISION + code], capture_output=True,
+                          text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"

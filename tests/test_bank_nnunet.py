@@ -30,6 +30,7 @@ from ccfv.bank.nnunet import make_nnunet_preprocess  # noqa: E402
 from ccfv.data import find_cases, load_case  # noqa: E402
 from ccfv.errors import UserError  # noqa: E402
 from ccfv.rank import rank  # noqa: E402
+from conftest import NO_TORCHVISION  # noqa: E402
 
 DATA = SHARED / "data"
 ARCH = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
@@ -330,5 +331,6 @@ def test_nnunet_path_never_imports_torchvision_or_timm(folders):
         make_nnunet_preprocess(e, 2)(np.ones((1, 20, 20), np.float32), np.eye(4))
         print(sorted(k for k in sys.modules if k.split(".")[0] in ("torchvision", "timm")))
         """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", NO_TORCHVISION + code], capture_output=True,
+                          text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
