@@ -1,4 +1,4 @@
-"""The ``ccfv`` command line: ``rank``, ``layers``, ``demo``."""
+"""The ``ccfv`` command line: ``rank``, ``layers``, ``demo``, ``evaluate``, ``bench``, ``bank``."""
 
 from __future__ import annotations
 
@@ -141,6 +141,40 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_bank_init(args) -> int:
+    from ccfv.bank.scan import scan_folders, write_bank
+
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; give another --out or --force to overwrite it")
+    loaded, skipped = scan_folders(args.folders, out)
+    for cand in loaded:
+        print(f"found  {cand.raw['name']:<40} {cand.source_format:<12} {cand.path}")
+        for note in cand.notes:
+            print(f"       note: {note}")
+    if skipped:
+        print(f"\nskipped {len(skipped)}:")
+        for item in skipped:
+            print(f"  {item.path}\n      {item.reason}")
+    path = write_bank(out, loaded, skipped, args.folders, force=args.force)
+    print(f"\nwrote {path} with {len(loaded)} model(s); check it with: ccfv bank check {path}")
+    return 0
+
+
+def _cmd_bank_check(args) -> int:
+    from ccfv.bank.scan import check_bank, format_check_table
+
+    rows = check_bank(args.bank)
+    print(format_check_table(rows))
+    failed = [r.name for r in rows if not r.ok]
+    if failed:
+        print(f"\n{len(failed)} of {len(rows)} model(s) failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    print(f"\nall {len(rows)} model(s) ok")
+    return 0
+
+
 def _add_run_options(p, out_default):
     p.add_argument("--methods", default="ccfv", help=METHODS_HELP)
     p.add_argument("--cases", type=int, default=None,
@@ -231,6 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "of several torch processes competing for the same cores")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bank", help="build a bank from folders (init) or check one (check)",
+                       description="Build a model bank file from folders of models, or check "
+                                   "that every model of a bank loads and runs.")
+    bank_sub = p.add_subparsers(dest="bank_command", metavar="BANK_COMMAND", required=True)
+    q = bank_sub.add_parser(
+        "init", help="scan folders for models and write a bank file",
+        description="Scan folders recursively for nnU-Net v2 result folders (one entry per "
+                    "fold), MONAI bundles (configs/inference.json + models/model.pt) and "
+                    "TorchScript files; write those that load to a commented bank YAML and "
+                    "list what was skipped and why (a bare state dict does not say its "
+                    "architecture: write its network/args entry by hand).")
+    q.add_argument("folders", nargs="+", metavar="DIR", help="folders (or files) to scan")
+    q.add_argument("--out", required=True, help="bank YAML file to write")
+    q.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    q.set_defaults(func=_cmd_bank_init)
+    q = bank_sub.add_parser(
+        "check", help="load every model of a bank and run one dummy window",
+        description="Load every entry of a bank, run one zero window (1, in_channels, *roi) "
+                    "through it and print a table: name, format, parameters, layers and their "
+                    "output shapes, preprocessing, status. Exit code 1 if any entry fails.")
+    q.add_argument("bank", help="model bank YAML file")
+    q.set_defaults(func=_cmd_bank_check)
     return parser
 
 
