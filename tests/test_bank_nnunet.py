@@ -205,7 +205,12 @@ def _bank(path, models):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_rank_mixes_monai_and_nnunet_3d(tmp_path, folders):
+def test_rank_mixes_monai_nnunet_and_bundle_3d(tmp_path, folders):
+    """One bank of the three formats: a YAML MONAI entry, an nnU-Net folder, a MONAI bundle."""
+    from test_bank_bundle import inference_config, make_bundle
+
+    bundle = make_bundle(tmp_path / "bundle", config=inference_config(
+        pixdim=(4.0, 4.0, 8.0), roi=(32, 32, 16)))
     bank = _bank(tmp_path / "bank.yaml", [
         {"name": "monai_unet", "network": "monai.networks.nets.UNet",
          "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 5,
@@ -213,12 +218,13 @@ def test_rank_mixes_monai_and_nnunet_3d(tmp_path, folders):
          "preprocessing": {"intensity": {"kind": "zscore"}, "spacing": [4.0, 4.0, 8.0],
                            "roi": [32, 32, 8]}},
         {"name": "nnunet_mr", "nnunet": str(folders["mr3d"])},
+        {"name": "bundle_unet", "bundle": str(bundle)},
     ])
     result = rank(bank, DATA / "chaos_t2spir_abdomen3d", cases=2, counts=(20, 40, 80),
                   bootstrap=0, cache_dir=tmp_path / "cache", progress=False,
                   log=lambda *_: None)
     assert not result.failures, result.failures
-    assert set(result.scores) == {"monai_unet", "nnunet_mr"}
+    assert set(result.scores) == {"monai_unet", "nnunet_mr", "bundle_unet"}
     assert all(np.isfinite(v["ccfv"]) for v in result.scores.values())
     assert "decoder.seg_layers.1:input" in result.details["per_model"]["nnunet_mr"]
 
