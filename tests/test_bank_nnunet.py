@@ -30,6 +30,7 @@ from ccfv.bank.nnunet import make_nnunet_preprocess  # noqa: E402
 from ccfv.data import find_cases, load_case  # noqa: E402
 from ccfv.errors import UserError  # noqa: E402
 from ccfv.rank import rank  # noqa: E402
+from monai.networks.nets import UNet  # noqa: E402
 from conftest import NO_TORCHVISION  # noqa: E402
 
 DATA = SHARED / "data"
@@ -230,7 +231,21 @@ def test_rank_mixes_monai_nnunet_and_bundle_3d(tmp_path, folders):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_rank_mixes_monai_and_nnunet_2d(tmp_path, folders):
+def test_rank_mixes_monai_nnunet_and_bundle_2d(tmp_path, folders):
+    from test_bank_bundle import inference_config, make_bundle
+
+    net = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32],
+           "strides": [2, 2], "num_res_units": 1}
+    config = inference_config(net={"_target_": "UNet", **net}, pixdim=(2.0, 2.0),
+                              roi=(64, 64))
+    for transform in config["preprocessing"]["transforms"]:  # a 2D picture bundle
+        if transform["_target_"] == "Orientationd":
+            transform["axcodes"] = "RA"
+        if transform["_target_"] == "ScaleIntensityRanged":
+            transform.update(a_min=0, a_max=255)
+    torch.manual_seed(0)
+    bundle = make_bundle(tmp_path / "bundle2d", config=config,
+                         state=UNet(**net).state_dict())
     bank = _bank(tmp_path / "bank.yaml", [
         {"name": "monai_unet", "network": "monai.networks.nets.UNet",
          "args": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2,
@@ -238,11 +253,13 @@ def test_rank_mixes_monai_and_nnunet_2d(tmp_path, folders):
          "preprocessing": {"intensity": {"kind": "zscore"}, "spacing": [2.0, 2.0],
                            "roi": [64, 64]}},
         {"name": "nnunet_2d", "nnunet": str(folders["2d"])},
+        {"name": "bundle_2d", "bundle": str(bundle)},
     ])
     result = rank(bank, DATA / "hc18_fetal_head", cases=3, counts=(20, 40, 80),
                   bootstrap=0, cache_dir=tmp_path / "cache", progress=False,
                   log=lambda *_: None)
     assert not result.failures, result.failures
+    assert set(result.scores) == {"monai_unet", "nnunet_2d", "bundle_2d"}
     assert all(np.isfinite(v["ccfv"]) for v in result.scores.values())
 
 
