@@ -430,15 +430,9 @@ def check_bank(path: str | Path) -> list[CheckRow]:
     UserError
         The file is missing, not YAML, or has no ``models`` list.
     """
-    from ccfv.bank.schema import parse_bank
+    from ccfv.bank.schema import parse_bank, read_bank_file
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"bank file {path} does not exist; give the path of a YAML model bank")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"bank file {path} is not valid YAML: {exc}") from None
+    path, data = read_bank_file(path)
     models = data.get("models") if isinstance(data, Mapping) else None
     if not isinstance(models, list) or not models:
         raise UserError(f"{path}: a bank must be a mapping with 'models', a non-empty list of "

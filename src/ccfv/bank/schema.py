@@ -254,14 +254,19 @@ def load_bank(path: str | Path) -> list[BankEntry]:
     UserError
         The file is missing, is not YAML, or any entry is invalid.
     """
+    path, data = read_bank_file(path)
+    return parse_bank(data, path.resolve().parent, source=str(path))
+
+
+def read_bank_file(path: str | Path) -> tuple[Path, Any]:
+    """``(path, parsed YAML)`` of a bank file; a UserError when it is missing or not YAML."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"bank file {path} does not exist; give the path of a YAML model bank")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"bank file {path} is not valid YAML: {exc}") from None
-    return parse_bank(data, path.resolve().parent, source=str(path))
 
 
 def parse_bank(
