@@ -135,6 +135,15 @@ def foreground_classes(features: Mapping[str, Sequence[tuple[np.ndarray, np.ndar
     return sorted(k for k in ids if k > 0)
 
 
+def _chosen_layer(features: FeatureSet, layer: str | None) -> str | None:
+    """``layer``, or by default the last layer of the feature set (None for a non-mapping,
+    which validation then rejects with its message)."""
+    if layer is not None:
+        return layer
+    names = list(features.keys()) if isinstance(features, Mapping) else []
+    return names[-1] if names else None
+
+
 def layer_samples(features: FeatureSet, layer: str | None = None, min_cases: int = 1
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One layer's samples pooled over cases, for the estimators that ignore case structure.
@@ -153,8 +162,7 @@ def layer_samples(features: FeatureSet, layer: str | None = None, min_cases: int
     y : int64 (n,), class ids (0 = background, a class like the others here)
     case : int64 (n,), the case index of each row
     """
-    names = list(features.keys()) if isinstance(features, Mapping) else []
-    name = layer if layer is not None else (names[-1] if names else None)
+    name = _chosen_layer(features, layer)
     checked = validate_feature_set(features, layers=None if name is None else [name],
                                    min_cases=min_cases)
     cases = checked[name] if name is not None else []
@@ -194,8 +202,7 @@ def validate_predictions(predictions: Predictions | None, features: FeatureSet,
             f"{method} needs the source model's predictions (its softmax over its source "
             "classes at the sampled voxels), given as predictions=[P per case]; `ccfv rank` "
             "extracts them with the features")
-    names = list(features.keys()) if isinstance(features, Mapping) else []
-    name = layer if layer is not None else (names[-1] if names else None)
+    name = _chosen_layer(features, layer)
     cases = validate_feature_set(features, layers=None if name is None else [name],
                                  min_cases=1)[name]
     if isinstance(predictions, np.ndarray) or len(predictions) != len(cases):
