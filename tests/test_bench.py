@@ -126,3 +126,31 @@ def test_bench_quick_end_to_end_and_resume(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in finetuned] == stamps
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["targets"] == summary["targets"]
+
+
+@pytest.mark.skipif(not (DATA / "acdc_cine_mri2d").exists(), reason="../shared/data absent")
+def test_split_by_patient(tmp_path):
+    pattern = r"^(patient\d+)_"
+    task = prepare_task(DATA / "acdc_cine_mri2d", tmp_path, size=32, channels=3, max_cases=40,
+                        test_fraction=0.3, split_seed=0, group=pattern)
+    patient = [c.split("_")[0] for c in task.case_ids]
+    train = {patient[i] for i in task.train}
+    test = {patient[i] for i in task.test}
+    assert train and test and not train & test  # no patient on both sides
+    assert len(task.train) + len(task.test) == 40
+    assert set(np.unique(task.labels)) == {0, 1, 2, 3} and task.n_classes == 4
+    split = json.loads((task.train_folder.parent / "split.json").read_text())
+    assert split["group"] == pattern
+    with pytest.raises(ccfv.UserError, match="does not match the group pattern"):
+        prepare_task(DATA / "acdc_cine_mri2d", tmp_path, size=32, channels=3, max_cases=8,
+                     test_fraction=0.3, split_seed=0, group=r"^(case\d+)_")
+
+
+@needs_data
+def test_config_groups_are_checked(tmp_path):
+    with pytest.raises(ccfv.UserError, match="groups names task 'acdc'"):
+        load_config(_config(tmp_path, groups={"acdc": r"^(p\d+)"}))
+    with pytest.raises(ccfv.UserError, match="capturing group"):
+        load_config(_config(tmp_path, groups={"drive_retinal_vessels": r"^p\d+"}))
+    config = load_config(_config(tmp_path, groups={"drive_retinal_vessels": r"^(DRIVE)_"}))
+    assert config["groups"] == {"drive_retinal_vessels": r"^(DRIVE)_"}

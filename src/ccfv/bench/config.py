@@ -12,6 +12,8 @@ A YAML file (``benchmarks/transfer2d.yaml`` is the one we run)::
     max_cases: 80                         # at most this many cases per task (seeded pick)
     test_fraction: 0.3                    # per task, a fixed seeded train/test split
     split_seed: 0
+    groups:                               # split by patient, never by slice: a regular
+      acdc_cine_mri2d: "^(patient\\d+)_"   # expression whose group 1 is the patient id
     architectures: [unet, unetr]          # see ccfv.bench.train.ARCHITECTURES
     pretrain: {steps: 600, batch_size: 8, lr: 0.001, seed: 0}
     finetune: {steps: 150, batch_size: 8, lr: 0.001, seeds: [0, 1]}
@@ -50,6 +52,7 @@ DEFAULTS: dict = {
     "max_cases": 80,
     "test_fraction": 0.3,
     "split_seed": 0,
+    "groups": {},
     "architectures": ["unet", "unetr"],
     "pretrain": {"steps": 600, "batch_size": 8, "lr": 1e-3, "seed": 0},
     "finetune": {"steps": 150, "batch_size": 8, "lr": 1e-3, "seeds": [0, 1]},
@@ -67,13 +70,17 @@ DEFAULTS: dict = {
 }
 
 
+#: Mapping-valued keys whose own keys are the user's (task names, profiles), not ours.
+FREE_FORM = ("quick", "groups")
+
+
 def _merge(base: dict, override: dict, where: str) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key not in base:
             raise UserError(f"{where}: unknown key {key!r}; known keys: "
                             f"{', '.join(base)}")
-        if isinstance(base[key], dict) and key != "quick":
+        if isinstance(base[key], dict) and key not in FREE_FORM:
             if not isinstance(value, dict):
                 raise UserError(f"{where}: {key!r} must be a mapping, got {value!r}")
             out[key] = _merge(base[key], value, f"{where}.{key}")
@@ -159,6 +166,18 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
                             f"{', '.join(ARCHITECTURES)}")
     for method in config["scoring"]["methods"] + config["scoring"]["proportional"]:
         get_estimator(method)
+    import re
+
+    for task, pattern in config["groups"].items():
+        if task not in resolved.task_paths:
+            raise UserError(f"{path}: groups names task {task!r}, which is not among the "
+                            f"tasks {list(resolved.task_paths)}")
+        try:
+            if re.compile(pattern).groups < 1:
+                raise re.error("no capturing group")
+        except (re.error, TypeError) as error:
+            raise UserError(f"{path}: groups.{task}: {pattern!r} is not a regular expression "
+                            f"with a capturing group for the patient id ({error})") from None
     if len(config["finetune"]["seeds"]) < 1:
         raise UserError(f"{path}: finetune.seeds is empty: give at least one seed")
     resolved.targets  # noqa: B018 -- validates the target names

@@ -97,6 +97,8 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
     digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed",
                            "test_fraction") + config.digest_of(
         {k: v for k, v in cfg.items() if k != "seeds"})
+    if config["groups"].get(target.name):  # a split by patient is another split
+        digest += config.digest_of(config["groups"][target.name])
     path = work / "finetune" / target.name / f"{name}__{digest}__seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -193,7 +195,8 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
         tasks[name] = prepare_task(path, work, size=config["size"], channels=config["channels"],
                                    max_cases=config["max_cases"],
                                    test_fraction=config["test_fraction"],
-                                   split_seed=config["split_seed"])
+                                   split_seed=config["split_seed"],
+                                   group=config["groups"].get(name))
         t = tasks[name]
         log(f"task {name}: {len(t.train)} train / {len(t.test)} test cases, "
             f"{t.n_classes - 1} foreground class(es)")

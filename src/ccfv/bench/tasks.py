@@ -10,7 +10,10 @@ channels, so that every model of the bank runs on every target:
   error that says so;
 - images resized with MONAI's ``Resize`` (area interpolation), labels with nearest neighbour
   (the aspect ratio is not kept: every image fills the square);
-- a seeded split by case: ``round(test_fraction * N)`` test cases (at least 1), the rest train.
+- a seeded split by case: ``round(test_fraction * N)`` test cases (at least 1), the rest train;
+  with a ``group`` pattern (a regular expression whose first group is, say, the patient id
+  in the case id), by group instead: ``round(test_fraction * G)`` whole groups are test, so
+  no patient has slices on both sides.
 
 The prepared task is cached as ``<work>/tasks/<name>-<digest>.npz`` with its split written
 in ``split.json`` beside it, and the TRAIN cases are also written as a Decathlon folder
@@ -93,8 +96,38 @@ def _write_train_folder(folder: Path, task: PreparedTask) -> None:
     os.replace(tmp, folder)
 
 
+def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | None,
+           task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices, by case or (``group``) by the regex's first group."""
+    import re
+
+    n = len(ids)
+    if group is None:
+        order = np.random.default_rng([split_seed, 7]).permutation(n)
+        n_test = min(n - 2, max(1, round(test_fraction * n)))
+        return np.sort(order[n_test:]), np.sort(order[:n_test])
+    keys = []
+    for case in ids:
+        match = re.search(group, case)
+        if match is None:
+            raise UserError(f"task {task}: case id {case!r} does not match the group pattern "
+                            f"{group!r}: fix `groups` in the benchmark config")
+        keys.append(match.group(1))
+    names = sorted(set(keys))
+    if len(names) < 2:
+        raise UserError(f"task {task}: the group pattern {group!r} finds {len(names)} group(s) "
+                        "among the chosen cases; a split by group needs at least 2")
+    order = np.random.default_rng([split_seed, 7]).permutation(len(names))
+    n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))
+    test_groups = {names[i] for i in order[:n_test]}
+    test = np.array([i for i, k in enumerate(keys) if k in test_groups], dtype=np.int64)
+    train = np.array([i for i, k in enumerate(keys) if k not in test_groups], dtype=np.int64)
+    return train, test
+
+
 def prepare_task(path: str | Path, work: str | Path, *, size: int, channels: int,
-                 max_cases: int, test_fraction: float, split_seed: int) -> PreparedTask:
+                 max_cases: int, test_fraction: float, split_seed: int,
+                 group: str | None = None) -> PreparedTask:
     """Read, normalise, resize and split one task, or load it from ``work`` (see module doc)."""
     import torch
     from monai.transforms import Resize
@@ -105,6 +138,8 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int, channels: int
     settings = {"size": size, "channels": channels, "max_cases": max_cases,
                 "test_fraction": test_fraction, "split_seed": split_seed,
                 "source": str(path.resolve()), "format": 1}
+    if group is not None:
+        settings["group"] = group  # ungrouped tasks keep the digest they always had
     import hashlib
 
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
@@ -149,14 +184,12 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int, channels: int
     if n < 3:
         raise UserError(f"task {path.name}: {n} case(s); the benchmark needs at least 3 "
                         "(train and test)")
-    order = np.random.default_rng([split_seed, 7]).permutation(n)
-    n_test = min(n - 2, max(1, round(test_fraction * n)))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    train, test = _split(ids, test_fraction, split_seed, group, path.name)
     task = PreparedTask(path.name, np.stack(images), np.stack(labels), ids, train, test,
                         class_names, base / "train")
     _atomic_savez(npz, images=task.images, labels=task.labels, case_ids=np.array(ids),
                   train=train, test=test)
-    split = {"task": path.name, "settings": settings,
+    split = {"task": path.name, "settings": settings, "group": group,
              "train": [ids[i] for i in train], "test": [ids[i] for i in test]}
     base.mkdir(parents=True, exist_ok=True)
     (base / "split.json").write_text(json.dumps(split, indent=1))
