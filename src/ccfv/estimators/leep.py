@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ccfv.errors import UserError
-from ccfv.estimators.featureset import FeatureSet, layer_samples, validate_predictions
+from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators.featureset import FeatureSet, validate_predictions
 
 
 def leep_score(features: FeatureSet, predictions, *, layer: str | None = None) -> float:
@@ -53,21 +53,9 @@ def leep_score(features: FeatureSet, predictions, *, layer: str | None = None) -
     UserError
         Fewer than 2 target classes among the samples.
     """
-    _, y, _ = layer_samples(features, layer)
+    labels = labelled_samples(features, layer, "leep").labels
     theta = validate_predictions(predictions, features, layer, method="leep")
-    labels = _target_labels(y, "leep")
     return _leep(theta, labels)
-
-
-def _target_labels(y: np.ndarray, method: str) -> np.ndarray:
-    """Class ids mapped to 0..K-1 (K >= 2 required)."""
-    classes, labels = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise UserError(
-            f"{method}: the samples hold a single class (id {int(classes[0])}); a "
-            "transferability score needs at least 2 target classes: sample background (0) "
-            "and foreground voxels")
-    return labels
 
 
 def _leep(theta: np.ndarray, labels: np.ndarray) -> float:

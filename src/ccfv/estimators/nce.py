@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ccfv.errors import UserError
-from ccfv.estimators.featureset import FeatureSet, layer_samples, validate_predictions
+from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators.featureset import FeatureSet, validate_predictions
 
 
 def nce_score(features: FeatureSet, predictions, *, layer: str | None = None) -> float:
@@ -48,14 +48,8 @@ def nce_score(features: FeatureSet, predictions, *, layer: str | None = None) ->
     UserError
         Fewer than 2 target classes among the samples.
     """
-    _, y, _ = layer_samples(features, layer)
+    labels = labelled_samples(features, layer, "nce").labels
     theta = validate_predictions(predictions, features, layer, method="nce")
-    classes, labels = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise UserError(
-            f"nce: the samples hold a single class (id {int(classes[0])}); a "
-            "transferability score needs at least 2 target classes: sample background (0) "
-            "and foreground voxels")
     return _nce(np.argmax(theta, axis=1), labels)
 
 

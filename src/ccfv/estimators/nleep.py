@@ -40,8 +40,9 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
 from ccfv.errors import UserError
-from ccfv.estimators.featureset import FeatureSet, layer_samples
-from ccfv.estimators.leep import _leep, _target_labels
+from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators.featureset import FeatureSet
+from ccfv.estimators.leep import _leep
 
 
 def nleep_score(features: FeatureSet, *, layer: str | None = None, variance: float = 0.8,
@@ -74,8 +75,8 @@ def nleep_score(features: FeatureSet, *, layer: str | None = None, variance: flo
             or isinstance(components_per_class, bool) or components_per_class < 1):
         raise UserError(f"nleep: components_per_class={components_per_class!r} must be an "
                         "integer >= 1, e.g. 5")
-    X, y, _ = layer_samples(features, layer)
-    labels = _target_labels(y, "nleep")
+    data = labelled_samples(features, layer, "nleep")
+    X, labels = data.X, data.labels
     theta = _gmm_posteriors(X, n_classes=int(labels.max()) + 1, variance=float(variance),
                             components_per_class=int(components_per_class), seed=seed)
     return _leep(theta, labels)

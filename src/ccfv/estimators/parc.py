@@ -57,7 +57,8 @@ import numpy as np
 from scipy.spatial.distance import pdist
 
 from ccfv.errors import UserError
-from ccfv.estimators.featureset import FeatureSet, layer_samples
+from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators.featureset import FeatureSet
 
 #: The default cap on the number of samples PARC compares pairwise.
 MAX_SAMPLES = 3000
@@ -97,13 +98,8 @@ def parc_score(features: FeatureSet, *, layer: str | None = None, pca_dim: int |
                                     or isinstance(max_samples, bool) or max_samples < 10):
         raise UserError(f"parc: max_samples={max_samples!r} must be an integer >= 10 (default "
                         f"{MAX_SAMPLES}) or None for no cap")
-    X, y, _ = layer_samples(features, layer)
-    classes, labels = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise UserError(
-            f"parc: the samples hold a single class (id {int(classes[0])}); PARC compares "
-            "same-class and different-class pairs and needs at least 2 target classes: sample "
-            "background (0) and foreground voxels")
+    data = labelled_samples(features, layer, "parc")
+    X, labels = data.X, data.labels
     if max_samples is not None and len(labels) > max_samples:
         keep = _stratified_subsample(labels, int(max_samples), seed)
         X, labels = X[keep], labels[keep]

@@ -51,7 +51,8 @@ import numpy as np
 from scipy.special import log_softmax, softmax
 
 from ccfv.errors import UserError
-from ccfv.estimators.featureset import FeatureSet, layer_samples
+from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators.featureset import FeatureSet
 
 #: ``a`` in lambda = exp(-a sigma_max(S_w)) (released code).
 SHRINKAGE_RATE = 5.0
@@ -80,13 +81,8 @@ def sfda_score(features: FeatureSet, *, layer: str | None = None, log: bool = Tr
         Fewer than 2 classes, or features constant within every class (no within-class
         scatter to regularise).
     """
-    X, y, _ = layer_samples(features, layer)
-    classes, labels = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise UserError(
-            f"sfda: the samples hold a single class (id {int(classes[0])}); a discriminant "
-            "analysis needs at least 2 target classes: sample background (0) and foreground "
-            "voxels")
+    data = labelled_samples(features, layer, "sfda")
+    X, labels = data.X, data.labels
     rows = np.arange(len(labels))
     shrinkage = _shrinkage(X, labels)
     first = softmax(_lda_scores(X, labels, shrinkage), axis=1)
