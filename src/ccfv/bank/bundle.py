@@ -300,6 +300,8 @@ def make_bundle_preprocess(entry, ndim: int):
     from monai.data import MetaTensor
     from monai.transforms import Compose
 
+    from ccfv.bank.preprocess import as_meta_tensor
+
     folder: Path = entry.bundle
     where = f"model '{entry.name}' in {entry.source}"
     parser = bundle_parser(folder, where)
@@ -323,13 +325,8 @@ def make_bundle_preprocess(entry, ndim: int):
     pipeline = Compose(kept)
 
     def preprocess(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        image = np.asarray(image, dtype=np.float32)
-        affine = np.asarray(affine, dtype=np.float64)
-        if image.ndim != ndim + 1:
-            raise ValueError(
-                f"expected a channel-first {ndim}D image of shape (C, *spatial), got {image.shape}"
-            )
-        x = MetaTensor(torch.from_numpy(image.copy()), affine=torch.from_numpy(affine.copy()))
+        x = as_meta_tensor(image, affine, ndim)
+        affine = np.asarray(x.affine, dtype=np.float64)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*channel-first.*")

@@ -93,15 +93,7 @@ def make_preprocess(pre: Preprocessing, ndim: int) -> PreprocessFn:
     intensity = _intensity_transforms(pre.intensity)
 
     def preprocess(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        image = np.asarray(image, dtype=np.float32)
-        affine = np.asarray(affine, dtype=np.float64)
-        if image.ndim != ndim + 1:
-            raise ValueError(
-                f"expected a channel-first {ndim}D image of shape (C, *spatial), got {image.shape}"
-            )
-        if affine.shape != (4, 4):
-            raise ValueError(f"expected a 4 x 4 affine, got shape {affine.shape}")
-        x = MetaTensor(torch.from_numpy(image.copy()), affine=torch.from_numpy(affine.copy()))
+        x = as_meta_tensor(image, affine, ndim)
         with warnings.catch_warnings():
             # MONAI warns that a 2D image "may not be channel-first": it is, by contract.
             warnings.filterwarnings("ignore", message=".*channel-first.*")
@@ -116,6 +108,20 @@ def make_preprocess(pre: Preprocessing, ndim: int) -> PreprocessFn:
         return out, out_affine
 
     return preprocess
+
+
+def as_meta_tensor(image: np.ndarray, affine: np.ndarray, ndim: int) -> MetaTensor:
+    """A channel-first ``(C, *spatial)`` image and its 4 x 4 voxel-to-world affine as a MONAI
+    MetaTensor (float32, copies), the input of every preprocessing pipeline of ccfv."""
+    image = np.asarray(image, dtype=np.float32)
+    affine = np.asarray(affine, dtype=np.float64)
+    if image.ndim != ndim + 1:
+        raise ValueError(
+            f"expected a channel-first {ndim}D image of shape (C, *spatial), got {image.shape}"
+        )
+    if affine.shape != (4, 4):
+        raise ValueError(f"expected a 4 x 4 affine, got shape {affine.shape}")
+    return MetaTensor(torch.from_numpy(image.copy()), affine=torch.from_numpy(affine.copy()))
 
 
 def _intensity_transforms(it: Intensity) -> list[Callable]:
