@@ -357,6 +357,16 @@ def _number(text: str, path, line: int, column: str, model: str) -> float:
                         "number") from None
 
 
+def _new_model(model: str, seen: dict[str, int], path, line: int) -> None:
+    """Record ``model`` as read on ``line``; an empty or repeated model name is an error."""
+    if not model:
+        raise UserError(f"{path}, line {line}: empty model name")
+    if model in seen:
+        raise UserError(f"{path}, line {line}: model {model!r} appears twice (also on line "
+                        f"{seen[model]}); keep one line per model")
+    seen[model] = line
+
+
 def read_scores_csv(path: str | Path) -> dict[str, dict[str, float | None]]:
     """Read a ``scores.csv`` as ``ccfv rank`` writes it: a ``model`` column, then one column
     per method. Returns model -> method -> score, in file order; an empty cell (the model
@@ -385,12 +395,7 @@ def read_scores_csv(path: str | Path) -> dict[str, dict[str, float | None]]:
             raise UserError(f"{path}, line {line}: {len(cells)} cells, the header has "
                             f"{len(header)} ({', '.join(header)})")
         model = cells[0]
-        if not model:
-            raise UserError(f"{path}, line {line}: empty model name")
-        if model in seen:
-            raise UserError(f"{path}, line {line}: model {model!r} appears twice (also on line "
-                            f"{seen[model]}); keep one line per model")
-        seen[model] = line
+        _new_model(model, seen, path, line)
         values = {}
         for method, text in zip(methods, cells[1:]):
             value = None if text == "" else _number(text, path, line, method, model)
@@ -424,12 +429,7 @@ def read_truth_csv(path: str | Path) -> dict[str, float]:
             raise UserError(f"{path}, line {line}: {len(cells)} cells, expected the columns "
                             f"{', '.join(header)}")
         model, text = cells[i_model], cells[i_dice]
-        if not model:
-            raise UserError(f"{path}, line {line}: empty model name")
-        if model in seen:
-            raise UserError(f"{path}, line {line}: model {model!r} appears twice (also on line "
-                            f"{seen[model]}); keep one line per model")
-        seen[model] = line
+        _new_model(model, seen, path, line)
         if text == "":
             raise UserError(f"{path}, line {line}: model {model!r} has no dice value; give its "
                             "fine-tuned Dice or remove the line")
