@@ -18,6 +18,7 @@ from ccfv.data import find_cases
 
 DATA = SHARED / "data"
 CONFIG = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer2d.yaml"
+CONFIG3D = CONFIG.with_name("chaos3d.yaml")
 needs_data = pytest.mark.skipif(not (DATA / "drive_retinal_vessels").exists(),
                                 reason="../shared/data absent")
 
@@ -33,7 +34,7 @@ def _config(tmp_path, **changes):
 @needs_data
 def test_config_defaults_quick_and_errors(tmp_path):
     config = load_config(CONFIG)
-    assert config.targets == list(config.task_paths) and len(config.targets) == 5
+    assert config.targets == list(config.task_paths) and len(config.targets) == 7
     assert config["finetune"]["seeds"] == [0, 1, 2] and "ccfv[distance=kl]" in config["scoring"]["methods"]
     quick = load_config(CONFIG, quick=True)
     assert quick["size"] == 32 and quick["pretrain"]["steps"] == 12
@@ -154,3 +155,99 @@ def test_config_groups_are_checked(tmp_path):
         load_config(_config(tmp_path, groups={"drive_retinal_vessels": r"^p\d+"}))
     config = load_config(_config(tmp_path, groups={"drive_retinal_vessels": r"^(DRIVE)_"}))
     assert config["groups"] == {"drive_retinal_vessels": r"^(DRIVE)_"}
+
+
+needs_chaos = pytest.mark.skipif(not (DATA / "chaos_t2spir_abdomen3d").exists(),
+                                 reason="../shared/data absent")
+
+
+@needs_chaos
+def test_3d_task_split_three_ways_and_derived_source_tasks(tmp_path):
+    chaos = DATA / "chaos_t2spir_abdomen3d"
+    kwargs = dict(size=[16, 16, 8], channels=1, max_cases=10, test_fraction=0.4, split_seed=0,
+                  reserve=4)
+    target = prepare_task(chaos, tmp_path, **kwargs)
+    assert target.images.shape == (6, 1, 16, 16, 8) and target.labels.shape == (6, 16, 16, 8)
+    assert set(np.unique(target.labels)) == {0, 1, 2, 3, 4} and target.n_classes == 5
+    liver = prepare_task(chaos, tmp_path, **kwargs, derived={"liver": [1]}, name="liver")
+    kidneys = prepare_task(chaos, tmp_path, **kwargs, derived={"kidneys": [2, 3]},
+                           name="kidneys")
+    sources = set(target.reserved)
+    train = {target.case_ids[i] for i in target.train}
+    test = {target.case_ids[i] for i in target.test}
+    # sources / target-train / target-test: 4 / 4 / 2 subjects, disjoint
+    assert len(sources) == 4 and len(train) == 4 and len(test) == 2
+    assert not (sources & train or sources & test or train & test)
+    assert set(liver.case_ids) == set(kidneys.case_ids) == sources
+    assert len(liver.train) == 4 and len(liver.test) == 0  # a source: pre-trained on all
+    assert liver.class_names == {0: "background", 1: "liver"} and liver.n_classes == 2
+    assert set(np.unique(liver.labels)) == {0, 1} and set(np.unique(kidneys.labels)) == {0, 1}
+    # the remapped labels are the folder's labels, resized the same way
+    full = prepare_task(chaos, tmp_path, **{**kwargs, "reserve": 0, "test_fraction": 0.2})
+    for case, label in zip(liver.case_ids, liver.labels):
+        original = full.labels[full.case_ids.index(case)]
+        assert np.array_equal(label, (original == 1).astype(label.dtype))
+        other = kidneys.labels[kidneys.case_ids.index(case)]
+        assert np.array_equal(other, np.isin(original, [2, 3]).astype(other.dtype))
+    split = json.loads((target.train_folder.parent / "split.json").read_text())
+    assert sorted(split["sources"]) == sorted(sources) and sorted(split["test"]) == sorted(test)
+    written = find_cases(target.train_folder)  # NIfTI, what ccfv rank scores
+    assert written.ndim == 3 and sorted(c.case_id for c in written.cases) == sorted(train)
+    with pytest.raises(ccfv.UserError, match="sets no cases aside"):
+        prepare_task(chaos, tmp_path, **{**kwargs, "reserve": 0}, derived={"liver": [1]})
+    with pytest.raises(ccfv.UserError, match="leaves 2 of its 10 cases"):
+        prepare_task(chaos, tmp_path, **{**kwargs, "reserve": 8})
+    with pytest.raises(ccfv.UserError, match="is 3D but the benchmark size 16 is 2D"):
+        prepare_task(chaos, tmp_path, **{**kwargs, "size": 16, "reserve": 0})
+
+
+@needs_chaos
+def test_config_derived_tasks_are_checked(tmp_path):
+    config = load_config(CONFIG3D)
+    assert config.targets == ["chaos_t2spir_abdomen3d"] and config.spatial_size == [48, 48, 24]
+    specs = config.task_specs
+    assert specs["chaos_liver"].parent == "chaos_t2spir_abdomen3d"
+    assert specs["chaos_kidneys"].labels == {"kidneys": [2, 3]}
+    assert specs["chaos_liver"].path == specs["chaos_t2spir_abdomen3d"].path
+    derived = {"name": "liver", "from": "chaos_t2spir_abdomen3d", "labels": {"liver": [1]}}
+    base = dict(tasks=["chaos_t2spir_abdomen3d", derived], size=[16, 16, 8], channels=1)
+    with pytest.raises(ccfv.UserError, match="sets no cases aside"):
+        load_config(_config(tmp_path, **base))
+    ok = dict(base, source_cases={"chaos_t2spir_abdomen3d": 4})
+    assert load_config(_config(tmp_path, **ok)).targets == ["chaos_t2spir_abdomen3d"]
+    with pytest.raises(ccfv.UserError, match="derived source tasks"):
+        load_config(_config(tmp_path, **ok, targets=["liver"]))
+    with pytest.raises(ccfv.UserError, match="a derived task is"):
+        load_config(_config(tmp_path, **dict(ok, tasks=["chaos_t2spir_abdomen3d",
+                                                         {"name": "x", "from": "y"}])))
+    with pytest.raises(ccfv.UserError, match="labels.liver"):
+        load_config(_config(tmp_path, **dict(ok, tasks=["chaos_t2spir_abdomen3d", {
+            **derived, "labels": {"liver": ["one"]}}])))
+    with pytest.raises(ccfv.UserError, match="size"):
+        load_config(_config(tmp_path, **dict(ok, size=[16, 16, 8, 2])))
+    with pytest.raises(ccfv.UserError, match="source_cases names task 'nowhere'"):
+        load_config(_config(tmp_path, **dict(ok, source_cases={"nowhere": 2})))
+
+
+@needs_chaos
+def test_bench_quick_3d_end_to_end(tmp_path):
+    args = ["bench", "--config", str(CONFIG3D), "--quick", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    config = load_config(CONFIG3D, quick=True)
+    (target, t), = summary["targets"].items()
+    assert target == "chaos_t2spir_abdomen3d"
+    # 3 architectures x (spleen CT, liver and kidneys of the set-aside subjects, scratch)
+    assert len(t["models"]) == 12
+    assert {n.split("__")[0] for n in t["models"]} == {"unet", "segresnet", "dynunet"}
+    assert not set(t["scored_cases"]) & set(t["test"])
+    methods = config["scoring"]["methods"] + ["ccfv@proportional"]
+    for m in t["models"].values():
+        assert len(m["dice"]) == 2 and all(0 <= d <= 1 for d in m["dice"])
+        assert set(m["dice_per_class"][0]) == {"liver", "right kidney", "left kidney", "spleen"}
+        assert list(m["scores"]) == methods and all(np.isfinite(list(m["scores"].values())))
+    split = json.loads(next((tmp_path / "work" / "tasks").glob(
+        "chaos_t2spir_abdomen3d-*/split.json")).read_text())
+    sources = set(split["sources"])
+    assert len(sources) == 3 and not sources & set(t["train"] + t["test"])

@@ -89,13 +89,48 @@ def test_architecture_builds_from_spec_runs_and_has_its_head(arch):
     assert torch.equal(seen["out"], out)
 
 
+@pytest.mark.parametrize("arch", ["unet", "segresnet", "dynunet"])
+def test_3d_architecture_has_its_head_and_loads_pretrained(arch):
+    torch.manual_seed(0)
+    model = ARCHITECTURES[arch](1, 3, [16, 16, 8])
+    assert network_spec(arch, 1, 3, [16, 16, 8])["args"]["spatial_dims"] == 3
+    head = head_module(arch)
+    assert auto_layers(model)[-1].key == f"{head}:input"
+    with torch.no_grad():
+        out = model.eval()(torch.rand(1, 1, 16, 16, 8))
+    assert out.shape == (1, 3, 16, 16, 8)
+    torch.manual_seed(1)
+    source = ARCHITECTURES[arch](1, 2, [16, 16, 8])  # another number of classes
+    loaded = load_pretrained(model, source.state_dict(), head)
+    own, theirs = model.state_dict(), source.state_dict()
+    assert loaded["loaded"] == sum(not k.startswith(head + ".") for k in own)
+    assert all(torch.equal(own[k], theirs[k]) for k in own if not k.startswith(head + "."))
+
+
+def test_training_3d_learns_and_dice_is_3d():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, size=(6, 1, 16, 16, 8)).astype(np.uint8)
+    labels = np.zeros((6, 16, 16, 8), dtype=np.int64)
+    labels[:, 4:12, 4:12, 2:6] = 1
+    images[:, 0][labels == 1] += 150  # a bright box
+    set_seed(0)
+    model = ARCHITECTURES["unet"](1, 2, [16, 16, 8])
+    info = train(model, images, labels, steps=40, batch_size=2, lr=1e-2, seed=0)
+    assert info["loss_last"] < info["loss_first"]
+    assert dice_per_class(model, images, labels, n_classes=2)[0] > 0.5
+
+
 def test_architecture_arguments_are_checked():
     with pytest.raises(UserError, match="unknown benchmark architecture 'vnet'.*unet, unetr"):
         network_spec("vnet", 1, 2, 32)
-    with pytest.raises(UserError, match="'unetr'.*multiple of 16, got 40"):
+    with pytest.raises(UserError, match=r"'unetr'.*multiple of 16 on every axis, got \[40, 40"):
         network_spec("unetr", 1, 2, 40)
-    with pytest.raises(UserError, match="multiple of 8, got 36"):
+    with pytest.raises(UserError, match=r"multiple of 8 on every axis, got \[36, 36\]"):
         ARCHITECTURES["unet"](1, 2, 36)
+    with pytest.raises(UserError, match=r"multiple of 8 on every axis, got \[16, 16, 12\]"):
+        ARCHITECTURES["segresnet"](1, 2, [16, 16, 12])
+    with pytest.raises(UserError, match="2 or 3 values"):
+        network_spec("dynunet", 1, 2, [16])
     with pytest.raises(UserError, match="unknown"):
         head_module("vnet")
 
@@ -166,6 +201,18 @@ def test_augmentation_moves_image_and_label_together():
         assert sorted(a[1].ravel()) == sorted(b[1].ravel())
     again = augment_batch(images, labels, np.random.default_rng(5))
     assert np.array_equal(again[0], out_images)
+
+
+def test_augmentation_3d_moves_volume_and_label_together():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(16, 1, 6, 6, 4)).astype(np.uint8)
+    labels = (images[:, 0] > 127).astype(np.int64)
+    out_images, out_labels = augment_batch(images, labels, np.random.default_rng(3))
+    assert out_images.shape == images.shape
+    assert np.array_equal(out_labels, (out_images[:, 0] > 127).astype(np.int64))
+    flipped_z = [np.array_equal(b, a[:, :, :, ::-1]) or np.array_equal(b, a[:, ::-1, ::-1, ::-1])
+                 for a, b in zip(images, out_images)]
+    assert any(flipped_z)  # the third axis is flipped too
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ A YAML file (``benchmarks/transfer2d.yaml`` is the one we run)::
     split_seed: 0
     groups:                               # split by patient, never by slice: a regular
       acdc_cine_mri2d: "^(patient\\d+)_"   # expression whose group 1 is the patient id
+    source_cases: {}                      # {task: N}: N cases (groups) set aside for the
+                                          # source tasks derived from it (3D example below)
     architectures: [unet, unetr]          # see ccfv.bench.train.ARCHITECTURES
     pretrain: {steps: 600, batch_size: 8, lr: 0.001, seed: 0}
     finetune: {steps: 150, batch_size: 8, lr: 0.001, seeds: [0, 1]}
@@ -26,7 +28,19 @@ A YAML file (``benchmarks/transfer2d.yaml`` is the one we run)::
     quick: {...}                          # overrides for --quick (same keys)
 
 Any folder in Decathlon layout (``dataset.json`` + images/labels) can be a task: ``tasks``
-entries are folder names under ``data_root`` or paths. Every key has a default (below), so a
+entries are folder names under ``data_root`` or paths. A 3D benchmark
+(``benchmarks/chaos3d.yaml``) gives ``size`` as ``[x, y, z]`` and may derive source tasks from
+subjects of its target that it sets aside (sources / target-train / target-test)::
+
+    tasks:
+      - chaos_t2spir_abdomen3d                                  # the target
+      - spleen_ct_crop_3d                                       # another real volume
+      - {name: chaos_liver, from: chaos_t2spir_abdomen3d, labels: {liver: [1]}}
+    targets: [chaos_t2spir_abdomen3d]
+    source_cases: {chaos_t2spir_abdomen3d: 6}   # 6 subjects for the derived tasks only
+
+A derived task reads only the set-aside cases, with its classes remapped (``labels``: class
+name -> label ids of the folder); it is a source, never a target. Every key has a default (below), so a
 config names only what it changes. Unknown keys are an error that names them.
 """
 
@@ -53,6 +67,7 @@ DEFAULTS: dict = {
     "test_fraction": 0.3,
     "split_seed": 0,
     "groups": {},
+    "source_cases": {},
     "architectures": ["unet", "unetr"],
     "pretrain": {"steps": 600, "batch_size": 8, "lr": 1e-3, "seed": 0},
     "finetune": {"steps": 150, "batch_size": 8, "lr": 1e-3, "seeds": [0, 1]},
@@ -71,7 +86,7 @@ DEFAULTS: dict = {
 
 
 #: Mapping-valued keys whose own keys are the user's (task names, profiles), not ours.
-FREE_FORM = ("quick", "groups")
+FREE_FORM = ("quick", "groups", "source_cases")
 
 
 def _merge(base: dict, override: dict, where: str) -> dict:
@@ -90,6 +105,16 @@ def _merge(base: dict, override: dict, where: str) -> dict:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """One task of the config: a Decathlon folder, or a task derived from one's set-aside cases."""
+
+    name: str
+    path: Path
+    parent: str | None = None                   # derived: the task whose cases it reads
+    labels: dict[str, list[int]] | None = None  # derived: class name -> the folder's label ids
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """A resolved benchmark config (``raw`` holds every key; see the module docstring)."""
 
@@ -100,21 +125,50 @@ class BenchConfig:
         return self.raw[key]
 
     @property
-    def task_paths(self) -> dict[str, Path]:
+    def task_specs(self) -> dict[str, TaskSpec]:
+        """Every task by name, in config order (derived tasks point to their folder)."""
         root = Path(self.raw["data_root"])
+
+        def folder(entry: str) -> Path:
+            path = Path(entry)
+            return path if path.is_absolute() or path.exists() else root / entry
+
+        plain = {folder(e).name: folder(e) for e in self.raw["tasks"] if not isinstance(e, dict)}
         out = {}
         for entry in self.raw["tasks"]:
-            path = Path(entry)
-            path = path if path.is_absolute() or path.exists() else root / entry
-            out[path.name] = path
+            if isinstance(entry, dict):
+                parent = str(entry["from"])
+                path = plain[parent] if parent in plain else folder(parent)
+                out[str(entry["name"])] = TaskSpec(str(entry["name"]), path, path.name, {
+                    str(k): [int(i) for i in (v if isinstance(v, list) else [v])]
+                    for k, v in entry["labels"].items()})
+            else:
+                path = folder(entry)
+                out[path.name] = TaskSpec(path.name, path)
         return out
 
     @property
+    def task_paths(self) -> dict[str, Path]:
+        """Every task's Decathlon folder by task name (a derived task: its parent's folder)."""
+        return {name: spec.path for name, spec in self.task_specs.items()}
+
+    @property
+    def spatial_size(self) -> list[int]:
+        """``size`` as one value per spatial axis (an int is a square 2D image)."""
+        size = self.raw["size"]
+        return [int(size)] * 2 if isinstance(size, int) else [int(v) for v in size]
+
+    @property
     def targets(self) -> list[str]:
-        names = list(self.task_paths)
+        specs = self.task_specs
+        names = list(specs)
         targets = self.raw["targets"]
         if targets == "all":
-            return names
+            return [n for n in names if specs[n].parent is None]
+        derived = [t for t in targets if t in specs and specs[t].parent is not None]
+        if derived:
+            raise UserError(f"{self.source}: targets {derived} are derived source tasks; a "
+                            "target is a task folder of its own")
         unknown = [t for t in targets if t not in names]
         if unknown:
             raise UserError(f"{self.source}: targets {unknown} are not among the tasks {names}")
@@ -129,6 +183,40 @@ class BenchConfig:
         """A short hash of any JSON-able value."""
         text = json.dumps(value, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _check_tasks(config: dict, path: Path) -> None:
+    """``size`` and the ``tasks`` entries: folder names, or {name, from, labels} mappings."""
+    size = config["size"]
+    ok = (isinstance(size, int) and not isinstance(size, bool) and size > 0) or (
+        isinstance(size, list) and len(size) in (2, 3)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size))
+    if not ok:
+        raise UserError(f"{path}: size {size!r}: give one int (square 2D images), [x, y] or "
+                        "[x, y, z]")
+    names = []
+    for entry in config["tasks"]:
+        if isinstance(entry, dict):
+            keys = set(entry)
+            if keys != {"name", "from", "labels"} or not isinstance(entry["labels"], dict) \
+                    or not entry["labels"]:
+                raise UserError(f"{path}: task entry {entry!r}: a derived task is "
+                                "{name: ..., from: <task folder>, labels: {class: [ids]}}")
+            for cls, ids in entry["labels"].items():
+                ids = ids if isinstance(ids, list) else [ids]
+                if not ids or not all(isinstance(i, int) and i > 0 for i in ids):
+                    raise UserError(f"{path}: task {entry['name']!r}: labels.{cls}: {ids!r}; "
+                                    "give the folder's label ids (integers >= 1)")
+            names.append(str(entry["name"]))
+        elif isinstance(entry, str):
+            names.append(Path(entry).name)
+        else:
+            raise UserError(f"{path}: task entry {entry!r}: give a folder name or a derived "
+                            "task mapping")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{path}: task names {repeated} appear more than once; each task needs "
+                        "its own name")
 
 
 def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
@@ -151,6 +239,7 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
     config["data_root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
     if len(config["tasks"]) < 2:
         raise UserError(f"{path}: name at least 2 tasks (leave-one-task-out needs sources)")
+    _check_tasks(config, path)
     resolved = BenchConfig(raw=config, source=str(path))
     for name, task in resolved.task_paths.items():
         if not (task / "dataset.json").is_file():
@@ -178,6 +267,17 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
         except (re.error, TypeError) as error:
             raise UserError(f"{path}: groups.{task}: {pattern!r} is not a regular expression "
                             f"with a capturing group for the patient id ({error})") from None
+    for task, count in config["source_cases"].items():
+        if task not in resolved.task_specs:
+            raise UserError(f"{path}: source_cases names task {task!r}, which is not among the "
+                            f"tasks {list(resolved.task_specs)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UserError(f"{path}: source_cases.{task}: {count!r}; give a number of cases "
+                            ">= 1")
+    for spec in resolved.task_specs.values():
+        if spec.parent is not None and not config["source_cases"].get(spec.parent):
+            raise UserError(f"{path}: task {spec.name!r} is derived from {spec.parent!r}, which "
+                            f"sets no cases aside: add source_cases: {{{spec.parent}: N}}")
     if len(config["finetune"]["seeds"]) < 1:
         raise UserError(f"{path}: finetune.seeds is empty: give at least one seed")
     resolved.targets  # noqa: B018 -- validates the target names

@@ -36,7 +36,7 @@ import yaml
 
 from ccfv.bench.config import BenchConfig
 from ccfv.bench.tasks import PreparedTask, prepare_task
-from ccfv.errors import CCFVWarning
+from ccfv.errors import CCFVWarning, UserError
 
 SCRATCH = "scratch"
 PROPORTIONAL = "@proportional"
@@ -54,6 +54,22 @@ def model_name(arch: str, source: str) -> str:
     return f"{arch}__{source}"
 
 
+def _cases_digest(config: BenchConfig, task: str) -> str:
+    """Digest of what changes a task's cases beyond the common keys: the subjects set aside
+    for derived tasks and a derived task's classes ("" for plain tasks, whose digests stay)."""
+    spec = config.task_specs.get(task)
+    if spec is None:  # scratch
+        return ""
+    extra = {}
+    folder = spec.parent or spec.name
+    if config["source_cases"].get(folder):
+        extra["source_cases"] = config["source_cases"][folder]
+        extra["groups"] = config["groups"].get(folder)
+    if spec.labels is not None:
+        extra["labels"] = spec.labels
+    return config.digest_of(extra) if extra else ""
+
+
 def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
              progress: bool, log) -> Path:
     """The checkpoint of ``arch`` pre-trained on ``task`` (None: the seeded initialisation)."""
@@ -65,6 +81,7 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
     source = task.name if task is not None else SCRATCH
     n_out = task.n_classes if task is not None else 2
     digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed")
+    digest += _cases_digest(config, source)
     path = work / "pretrain" / f"{model_name(arch, source)}-{digest}.pt"
     if path.is_file():
         return path
@@ -99,6 +116,7 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
         {k: v for k, v in cfg.items() if k != "seeds"})
     if config["groups"].get(target.name):  # a split by patient is another split
         digest += config.digest_of(config["groups"][target.name])
+    digest += _cases_digest(config, target.name)
     path = work / "finetune" / target.name / f"{name}__{digest}__seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -132,16 +150,15 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
 
     from ccfv.bench.train import network_spec
 
-    size = config["size"]
     models = []
     for name, (arch, checkpoint) in bank.items():
         meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
-        spec = network_spec(arch, config["channels"], meta["out_channels"], size)
+        spec = network_spec(arch, config["channels"], meta["out_channels"], config["size"])
         models.append({"name": name, **spec, "checkpoint": str(Path(checkpoint).resolve()),
                        "layers": "auto",
                        "preprocessing": {"intensity": {"kind": "range", "a_min": 0,
                                                        "a_max": 255, "b_min": 0, "b_max": 1},
-                                         "roi": [size, size]}})
+                                         "roi": config.spatial_size}})
     path = work / "scores" / target.name / "bank.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
@@ -191,16 +208,31 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
     work, out = Path(work), Path(out)
     start = time.time()
     tasks = {}
-    for name, path in config.task_paths.items():
-        tasks[name] = prepare_task(path, work, size=config["size"], channels=config["channels"],
-                                   max_cases=config["max_cases"],
+    for name, spec in config.task_specs.items():
+        folder = spec.parent or name
+        tasks[name] = prepare_task(spec.path, work, size=config["size"],
+                                   channels=config["channels"], max_cases=config["max_cases"],
                                    test_fraction=config["test_fraction"],
                                    split_seed=config["split_seed"],
-                                   group=config["groups"].get(name))
+                                   group=config["groups"].get(folder),
+                                   reserve=config["source_cases"].get(folder, 0),
+                                   derived=spec.labels, name=name)
         t = tasks[name]
-        log(f"task {name}: {len(t.train)} train / {len(t.test)} test cases, "
-            f"{t.n_classes - 1} foreground class(es)")
+        if spec.parent:
+            role = f"source only ({len(t.train)} cases set aside from {spec.parent})"
+        elif len(t.test) == 0:
+            role = f"source only ({len(t.train)} case(s), too few to split)"
+        else:
+            role = f"{len(t.train)} train / {len(t.test)} test cases"
+            if t.reserved:
+                role += f", {len(t.reserved)} set aside for derived source tasks"
+        log(f"task {name}: {role}, {t.n_classes - 1} foreground class(es)")
     archs = config["architectures"]
+    for name in config.targets:
+        if len(tasks[name].test) == 0 or len(tasks[name].train) < 2:
+            raise UserError(f"{config.source}: target {name} has {len(tasks[name].train)} "
+                            f"train and {len(tasks[name].test)} test case(s); a target needs at "
+                            "least 2 train and 1 test case: make it a source only (`targets`)")
     targets = config.targets
     checkpoints = {}
     for arch in archs:

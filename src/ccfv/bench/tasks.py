@@ -1,7 +1,8 @@
 """Benchmark tasks in one input format, with a fixed train/test split, cached on disk.
 
-Every task (a Decathlon-layout folder) becomes ``size x size`` images with ``channels``
-channels, so that every model of the bank runs on every target:
+Every task (a Decathlon-layout folder) becomes images of one ``size`` (``size x size`` 2D
+images, or a 3D ``[x, y, z]`` grid for 3D volumes) with ``channels`` channels, so that every
+model of the bank runs on every target:
 
 - at most ``max_cases`` cases, picked with :func:`ccfv.data.select_cases` (seeded);
 - intensities: per image, the 0.5 and 99.5 percentiles over all channels map to 0 and 255
@@ -9,17 +10,23 @@ channels, so that every model of the bank runs on every target:
 - grey images are repeated to ``channels`` channels; more channels than ``channels`` is an
   error that says so;
 - images resized with MONAI's ``Resize`` (area interpolation), labels with nearest neighbour
-  (the aspect ratio is not kept: every image fills the square);
+  (the aspect ratio is not kept: every image fills the grid);
 - a seeded split by case: ``round(test_fraction * N)`` test cases (at least 1), the rest train;
   with a ``group`` pattern (a regular expression whose first group is, say, the patient id
   in the case id), by group instead: ``round(test_fraction * G)`` whole groups are test, so
   no patient has slices on both sides.
+- ``reserve`` (``source_cases`` in the config): that many cases (or groups) of the folder,
+  seeded, are set aside for source tasks derived from it and never enter its own split, so a
+  target's subjects are split three ways: sources / target-train / target-test. A derived task
+  (``derived={"liver": [1]}``) reads exactly those reserved cases, with its labels remapped
+  (here: class 1 = the folder's label 1, everything else background).
 
 The prepared task is cached as ``<work>/tasks/<name>-<digest>.npz`` with its split written
 in ``split.json`` beside it, and the TRAIN cases are also written as a Decathlon folder
-(PNG, ``<work>/tasks/<name>-<digest>/train``) that ``ccfv rank`` scores: the estimators never
-see a test case. Networks read ``images / 255``; bank entries read the PNGs with the
-``range`` intensity 0..255 -> 0..1, so both see the same numbers.
+(``<work>/tasks/<name>-<digest>/train``; PNG in 2D, NIfTI with an identity affine in 3D) that
+``ccfv rank`` scores: the estimators never see a test case. Networks read ``images / 255``;
+bank entries read these files with the ``range`` intensity 0..255 -> 0..1, so both see the
+same numbers.
 """
 
 from __future__ import annotations
@@ -41,13 +48,14 @@ class PreparedTask:
     """One task in the benchmark's input format."""
 
     name: str
-    images: np.ndarray         # uint8 (N, C, S, S)
-    labels: np.ndarray         # int64 (N, S, S)
+    images: np.ndarray         # uint8 (N, C, *size)
+    labels: np.ndarray         # int64 (N, *size)
     case_ids: list[str]
     train: np.ndarray          # int64 indices into the cases
     test: np.ndarray
     class_names: dict[int, str]
-    train_folder: Path         # Decathlon folder of the train split (PNG), for ccfv rank
+    train_folder: Path         # Decathlon folder of the train split, for ccfv rank
+    reserved: list[str] | None = None  # case ids set aside for the derived source tasks
 
     @property
     def n_classes(self) -> int:
@@ -69,24 +77,36 @@ def _atomic_savez(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def _write_train_folder(folder: Path, task: PreparedTask) -> None:
-    from PIL import Image
+def _write_case(tmp: Path, case: str, image: np.ndarray, label: np.ndarray) -> dict:
+    """One train case as PNG (2D) or NIfTI with an identity affine (3D); its dataset entry."""
+    if label.ndim == 2:
+        from PIL import Image
 
+        pixels = np.moveaxis(image, 0, -1)
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+            tmp / "imagesTr" / f"{case}.png")
+        Image.fromarray(label.astype(np.uint8)).save(tmp / "labelsTr" / f"{case}.png")
+        return {"image": f"./imagesTr/{case}.png", "label": f"./labelsTr/{case}.png"}
+    import nibabel as nib
+
+    voxels = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # channels last
+    nib.save(nib.Nifti1Image(voxels, np.eye(4)), tmp / "imagesTr" / f"{case}.nii.gz")
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)),
+             tmp / "labelsTr" / f"{case}.nii.gz")
+    return {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
+
+
+def _write_train_folder(folder: Path, task: PreparedTask) -> None:
     if (folder / "dataset.json").is_file():
         return
     tmp = folder.with_name(folder.name + ".partial")
     (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
     (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
-    training = []
-    for i in task.train:
-        case = task.case_ids[i]
-        image = np.moveaxis(task.images[i], 0, -1)
-        image = image[..., 0] if image.shape[-1] == 1 else image
-        Image.fromarray(image).save(tmp / "imagesTr" / f"{case}.png")
-        Image.fromarray(task.labels[i].astype(np.uint8)).save(tmp / "labelsTr" / f"{case}.png")
-        training.append({"image": f"./imagesTr/{case}.png", "label": f"./labelsTr/{case}.png"})
+    training = [_write_case(tmp, task.case_ids[i], task.images[i], task.labels[i])
+                for i in task.train]
     (tmp / "dataset.json").write_text(json.dumps({
-        "name": f"{task.name} (benchmark train split)", "tensorImageSize": "2D",
+        "name": f"{task.name} (benchmark train split)",
+        "tensorImageSize": f"{task.labels.ndim - 1}D",
         "labels": {str(k): v for k, v in task.class_names.items()},
         "numTraining": len(training), "training": training}, indent=1))
     if folder.exists():
@@ -96,16 +116,12 @@ def _write_train_folder(folder: Path, task: PreparedTask) -> None:
     os.replace(tmp, folder)
 
 
-def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | None,
-           task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test indices, by case or (``group``) by the regex's first group."""
+def _group_keys(ids: list[str], group: str | None, task: str) -> list[str]:
+    """The group (patient) of each case: the regex's first group, or the case id itself."""
     import re
 
-    n = len(ids)
     if group is None:
-        order = np.random.default_rng([split_seed, 7]).permutation(n)
-        n_test = min(n - 2, max(1, round(test_fraction * n)))
-        return np.sort(order[n_test:]), np.sort(order[:n_test])
+        return list(ids)
     keys = []
     for case in ids:
         match = re.search(group, case)
@@ -113,6 +129,30 @@ def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | N
             raise UserError(f"task {task}: case id {case!r} does not match the group pattern "
                             f"{group!r}: fix `groups` in the benchmark config")
         keys.append(match.group(1))
+    return keys
+
+
+def _reserve(ids: list[str], n: int, split_seed: int, group: str | None,
+             task: str) -> set[str]:
+    """The ``n`` groups (cases when ungrouped) set aside for derived source tasks, seeded."""
+    names = sorted(set(_group_keys(ids, group, task)))
+    if n >= len(names) - 2:
+        raise UserError(f"task {task}: source_cases {n} leaves {len(names) - n} of its "
+                        f"{len(names)} {'groups' if group else 'cases'} for its own train/test "
+                        "split; it needs at least 3: lower source_cases")
+    order = np.random.default_rng([split_seed, 11]).permutation(len(names))
+    return {names[i] for i in order[:n]}
+
+
+def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | None,
+           task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices, by case or (``group``) by the regex's first group."""
+    n = len(ids)
+    if group is None:
+        order = np.random.default_rng([split_seed, 7]).permutation(n)
+        n_test = min(n - 2, max(1, round(test_fraction * n)))
+        return np.sort(order[n_test:]), np.sort(order[:n_test])
+    keys = _group_keys(ids, group, task)
     names = sorted(set(keys))
     if len(names) < 2:
         raise UserError(f"task {task}: the group pattern {group!r} finds {len(names)} group(s) "
@@ -125,48 +165,87 @@ def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | N
     return train, test
 
 
-def prepare_task(path: str | Path, work: str | Path, *, size: int, channels: int,
+def _remap(label: np.ndarray, derived: dict[str, list[int]]) -> np.ndarray:
+    """Labels of a derived task: class k (1-based, in ``derived`` order) = the listed ids."""
+    out = np.zeros_like(label)
+    for k, ids in enumerate(derived.values(), start=1):
+        out[np.isin(label, ids)] = k
+    return out
+
+
+def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], channels: int,
                  max_cases: int, test_fraction: float, split_seed: int,
-                 group: str | None = None) -> PreparedTask:
-    """Read, normalise, resize and split one task, or load it from ``work`` (see module doc)."""
+                 group: str | None = None, reserve: int = 0,
+                 derived: dict[str, list[int]] | None = None,
+                 name: str | None = None) -> PreparedTask:
+    """Read, normalise, resize and split one task, or load it from ``work`` (see module doc).
+
+    ``size`` is an int (square 2D images) or one value per spatial axis (2D or 3D; the task's
+    images must have that many axes). ``reserve`` cases (groups) of the folder are set aside
+    for derived source tasks; with ``derived`` (class name -> the folder's label ids) the task
+    is the derived one, named ``name``, made of exactly those reserved cases.
+    """
     import torch
     from monai.transforms import Resize
 
     from ccfv.data import find_cases, load_case, select_cases
 
     path = Path(path)
+    name = name or path.name
+    if derived is not None and reserve < 1:
+        raise UserError(f"task {name} is derived from {path.name}, which sets no cases aside "
+                        f"for it: set source_cases: {{{path.name}: N}} in the benchmark config")
+    grid = [int(size)] * 2 if isinstance(size, (int, np.integer)) else [int(v) for v in size]
     settings = {"size": size, "channels": channels, "max_cases": max_cases,
                 "test_fraction": test_fraction, "split_seed": split_seed,
                 "source": str(path.resolve()), "format": 1}
+    # keys added only when used, so that plain tasks keep the digest they always had
     if group is not None:
-        settings["group"] = group  # ungrouped tasks keep the digest they always had
+        settings["group"] = group
+    if reserve:
+        settings["reserve"] = reserve
+    if derived is not None:
+        settings.update(derived={k: [int(i) for i in v] for k, v in derived.items()}, name=name)
     import hashlib
 
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    base = Path(work) / "tasks" / f"{path.name}-{digest}"
+    base = Path(work) / "tasks" / f"{name}-{digest}"
     npz = base.with_suffix(".npz")
     dataset = find_cases(path)
-    class_names = {int(k): str(v) for k, v in dataset.labels.items()} or {0: "background",
-                                                                          1: "foreground"}
+    if derived is not None:
+        class_names = {0: "background", **{k: str(v) for k, v in enumerate(derived, start=1)}}
+    else:
+        class_names = ({int(k): str(v) for k, v in dataset.labels.items()}
+                       or {0: "background", 1: "foreground"})
     if npz.is_file():
         with np.load(npz) as z:
-            task = PreparedTask(path.name, z["images"], z["labels"],
+            task = PreparedTask(name, z["images"], z["labels"],
                                 [str(c) for c in z["case_ids"]], z["train"], z["test"],
-                                class_names, base / "train")
+                                class_names, base / "train",
+                                [str(c) for c in z["reserved"]] if "reserved" in z else None)
         _write_train_folder(task.train_folder, task)
         return task
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
         chosen = select_cases(dataset, min(max_cases, len(dataset.cases)), split_seed)
     chosen = sorted(chosen, key=lambda c: c.case_id)
-    resize_image = Resize((size, size), mode="area")
-    resize_label = Resize((size, size), mode="nearest")
+    reserved = None
+    if reserve:
+        all_ids = [str(c.case_id).replace("/", "_") for c in chosen]
+        kept = _reserve(all_ids, reserve, split_seed, group, path.name)
+        keys = _group_keys(all_ids, group, path.name)
+        reserved = [i for i, k in zip(all_ids, keys) if k in kept]
+        chosen = [c for c, k in zip(chosen, keys) if (k in kept) == (derived is not None)]
+    resize_image = Resize(grid, mode="area")
+    resize_label = Resize(grid, mode="nearest")
     images, labels, ids = [], [], []
     for case in chosen:
         loaded = load_case(case, dataset.labels)
-        if loaded.ndim != 2:
-            raise UserError(f"task {path.name}: case {case.case_id} is {loaded.ndim}D; this "
-                            "benchmark track takes 2D tasks")
+        if loaded.ndim != len(grid):
+            raise UserError(f"task {path.name}: case {case.case_id} is {loaded.ndim}D but the "
+                            f"benchmark size {size} is {len(grid)}D: give `size` as "
+                            f"{'one int or [x, y]' if loaded.ndim == 2 else '[x, y, z]'}, and "
+                            "keep 2D and 3D tasks in separate configs")
         image = loaded.image.astype(np.float32)
         if image.shape[0] == 1 and channels > 1:
             image = np.repeat(image, channels, axis=0)
@@ -177,20 +256,27 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int, channels: int
         image = _scale(image)
         image = np.asarray(resize_image(torch.as_tensor(image)))
         label = np.asarray(resize_label(torch.as_tensor(loaded.label[None].astype(np.float32))))
+        label = label[0].astype(np.int64)
         images.append(np.round(image).astype(np.uint8))
-        labels.append(label[0].astype(np.int64))
+        labels.append(_remap(label, derived) if derived is not None else label)
         ids.append(str(case.case_id).replace("/", "_"))
     n = len(ids)
-    if n < 3:
-        raise UserError(f"task {path.name}: {n} case(s); the benchmark needs at least 3 "
-                        "(train and test)")
-    train, test = _split(ids, test_fraction, split_seed, group, path.name)
-    task = PreparedTask(path.name, np.stack(images), np.stack(labels), ids, train, test,
-                        class_names, base / "train")
+    if derived is not None or n < 3:
+        # a derived task, or too few cases to split: a source only (pre-trained on all its
+        # cases); the benchmark refuses it as a target
+        train, test = np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    else:
+        train, test = _split(ids, test_fraction, split_seed, group, path.name)
+    task = PreparedTask(name, np.stack(images), np.stack(labels), ids, train, test,
+                        class_names, base / "train", reserved)
     _atomic_savez(npz, images=task.images, labels=task.labels, case_ids=np.array(ids),
-                  train=train, test=test)
-    split = {"task": path.name, "settings": settings, "group": group,
+                  train=train, test=test,
+                  **({"reserved": np.array(reserved)} if reserved is not None else {}))
+    split = {"task": name, "settings": settings, "group": group,
              "train": [ids[i] for i in train], "test": [ids[i] for i in test]}
+    if reserved is not None:
+        split["sources" if derived is None else "from"] = (
+            reserved if derived is None else {"task": path.name, "cases": ids})
     base.mkdir(parents=True, exist_ok=True)
     (base / "split.json").write_text(json.dumps(split, indent=1))
     _write_train_folder(task.train_folder, task)

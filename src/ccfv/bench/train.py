@@ -1,7 +1,7 @@
 """Networks, training, evaluation and checkpoints of the transfer benchmark (``ccfv bench``).
 
-The benchmark pre-trains small MONAI 2D networks on source tasks, fine-tunes each of them on a
-target task and measures the test Dice; these are the building blocks::
+The benchmark pre-trains small MONAI 2D or 3D networks on source tasks, fine-tunes each of them
+on a target task and measures the test Dice; these are the building blocks::
 
     set_seed(0)
     model = ARCHITECTURES["unet"](in_channels, n_classes, size)        # seeded initialisation
@@ -14,9 +14,10 @@ target task and measures the test Dice; these are the building blocks::
     train(target, target_images, target_labels, steps=..., batch_size=8, lr=1e-3, seed=1)
     dice = dice_per_class(target, test_images, test_labels, n_classes=n_target_classes)
 
-Data: images are ``uint8`` arrays ``(N, C, S, S)``, divided by 255 into ``float32`` in [0, 1]
-before they enter a network (a bank entry that ranks these checkpoints must scale its input the
-same way); labels are ``int64`` arrays ``(N, S, S)`` of class ids ``0 .. K-1``, 0 the background.
+Data: images are ``uint8`` arrays ``(N, C, *spatial)`` (2 or 3 spatial axes), divided by 255
+into ``float32`` in [0, 1] before they enter a network (a bank entry that ranks these
+checkpoints must scale its input the same way); labels are ``int64`` arrays ``(N, *spatial)`` of class ids ``0 .. K-1``, 0 the
+background.
 
 A network is described by :func:`network_spec` in the form of a bank entry
 (``{"network": "monai.networks.nets.UNet", "args": {...}}``) and every network of the benchmark
@@ -32,7 +33,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,21 @@ __all__ = [
 
 _UNET = "monai.networks.nets.UNet"
 _UNETR = "monai.networks.nets.UNETR"
+_SEGRESNET = "monai.networks.nets.SegResNet"
+_DYNUNET = "monai.networks.nets.DynUNet"
 
-#: Side length each architecture needs the image size to be a multiple of (UNet: 3 stride-2
-#: levels; UNETR: 16 x 16 patches).
-_SIZE_MULTIPLE = {"unet": 8, "unetr": 16}
+#: Side length each architecture needs the image size to be a multiple of (UNet, SegResNet,
+#: DynUNet: 3 stride-2 levels; UNETR: patches of 16).
+_SIZE_MULTIPLE = {"unet": 8, "unetr": 16, "segresnet": 8, "dynunet": 8}
 
 #: The module re-initialised before fine-tuning: the final convolution block, whose input is
 #: the last of ``ccfv.bank.auto_layers``. UNet built by :func:`network_spec` is
 #: ``Sequential(down block, SkipConnection(...), top up block)``: ``model.2`` is the top up block
-#: (transposed convolution + residual unit) that outputs the logits; UNETR's is ``out``.
-_HEADS = {"unet": "model.2", "unetr": "out"}
+#: (transposed convolution + residual unit) that outputs the logits; UNETR's is ``out``;
+#: SegResNet's is the convolution of ``conv_final`` (after its norm and activation, which keep
+#: their pre-trained weights); DynUNet's is ``output_block``.
+_HEADS = {"unet": "model.2", "unetr": "out", "segresnet": "conv_final.2",
+          "dynunet": "output_block"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,18 +89,39 @@ def _unetr_projection_arg() -> str:
     return "proj_type" if "proj_type" in params else "pos_embed"
 
 
-def network_spec(arch: str, in_channels: int, out_channels: int, size: int) -> dict[str, Any]:
+def _spatial_size(arch: str, size: int | Sequence[int]) -> list[int]:
+    """``size`` as one int per spatial axis: an int is a square 2D image, a list 2D or 3D."""
+    sizes = [int(size)] * 2 if isinstance(size, (int, np.integer)) else [int(s) for s in size]
+    if len(sizes) not in (2, 3):
+        raise UserError(
+            f"architecture '{arch}': size {list(sizes)} must be one int (square 2D images) or "
+            "2 or 3 values (2D or 3D)"
+        )
+    multiple = _SIZE_MULTIPLE[arch]
+    if any(s < multiple or s % multiple for s in sizes):
+        raise UserError(
+            f"architecture '{arch}' needs an image size that is a multiple of {multiple} on every "
+            f"axis, got {sizes}; resize the benchmark images"
+        )
+    return sizes
+
+
+def network_spec(
+    arch: str, in_channels: int, out_channels: int, size: int | Sequence[int]
+) -> dict[str, Any]:
     """The bank-entry description of a benchmark network.
 
     Parameters
     ----------
     arch : str
-        A key of :data:`ARCHITECTURES` (``"unet"`` or ``"unetr"``).
+        A key of :data:`ARCHITECTURES`: ``"unet"``, ``"unetr"`` (2D or 3D), ``"segresnet"``,
+        ``"dynunet"``.
     in_channels, out_channels : int
         Image channels; classes including the background.
-    size : int
-        Side of the square input images (UNet: multiple of 8, UNETR: multiple of 16). Only
-        UNETR's arguments depend on it.
+    size : int or sequence of int
+        Input size: one int for square 2D images, else one value per spatial axis (2 or 3:
+        the network is 2D or 3D). Each value must be a multiple of the architecture's
+        downsampling (8; UNETR 16). Only UNETR's arguments depend on the values.
 
     Returns
     -------
@@ -111,37 +138,33 @@ def network_spec(arch: str, in_channels: int, out_channels: int, size: int) -> d
         raise UserError(
             f"unknown benchmark architecture '{arch}'; known: {', '.join(_HEADS)}"
         )
-    in_channels, out_channels, size = int(in_channels), int(out_channels), int(size)
+    in_channels, out_channels = int(in_channels), int(out_channels)
     if in_channels < 1 or out_channels < 2:
         raise UserError(
             f"architecture '{arch}' needs in_channels >= 1 and out_channels >= 2 (background and "
             f"at least one class), got {in_channels} and {out_channels}"
         )
-    multiple = _SIZE_MULTIPLE[arch]
-    if size < multiple or size % multiple:
-        raise UserError(
-            f"architecture '{arch}' needs an image size that is a multiple of {multiple}, got "
-            f"{size}; resize the benchmark images"
-        )
+    sizes = _spatial_size(arch, size)
+    dims = len(sizes)
+    io = {"spatial_dims": dims, "in_channels": in_channels, "out_channels": out_channels}
     if arch == "unet":
-        return {
-            "network": _UNET,
-            "args": {
-                "spatial_dims": 2,
-                "in_channels": in_channels,
-                "out_channels": out_channels,
-                "channels": [16, 32, 64, 128],
-                "strides": [2, 2, 2],
-                "num_res_units": 1,
-            },
-        }
+        return {"network": _UNET, "args": {**io, "channels": [16, 32, 64, 128],
+                                           "strides": [2, 2, 2], "num_res_units": 1}}
+    if arch == "segresnet":
+        return {"network": _SEGRESNET, "args": {**io, "init_filters": 8,
+                                                "blocks_down": [1, 2, 2, 4],
+                                                "blocks_up": [1, 1, 1]}}
+    if arch == "dynunet":
+        return {"network": _DYNUNET, "args": {**io, "kernel_size": [3, 3, 3, 3],
+                                              "strides": [1, 2, 2, 2],
+                                              "upsample_kernel_size": [2, 2, 2],
+                                              "filters": [8, 16, 32, 64],
+                                              "norm_name": "instance"}}
     return {
         "network": _UNETR,
         "args": {
-            "spatial_dims": 2,
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "img_size": size,
+            **io,
+            "img_size": sizes[0] if dims == 2 and sizes[0] == sizes[1] else sizes,
             "feature_size": 8,
             "hidden_size": 96,
             "mlp_dim": 192,
@@ -164,8 +187,8 @@ def build_network(spec: Mapping[str, Any]) -> torch.nn.Module:
     return cls(**dict(spec["args"]))
 
 
-def _builder(arch: str) -> Callable[[int, int, int], torch.nn.Module]:
-    def build(in_channels: int, out_channels: int, size: int) -> torch.nn.Module:
+def _builder(arch: str) -> Callable[..., torch.nn.Module]:
+    def build(in_channels: int, out_channels: int, size: int | Sequence[int]) -> torch.nn.Module:
         return build_network(network_spec(arch, in_channels, out_channels, size))
 
     build.__name__ = f"build_{arch}"
@@ -177,7 +200,7 @@ def _builder(arch: str) -> Callable[[int, int, int], torch.nn.Module]:
 
 
 #: Benchmark architectures: name -> ``build(in_channels, out_channels, size) -> Module``.
-ARCHITECTURES: dict[str, Callable[[int, int, int], torch.nn.Module]] = {
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
     arch: _builder(arch) for arch in _HEADS
 }
 
@@ -185,7 +208,8 @@ ARCHITECTURES: dict[str, Callable[[int, int, int], torch.nn.Module]] = {
 def head_module(arch: str) -> str:
     """Module name of the architecture's final convolution block (re-initialised for fine-tuning).
 
-    ``"model.2"`` for UNet, ``"out"`` for UNETR; the input of this module is the last layer of
+    ``"model.2"`` for UNet, ``"out"`` for UNETR, ``"conv_final.2"`` for SegResNet,
+    ``"output_block"`` for DynUNet; the input of this module is the last layer of
     :func:`ccfv.bank.auto_layers` (``"<head>:input"``) and its output is the network's output.
     """
     if arch not in _HEADS:
@@ -216,29 +240,30 @@ def set_seed(seed: int) -> None:
 def augment_batch(
     images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips along both image axes and random 90-degree rotations, per sample.
+    """Random flips along every spatial axis and random 90-degree turns, per sample.
 
     Parameters
     ----------
-    images : ndarray (B, C, H, W)
-    labels : ndarray (B, H, W)
+    images : ndarray (B, C, *spatial), 2 or 3 spatial axes
+    labels : ndarray (B, *spatial)
     rng : numpy Generator
-        Draws 3 numbers per sample (flip rows, flip columns, number of quarter turns; turns by
-        0 or 180 degrees only when H != W).
+        Draws, per sample, one flip per spatial axis, then the number of quarter turns in the
+        plane of the first two spatial axes (turns by 0 or 180 degrees only when that plane is
+        not square). In 2D that is 3 numbers: flip rows, flip columns, turns.
 
     Returns
     -------
     images, labels : contiguous copies, each sample transformed identically in both.
     """
-    square = images.shape[-1] == images.shape[-2]
+    dims = labels.ndim - 1
+    square = images.shape[2] == images.shape[3]
     out_images, out_labels = [], []
     for image, label in zip(images, labels):
-        flip_rows, flip_cols = rng.integers(0, 2, size=2)
+        flips = rng.integers(0, 2, size=dims)
         turns = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
-        if flip_rows:
-            image, label = image[:, ::-1, :], label[::-1, :]
-        if flip_cols:
-            image, label = image[:, :, ::-1], label[:, ::-1]
+        for axis, flip in enumerate(flips):
+            if flip:
+                image, label = np.flip(image, axis + 1), np.flip(label, axis)
         if turns:
             image, label = np.rot90(image, turns, axes=(1, 2)), np.rot90(label, turns, axes=(0, 1))
         out_images.append(image)
@@ -247,10 +272,10 @@ def augment_batch(
 
 
 def _check_data(images: np.ndarray, labels: np.ndarray) -> None:
-    if images.ndim != 4 or labels.ndim != 3:
+    if images.ndim not in (4, 5) or labels.ndim != images.ndim - 1:
         raise ValueError(
-            f"images must be (N, C, S, S) and labels (N, S, S), got {images.shape} and "
-            f"{labels.shape}"
+            f"images must be (N, C, *spatial) and labels (N, *spatial) with 2 or 3 spatial "
+            f"axes, got {images.shape} and {labels.shape}"
         )
     if images.shape[0] != labels.shape[0] or images.shape[2:] != labels.shape[1:]:
         raise ValueError(f"images {images.shape} and labels {labels.shape} do not match")
@@ -259,7 +284,7 @@ def _check_data(images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 in [0, 1] on ``device``."""
+    """uint8 (B, C, *spatial) -> float32 in [0, 1] on ``device``."""
     return torch.from_numpy(np.asarray(images, dtype=np.float32) / np.float32(255.0)).to(device)
 
 
@@ -285,9 +310,9 @@ def train(
     Parameters
     ----------
     model : torch.nn.Module
-        Outputs logits ``(B, K, H, W)``; trained on the device its parameters are on.
-    images : ndarray uint8 (N, C, S, S)
-    labels : ndarray int64 (N, S, S)
+        Outputs logits ``(B, K, *spatial)``; trained on the device its parameters are on.
+    images : ndarray uint8 (N, C, *spatial)
+    labels : ndarray int64 (N, *spatial)
         Class ids ``0 .. K-1``.
     steps, batch_size : int
         Optimiser steps; each draws ``batch_size`` samples with replacement from the N.
@@ -399,8 +424,8 @@ def dice_per_class(
     model : torch.nn.Module
         Outputs ``n_classes`` logits per pixel; run in eval mode without gradients (its mode is
         restored afterwards).
-    images : ndarray uint8 (N, C, S, S)
-    labels : ndarray int64 (N, S, S)
+    images : ndarray uint8 (N, C, *spatial)
+    labels : ndarray int64 (N, *spatial)
     n_classes : int
         Classes including the background (0).
     batch_size : int
