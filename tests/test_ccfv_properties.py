@@ -49,6 +49,28 @@ def test_rotation(features, variant, distance):
         ccfv.ccfv_score(features, variant, distance=distance), rel=1e-9)
 
 
+def test_scale_dependence_and_normalize_consistency(features):
+    """Paper variant: C_cons is in feature units (x3 -> score - log 3), the variety is on the
+    unit sphere; with normalize_consistency the score ignores the scale of a layer and equals
+    the score of features put on the unit sphere beforehand."""
+    scaled = {layer: [(3.0 * X, y) for X, y in cases] for layer, cases in features.items()}
+    assert ccfv.ccfv_score(scaled) == pytest.approx(ccfv.ccfv_score(features) - np.log(3.0),
+                                                    rel=1e-9)
+    invariant = ccfv.ccfv_score(features, normalize_consistency=True)
+    assert ccfv.ccfv_score(scaled, normalize_consistency=True) == pytest.approx(invariant,
+                                                                                 rel=1e-9)
+    unit = {layer: [(X / np.linalg.norm(X, axis=1, keepdims=True), y) for X, y in cases]
+            for layer, cases in features.items()}
+    assert ccfv.ccfv_score(unit) == pytest.approx(invariant, rel=1e-10)
+    assert invariant != pytest.approx(ccfv.ccfv_score(features), rel=1e-3)
+    parts = ccfv.ccfv_parts(features, normalize_consistency=True)
+    assert parts.options["normalize_consistency"] is True
+    tables = ccfv.ccfv_tables(features, normalize_consistency=True)  # subsets stay exact
+    subset = {layer: [cases[i] for i in (0, 2, 3)] for layer, cases in features.items()}
+    assert tables.score([0, 2, 3]) == pytest.approx(
+        ccfv.ccfv_score(subset, normalize_consistency=True), rel=1e-12)
+
+
 def test_consistent_classes_score_higher(rng):
     """Same features, but one bank's class clusters drift between cases: it must score lower."""
     base = random_feature_set(rng, 6, (8,), (30,), 1, shift=3.0)

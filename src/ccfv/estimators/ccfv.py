@@ -183,12 +183,18 @@ def _variety_tables(t: _LayerTables, cases, variant, s, normalise, eps, notes) -
                                           notes)
 
 
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    """Each row divided by its Euclidean norm (all-zero rows stay at the origin)."""
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
 def _consistency_tables(t: _LayerTables, cases, classes, variant, distance, ridge,
-                        notes) -> None:
+                        sphere, notes) -> None:
     for k in classes:
         gaussians, kept = [], []
         for c, (X, y) in enumerate(cases):
-            Xk = X[y == k]
+            Xk = _unit_rows(X[y == k]) if sphere else X[y == k]
             if Xk.shape[0] < 2:
                 notes.append(f"layer {t.layer!r}: class {k} has {Xk.shape[0]} sample(s) in case "
                              f"{c}; that case is left out of the class's pairs")
@@ -263,7 +269,8 @@ def _log_ratio(layer: str, numerator: float, denominator: float, what: str) -> f
 def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
                consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
                normalize: bool | None = None, eps: float | None = None,
-               layers: Sequence[str] | None = None, ridge: float = 1e-3) -> CCFVTables:
+               layers: Sequence[str] | None = None, ridge: float = 1e-3,
+               normalize_consistency: bool = False) -> CCFVTables:
     """The per-case and per-pair quantities of CC-FV, from which any subset of cases is scored.
 
     Every CC-FV term is a mean (or sum) of per-case values (paper variety) or per-case-pair
@@ -299,7 +306,8 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
                         "needs labelled foreground voxels; check the labels of the feature set")
     options = dict(distance=distance, consistency_only=consistency_only,
                    variety_only=variety_only, s=s, normalize=normalise, eps=eps,
-                   layers=list(data), ridge=ridge)
+                   layers=list(data), ridge=ridge,
+                   normalize_consistency=bool(normalize_consistency))
     notes = _Notes()
     tables = []
     for layer, cases in data.items():
@@ -307,7 +315,8 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
         if not consistency_only:
             _variety_tables(t, cases, variant, s, normalise, eps, notes)
         if not variety_only:
-            _consistency_tables(t, cases, classes, variant, distance, ridge, notes)
+            _consistency_tables(t, cases, classes, variant, distance, ridge,
+                                normalize_consistency, notes)
         tables.append(t)
     n_cases = len(next(iter(data.values())))
     return CCFVTables(variant, options, tables, n_cases, list(notes))
@@ -357,7 +366,8 @@ class CCFVTables:
 def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
                consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
                normalize: bool | None = None, eps: float | None = None,
-               layers: Sequence[str] | None = None, ridge: float = 1e-3) -> CCFVResult:
+               layers: Sequence[str] | None = None, ridge: float = 1e-3,
+               normalize_consistency: bool = False) -> CCFVResult:
     """CC-FV score of one model's feature set, with its per-layer parts.
 
     Parameters
@@ -379,6 +389,12 @@ def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = 
     ridge : for ``kl`` and ``bhattacharyya`` only: ``ridge * Tr(S) / d`` is added to each
         covariance's diagonal so that rank-deficient covariances (fewer samples than dims)
         have an inverse and a determinant.
+    normalize_consistency : project every sampled feature vector to the unit sphere before
+        the class Gaussians are fitted (not in the paper; off by default). W2 is in feature
+        units, so without it a layer whose features are twice as large is judged twice as
+        inconsistent, while the paper's variety term (on the unit sphere) ignores scale; with
+        it both terms are invariant to rescaling a layer. Per sample, so subsets of cases
+        (the bootstrap) still re-score exactly from the tables.
 
     Returns
     -------
@@ -387,7 +403,8 @@ def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = 
     """
     return ccfv_tables(features, variant, distance=distance, consistency_only=consistency_only,
                        variety_only=variety_only, s=s, normalize=normalize, eps=eps,
-                       layers=layers, ridge=ridge).parts()
+                       layers=layers, ridge=ridge,
+                       normalize_consistency=normalize_consistency).parts()
 
 
 def ccfv_score(features: FeatureSet, variant: str = "paper", **options) -> float:
