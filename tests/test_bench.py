@@ -11,7 +11,8 @@ from conftest import SHARED
 
 import ccfv
 from ccfv.bench.config import load_config
-from ccfv.bench.report import average, seed_spread, target_statistics
+from ccfv.bench.per_class import class_points, class_statistics
+from ccfv.bench.report import STATS, average, combine_results, seed_spread, target_statistics
 from ccfv.bench.tasks import prepare_task
 from ccfv.cli import main
 from ccfv.data import find_cases
@@ -88,6 +89,62 @@ def test_statistics_by_hand():
     assert spread["median_gap"] == pytest.approx(np.median([0.6 - 0.1, 0.85 - 0.6]))
     avg = average({"t1": stats, "t2": {"m": {**stats["m"], "kendall_tau": 0.0}}})
     assert avg["m"]["kendall_tau"] == pytest.approx(0.5) and avg["bad"]["n_targets"] == 1
+
+
+def test_per_class_statistics_by_hand():
+    # model -> class -> per-layer consistency; lower consistency, higher Dice for class "a"
+    cons = {"m1": {"a": [1.0, 1.0], "b": [4.0, 4.0]},
+            "m2": {"a": [2.0, 2.0], "b": [2.0, 2.0]},
+            "m3": {"a": [4.0, 4.0], "b": [1.0, 1.0]}}
+    dice = {"m1": {"a": 0.9, "b": 0.2}, "m2": {"a": 0.6, "b": 0.5}, "m3": {"a": 0.3, "b": 0.4}}
+    target = {"models": {m: {"class_consistency": {"v": cons[m]},
+                             "dice_per_class": [dice[m], {**dice[m], "b": None}]}
+                         for m in cons}}
+    points = class_points(target, "v")
+    assert points["a"]["m2"] == pytest.approx((-np.log(2.0), 0.6))
+    assert points["b"]["m1"] == pytest.approx((-np.log(4.0), 0.2))  # the None seed is skipped
+    stats = class_statistics(target, ["v"])["v"]
+    assert stats["across_models"]["a"]["spearman"] == pytest.approx(1.0)
+    assert stats["across_models"]["b"]["spearman"] == pytest.approx(0.5)  # ranks (1,3,2)
+    # within a model: m1 ("a" more consistent, higher Dice) and m3 ("b" more consistent,
+    # higher Dice) agree; m2's classes tie in consistency -> undefined, left out
+    across = stats["across_classes"]
+    assert across["n_models"] == 2 and across["mean_spearman"] == pytest.approx(1.0)
+    assert across["share_positive"] == pytest.approx(1.0)
+    target["models"]["m3"]["dice_per_class"] = [{"a": 0.3, "b": 0.1}]  # now m3 disagrees
+    across = class_statistics(target, ["v"])["v"]["across_classes"]
+    assert across["mean_spearman"] == pytest.approx(0.0) and across["share_positive"] == 0.5
+
+
+def _fake_run(folder, name, targets, multi):
+    stats = {t: {"m": {**{s: None for s in STATS}, "weighted_tau": w}} for t, w in targets.items()}
+    avg = average(stats)
+    summary = {"config": {"name": name}, "commit": "c", "wall_seconds": 1.0,
+               "targets": {t: {"models": {"a": {"finetune_seconds": [2.0]}}} for t in targets},
+               "statistics": {"per_target": stats, "average": avg, "multiclass_targets": multi,
+                              "average_multiclass": average({t: stats[t] for t in multi}),
+                              "within_architecture": {"average": avg}}}
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_combine_results_by_hand(tmp_path):
+    two = _fake_run(tmp_path / "2d", "t2d", {"x": 0.2, "y": 0.4, "z": 0.9}, ["y", "z"])
+    three = _fake_run(tmp_path / "3d", "t3d", {"w": -0.5}, ["w"])
+    merged = combine_results([two, three], tmp_path / "all")
+    assert set(merged["targets"]) == {"x", "y", "z", "w"}
+    assert merged["targets"]["w"]["track"] == "t3d"
+    assert merged["tracks"]["t2d"]["finetune_seconds"] == 6.0
+    headline = merged["statistics"]["headline"]["m"]
+    assert list(headline.values()) == pytest.approx([0.5, 0.65, -0.5])
+    assert "multi-class average (y, z)" in list(headline)[1]
+    assert json.loads((tmp_path / "all" / "summary.json").read_text()) == merged
+    assert "| `m` | 0.500 | 0.650 | -0.500 |" in (tmp_path / "all" / "headline.md").read_text()
+    with pytest.raises(ccfv.UserError, match="given twice"):
+        combine_results([two, two], tmp_path / "again")
+    with pytest.raises(ccfv.UserError, match="does not exist"):
+        combine_results([tmp_path / "nothing"], tmp_path / "again")
 
 
 @needs_data
@@ -251,3 +308,19 @@ def test_bench_quick_3d_end_to_end(tmp_path):
         "chaos_t2spir_abdomen3d-*/split.json")).read_text())
     sources = set(split["sources"])
     assert len(sources) == 3 and not sources & set(t["train"] + t["test"])
+    # per-class consistency recorded for every model, class and layer; analysed and plotted
+    assert t["classes"] == ["liver", "right kidney", "left kidney", "spleen"]
+    for m in t["models"].values():
+        for variant in ("ccfv", "ccfv[normalize_consistency=true]"):
+            assert set(m["class_consistency"][variant]) <= set(t["classes"])
+            assert all(len(v) == 3 for v in m["class_consistency"][variant].values())
+    stats = summary["statistics"]
+    assert stats["multiclass_targets"] == [target]
+    assert stats["average_multiclass"]["ccfv"] == stats["average"]["ccfv"]
+    assert set(stats["per_class"][target]["ccfv"]["across_models"]) <= set(t["classes"])
+    assert (tmp_path / "out" / f"classes_{target}.png").stat().st_size > 1000
+    assert "Per-class consistency" in (tmp_path / "out" / "tables.md").read_text()
+    assert main(["bench", "--combine", str(tmp_path / "out"), "--out",
+                 str(tmp_path / "all")]) == 0
+    merged = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert merged["targets"][target]["track"] == "chaos3d-quick"

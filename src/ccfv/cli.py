@@ -126,6 +126,16 @@ def _cmd_bench(args) -> int:
     from ccfv.bench.config import load_config
     from ccfv.bench.run import run_bench
 
+    if args.combine:
+        from ccfv.bench.report import combine_results
+
+        out = Path(args.out or "bench-out")
+        combine_results(args.combine, out)
+        print(f"wrote {out / 'summary.json'} and {out / 'headline.md'}")
+        print((out / "headline.md").read_text())
+        return 0
+    if not args.config:
+        raise UserError("ccfv bench needs --config FILE (or --combine RESULTS... --out DIR)")
     if args.threads:
         import torch
 
@@ -254,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "split, and report weighted tau, Pearson, Spearman and top-1 "
                                    "regret per target and averaged. Every stage is cached in "
                                    "--work and resumes where a killed run stopped.")
-    p.add_argument("--config", required=True, help="benchmark YAML (e.g. "
-                                                    "benchmarks/transfer2d.yaml)")
+    p.add_argument("--config", help="benchmark YAML (e.g. benchmarks/transfer2d.yaml)")
+    p.add_argument("--combine", nargs="+", metavar="RESULTS",
+                   help="instead of running: merge the summary.json of these results folders "
+                        "(e.g. the 2D and the 3D track) into --out/summary.json and "
+                        "--out/headline.md")
     p.add_argument("--quick", action="store_true",
                    help="the config's small `quick` profile: the whole pipeline in minutes")
     p.add_argument("--work", help="cache of every stage (default .ccfv_bench/NAME)")

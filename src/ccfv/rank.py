@@ -169,7 +169,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
          cache_dir: str | Path = DEFAULT_CACHE, budget: str = "fixed",
          counts: Sequence[int] = (100, 200, 400), autocast: bool = False,
          bootstrap: int = 100, level: float = 0.95, progress: bool = True,
-         log=print) -> RankResult:
+         log=print, on_model=None) -> RankResult:
     """Score every model of ``bank`` on the labelled cases under ``data``.
 
     Parameters
@@ -186,6 +186,9 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
     bootstrap : replicates of the bootstrap over target cases for the first method (0: off);
         see :mod:`ccfv.bootstrap`. Re-scores cached features only, never runs a model.
     level : coverage of the bootstrap intervals.
+    on_model : optional ``f(model name, feature set, predictions)``, called after each model
+        is scored, for callers that compute more from the features (the benchmark records
+        CC-FV's per-class terms this way).
 
     A model that fails (bad checkpoint, out of memory, ...) is reported in
     ``RankResult.failures`` and the others are still scored.
@@ -233,6 +236,8 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
                 entry, loaded, plan_for, cache, data_fp, device, autocast, progress)
             features, predictions = split_predictions(cached)
             result.scores[entry.name] = score_features(features, methods, predictions)
+            if on_model is not None:
+                on_model(entry.name, features, predictions)
             if draws:
                 replicates[entry.name] = replicate_scores(
                     features, predictions, get_estimator(methods[0]), draws,

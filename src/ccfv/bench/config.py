@@ -40,8 +40,8 @@ subjects of its target that it sets aside (sources / target-train / target-test)
     source_cases: {chaos_t2spir_abdomen3d: 6}   # 6 subjects for the derived tasks only
 
 A derived task reads only the set-aside cases, with its classes remapped (``labels``: class
-name -> label ids of the folder); it is a source, never a target. Every key has a default (below), so a
-config names only what it changes. Unknown keys are an error that names them.
+name -> label ids of the folder); it is a source, never a target. Every key has a default
+(below), so a config names only what it changes. Unknown keys are an error that names them.
 """
 
 from __future__ import annotations

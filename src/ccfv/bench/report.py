@@ -6,8 +6,11 @@ Written to ``out``:
   ``{"targets": {TASK: {"models": {MODEL: {"dice": [per seed], "scores": {METHOD: value}}}}}}``
   plus ``statistics`` (per target and averaged), ``config``, ``commit`` and ``wall_seconds``;
 - ``tables.md``: Table 1 (weighted tau and Pearson per target, main methods), Spearman and
-  top-1 regret, the ablation table (every CC-FV variant), the ground truth with its seed spread;
-- ``fig2_<target>.png``: standardised score against fine-tuned Dice, one panel per method.
+  top-1 regret, each with the average over all targets and over the multi-class targets, the
+  ablation table (every CC-FV variant), the per-class analysis (:mod:`ccfv.bench.per_class`),
+  the ground truth with its seed spread and per-class Dice;
+- ``fig2_<target>.png``: standardised score against fine-tuned Dice, one panel per method;
+- ``classes_<target>.png`` (multi-class targets): class consistency against class Dice.
 """
 
 from __future__ import annotations
@@ -91,13 +94,60 @@ def _fmt(value, digits=3) -> str:
         else f"{value:.{digits}f}"
 
 
-def _table(per_target, avg, methods, stat, targets) -> list[str]:
-    head = "| method | " + " | ".join(targets) + " | average |"
-    lines = [head, "|" + "---|" * (len(targets) + 2)]
+def _table(per_target, avg, methods, stat, targets, multi=None) -> list[str]:
+    """A method x target table of ``stat`` with the average (and the multi-class average)."""
+    head = "| method | " + " | ".join(targets) + " | average |" + (
+        " multi-class average |" if multi else "")
+    lines = [head, "|" + "---|" * (len(targets) + 2 + bool(multi))]
     for method in methods:
         cells = [_fmt(per_target[t].get(method, {}).get(stat)) for t in targets]
-        lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {_fmt(avg[method][stat])} |")
+        extra = f" {_fmt(multi.get(method, {}).get(stat))} |" if multi else ""
+        lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {_fmt(avg[method][stat])} |"
+                     + extra)
     return lines
+
+
+def mean_class_dice(model: dict) -> dict[str, float]:
+    """Fine-tuned Dice of each class, mean over the seeds where it is defined."""
+    out = {}
+    for cls in dict.fromkeys(k for d in model.get("dice_per_class", []) for k in d):
+        values = [d[cls] for d in model["dice_per_class"] if d.get(cls) is not None]
+        if values:
+            out[cls] = float(np.mean(values))
+    return out
+
+
+def _class_section(summary: dict, per_class: dict, targets: list[str]) -> list[str]:
+    """The per-class analysis (:mod:`ccfv.bench.per_class`) as markdown."""
+    from ccfv.bench.run import CLASS_CONSISTENCY
+
+    md = ["", "## Per-class consistency against per-class Dice", "",
+          "Class consistency score c_k = -mean over layers of log C_k (C_k: mean W2 between the "
+          "cases' Gaussians of class k on the target-train cases; higher = more consistent), "
+          "against the fine-tuned Dice of class k (test split, mean over seeds). Across models: "
+          "weighted tau / Spearman over the bank, per class. Across classes: Spearman over the "
+          "classes of one model, mean over the models (share of models where it is > 0).", "",
+          "| target | class | " + " | ".join(f"`{v}` across models (wtau / rho)"
+                                             for v in CLASS_CONSISTENCY) + " |",
+          "|---|---|" + "---|" * len(CLASS_CONSISTENCY)]
+    for t in targets:
+        stats = per_class.get(t)
+        if not stats:
+            continue
+        for cls in summary["targets"][t].get("classes", []):
+            cells = []
+            for v in CLASS_CONSISTENCY:
+                row = stats[v]["across_models"].get(cls, {})
+                cells.append(f"{_fmt(row.get('weighted_tau'))} / {_fmt(row.get('spearman'))}")
+            md.append(f"| {t} | {cls} | " + " | ".join(cells) + " |")
+        if len(summary["targets"][t].get("classes", [])) >= 2:
+            cells = []
+            for v in CLASS_CONSISTENCY:
+                row = stats[v]["across_classes"]
+                cells.append(f"across classes: rho {_fmt(row['mean_spearman'])} "
+                             f"({_fmt(row['share_positive'], 2)} > 0)")
+            md.append(f"| {t} | *all classes* | " + " | ".join(cells) + " |")
+    return md
 
 
 def _commit() -> str:
@@ -135,9 +185,19 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
                     for a in config["architectures"]}
         within[t] = average(per_arch)
     within_avg = average(within)
+    multi_targets = [t for t in targets if len(summary["targets"][t].get("classes", [])) >= 2]
+    multi = average({t: per_target[t] for t in multi_targets}) if multi_targets else None
+    from ccfv.bench.per_class import class_statistics, plot_class_consistency
+    from ccfv.bench.run import CLASS_CONSISTENCY
+
+    per_class = {t: class_statistics(summary["targets"][t], CLASS_CONSISTENCY) for t in targets
+                 if any(m.get("class_consistency") for m in
+                        summary["targets"][t]["models"].values())}
     summary["statistics"] = {"per_target": per_target, "average": avg, "seed_spread": spreads,
+                             "multiclass_targets": multi_targets, "average_multiclass": multi,
                              "within_architecture": {"per_target": within,
-                                                     "average": within_avg}}
+                                                     "average": within_avg},
+                             "per_class": per_class}
     summary["commit"] = _commit()
     methods = list(avg)
     main = [m for m in methods if not is_ablation(m)]
@@ -155,20 +215,24 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
           f"{summary.get('pretrain_seconds', 0) / 60:.1f} min, fine-tuning "
           f"{_finetune_seconds(summary) / 60:.1f} min; this invocation (cached stages are read, "
           f"not redone) {summary.get('wall_seconds', 0) / 60:.1f} min. "
-          "Larger is better for every statistic except regret.", "",
+          "Larger is better for every statistic except regret."
+          + (f" Multi-class targets (the multi-class average): {', '.join(multi_targets)}."
+             if multi_targets else ""), "",
           "## Weighted Kendall tau (the paper's Table 1)", ""]
-    md += _table(per_target, avg, main, "weighted_tau", targets)
-    md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets)
-    md += ["", "## Spearman rho", ""] + _table(per_target, avg, main, "spearman", targets)
+    md += _table(per_target, avg, main, "weighted_tau", targets, multi)
+    md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets, multi)
+    md += ["", "## Spearman rho", ""] + _table(per_target, avg, main, "spearman", targets,
+                                                multi)
     md += ["", "## Top-1 regret (best Dice - Dice of the model ranked first)", ""]
-    md += _table(per_target, avg, main, "regret", targets)
+    md += _table(per_target, avg, main, "regret", targets, multi)
     md += ["", "## Within one architecture (weighted tau among the models of one "
            "architecture, averaged over the architectures)", "",
            "Ranking the sources of one architecture, without comparing architectures:", ""]
     md += _table(within, within_avg, [m for m in main if m in within_avg], "weighted_tau",
                  targets)
     md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
-    md += _table(per_target, avg, ablations, "weighted_tau", targets)
+    md += _table(per_target, avg, ablations, "weighted_tau", targets, multi)
+    md += _class_section(summary, per_class, targets)
     md += ["", "## Ground truth and its noise", "",
            "| target | models | mean seed sd of Dice | median gap between adjacent models |",
            "|---|---|---|---|"]
@@ -177,10 +241,15 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
                   f"{_fmt(spreads[t]['median_gap'], 4)} |")
     for t in targets:
         models = summary["targets"][t]["models"]
-        md += ["", f"### {t}", "", "| model | Dice per seed | mean |", "|---|---|---|"]
+        classes = summary["targets"][t].get("classes", [])
+        by_class = classes if len(classes) >= 2 else []
+        md += ["", f"### {t}", "", "| model | Dice per seed | mean |"
+               + "".join(f" {c} |" for c in by_class), "|---|---|---|" + "---|" * len(by_class)]
         for name, m in sorted(models.items(), key=lambda kv: -truth_of(models).get(kv[0], -1)):
+            dice_k = mean_class_dice(m)
             md.append(f"| {name} | {', '.join(_fmt(d, 4) for d in m['dice'])} | "
-                      f"{_fmt(truth_of(models).get(name), 4)} |")
+                      f"{_fmt(truth_of(models).get(name), 4)} |"
+                      + "".join(f" {_fmt(dice_k.get(c), 4)} |" for c in by_class))
     paths = {}
     for t in targets:
         models = summary["targets"][t]["models"]
@@ -192,6 +261,10 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
                 paths[f"fig2_{t}"] = plot_scores_vs_truth(scores, truth_of(models),
                                                           out / f"fig2_{t}.png", methods=usable)
             md += ["", f"![{t}](fig2_{t}.png)"]
+        if t in multi_targets and t in per_class:
+            paths[f"classes_{t}"] = plot_class_consistency(
+                t, summary["targets"][t], CLASS_CONSISTENCY, out / f"classes_{t}.png")
+            md += ["", f"![per-class consistency, {t}](classes_{t}.png)"]
     (out / "tables.md").write_text("\n".join(md) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
     tmp = out / f".summary.json.{os.getpid()}.tmp"
@@ -199,3 +272,67 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     os.replace(tmp, out / "summary.json")
     paths.update(summary=out / "summary.json", tables=out / "tables.md")
     return paths
+
+
+def combine_results(results: list[str | Path], out: str | Path) -> dict:
+    """Merge the ``summary.json`` of several benchmark runs (tracks, e.g. the 2D and the 3D
+    benchmark) into ``out/summary.json`` and a headline table ``out/headline.md``.
+
+    The merged summary keeps the per-run schema: ``targets`` holds every target of every
+    track (each tagged with its ``track``), ``statistics.per_target`` their statistics;
+    ``statistics.per_track`` holds each track's ``average`` and ``average_multiclass``, and
+    ``statistics.headline`` the weighted tau of each method in every one of those averages.
+    ``tracks`` records each run's config, commit and training times.
+    """
+    out = Path(out)
+    merged = {"targets": {}, "tracks": {},
+              "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
+    columns = []
+    for folder in results:
+        path = Path(folder) / "summary.json"
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: run `ccfv bench --config ... --out "
+                            f"{folder}` first")
+        run = json.loads(path.read_text())
+        track = run["config"]["name"]
+        if track in merged["tracks"]:
+            raise UserError(f"{path}: track {track!r} is given twice")
+        clash = set(run["targets"]) & set(merged["targets"])
+        if clash:
+            raise UserError(f"{path}: targets {sorted(clash)} are already in another track")
+        stats = run["statistics"]
+        merged["tracks"][track] = {k: run.get(k) for k in ("config", "commit", "wall_seconds",
+                                                             "pretrain_seconds")}
+        merged["tracks"][track]["finetune_seconds"] = _finetune_seconds(run)
+        for t, target in run["targets"].items():
+            merged["targets"][t] = {**target, "track": track}
+            merged["statistics"]["per_target"][t] = stats["per_target"][t]
+        merged["statistics"]["per_track"][track] = {
+            "targets": list(run["targets"]), "average": stats["average"],
+            "multiclass_targets": stats.get("multiclass_targets", []),
+            "average_multiclass": stats.get("average_multiclass"),
+            "within_architecture": stats["within_architecture"]["average"]}
+        columns.append((f"{track}: average over {len(run['targets'])} target(s)",
+                        stats["average"]))
+        if stats.get("average_multiclass") and len(stats["multiclass_targets"]) < len(
+                run["targets"]):
+            columns.append((f"{track}: multi-class average "
+                            f"({', '.join(stats['multiclass_targets'])})",
+                            stats["average_multiclass"]))
+    methods = list(dict.fromkeys(m for _, avg in columns for m in avg))
+    headline = merged["statistics"]["headline"]
+    for method in methods:
+        headline[method] = {name: avg.get(method, {}).get("weighted_tau")
+                            for name, avg in columns}
+    md = ["# Benchmark headline: weighted Kendall tau", "",
+          "| method | " + " | ".join(name for name, _ in columns) + " |",
+          "|---|" + "---|" * len(columns)]
+    for method in methods:
+        md.append(f"| `{method}` | " + " | ".join(_fmt(v) for v in headline[method].values())
+                  + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "headline.md").write_text("\n".join(md) + "\n")
+    tmp = out / f".summary.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(merged, indent=1, default=str))
+    os.replace(tmp, out / "summary.json")
+    return merged

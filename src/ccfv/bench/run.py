@@ -165,19 +165,49 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
     return path
 
 
+#: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
+#: layer), to set class consistency against the fine-tuned Dice of each class.
+CLASS_CONSISTENCY = {"ccfv": {}, "ccfv[normalize_consistency=true]":
+                     {"normalize_consistency": True}}
+
+
+def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
+    """``{variant: {class name: [per-layer mean W2 between the cases' class Gaussians]}}``:
+    the paper's per-class consistency (lower = more consistent) of one model's features."""
+    from ccfv.estimators.ccfv import ccfv_parts
+
+    out = {}
+    for name, options in CLASS_CONSISTENCY.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CCFVWarning)
+            parts = ccfv_parts(features, "paper", **options)
+        per_class: dict[str, list] = {}
+        for layer in parts.layers:
+            for k, value in layer.class_consistency.items():
+                per_class.setdefault(class_names.get(k, str(k)), []).append(float(value))
+        out[name] = per_class
+    return out
+
+
 def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, work: Path,
                  progress: bool, log) -> tuple[dict, dict]:
-    """Every method's score of every bank model on the target's train split."""
+    """Every method's score of every bank model on the target's train split, and each
+    model's per-class consistency (:func:`class_consistency`)."""
     from ccfv.rank import rank
 
     cfg = config["scoring"]
     common = dict(cases=min(cfg["cases"], len(target.train)), seed=cfg["seed"],
                   counts=cfg["counts"], cache_dir=work / "features", bootstrap=0,
                   progress=progress, log=lambda *_: None)
+    per_class = {}
+
+    def record(model, features, _predictions):
+        per_class[model] = class_consistency(features, target.class_names)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
         fixed = rank(bank_file, target.train_folder, methods=cfg["methods"], budget="fixed",
-                     **common)
+                     on_model=record, **common)
         scores = {m: dict(v) for m, v in fixed.scores.items()}
         failures = dict(fixed.failures)
         if cfg["proportional"]:
@@ -189,7 +219,8 @@ def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, wor
             failures.update({m: e for m, e in prop.failures.items() if m not in failures})
     for model, error in failures.items():
         log(f"{target.name}: {model}: scoring FAILED: {error}")
-    return scores, {"cases": fixed.details["cases"], "failures": failures}
+    return scores, {"cases": fixed.details["cases"], "failures": failures,
+                    "class_consistency": per_class}
 
 
 def _pretrain_seconds(paths) -> float:
@@ -258,7 +289,11 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
         scores, info = score_target(config, target, bank_file, work, progress, log)
         for name in models:
             models[name]["scores"] = scores.get(name, {})
+            models[name]["class_consistency"] = info["class_consistency"].get(name, {})
         summary["targets"][target_name] = {"models": models, "scored_cases": info["cases"],
+                                           "classes": [target.class_names.get(k, str(k))
+                                                       for k in range(1, target.n_classes)],
+                                           "spatial_dims": len(config.spatial_size),
                                            "failures": info["failures"],
                                            "train": [target.case_ids[i] for i in target.train],
                                            "test": [target.case_ids[i] for i in target.test]}

@@ -16,8 +16,8 @@ on a target task and measures the test Dice; these are the building blocks::
 
 Data: images are ``uint8`` arrays ``(N, C, *spatial)`` (2 or 3 spatial axes), divided by 255
 into ``float32`` in [0, 1] before they enter a network (a bank entry that ranks these
-checkpoints must scale its input the same way); labels are ``int64`` arrays ``(N, *spatial)`` of class ids ``0 .. K-1``, 0 the
-background.
+checkpoints must scale its input the same way); labels are ``int64`` arrays ``(N, *spatial)``
+of class ids ``0 .. K-1``, 0 the background.
 
 A network is described by :func:`network_spec` in the form of a bank entry
 (``{"network": "monai.networks.nets.UNet", "args": {...}}``) and every network of the benchmark
