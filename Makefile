@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-ci.txt
-	$(BIN)/python -m pip install --quiet -c requirements-ci.txt -e ".[test,nnunet]"
+	$(BIN)/python -m pip install --quiet -c requirements-ci.txt -e ".[test,nnunet,ray]"
 	touch $@
 
 demo: install

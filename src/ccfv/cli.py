@@ -27,10 +27,17 @@ def _run_rank(bank, data, args, methods, title) -> int:
     from ccfv.rank import rank
     from ccfv.report import ranking_table, write_report
 
+    if args.address is not None and args.backend != "ray":
+        raise UserError(f"--address {args.address} is for --backend ray: add --backend ray "
+                        "or drop --address")
+    if args.retries < 0:
+        raise UserError(f"--retries {args.retries}: give 0 or more")
+    device = args.device or ("auto" if args.backend == "ray" else "cpu")
     result = rank(bank, data, methods=methods, cases=args.cases, seed=args.seed,
-                  device=args.device, cache_dir=args.cache_dir, budget=args.budget,
+                  device=device, cache_dir=args.cache_dir, budget=args.budget,
                   autocast=args.autocast, bootstrap=args.bootstrap,
-                  progress=not args.quiet)
+                  progress=not args.quiet, backend=args.backend, address=args.address,
+                  retries=args.retries)
     print()
     print(ranking_table(result.scores, result.methods, result.details.get("bootstrap")))
     details = dict(result.details)
@@ -191,7 +198,9 @@ def _add_run_options(p, out_default):
                    help="use N cases, picked reproducibly with --seed (default: all)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of case selection and voxel sampling (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1 (default cpu; with --backend ray: "
+                        "one GPU per task when the cluster has GPUs, else cpu)")
     p.add_argument("--autocast", action="store_true", help="mixed precision on CUDA")
     p.add_argument("--budget", choices=["fixed", "proportional"], default="fixed",
                    help="voxels per case and class: fixed 100/200/400 per layer (released "
@@ -201,7 +210,22 @@ def _add_run_options(p, out_default):
                         "run) to give each model's interval of the first method and how often "
                         "the top model stays first; 0 turns it off (default 100)")
     p.add_argument("--cache-dir", default=".ccfv_cache",
-                   help="feature cache; re-runs reuse it (default .ccfv_cache)")
+                   help="feature cache; re-runs reuse it (default .ccfv_cache); with --backend "
+                        "ray a folder every node sees under the same path")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="where the feature passes run: local (here, one model after the "
+                        "other; default) or ray (one Ray task per model, on the cluster of "
+                        "--address, writing into --cache-dir; scoring, bootstrap and reports "
+                        "stay here). ray needs pip install 'ccfv[ray]', and the bank's files, "
+                        "--data and --cache-dir on paths every node sees")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --backend ray: the Ray cluster to join, e.g. 10.0.0.5:6379 as "
+                        "printed by `ray start --head` (default: $RAY_ADDRESS, else a cluster "
+                        "started with `ray start` on this machine, else a new local one)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="with --backend ray: how many times Ray retries a task whose worker "
+                        "died (or that hit an I/O error) before its model counts as failed "
+                        "(default 3)")
     p.add_argument("--out", default=out_default,
                    help=f"output folder for scores.csv/json, report.md (default {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -77,6 +77,23 @@ def grid_mapping(label_affine: np.ndarray, image_affine: np.ndarray):
     return apply
 
 
+def plan_maker(loaded_cases, budget: str, counts: Sequence[int], seed: int):
+    """``plan_for(n_layers)``: the sampling plan of the loaded cases for a model with that
+    many hooked layers, made once per layer count (the same plan for every model)."""
+    from ccfv.extract import make_plan
+
+    plans = {}
+
+    def plan_for(n_layers: int):
+        if n_layers not in plans:
+            plans[n_layers] = make_plan([c.label for c in loaded_cases],
+                                        [c.case_id for c in loaded_cases], layers=n_layers,
+                                        budget=budget, counts=list(counts), seed=seed)
+        return plans[n_layers]
+
+    return plan_for
+
+
 def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: str = "cpu",
                   autocast: bool = False, progress: bool = True):
     """Feature set of one bank entry on the loaded cases, from the cache where possible."""
@@ -169,7 +186,8 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
          cache_dir: str | Path = DEFAULT_CACHE, budget: str = "fixed",
          counts: Sequence[int] = (100, 200, 400), autocast: bool = False,
          bootstrap: int = 100, level: float = 0.95, progress: bool = True,
-         log=print, on_model=None) -> RankResult:
+         log=print, on_model=None, backend: str = "local", address: str | None = None,
+         retries: int = 3) -> RankResult:
     """Score every model of ``bank`` on the labelled cases under ``data``.
 
     Parameters
@@ -179,7 +197,9 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
     methods : estimator names (``ccfv``, ``ccfv-official``, ...); the first one ranks.
     cases : use this many cases, picked reproducibly with ``seed`` (default: all).
     seed : seeds case selection and voxel sampling.
-    device : torch device for the feature pass (``cpu``, ``cuda``, ``cuda:1``).
+    device : torch device for the feature pass (``cpu``, ``cuda``, ``cuda:1``); with the Ray
+        backend ``cpu``, ``cuda`` (one GPU per task) or ``auto`` (a GPU per task when the
+        cluster has GPUs, else a CPU).
     cache_dir : where sampled features are cached.
     budget, counts : the sampling plan (``fixed`` counts per case, class and layer, from the
         layer nearest the bottleneck to the output, or ``proportional``).
@@ -189,16 +209,34 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
     on_model : optional ``f(model name, feature set, predictions)``, called after each model
         is scored, for callers that compute more from the features (the benchmark records
         CC-FV's per-class terms this way).
+    backend : ``local`` runs the feature passes here, one model after the other; ``ray`` runs
+        each model's feature pass as a Ray task (:mod:`ccfv.ray_backend`) on the cluster
+        ``address`` names, writing into the same ``cache_dir`` (which, like the bank's files
+        and ``data``, must be a path every node sees); scoring, the bootstrap and
+        ``on_model`` run here in both cases, in bank order, on the features read from the cache.
+    address : Ray cluster address (Ray backend only); None: ``$RAY_ADDRESS``, else a cluster
+        started with ``ray start`` on this machine, else a new local Ray instance.
+    retries : Ray backend: how often a task whose worker died (or that hit an OSError) is
+        retried before its model counts as failed.
 
     A model that fails (bad checkpoint, out of memory, ...) is reported in
     ``RankResult.failures`` and the others are still scored.
     """
     from ccfv.bank import load_bank
     from ccfv.data import find_cases, load_case, select_cases
-    from ccfv.extract import FeatureCache, make_plan
+    from ccfv.extract import FeatureCache
 
     for method in methods:
         get_estimator(method)
+    if backend not in ("local", "ray"):
+        raise UserError(f"backend {backend!r} is not one of local, ray")
+    if backend == "ray":
+        from ccfv.ray_backend import require_ray
+
+        require_ray()
+    elif address is not None:
+        raise UserError(f"address {address!r} is for the Ray backend: add --backend ray or "
+                        "drop --address")
     entries = load_bank(bank)
     dataset = find_cases(data)
     chosen = select_cases(dataset, cases, seed) if cases else list(dataset.cases)
@@ -212,15 +250,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         log(f"note: {data}: class(es) {missing} of dataset.json appear in none of the "
             f"{len(loaded)} selected cases and are not scored; select more cases (--cases) "
             "or another --seed to include them")
-    plans = {}
-
-    def plan_for(n_layers: int):
-        if n_layers not in plans:
-            plans[n_layers] = make_plan([c.label for c in loaded], [c.case_id for c in loaded],
-                                        layers=n_layers, budget=budget, counts=list(counts),
-                                        seed=seed)
-        return plans[n_layers]
-
+    plan_for = plan_maker(loaded, budget, counts, seed)
     cache = FeatureCache(cache_dir)
     data_fp = data_fingerprint(chosen)
     result = RankResult(methods=list(methods), scores={}, details={
@@ -229,11 +259,23 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         "per_model": {}})
     draws = resample_cases(len(loaded), bootstrap, seed) if bootstrap else []
     replicates: dict[str, np.ndarray] = {}
+    if backend == "ray":
+        from ccfv.ray_backend import RayFeaturePasses
+
+        feature_pass = RayFeaturePasses(
+            entries, bank=bank, data=data, cases=cases, seed=seed,
+            case_ids=[c.case_id for c in chosen], data_fp=data_fp, budget=budget,
+            counts=counts, cache_dir=cache_dir, device=device, autocast=autocast, cache=cache,
+            address=address, retries=retries, log=log)
+        result.details.update(backend="ray", device=feature_pass.device)
+    else:
+        def feature_pass(entry):
+            return extract_model(entry, loaded, plan_for, cache, data_fp, device, autocast,
+                                 progress)
     for entry in entries:
         start = time.perf_counter()
         try:
-            cached, report, layers, hit = extract_model(
-                entry, loaded, plan_for, cache, data_fp, device, autocast, progress)
+            cached, report, layers, hit = feature_pass(entry)
             features, predictions = split_predictions(cached)
             result.scores[entry.name] = score_features(features, methods, predictions)
             if on_model is not None:
