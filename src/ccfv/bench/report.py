@@ -280,8 +280,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
 
     The merged summary keeps the per-run schema: ``targets`` holds every target of every
     track (each tagged with its ``track``), ``statistics.per_target`` their statistics;
-    ``statistics.per_track`` holds each track's ``average`` and ``average_multiclass``, and
-    ``statistics.headline`` the weighted tau of each method in every one of those averages.
+    ``statistics.per_track`` holds each track's ``average`` and ``average_multiclass``,
+    ``statistics.average_all`` the average over every target of every track (with several
+    tracks), and ``statistics.headline`` the weighted tau of each method in each average.
     ``tracks`` records each run's config, commit and training times.
     """
     out = Path(out)
@@ -319,6 +320,10 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
             columns.append((f"{track}: multi-class average "
                             f"({', '.join(stats['multiclass_targets'])})",
                             stats["average_multiclass"]))
+    if len(merged["tracks"]) > 1:
+        everything = merged["statistics"]["per_target"]
+        merged["statistics"]["average_all"] = average(everything)
+        columns.append((f"all {len(everything)} targets", merged["statistics"]["average_all"]))
     methods = list(dict.fromkeys(m for _, avg in columns for m in avg))
     headline = merged["statistics"]["headline"]
     for method in methods:
