@@ -187,6 +187,8 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     within_avg = average(within)
     multi_targets = [t for t in targets if len(summary["targets"][t].get("classes", [])) >= 2]
     multi = average({t: per_target[t] for t in multi_targets}) if multi_targets else None
+    # the multi-class column only where it differs from the average over all targets
+    multi_column = multi if multi_targets and len(multi_targets) < len(targets) else None
     from ccfv.bench.per_class import class_statistics, plot_class_consistency
     from ccfv.bench.run import CLASS_CONSISTENCY
 
@@ -219,19 +221,19 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
           + (f" Multi-class targets (the multi-class average): {', '.join(multi_targets)}."
              if multi_targets else ""), "",
           "## Weighted Kendall tau (the paper's Table 1)", ""]
-    md += _table(per_target, avg, main, "weighted_tau", targets, multi)
-    md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets, multi)
+    md += _table(per_target, avg, main, "weighted_tau", targets, multi_column)
+    md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets, multi_column)
     md += ["", "## Spearman rho", ""] + _table(per_target, avg, main, "spearman", targets,
-                                                multi)
+                                                multi_column)
     md += ["", "## Top-1 regret (best Dice - Dice of the model ranked first)", ""]
-    md += _table(per_target, avg, main, "regret", targets, multi)
+    md += _table(per_target, avg, main, "regret", targets, multi_column)
     md += ["", "## Within one architecture (weighted tau among the models of one "
            "architecture, averaged over the architectures)", "",
            "Ranking the sources of one architecture, without comparing architectures:", ""]
     md += _table(within, within_avg, [m for m in main if m in within_avg], "weighted_tau",
                  targets)
     md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
-    md += _table(per_target, avg, ablations, "weighted_tau", targets, multi)
+    md += _table(per_target, avg, ablations, "weighted_tau", targets, multi_column)
     md += _class_section(summary, per_class, targets)
     md += ["", "## Ground truth and its noise", "",
            "| target | models | mean seed sd of Dice | median gap between adjacent models |",
