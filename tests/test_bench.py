@@ -312,7 +312,7 @@ def test_bench_quick_3d_end_to_end(tmp_path):
     # per-class consistency recorded for every model, class and layer; analysed and plotted
     assert t["classes"] == ["liver", "right kidney", "left kidney", "spleen"]
     for m in t["models"].values():
-        for variant in ("ccfv", "ccfv[normalize_consistency=true]"):
+        for variant in ("ccfv", "ccfv-paper"):
             assert set(m["class_consistency"][variant]) <= set(t["classes"])
             assert all(len(v) == 3 for v in m["class_consistency"][variant].values())
     stats = summary["statistics"]

@@ -91,7 +91,7 @@ def test_clear_winner_stays_on_top(rng):
     good = random_feature_set(rng, n_cases=6, dims=(6,), samples=(15,), classes=1, shift=0.0)
     noisy = {layer: [(X + 3.0 * rng.normal(size=X.shape) * (1 + c), y)
                      for c, (X, y) in enumerate(cases)] for layer, cases in good.items()}
-    estimator = get_estimator("ccfv")
+    estimator = get_estimator("ccfv-paper")  # noise of growing scale: W2 in feature units
     full = {"good": estimator(good), "noisy": estimator(noisy)}
     assert full["good"] > full["noisy"]
     result = bootstrap_ranking({"good": (good, None), "noisy": (noisy, None)}, estimator,

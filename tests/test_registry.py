@@ -9,19 +9,33 @@ from ccfv.estimators.registry import ESTIMATORS, get_estimator, split_methods
 
 
 def test_every_method_of_the_issue_is_registered():
-    assert list(ESTIMATORS) == ["ccfv", "ccfv-official", "logme", "transrate", "leep", "gbc",
-                                "hscore", "reg-hscore", "nleep", "nce", "parc", "sfda"]
+    assert list(ESTIMATORS) == ["ccfv", "ccfv-paper", "ccfv-official", "logme", "transrate",
+                                "leep", "gbc", "hscore", "reg-hscore", "nleep", "nce", "parc",
+                                "sfda"]
+
+
+def test_default_ccfv_is_the_paper_with_consistency_on_the_sphere(rng):
+    f = random_feature_set(rng, n_cases=4, dims=(5, 6), samples=(8, 9), classes=2)
+    assert get_estimator("ccfv")(f) == ccfv.ccfv_score(f, normalize_consistency=True)
+    assert get_estimator("ccfv-paper")(f) == ccfv.ccfv_score(f)  # the paper's equations
+    assert get_estimator("ccfv")(f) != pytest.approx(get_estimator("ccfv-paper")(f))
+    # an option in brackets overrides the default's own
+    assert get_estimator("ccfv[normalize_consistency=false]")(f) == ccfv.ccfv_score(f)
+    scaled = {k: [(5.0 * X, y) for X, y in v] for k, v in f.items()}
+    assert get_estimator("ccfv")(scaled) == pytest.approx(get_estimator("ccfv")(f), rel=1e-9)
 
 
 def test_options_in_brackets(rng):
     f = random_feature_set(rng, n_cases=4, dims=(5, 6), samples=(8, 9), classes=2)
-    assert get_estimator("ccfv[layers=last]")(f) == ccfv.ccfv_score(f, layers=["layer1"])
-    assert get_estimator("ccfv[distance=kl]")(f) == ccfv.ccfv_score(f, distance="kl")
+    assert get_estimator("ccfv-paper[layers=last]")(f) == ccfv.ccfv_score(f, layers=["layer1"])
+    assert get_estimator("ccfv-paper[distance=kl]")(f) == ccfv.ccfv_score(f, distance="kl")
+    assert get_estimator("ccfv[distance=kl]")(f) == ccfv.ccfv_score(
+        f, distance="kl", normalize_consistency=True)
     assert get_estimator("ccfv-official[ consistency_only = true ; s=2]")(f) == \
         ccfv.ccfv_score(f, variant="official", consistency_only=True, s=2)
     assert get_estimator("ccfv[normalize=false]").prepare(f)([0, 1, 3]) == pytest.approx(
-        ccfv.ccfv_score({k: [v[i] for i in (0, 1, 3)] for k, v in f.items()}, normalize=False),
-        rel=1e-12)
+        ccfv.ccfv_score({k: [v[i] for i in (0, 1, 3)] for k, v in f.items()}, normalize=False,
+                        normalize_consistency=True), rel=1e-12)
     assert get_estimator("gbc[covariance=spherical]")(f) == \
         ccfv.gbc_score(f, covariance="spherical")
     assert get_estimator("ccfv") is ESTIMATORS["ccfv"]

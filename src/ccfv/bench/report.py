@@ -164,7 +164,7 @@ def _finetune_seconds(summary: dict) -> float:
 
 
 def is_ablation(method: str) -> bool:
-    return method.startswith("ccfv") and method not in ("ccfv", "ccfv-official")
+    return method.startswith("ccfv") and method not in ("ccfv", "ccfv-paper", "ccfv-official")
 
 
 def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:

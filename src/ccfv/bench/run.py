@@ -167,13 +167,13 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
 
 #: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
 #: layer), to set class consistency against the fine-tuned Dice of each class.
-CLASS_CONSISTENCY = {"ccfv": {}, "ccfv[normalize_consistency=true]":
-                     {"normalize_consistency": True}}
+CLASS_CONSISTENCY = {"ccfv": {"normalize_consistency": True}, "ccfv-paper": {}}
 
 
 def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
     """``{variant: {class name: [per-layer mean W2 between the cases' class Gaussians]}}``:
-    the paper's per-class consistency (lower = more consistent) of one model's features."""
+    the per-class consistency (lower = more consistent) of one model's features, for the
+    default CC-FV (Gaussians on the unit sphere) and the paper's equations."""
     from ccfv.estimators.ccfv import ccfv_parts
 
     out = {}
