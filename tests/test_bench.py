@@ -36,7 +36,8 @@ def _config(tmp_path, **changes):
 def test_config_defaults_quick_and_errors(tmp_path):
     config = load_config(CONFIG)
     assert config.targets == list(config.task_paths) and len(config.targets) == 7
-    assert config["finetune"]["seeds"] == [0, 1, 2] and "ccfv[distance=kl]" in config["scoring"]["methods"]
+    assert config["finetune"]["seeds"] == [0, 1, 2]
+    assert "ccfv-paper[distance=kl]" in config["scoring"]["methods"]
     quick = load_config(CONFIG, quick=True)
     assert quick["size"] == 32 and quick["pretrain"]["steps"] == 12
     assert quick["pretrain"]["batch_size"] == config["pretrain"]["batch_size"]  # merged
