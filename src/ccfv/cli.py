@@ -9,7 +9,9 @@ from pathlib import Path
 from ccfv import __version__
 from ccfv.errors import UserError
 
-METHODS_HELP = "estimators to compute, comma-separated; the first one ranks (default: ccfv)"
+METHODS_HELP = ("estimators to compute, comma-separated; the first one ranks (default: ccfv, the "
+                "paper's CC-FV with class Gaussians on the unit sphere; ccfv-paper: the paper's "
+                "equations exactly; options in brackets, e.g. ccfv-paper[distance=kl])")
 
 
 def _methods(text: str) -> list[str]:
