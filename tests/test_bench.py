@@ -124,7 +124,7 @@ def _fake_run(folder, name, targets, multi):
                "targets": {t: {"models": {"a": {"finetune_seconds": [2.0]}}} for t in targets},
                "statistics": {"per_target": stats, "average": avg, "multiclass_targets": multi,
                               "average_multiclass": average({t: stats[t] for t in multi}),
-                              "within_architecture": {"average": avg}}}
+                              "within_architecture": {"average": avg, "per_target": stats}}}
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
@@ -138,11 +138,11 @@ def test_combine_results_by_hand(tmp_path):
     assert merged["targets"]["w"]["track"] == "t3d"
     assert merged["tracks"]["t2d"]["finetune_seconds"] == 6.0
     headline = merged["statistics"]["headline"]["m"]
-    assert list(headline.values()) == pytest.approx([0.5, 0.65, -0.5, 0.25])
+    assert list(headline.values()) == pytest.approx([0.5, 0.65, -0.5, 0.25, 0.25])
     assert merged["statistics"]["average_all"]["m"]["n_targets"] == 4
     assert "multi-class average (y, z)" in list(headline)[1]
     assert json.loads((tmp_path / "all" / "summary.json").read_text()) == merged
-    assert "| `m` | 0.500 | 0.650 | -0.500 | 0.250 |" in (tmp_path / "all" / "headline.md").read_text()
+    assert "| `m` | 0.500 | 0.650 | -0.500 | 0.250 | 0.250 |" in (tmp_path / "all" / "headline.md").read_text()
     with pytest.raises(ccfv.UserError, match="given twice"):
         combine_results([two, two], tmp_path / "again")
     with pytest.raises(ccfv.UserError, match="does not exist"):

@@ -284,12 +284,14 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     track (each tagged with its ``track``), ``statistics.per_target`` their statistics;
     ``statistics.per_track`` holds each track's ``average`` and ``average_multiclass``,
     ``statistics.average_all`` the average over every target of every track (with several
-    tracks), and ``statistics.headline`` the weighted tau of each method in each average.
+    tracks) and ``statistics.within_architecture_all`` the same among the models of one
+    architecture, and ``statistics.headline`` the weighted tau of each method in each average.
     ``tracks`` records each run's config, commit and training times.
     """
     out = Path(out)
     merged = {"targets": {}, "tracks": {},
               "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
+    within_per_target = {}
     columns = []
     for folder in results:
         path = Path(folder) / "summary.json"
@@ -310,6 +312,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         for t, target in run["targets"].items():
             merged["targets"][t] = {**target, "track": track}
             merged["statistics"]["per_target"][t] = stats["per_target"][t]
+            within_per_target[t] = stats["within_architecture"]["per_target"][t]
         merged["statistics"]["per_track"][track] = {
             "targets": list(run["targets"]), "average": stats["average"],
             "multiclass_targets": stats.get("multiclass_targets", []),
@@ -326,6 +329,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         everything = merged["statistics"]["per_target"]
         merged["statistics"]["average_all"] = average(everything)
         columns.append((f"all {len(everything)} targets", merged["statistics"]["average_all"]))
+        merged["statistics"]["within_architecture_all"] = average(within_per_target)
+        columns.append((f"all {len(everything)} targets, within one architecture",
+                        merged["statistics"]["within_architecture_all"]))
     methods = list(dict.fromkeys(m for _, avg in columns for m in avg))
     headline = merged["statistics"]["headline"]
     for method in methods:
