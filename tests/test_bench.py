@@ -326,3 +326,17 @@ def test_bench_quick_3d_end_to_end(tmp_path):
                  str(tmp_path / "all")]) == 0
     merged = json.loads((tmp_path / "all" / "summary.json").read_text())
     assert merged["targets"][target]["track"] == "chaos3d-quick"
+
+
+@needs_chaos
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present")
+def test_bench_device_cuda_without_gpu_is_a_message(tmp_path, capsys):
+    rc = main(["bench", "--config", str(CONFIG3D), "--quick", "--device", "cuda", "--work",
+               str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert rc == 2 and "--device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "work" / "finetune").exists()  # nothing trained
+
+
+def test_bench_needs_a_config_or_combine(capsys):
+    assert main(["bench"]) == 2
+    assert "ccfv bench needs --config FILE" in capsys.readouterr().err

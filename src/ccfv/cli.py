@@ -154,7 +154,7 @@ def _cmd_bench(args) -> int:
     out = Path(args.out or Path("bench-out") / config["name"])
     print(f"ccfv bench: {config['name']} ({len(config.task_paths)} tasks, targets "
           f"{', '.join(config.targets)}); cache {work}, results {out}")
-    run_bench(config, work, out, progress=not args.quiet)
+    run_bench(config, work, out, progress=not args.quiet, device=args.device)
     print(f"\nwrote {out / 'summary.json'}, {out / 'tables.md'} and the fig2_*.png plots")
     print((out / "tables.md").read_text().split("## Pearson")[0])
     return 0
@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 avoids the slowdown "
                         "of several torch processes competing for the same cores")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for training and feature passes: cpu (default), cuda, "
+                        "cuda:1; GPU runs are cached apart from CPU runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
 

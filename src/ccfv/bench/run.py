@@ -70,9 +70,18 @@ def _cases_digest(config: BenchConfig, task: str) -> str:
     return config.digest_of(extra) if extra else ""
 
 
+def _device_digest(device: str) -> str:
+    """'' on the CPU (the digests runs always had), else a digest of the device type: runs
+    on another device are other runs (their numbers differ in the last digits)."""
+    kind = str(device).split(":")[0]
+    return "" if kind == "cpu" else BenchConfig.digest_of({"device": kind})
+
+
 def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
-             progress: bool, log) -> Path:
-    """The checkpoint of ``arch`` pre-trained on ``task`` (None: the seeded initialisation)."""
+             progress: bool, log, device: str = "cpu") -> Path:
+    """The checkpoint of ``arch`` pre-trained on ``task`` (None: the seeded initialisation),
+    trained on ``device`` (the weights are initialised on the CPU, so every device starts from
+    the same ones)."""
     import torch
 
     from ccfv.bench.train import ARCHITECTURES, save_checkpoint, set_seed, train
@@ -82,6 +91,8 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
     n_out = task.n_classes if task is not None else 2
     digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed")
     digest += _cases_digest(config, source)
+    if task is not None:
+        digest += _device_digest(device)
     path = work / "pretrain" / f"{model_name(arch, source)}-{digest}.pt"
     if path.is_file():
         return path
@@ -89,6 +100,7 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
     model = ARCHITECTURES[arch](config["channels"], n_out, config["size"])
     meta = {"arch": arch, "source": source, "out_channels": n_out, "pretrain": cfg}
     if task is not None:
+        model.to(device)
         start = time.perf_counter()
         info = train(model, task.images, task.labels, steps=cfg["steps"],
                      batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
@@ -102,8 +114,10 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
 
 
 def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
-             target: PreparedTask, seed: int, work: Path, progress: bool) -> dict:
-    """Fine-tune one bank model on the target's train split; Dice on its test split."""
+             target: PreparedTask, seed: int, work: Path, progress: bool,
+             device: str = "cpu") -> dict:
+    """Fine-tune one bank model on the target's train split (on ``device``); Dice on its test
+    split."""
     import torch
 
     from ccfv.bench.train import (ARCHITECTURES, dice_per_class, head_module, load_pretrained,
@@ -116,7 +130,7 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
         {k: v for k, v in cfg.items() if k != "seeds"})
     if config["groups"].get(target.name):  # a split by patient is another split
         digest += config.digest_of(config["groups"][target.name])
-    digest += _cases_digest(config, target.name)
+    digest += _cases_digest(config, target.name) + _device_digest(device)
     path = work / "finetune" / target.name / f"{name}__{digest}__seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -124,6 +138,7 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
     model = ARCHITECTURES[arch](config["channels"], target.n_classes, config["size"])
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     loaded = load_pretrained(model, state, head_module(arch))
+    model.to(device)
     start = time.perf_counter()
     info = train(model, target.images[target.train], target.labels[target.train],
                  steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
@@ -136,7 +151,8 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
               "dice": float(finite.mean()) if finite.size else None,
               "dice_per_class": {target.class_names.get(k + 1, str(k + 1)): (
                   float(v) if math.isfinite(v) else None) for k, v in enumerate(per_class)},
-              "seconds": time.perf_counter() - start, "loss_first": info["loss_first"],
+              "seconds": time.perf_counter() - start, "device": str(device),
+              "loss_first": info["loss_first"],
               "loss_last": info["loss_last"], "loaded_tensors": loaded["loaded"],
               "reinitialised": loaded["reinitialised"]}
     _write_json(path, result)
@@ -190,13 +206,13 @@ def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
 
 
 def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, work: Path,
-                 progress: bool, log) -> tuple[dict, dict]:
+                 progress: bool, log, device: str = "cpu") -> tuple[dict, dict]:
     """Every method's score of every bank model on the target's train split, and each
     model's per-class consistency (:func:`class_consistency`)."""
     from ccfv.rank import rank
 
     cfg = config["scoring"]
-    common = dict(cases=min(cfg["cases"], len(target.train)), seed=cfg["seed"],
+    common = dict(cases=min(cfg["cases"], len(target.train)), seed=cfg["seed"], device=device,
                   counts=cfg["counts"], cache_dir=work / "features", bootstrap=0,
                   progress=progress, log=lambda *_: None)
     per_class = {}
@@ -232,9 +248,19 @@ def _pretrain_seconds(paths) -> float:
 
 
 def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progress: bool = True,
-              log=print) -> dict:
-    """Run (or resume) the whole benchmark; write results to ``out``; return the summary."""
+              log=print, device: str = "cpu") -> dict:
+    """Run (or resume) the whole benchmark; write results to ``out``; return the summary.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:1``) runs pre-training, fine-tuning and the feature
+    passes there; runs on a GPU are cached apart from CPU runs."""
     from ccfv.bench.report import write_results
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu "
+                            "(the default) or install a CUDA build of torch")
 
     work, out = Path(work), Path(out)
     start = time.time()
@@ -267,10 +293,12 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
     targets = config.targets
     checkpoints = {}
     for arch in archs:
-        checkpoints[(arch, SCRATCH)] = pretrain(config, arch, None, work, progress, log)
+        checkpoints[(arch, SCRATCH)] = pretrain(config, arch, None, work, progress, log,
+                                                device)
         for name, task in tasks.items():
             if any(t != name for t in targets):
-                checkpoints[(arch, name)] = pretrain(config, arch, task, work, progress, log)
+                checkpoints[(arch, name)] = pretrain(config, arch, task, work, progress, log,
+                                                     device)
     summary = {"config": config.raw, "targets": {}}
     for target_name in targets:
         target = tasks[target_name]
@@ -278,7 +306,8 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
                 for arch in archs for src in [*(n for n in tasks if n != target_name), SCRATCH]}
         models = {}
         for name, (arch, checkpoint) in bank.items():
-            runs = [finetune(config, arch, checkpoint, name, target, seed, work, progress)
+            runs = [finetune(config, arch, checkpoint, name, target, seed, work, progress,
+                             device)
                     for seed in config["finetune"]["seeds"]]
             models[name] = {"dice": [r["dice"] for r in runs],
                             "dice_per_class": [r["dice_per_class"] for r in runs],
@@ -286,7 +315,7 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
             log(f"{target_name}: {name}: fine-tuned Dice "
                 + ", ".join("n/a" if d is None else f"{d:.4f}" for d in models[name]["dice"]))
         bank_file = write_bank(config, target, bank, work)
-        scores, info = score_target(config, target, bank_file, work, progress, log)
+        scores, info = score_target(config, target, bank_file, work, progress, log, device)
         for name in models:
             models[name]["scores"] = scores.get(name, {})
             models[name]["class_consistency"] = info["class_consistency"].get(name, {})
