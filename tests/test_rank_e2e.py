@@ -232,6 +232,19 @@ def test_every_method_and_the_bootstrap_on_real_mri(tmp_path, capsys):
         assert all(np.isfinite(float(row[m])) for m in ESTIMATORS), row
     boot = json.loads((out / "scores.json").read_text())["details"]["bootstrap"]
     assert boot["method"] == "ccfv" and boot["n_boot"] == 20
+    # the ranking method's full score comes from the tables the draws use: bit for bit the
+    # score of a run without the bootstrap
+    plain = rank(bank, DATA / "spinalcord_mri_3d", methods=["ccfv", "ccfv-paper", "logme"],
+                 cases=3, bootstrap=0, cache_dir=tmp_path / "cache", progress=False,
+                 log=lambda *_: None)
+    for row in rows:
+        for m in ("ccfv", "ccfv-paper", "logme"):
+            assert float(row[m]) == pytest.approx(plain.scores[row["model"]][m], rel=1e-12)
+    booted = rank(bank, DATA / "spinalcord_mri_3d", methods=["ccfv", "logme"], cases=3,
+                  bootstrap=3, cache_dir=tmp_path / "cache", progress=False,
+                  log=lambda *_: None)
+    for model, scores in booted.scores.items():
+        assert scores == {m: plain.scores[model][m] for m in ("ccfv", "logme")}
     assert sum(m["p_first"] for m in boot["models"].values()) == pytest.approx(1.0)
     truth = tmp_path / "finetuned.csv"
     truth.write_text("model,dice\nunet_0,0.71\nunet_1,0.65\nunet_2,0.80\n")

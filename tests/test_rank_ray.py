@@ -46,7 +46,9 @@ def ray_cluster():
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old) if p)
     # "local": a new instance even when this machine runs (or ran) a `ray start` cluster
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # workers on one torch thread whatever this shell's OMP_NUM_THREADS (see one_thread)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         yield ray
     finally:

@@ -89,28 +89,32 @@ def resample_cases(n_cases: int, n_boot: int, seed: int = 0, min_cases: int = 2
 
 def replicate_scores(features: Mapping, predictions: Sequence | None,
                      score: Callable[..., float], draws: Sequence[np.ndarray],
-                     progress: str | None = None) -> np.ndarray:
+                     progress: str | None = None,
+                     scorer: Callable[[Sequence[int]], float] | None = None) -> np.ndarray:
     """One model's score on every draw of :func:`resample_cases` (NaN where it cannot be
     scored: the estimator raised a UserError or gave a non-finite value).
 
     ``score`` is called as ``score(features, predictions=...)`` on each subset of cases; a
     registered :class:`ccfv.estimators.registry.Estimator` is asked to ``prepare`` instead,
-    which lets CC-FV compute its per-case and per-pair terms once for all draws.
+    which lets CC-FV compute its per-case and per-pair terms once for all draws. ``scorer``:
+    a subset scorer already prepared (``Estimator.prepare``), used as it is.
     """
+    from ccfv.estimators.registry import subset_scorer
+
     values = np.full(len(draws), np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
         prepare = getattr(score, "prepare", None)
-        if prepare is not None:
+        if scorer is not None:
+            pass
+        elif prepare is not None:
             try:
                 scorer = prepare(features, predictions)
             except UserError:
                 return values
         else:
-            def scorer(cases):
-                sub = {layer: [pairs[i] for i in cases] for layer, pairs in features.items()}
-                preds = None if predictions is None else [predictions[i] for i in cases]
-                return score(sub, predictions=preds)
+            scorer = subset_scorer(lambda sub, preds: score(sub, predictions=preds), features,
+                                   predictions)
         iterator = enumerate(draws)
         if progress:
             from tqdm.auto import tqdm

@@ -277,13 +277,20 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         try:
             cached, report, layers, hit = feature_pass(entry)
             features, predictions = split_predictions(cached)
-            result.scores[entry.name] = score_features(features, methods, predictions)
-            if on_model is not None:
-                on_model(entry.name, features, predictions)
-            if draws:
+            if draws:  # the ranking method's tables are built once, for the score and draws
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CCFVWarning)
+                    scorer = get_estimator(methods[0]).prepare(features, predictions)
+                    first = float(scorer(np.arange(len(loaded))))
+                rest = score_features(features, methods[1:], predictions)
+                result.scores[entry.name] = {methods[0]: first, **rest}
                 replicates[entry.name] = replicate_scores(
                     features, predictions, get_estimator(methods[0]), draws,
-                    progress=f"{entry.name}: bootstrap" if progress else None)
+                    progress=f"{entry.name}: bootstrap" if progress else None, scorer=scorer)
+            else:
+                result.scores[entry.name] = score_features(features, methods, predictions)
+            if on_model is not None:
+                on_model(entry.name, features, predictions)
         except UserError as error:
             result.failures[entry.name] = str(error)
             result.scores[entry.name] = {m: None for m in methods}

@@ -72,13 +72,20 @@ class Estimator:
         """``scorer(case_indices) -> float``: the score on a subset of the cases."""
         if self.tables is not None:
             return self.tables(features, **self._options(features, options)).score
+        return subset_scorer(lambda sub, preds: self(sub, preds, **options), features,
+                             predictions)
 
-        def scorer(cases: Sequence[int]) -> float:
-            sub = {layer: [pairs[i] for i in cases] for layer, pairs in features.items()}
-            preds = None if predictions is None else [predictions[i] for i in cases]
-            return self(sub, preds, **options)
 
-        return scorer
+def subset_scorer(score: Callable, features, predictions=None) -> Callable[[Sequence[int]], float]:
+    """``scorer(case_indices)``: ``score(features, predictions)`` re-run on those cases only
+    (the generic way to score a subset; estimators with tables do it without re-running)."""
+
+    def scorer(cases: Sequence[int]) -> float:
+        sub = {layer: [pairs[i] for i in cases] for layer, pairs in features.items()}
+        preds = None if predictions is None else [predictions[i] for i in cases]
+        return score(sub, preds)
+
+    return scorer
 
 
 #: The package's default CC-FV (``ccfv``): the paper's formulas with the class Gaussians fitted
