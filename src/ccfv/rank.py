@@ -47,6 +47,16 @@ class RankResult:
         return sorted(self.scores, key=lambda m: -(self.scores[m].get(key) or -math.inf))
 
 
+def target_cases(data: str | Path, cases: int | None, seed: int):
+    """``(dataset, chosen cases)``: the target folder's cases, ``cases`` of them picked with
+    ``seed`` (all when None). The one selection rule of a run, on the driver and on a Ray
+    worker alike."""
+    from ccfv.data import find_cases, select_cases
+
+    dataset = find_cases(data)
+    return dataset, (select_cases(dataset, cases, seed) if cases else list(dataset.cases))
+
+
 def data_fingerprint(cases) -> str:
     """Hash of the selected cases' ids and files (path, size, modification time)."""
     digest = hashlib.sha256()
@@ -223,7 +233,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
     ``RankResult.failures`` and the others are still scored.
     """
     from ccfv.bank import load_bank
-    from ccfv.data import find_cases, load_case, select_cases
+    from ccfv.data import load_case
     from ccfv.extract import FeatureCache
 
     for method in methods:
@@ -238,8 +248,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         raise UserError(f"address {address!r} is for the Ray backend: add --backend ray or "
                         "drop --address")
     entries = load_bank(bank)
-    dataset = find_cases(data)
-    chosen = select_cases(dataset, cases, seed) if cases else list(dataset.cases)
+    dataset, chosen = target_cases(data, cases, seed)
     loaded = [load_case(case, dataset.labels) for case in chosen]
     present = sorted({int(k) for case in loaded for k in np.unique(case.label)} - {0})
     if not present:

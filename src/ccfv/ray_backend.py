@@ -117,9 +117,9 @@ def feature_pass(spec: dict) -> dict:
         fails as it would locally (bad checkpoint, ...).
     """
     from ccfv.bank import fingerprint, load_bank
-    from ccfv.data import find_cases, load_case, select_cases
+    from ccfv.data import load_case
     from ccfv.extract import FeatureCache, cache_key
-    from ccfv.rank import data_fingerprint, extract_model, plan_maker
+    from ccfv.rank import data_fingerprint, extract_model, plan_maker, target_cases
 
     host = socket.gethostname()
     needed = [("bank file", spec["bank"]), ("data folder", spec["data"]),
@@ -138,9 +138,7 @@ def feature_pass(spec: dict) -> dict:
                         f"{spec['bank']}: the bank file changed during the run, or the worker "
                         f"sees another file under that path; {SHARED_HINT}")
     entry = entries[spec["model"]]
-    dataset = find_cases(spec["data"])
-    chosen = (select_cases(dataset, spec["cases"], spec["seed"]) if spec["cases"]
-              else list(dataset.cases))
+    dataset, chosen = target_cases(spec["data"], spec["cases"], spec["seed"])
     data_fp = data_fingerprint(chosen)
     if [c.case_id for c in chosen] != spec["case_ids"] or data_fp != spec["data_fp"]:
         raise UserError(f"Ray worker {host} sees other files under {spec['data']} than the "
