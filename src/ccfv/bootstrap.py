@@ -104,15 +104,12 @@ def replicate_scores(features: Mapping, predictions: Sequence | None,
     values = np.full(len(draws), np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
-        prepare = getattr(score, "prepare", None)
-        if scorer is not None:
-            pass
-        elif prepare is not None:
+        if scorer is None and hasattr(score, "prepare"):
             try:
-                scorer = prepare(features, predictions)
+                scorer = score.prepare(features, predictions)
             except UserError:
                 return values
-        else:
+        elif scorer is None:
             scorer = subset_scorer(lambda sub, preds: score(sub, predictions=preds), features,
                                    predictions)
         iterator = enumerate(draws)
