@@ -28,19 +28,27 @@ import numpy as np
 from ccfv.evaluation import spearman, weighted_tau
 
 
+def mean_class_dice(model: dict) -> dict[str, float]:
+    """Fine-tuned Dice of each class, mean over the seeds where it is defined."""
+    out = {}
+    for cls in dict.fromkeys(k for d in model.get("dice_per_class", []) for k in d):
+        values = [d[cls] for d in model["dice_per_class"] if d.get(cls) is not None]
+        if values:
+            out[cls] = float(np.mean(values))
+    return out
+
+
 def class_points(target: dict, variant: str) -> dict[str, dict[str, tuple[float, float]]]:
     """``{class: {model: (consistency score c_k, mean Dice of class k)}}`` for one target
     (models without a finite value for the class are left out of that class)."""
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for name, model in target["models"].items():
         per_class = model.get("class_consistency", {}).get(variant, {})
+        dice = mean_class_dice(model)
         for cls, layers in per_class.items():
             values = [v for v in layers if v is not None and v > 0 and math.isfinite(v)]
-            dice = [d[cls] for d in model.get("dice_per_class", [])
-                    if d.get(cls) is not None]
-            if values and dice:
-                out.setdefault(cls, {})[name] = (-float(np.mean(np.log(values))),
-                                                 float(np.mean(dice)))
+            if values and cls in dice:
+                out.setdefault(cls, {})[name] = (-float(np.mean(np.log(values))), dice[cls])
     return out
 
 

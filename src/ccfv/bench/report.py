@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ccfv.bench.per_class import class_statistics, mean_class_dice, plot_class_consistency
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 
@@ -107,16 +108,6 @@ def _table(per_target, avg, methods, stat, targets, multi=None) -> list[str]:
     return lines
 
 
-def mean_class_dice(model: dict) -> dict[str, float]:
-    """Fine-tuned Dice of each class, mean over the seeds where it is defined."""
-    out = {}
-    for cls in dict.fromkeys(k for d in model.get("dice_per_class", []) for k in d):
-        values = [d[cls] for d in model["dice_per_class"] if d.get(cls) is not None]
-        if values:
-            out[cls] = float(np.mean(values))
-    return out
-
-
 def _class_section(summary: dict, per_class: dict, targets: list[str]) -> list[str]:
     """The per-class analysis (:mod:`ccfv.bench.per_class`) as markdown."""
     from ccfv.bench.run import CLASS_CONSISTENCY
@@ -189,7 +180,6 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     multi = average({t: per_target[t] for t in multi_targets}) if multi_targets else None
     # the multi-class column only where it differs from the average over all targets
     multi_column = multi if multi_targets and len(multi_targets) < len(targets) else None
-    from ccfv.bench.per_class import class_statistics, plot_class_consistency
     from ccfv.bench.run import CLASS_CONSISTENCY
 
     per_class = {t: class_statistics(summary["targets"][t], CLASS_CONSISTENCY) for t in targets
