@@ -50,6 +50,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import yaml
@@ -104,6 +105,12 @@ def _merge(base: dict, override: dict, where: str) -> dict:
     return out
 
 
+def spatial_size(size) -> list[int]:
+    """A benchmark ``size`` as one value per spatial axis: an int is a square 2D image
+    (``64`` -> ``[64, 64]``), a list is kept (``[48, 48, 24]``)."""
+    return [int(size)] * 2 if isinstance(size, Integral) else [int(v) for v in size]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One task of the config: a Decathlon folder, or a task derived from one's set-aside cases."""
@@ -154,9 +161,8 @@ class BenchConfig:
 
     @property
     def spatial_size(self) -> list[int]:
-        """``size`` as one value per spatial axis (an int is a square 2D image)."""
-        size = self.raw["size"]
-        return [int(size)] * 2 if isinstance(size, int) else [int(v) for v in size]
+        """``size`` as one value per spatial axis (:func:`spatial_size`)."""
+        return spatial_size(self.raw["size"])
 
     @property
     def targets(self) -> list[str]:

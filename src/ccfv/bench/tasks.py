@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ccfv.bench.config import spatial_size
 from ccfv.errors import CCFVWarning, UserError
 
 
@@ -132,10 +133,11 @@ def _group_keys(ids: list[str], group: str | None, task: str) -> list[str]:
     return keys
 
 
-def _reserve(ids: list[str], n: int, split_seed: int, group: str | None,
+def _reserve(keys: list[str], n: int, split_seed: int, group: str | None,
              task: str) -> set[str]:
-    """The ``n`` groups (cases when ungrouped) set aside for derived source tasks, seeded."""
-    names = sorted(set(_group_keys(ids, group, task)))
+    """The ``n`` groups (cases when ungrouped) set aside for derived source tasks, seeded;
+    ``keys`` are the cases' groups (:func:`_group_keys`)."""
+    names = sorted(set(keys))
     if n >= len(names) - 2:
         raise UserError(f"task {task}: source_cases {n} leaves {len(names) - n} of its "
                         f"{len(names)} {'groups' if group else 'cases'} for its own train/test "
@@ -195,7 +197,7 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
     if derived is not None and reserve < 1:
         raise UserError(f"task {name} is derived from {path.name}, which sets no cases aside "
                         f"for it: set source_cases: {{{path.name}: N}} in the benchmark config")
-    grid = [int(size)] * 2 if isinstance(size, (int, np.integer)) else [int(v) for v in size]
+    grid = spatial_size(size)
     settings = {"size": size, "channels": channels, "max_cases": max_cases,
                 "test_fraction": test_fraction, "split_seed": split_seed,
                 "source": str(path.resolve()), "format": 1}
@@ -232,8 +234,8 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
     reserved = None
     if reserve:
         all_ids = [str(c.case_id).replace("/", "_") for c in chosen]
-        kept = _reserve(all_ids, reserve, split_seed, group, path.name)
         keys = _group_keys(all_ids, group, path.name)
+        kept = _reserve(keys, reserve, split_seed, group, path.name)
         reserved = [i for i, k in zip(all_ids, keys) if k in kept]
         chosen = [c for c, k in zip(chosen, keys) if (k in kept) == (derived is not None)]
     resize_image = Resize(grid, mode="area")

@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ccfv.bank.build import resolve_callable
+from ccfv.bench.config import spatial_size
 from ccfv.errors import UserError
 
 __all__ = [
@@ -91,7 +92,7 @@ def _unetr_projection_arg() -> str:
 
 def _spatial_size(arch: str, size: int | Sequence[int]) -> list[int]:
     """``size`` as one int per spatial axis: an int is a square 2D image, a list 2D or 3D."""
-    sizes = [int(size)] * 2 if isinstance(size, (int, np.integer)) else [int(s) for s in size]
+    sizes = spatial_size(size)
     if len(sizes) not in (2, 3):
         raise UserError(
             f"architecture '{arch}': size {list(sizes)} must be one int (square 2D images) or "
