@@ -205,6 +205,16 @@ def _bank(path, models):
     return path
 
 
+def _rank_every_entry(bank, data, cases, tmp_path, names):
+    """Rank the bank on ``cases`` cases of ``data``: every entry scores, with a finite CC-FV."""
+    result = rank(bank, data, cases=cases, counts=(20, 40, 80), bootstrap=0,
+                  cache_dir=tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert not result.failures, result.failures
+    assert set(result.scores) == names
+    assert all(np.isfinite(v["ccfv"]) for v in result.scores.values())
+    return result
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_rank_mixes_monai_nnunet_and_bundle_3d(tmp_path, folders):
     """One bank of the three formats: a YAML MONAI entry, an nnU-Net folder, a MONAI bundle."""
@@ -221,12 +231,8 @@ def test_rank_mixes_monai_nnunet_and_bundle_3d(tmp_path, folders):
         {"name": "nnunet_mr", "nnunet": str(folders["mr3d"])},
         {"name": "bundle_unet", "bundle": str(bundle)},
     ])
-    result = rank(bank, DATA / "chaos_t2spir_abdomen3d", cases=2, counts=(20, 40, 80),
-                  bootstrap=0, cache_dir=tmp_path / "cache", progress=False,
-                  log=lambda *_: None)
-    assert not result.failures, result.failures
-    assert set(result.scores) == {"monai_unet", "nnunet_mr", "bundle_unet"}
-    assert all(np.isfinite(v["ccfv"]) for v in result.scores.values())
+    result = _rank_every_entry(bank, DATA / "chaos_t2spir_abdomen3d", 2, tmp_path,
+                               {"monai_unet", "nnunet_mr", "bundle_unet"})
     assert "decoder.seg_layers.1:input" in result.details["per_model"]["nnunet_mr"]
 
 
@@ -255,12 +261,8 @@ def test_rank_mixes_monai_nnunet_and_bundle_2d(tmp_path, folders):
         {"name": "nnunet_2d", "nnunet": str(folders["2d"])},
         {"name": "bundle_2d", "bundle": str(bundle)},
     ])
-    result = rank(bank, DATA / "hc18_fetal_head", cases=3, counts=(20, 40, 80),
-                  bootstrap=0, cache_dir=tmp_path / "cache", progress=False,
-                  log=lambda *_: None)
-    assert not result.failures, result.failures
-    assert set(result.scores) == {"monai_unet", "nnunet_2d", "bundle_2d"}
-    assert all(np.isfinite(v["ccfv"]) for v in result.scores.values())
+    _rank_every_entry(bank, DATA / "hc18_fetal_head", 3, tmp_path,
+                      {"monai_unet", "nnunet_2d", "bundle_2d"})
 
 
 def test_2d_preprocess_affine_maps_to_the_same_pixels(folders):
