@@ -16,6 +16,16 @@ Conventions
   letters (e.g. ``"RA"``); a 3-letter orientation is refused for 2D images.
 * Steps, in order: orientation, spacing (bilinear, border padding, MONAI ``Spacing``), then
   intensity on the resampled image.
+* Float32 affines: NIfTI headers store the affine in float32, so the direction cosines of an
+  oblique scan are orthonormal only to ~1e-7. MONAI's ``Spacing`` then finds no input corner
+  that is the lowest on every output axis (it tests with an absolute tolerance of 1e-8) and
+  centres the output grid instead, which shifts it by about half an input voxel: on
+  1.25 x 1.25 x 8 mm slices resampled to 1.5 mm the first two planes of the slice axis fall
+  outside the new grid. :func:`as_meta_tensor` (the input of every ccfv pipeline, a bundle's
+  transforms included) therefore re-orthonormalises direction cosines that are orthonormal to
+  within :data:`ORTHONORMAL_TOL` (nearest orthonormal matrix, same voxel sizes): the world
+  positions move by < 1e-4 mm and ``Spacing``'s grid covers the input's first and last voxel
+  centres again. Sheared affines are left as they are.
 """
 
 from __future__ import annotations
@@ -37,10 +47,15 @@ from monai.transforms import (
 from ccfv.bank.schema import Intensity, Preprocessing
 from ccfv.errors import UserError
 
-__all__ = ["RAS_LABELS", "make_preprocess"]
+__all__ = ["ORTHONORMAL_TOL", "RAS_LABELS", "as_meta_tensor", "describe_preprocessing",
+           "entry_preprocess", "make_preprocess", "orthonormal_affine"]
 
 #: Orientation labels: (start, end) of each world axis, RAS+ as in nibabel.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+#: Largest ``|D^T D - I|`` entry of the unit direction cosines ``D`` that counts as float32
+#: round-off of an orthonormal matrix (float32 resolution is 6e-8; a shear is far larger).
+ORTHONORMAL_TOL = 1e-5
 
 PreprocessFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -110,9 +125,40 @@ def make_preprocess(pre: Preprocessing, ndim: int) -> PreprocessFn:
     return preprocess
 
 
+def orthonormal_affine(affine: np.ndarray, ndim: int = 3) -> np.ndarray:
+    """``affine`` with the direction cosines of its ``ndim`` spatial columns replaced by the
+    nearest orthonormal matrix, when they are orthonormal up to :data:`ORTHONORMAL_TOL`
+    (float32 round-off of a NIfTI header); voxel sizes, origin and anything else unchanged.
+
+    Parameters
+    ----------
+    affine : 4 x 4 voxel-to-world matrix (2D grids: its top-left 2 x 2 block describes them).
+    ndim : spatial dimensions of the grid, 2 or 3.
+
+    Returns
+    -------
+    np.ndarray, float64 4 x 4: a new array (the input is not modified). A sheared or
+    degenerate affine comes back unchanged (as float64).
+    """
+    out = np.array(affine, dtype=np.float64)
+    block = out[:ndim, :ndim]
+    sizes = np.linalg.norm(block, axis=0)
+    if not np.all(np.isfinite(block)) or np.any(sizes <= 0):
+        return out
+    directions = block / sizes
+    if np.max(np.abs(directions.T @ directions - np.eye(ndim))) > ORTHONORMAL_TOL:
+        return out
+    u, _, vt = np.linalg.svd(directions)
+    out[:ndim, :ndim] = (u @ vt) * sizes
+    return out
+
+
 def as_meta_tensor(image: np.ndarray, affine: np.ndarray, ndim: int) -> MetaTensor:
     """A channel-first ``(C, *spatial)`` image and its 4 x 4 voxel-to-world affine as a MONAI
-    MetaTensor (float32, copies), the input of every preprocessing pipeline of ccfv."""
+    MetaTensor (float32, copies), the input of every preprocessing pipeline of ccfv.
+
+    The affine goes through :func:`orthonormal_affine` (see the module docstring: MONAI's
+    ``Spacing`` misplaces its grid on float32-rounded oblique affines)."""
     image = np.asarray(image, dtype=np.float32)
     affine = np.asarray(affine, dtype=np.float64)
     if image.ndim != ndim + 1:
@@ -121,6 +167,7 @@ def as_meta_tensor(image: np.ndarray, affine: np.ndarray, ndim: int) -> MetaTens
         )
     if affine.shape != (4, 4):
         raise ValueError(f"expected a 4 x 4 affine, got shape {affine.shape}")
+    affine = orthonormal_affine(affine, ndim)
     return MetaTensor(torch.from_numpy(image.copy()), affine=torch.from_numpy(affine.copy()))
 
 
@@ -164,3 +211,38 @@ class _Clip:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(x, self.lo, self.hi)
+
+
+def entry_preprocess(entry, ndim: int) -> PreprocessFn:
+    """The preprocessing function of a bank entry: a bundle's own transforms, nnU-Net's
+    preprocessing of its plans, or :func:`make_preprocess` of the entry's ``preprocessing``."""
+    if getattr(entry, "bundle", None) is not None:
+        from ccfv.bank.bundle import make_bundle_preprocess
+
+        return make_bundle_preprocess(entry, ndim)
+    if getattr(entry, "nnunet", None) is not None:
+        from ccfv.bank.nnunet import make_nnunet_preprocess
+
+        return make_nnunet_preprocess(entry, ndim)
+    return make_preprocess(entry.preprocessing, ndim)
+
+
+def describe_preprocessing(entry) -> str:
+    """One line naming what a bank entry does to an image before its windows, for messages:
+    a bundle's transforms, nnU-Net's preprocessing, or the entry's ``preprocessing`` keys."""
+    if getattr(entry, "bundle", None) is not None:
+        return f"the bundle's own preprocessing transforms ({entry.bundle})"
+    if getattr(entry, "nnunet", None) is not None:
+        config = (getattr(entry, "args", None) or {}).get("configuration", "?")
+        return f"nnU-Net's preprocessing of configuration '{config}'"
+    pre = entry.preprocessing
+    parts = []
+    if pre.orientation is not None:
+        parts.append(f"orientation: {pre.orientation}")
+    if pre.spacing is not None:
+        parts.append(f"spacing: {[float(s) for s in pre.spacing]}")
+    if pre.intensity.kind != "none":
+        parts.append(f"intensity: {pre.intensity.kind}")
+    if pre.roi is not None:
+        parts.append(f"roi: {list(pre.roi)}")
+    return "preprocessing {" + ", ".join(parts) + "}" if parts else "no preprocessing"

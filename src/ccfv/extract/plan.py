@@ -39,7 +39,8 @@ import numpy as np
 
 from ccfv.errors import UserError
 
-__all__ = ["CasePlan", "SamplingPlan", "make_plan", "label_hash", "PLAN_FORMAT"]
+__all__ = ["CasePlan", "SamplingPlan", "make_plan", "label_hash", "dropped_voxels",
+           "grid_mapping", "PLAN_FORMAT"]
 
 #: Bumped whenever the sampling algorithm changes, so that cached features are recomputed.
 PLAN_FORMAT = "ccfv-plan-1"
@@ -102,6 +103,112 @@ class CasePlan:
                 pts = np.asarray(to_image(pts), dtype=np.float64)
             out[name] = pts
         return out
+
+    def points_inside(self, layer_names: Sequence[str],
+                      to_image: Callable[[np.ndarray], np.ndarray] | None,
+                      image_shape: Sequence[int], *, model: str = "", case_file: str = "",
+                      preprocessing: str = "") -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Like :meth:`points`, keeping only the points that lie in the preprocessed image.
+
+        A planned voxel whose mapped position lies within the image's extent
+        ``[-0.5, n - 0.5]`` on every axis (up to :data:`ccfv.extract.windows.POINT_TOL`, then
+        clamped to it) is kept and read by interpolation with border handling; one outside
+        (the preprocessing cropped it away) is dropped. Dropped voxels are not lost silently:
+        :func:`dropped_voxels` counts them from the classes of the kept rows.
+
+        Parameters
+        ----------
+        layer_names, to_image : as for :meth:`points`.
+        image_shape : spatial shape of the preprocessed image.
+        model, case_file, preprocessing : named in the error message.
+
+        Returns
+        -------
+        points : dict ``layer_name -> float64 (P'_l, ndim)``, the kept points.
+        keep : list (one per layer) of bool ``(P_l,)`` masks over the planned points.
+
+        Raises
+        ------
+        UserError
+            When the case has planned voxels but none lands in the image: the image and the
+            planned voxels do not describe the same anatomy (wrong affine, wrong spacing or
+            orientation for this data, a crop far too small), not a border effect.
+        """
+        from ccfv.extract.windows import clamp_to_image, inside_image
+
+        shape = tuple(int(n) for n in image_shape)
+        mapped = self.points(layer_names, to_image)
+        points, keep = {}, []
+        for name in layer_names:
+            pts = mapped[name]
+            if pts.shape[1] != len(shape):
+                raise UserError(
+                    f"model {model or '?'}: case {self.case_id!r} ({case_file or 'no file'}): "
+                    f"the planned voxels are {pts.shape[1]}D but the preprocessed image has "
+                    f"spatial shape {shape}; the preprocessing ({preprocessing or 'none'}) must "
+                    "keep the number of spatial axes")
+            inside = inside_image(pts, shape)
+            points[name] = clamp_to_image(pts[inside], shape)
+            keep.append(inside)
+        planned = sum(int(k.size) for k in keep)
+        if planned and not any(k.any() for k in keep):
+            name = layer_names[-1]
+            example = np.round(mapped[name][0], 1).tolist()
+            raise UserError(
+                f"model {model or '?'}: case {self.case_id!r} ({case_file or 'no file'}): none of "
+                f"its {planned} planned voxels lies inside the image after the preprocessing "
+                f"({preprocessing or 'none'}), preprocessed shape {list(shape)}, e.g. label "
+                f"voxel {self.indices[-1][0].tolist()} lands at {example}: check that the "
+                "case's image and label share one affine, and that the preprocessing is written "
+                "for this data (`ccfv bank check BANK --data DIR` shows where the voxels land); "
+                "fix or remove the entry's preprocessing")
+        return points, keep
+
+
+def dropped_voxels(plan: SamplingPlan, features: dict, layer_names: Sequence[str]) -> dict:
+    """Planned voxels that a model's feature set lacks (dropped outside its preprocessed image).
+
+    Parameters
+    ----------
+    plan : the sampling plan the features were extracted with.
+    features : ``{layer: [(X, y) per case]}`` in the plan's case order, as
+        :func:`ccfv.rank.extract_model` returns (other keys are ignored).
+    layer_names : the plan's layers in ``features``, bottleneck -> output.
+
+    Returns
+    -------
+    dict with ``planned`` and ``dropped`` (totals over layers, cases and classes), ``rate``
+    (``dropped / planned``, 0.0 for an empty plan) and ``per_case``:
+    ``{case_id: {class_id (str): dropped}}`` listing only the (case, class) pairs with drops.
+
+    Raises
+    ------
+    ValueError
+        When a feature set holds more voxels of some class than were planned (it was not
+        extracted with this plan).
+    """
+    layers = list(layer_names)
+    if len(layers) != plan.layers:
+        raise ValueError(f"{len(layers)} layer names for a plan of {plan.layers} layers")
+    planned_total = dropped_total = 0
+    per_case: dict[str, dict[str, int]] = {}
+    for c, case in enumerate(plan.cases):
+        for l, name in enumerate(layers):
+            planned = np.bincount(case.classes[l].astype(np.intp, copy=False))
+            y = np.asarray(features[name][c][1], dtype=np.intp)
+            got = np.bincount(y, minlength=planned.size) if y.size else np.zeros_like(planned)
+            if got.size > planned.size or np.any(got[:planned.size] > planned):
+                raise ValueError(f"case {case.case_id!r}, layer {name!r}: the features hold more "
+                                 "voxels of a class than the plan has; not this plan's features")
+            lost = planned - got[:planned.size]
+            planned_total += int(planned.sum())
+            dropped_total += int(lost.sum())
+            for k in np.flatnonzero(lost):
+                entry = per_case.setdefault(case.case_id, {})
+                entry[str(int(k))] = entry.get(str(int(k)), 0) + int(lost[k])
+    return {"planned": planned_total, "dropped": dropped_total,
+            "rate": dropped_total / planned_total if planned_total else 0.0,
+            "per_case": per_case}
 
 
 @dataclass(frozen=True)
@@ -208,6 +315,25 @@ class SamplingPlan:
             raise UserError(f"cannot read sampling plan {str(path)!r} ({exc}): "
                             "re-create it with make_plan") from exc
         return cls(cases=cases, settings=header["settings"])
+
+
+def grid_mapping(label_affine: np.ndarray, image_affine: np.ndarray):
+    """Map label-grid voxel indices (P, ndim) to continuous voxel coordinates of another grid.
+
+    Both affines are 4x4 voxel -> world maps (2D grids act on (row, col, 0, 1)).
+    """
+    to_image = np.linalg.solve(image_affine, label_affine)
+    if np.allclose(to_image, np.eye(4)):
+        return None
+
+    def apply(indices: np.ndarray) -> np.ndarray:
+        ndim = indices.shape[1]
+        homogeneous = np.zeros((indices.shape[0], 4))
+        homogeneous[:, :ndim] = indices
+        homogeneous[:, 3] = 1.0
+        return (homogeneous @ to_image.T)[:, :ndim]
+
+    return apply
 
 
 # --- construction ------------------------------------------------------------------------

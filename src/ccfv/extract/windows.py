@@ -8,7 +8,8 @@ Geometry conventions
 - A point is a continuous voxel coordinate ``(p_0, ..., p_{n-1})`` in the image's index space,
   in the axis order of the array (no x/y/z flip): voxel ``i`` has its centre at ``i`` and covers
   ``[i - 0.5, i + 0.5]``. A point lies in the image when ``-0.5 <= p_a <= n_a - 0.5`` on every
-  axis ``a``.
+  axis ``a``, up to :data:`POINT_TOL` voxels of round-off (such points are clamped to the
+  image's extent; :func:`inside_image` is the one rule for "inside").
 - An image smaller than the window on some axis is padded on that axis by
   ``pad_before = (roi - n) // 2`` and ``roi - n - pad_before`` after (MONAI's layout, constant 0
   by default); padded coordinates are ``p + pad_before``.
@@ -30,7 +31,27 @@ from monai.utils import fall_back_tuple
 
 from ccfv.errors import UserError
 
-__all__ = ["WindowLayout", "window_layout"]
+__all__ = ["POINT_TOL", "WindowLayout", "clamp_to_image", "inside_image", "window_layout"]
+
+#: How far (in voxels) a point may lie beyond an image's extent ``[-0.5, n - 0.5]`` and still
+#: count as inside (float32 affines and spacings move a border voxel by ~1e-5 voxel).
+POINT_TOL = 1e-3
+
+
+def inside_image(points: np.ndarray, shape, tol: float = POINT_TOL) -> np.ndarray:
+    """Boolean ``(P,)``: which points ``(P, ndim)`` lie within ``[-0.5 - tol, n - 0.5 + tol]``
+    on every axis of an image of spatial ``shape`` (NaN/Inf never do)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, len(shape))
+    hi = np.asarray(shape, dtype=np.float64) - 0.5 + tol
+    with np.errstate(invalid="ignore"):
+        return np.all((pts >= -0.5 - tol) & (pts <= hi), axis=1)
+
+
+def clamp_to_image(points: np.ndarray, shape) -> np.ndarray:
+    """``points`` (float64) clamped to ``[-0.5, n - 0.5]`` per axis (for points that are
+    inside up to :data:`POINT_TOL`)."""
+    pts = np.asarray(points, dtype=np.float64)
+    return np.clip(pts, -0.5, np.asarray(shape, dtype=np.float64) - 0.5)
 
 
 @dataclass(frozen=True)
@@ -73,7 +94,8 @@ class WindowLayout:
         Raises
         ------
         UserError
-            Wrong shape, NaN/Inf, or a point outside ``[-0.5, n - 0.5]`` on some axis.
+            Wrong shape, NaN/Inf, or a point outside ``[-0.5, n - 0.5]`` on some axis (beyond
+            :data:`POINT_TOL`; points within it are clamped).
         """
         pts = np.asarray(points, dtype=np.float64)
         if pts.ndim == 1 and pts.size == 0:
@@ -84,16 +106,16 @@ class WindowLayout:
                 f"a {self.ndim}D image, got shape {pts.shape}")
         if not np.all(np.isfinite(pts)):
             raise UserError(f"{what}: holds NaN or Inf coordinates")
-        hi = np.asarray(self.image_shape, dtype=np.float64) - 0.5
-        bad = np.flatnonzero(np.any((pts < -0.5) | (pts > hi), axis=1))
+        bad = np.flatnonzero(~inside_image(pts, self.image_shape))
         if bad.size:
             i = int(bad[0])
             raise UserError(
-                f"{what}: {bad.size} point(s) lie outside the image of shape {self.image_shape}, "
-                f"e.g. point {i} at {pts[i].tolist()} (valid: -0.5 <= p <= n - 0.5 per axis): "
-                "the points must be voxel coordinates in this image's grid (was the image "
-                "cropped or resampled after planning?)")
-        return pts
+                f"{what}: {bad.size} of {len(pts)} point(s) lie outside the image of shape "
+                f"{self.image_shape}, e.g. point {i} at {np.round(pts[i], 3).tolist()} (valid: "
+                "-0.5 <= p <= n - 0.5 per axis): give voxel coordinates in this image's grid, "
+                "mapped through the affine of the image after its preprocessing, or drop the "
+                "points outside first (ccfv.extract.inside_image)")
+        return clamp_to_image(pts, self.image_shape)
 
     def assign(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Most central window of each point and its window-local coordinates.
