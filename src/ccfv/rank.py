@@ -68,25 +68,6 @@ def data_fingerprint(cases) -> str:
     return digest.hexdigest()[:16]
 
 
-def grid_mapping(label_affine: np.ndarray, image_affine: np.ndarray):
-    """Map label-grid voxel indices (P, ndim) to continuous voxel coordinates of another grid.
-
-    Both affines are 4x4 voxel -> world maps (2D grids act on (row, col, 0, 1)).
-    """
-    to_image = np.linalg.solve(image_affine, label_affine)
-    if np.allclose(to_image, np.eye(4)):
-        return None
-
-    def apply(indices: np.ndarray) -> np.ndarray:
-        ndim = indices.shape[1]
-        homogeneous = np.zeros((indices.shape[0], 4))
-        homogeneous[:, :ndim] = indices
-        homogeneous[:, 3] = 1.0
-        return (homogeneous @ to_image.T)[:, :ndim]
-
-    return apply
-
-
 def plan_maker(loaded_cases, budget: str, counts: Sequence[int], seed: int):
     """``plan_for(n_layers)``: the sampling plan of the loaded cases for a model with that
     many hooked layers, made once per layer count (the same plan for every model)."""
@@ -105,12 +86,16 @@ def plan_maker(loaded_cases, budget: str, counts: Sequence[int], seed: int):
 
 
 def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: str = "cpu",
-                  autocast: bool = False, progress: bool = True):
-    """Feature set of one bank entry on the loaded cases, from the cache where possible."""
+                  autocast: bool = False, progress: bool = True, case_files=None):
+    """Feature set of one bank entry on the loaded cases, from the cache where possible.
+
+    ``case_files`` (``{case_id: image path}``, optional) names the files in messages."""
     import torch
 
-    from ccfv.bank import LayerSpec, fingerprint, load_model, make_preprocess, resolve_layers
+    from ccfv.bank import LayerSpec, fingerprint, load_model, resolve_layers
+    from ccfv.bank.preprocess import describe_preprocessing, entry_preprocess
     from ccfv.extract import LayerTap, cache_key, extract_at_points
+    from ccfv.extract.plan import grid_mapping
 
     model, report = load_model(entry)
     layers = resolve_layers(model, entry)
@@ -123,16 +108,8 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
     model = model.to(device)
     pre = entry.preprocessing
     ndim = loaded_cases[0].label.ndim
-    if getattr(entry, "bundle", None) is not None:  # the bundle's own transforms
-        from ccfv.bank.bundle import make_bundle_preprocess
-
-        preprocess = make_bundle_preprocess(entry, ndim)
-    elif getattr(entry, "nnunet", None) is not None:  # nnU-Net's own preprocessing (plans)
-        from ccfv.bank.nnunet import make_nnunet_preprocess
-
-        preprocess = make_nnunet_preprocess(entry, ndim)
-    else:
-        preprocess = make_preprocess(pre, ndim)
+    preprocess = entry_preprocess(entry, ndim)  # its own, a bundle's or nnU-Net's
+    described = describe_preprocessing(entry)
     taps = {spec.key: spec for spec in layers}
     taps[PREDICTIONS] = LayerSpec("", "output")  # the root module's output: the logits
     with LayerTap(model, taps) as forward:  # {name: map} for ``names`` and PREDICTIONS
@@ -145,19 +122,38 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
             if cache.get_case(key, case.case_id) is not None:
                 continue
             image, affine = preprocess(case.image, case.affine)
-            points = case_plan.points(names, grid_mapping(case.affine, affine))
+            # planned voxels outside the preprocessed image (a crop) are dropped, and counted
+            # later from the cached classes (ccfv.extract.dropped_voxels)
+            points, keep = case_plan.points_inside(
+                names, grid_mapping(case.affine, affine), image.shape[1:], model=entry.name,
+                case_file=(case_files or {}).get(case.case_id, ""), preprocessing=described)
             roi = list(pre.roi) if pre.roi else list(image.shape[1:])
             points[PREDICTIONS] = points[names[-1]]
             feats = extract_at_points(forward, torch.as_tensor(image), points, roi,
                                       overlap=pre.overlap, sw_batch_size=pre.sw_batch_size,
                                       device=device, autocast=autocast)
-            parts = {name: (feats[name], cls) for name, cls in zip(names, case_plan.classes)}
+            parts = {name: (feats[name], cls[kept])
+                     for name, cls, kept in zip(names, case_plan.classes, keep)}
             parts[PREDICTIONS] = (output_probabilities(feats[PREDICTIONS]),
-                                  case_plan.classes[-1])
+                                  case_plan.classes[-1][keep[-1]])
             cache.put_case(key, case.case_id, parts)
     features = cache.assemble(key, [c.case_id for c in loaded_cases],
                               info={"model": entry.name, "layers": names})
     return features, report, layers, False
+
+
+def drop_warning(dropped: dict[str, dict]) -> str:
+    """A warning when the models lost different shares of the planned voxels (outside their
+    preprocessed images): their estimators then compare features of different voxels.
+    ``dropped`` maps model -> :func:`ccfv.extract.dropped_voxels`; "" when all rates agree."""
+    rates = {m: d["rate"] for m, d in dropped.items()}
+    if len(set(rates.values())) < 2:
+        return ""
+    shares = ", ".join(f"{m} {100 * r:.2f}%" for m, r in rates.items())
+    return ("the models' preprocessing dropped different shares of the planned voxels "
+            f"(outside the preprocessed image: {shares}), so their scores compare features of "
+            "different voxels; `ccfv bank check BANK --data DIR` shows each model's grid (align "
+            "the crops/roi, or rank those models separately)")
 
 
 def output_probabilities(logits: np.ndarray) -> np.ndarray:
@@ -234,7 +230,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
     """
     from ccfv.bank import load_bank
     from ccfv.data import load_case
-    from ccfv.extract import FeatureCache
+    from ccfv.extract import FeatureCache, dropped_voxels
 
     for method in methods:
         get_estimator(method)
@@ -267,6 +263,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         "seed": seed, "budget": budget, "counts": list(counts), "device": device,
         "per_model": {}})
     draws = resample_cases(len(loaded), bootstrap, seed) if bootstrap else []
+    dropped: dict[str, dict] = {}  # per model: planned voxels outside its preprocessed image
     replicates: dict[str, np.ndarray] = {}
     if backend == "ray":
         from ccfv.ray_backend import RayFeaturePasses
@@ -278,14 +275,18 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
             address=address, retries=retries, log=log)
         result.details.update(backend="ray", device=feature_pass.device)
     else:
+        case_files = {c.case_id: str(c.images[0]) for c in chosen}
+
         def feature_pass(entry):
             return extract_model(entry, loaded, plan_for, cache, data_fp, device, autocast,
-                                 progress)
+                                 progress, case_files)
     for entry in entries:
         start = time.perf_counter()
         try:
             cached, report, layers, hit = feature_pass(entry)
             features, predictions = split_predictions(cached)
+            dropped[entry.name] = dropped_voxels(plan_for(len(layers)), cached,
+                                                 [spec.key for spec in layers])
             if draws:  # the ranking method's tables are built once, for the score and draws
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", CCFVWarning)
@@ -312,6 +313,12 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         log(f"{entry.name}: " + ", ".join(f"{m} {v:.4f}" for m, v in
                                           result.scores[entry.name].items())
             + (" (cached features)" if hit else f" ({took:.1f} s)"))
+    if dropped:
+        result.details["dropped"] = dropped
+        warning = drop_warning(dropped)
+        if warning:
+            result.details["drop_warning"] = warning
+            log(f"warning: {warning}")
     if replicates:
         full = {m: result.scores[m][methods[0]] for m in replicates}
         result.bootstrap = summarize(methods[0], replicates, full, level, seed)
