@@ -185,6 +185,10 @@ def _cmd_bank_check(args) -> int:
 
     rows = check_bank(args.bank)
     print(format_check_table(rows))
+    if args.data is not None:  # what each model's preprocessing does to one target case
+        from ccfv.extract.geometry import check_bank_geometry, format_geometry_table
+
+        print("\n" + format_geometry_table(check_bank_geometry(args.bank, args.data, args.case)))
     failed = [r.name for r in rows if not r.ok]
     if failed:
         print(f"\n{len(failed)} of {len(rows)} model(s) failed: {', '.join(failed)}",
@@ -327,8 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="load every model of a bank and run one dummy window",
         description="Load every entry of a bank, run one zero window (1, in_channels, *roi) "
                     "through it and print a table: name, format, parameters, layers and their "
-                    "output shapes, preprocessing, status. Exit code 1 if any entry fails.")
+                    "output shapes, preprocessing, status. Exit code 1 if any entry fails. "
+                    "With --data, also run each entry's preprocessing on one target case and "
+                    "print its input and preprocessed shape and spacing, the share of the "
+                    "planned voxels inside the preprocessed image, and warnings (a spacing "
+                    "changed more than 3x on some axis, planned voxels cropped away).")
     q.add_argument("bank", help="model bank YAML file")
+    q.add_argument("--data", metavar="DIR", default=None,
+                   help="target dataset folder: show what each model's preprocessing does to "
+                        "one of its cases")
+    q.add_argument("--case", metavar="ID", default=None,
+                   help="with --data: the case to use (default: the dataset's first case)")
     q.set_defaults(func=_cmd_bank_check)
     return parser
 
