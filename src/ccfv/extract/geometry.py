@@ -6,10 +6,11 @@ loaded) and reports the input and preprocessed shapes and voxel sizes, the share
 voxels (the sampling plan ``rank`` uses, with the default budget) that land inside the
 preprocessed image, and warnings:
 
-- an axis whose voxel size the preprocessing changes more than :data:`SPACING_RATIO` times
-  (``spacing: [1.5, 1.5, 8.0]`` after ``orientation: RAS`` on a stack whose 8 mm slice axis
-  became the first axis: 1.5 mm across 8 mm slices, 8 mm in-plane), which is almost always a
-  spacing written for another orientation;
+- an axis whose voxel size the preprocessing changes more than :data:`SPACING_RATIO` times;
+  when the same target voxel sizes in another axis order would fit (``spacing: [1.5, 1.5,
+  8.0]`` after ``orientation: RAS`` on a stack whose 8 mm slice axis became the first axis:
+  1.5 mm across 8 mm slices, 8 mm in-plane), the warning says it is almost always a spacing
+  written for another orientation;
 - planned voxels outside the preprocessed image: ``rank`` drops them for that model and counts
   them in ``scores.json`` (``details.dropped``).
 
@@ -61,22 +62,37 @@ def _spacing(affine: np.ndarray, ndim: int) -> np.ndarray:
 def spacing_warnings(in_affine: np.ndarray, out_affine: np.ndarray, ndim: int,
                      ratio: float = SPACING_RATIO) -> list[str]:
     """Warnings for preprocessed axes whose voxel size differs more than ``ratio`` times from
-    that of the input axis pointing the same way (matched by direction cosines)."""
+    that of the input axis pointing the same way (matched by direction cosines). When the
+    target voxel sizes, given in another axis order, would change no axis more than ``ratio``
+    times, the warning says the spacing was likely written for another orientation."""
+    from itertools import permutations
+
     a_in = np.asarray(in_affine, dtype=np.float64)[:ndim, :ndim]
     a_out = np.asarray(out_affine, dtype=np.float64)[:ndim, :ndim]
     s_in, s_out = _spacing(a_in, ndim), _spacing(a_out, ndim)
     d_in, d_out = a_in / s_in, a_out / s_out
+    match = [int(np.argmax(np.abs(d_out[:, a] @ d_in))) for a in range(ndim)]
+    matched = s_in[match]
+
+    def worst(order):
+        change = s_out[list(order)] / matched
+        return float(np.max(np.maximum(change, 1.0 / change)))
+
+    reordered = min(permutations(range(ndim)), key=worst)
+    other_order = worst(reordered) <= ratio
     out = []
     for a in range(ndim):
-        j = int(np.argmax(np.abs(d_out[:, a] @ d_in)))
-        change = s_out[a] / s_in[j]
+        change = s_out[a] / matched[a]
         if change > ratio or change < 1.0 / ratio:
+            hint = ("almost always a spacing written for another orientation: give `spacing` "
+                    "in the order of the axes after `orientation` (here "
+                    f"{[round(float(s_out[i]), 3) for i in reordered]})" if other_order else
+                    "check that this resampling is intended (it changes the voxel count and "
+                    "what a window of `roi` covers)")
             out.append(
                 f"axis {a} of the preprocessed image has {s_out[a]:.3g} mm voxels along input "
-                f"axis {j} of {s_in[j]:.3g} mm ({max(change, 1 / change):.1f}x "
-                f"{'finer' if change < 1 else 'coarser'}): almost always a spacing written for "
-                "another orientation; give `spacing` in the order of the axes after "
-                "`orientation`")
+                f"axis {match[a]} of {matched[a]:.3g} mm ({max(change, 1 / change):.1f}x "
+                f"{'finer' if change < 1 else 'coarser'}): {hint}")
     return out
 
 
