@@ -137,7 +137,10 @@ def through(preprocess, label, affine, k=4, layers=2, counts=(150, 300)):
             image, out_affine)
 
 
-def assert_right_anatomy(planned, read, inner, allow_dropped=False):
+def assert_right_anatomy(planned, read, inner, allow_dropped=False, overall_min=0.99):
+    """>= 99% of the kept interior voxels read back as their planned class, and
+    ``overall_min`` of all kept voxels (boundary voxels included: a grid misplaced by half an
+    output voxel reads ~96% of them right, a downsampling blurs a few percent)."""
     if not allow_dropped:
         assert np.all(read >= 0), f"{np.sum(read < 0)} planned voxels dropped without a crop"
     kept = read >= 0
@@ -146,7 +149,7 @@ def assert_right_anatomy(planned, read, inner, allow_dropped=False):
     agree = np.mean(read[inner_kept] == planned[inner_kept])
     assert agree >= 0.99, f"interior agreement {agree:.4f}"
     overall = np.mean(read[kept] == planned[kept])
-    assert overall >= 0.9, f"overall agreement {overall:.4f}"
+    assert overall >= overall_min, f"overall agreement {overall:.4f}"
     return agree, overall
 
 
@@ -166,7 +169,7 @@ def test_3d_preprocessing_reads_every_planned_voxel_from_its_anatomy(geometry, s
     shape, affine = GEOMETRIES_3D[geometry]
     label = anatomy(shape)
     planned, read, inner, _, _ = through(make_preprocess(STEPS_3D[step], 3), label, affine)
-    assert_right_anatomy(planned, read, inner)
+    assert_right_anatomy(planned, read, inner, overall_min=0.95 if "down" in step else 0.99)
 
 
 STEPS_2D = {
@@ -183,7 +186,7 @@ def test_2d_preprocessing_reads_every_planned_voxel_from_its_anatomy(geometry, s
     shape, affine = GEOMETRIES_2D[geometry]
     label = anatomy(shape)
     planned, read, inner, _, _ = through(make_preprocess(STEPS_2D[step], 2), label, affine)
-    assert_right_anatomy(planned, read, inner)
+    assert_right_anatomy(planned, read, inner, overall_min=0.95 if "down" in step else 0.99)
 
 
 @pytest.mark.parametrize("pre", [

@@ -147,7 +147,9 @@ def feature_pass(spec: dict) -> dict:
     plan_for = plan_maker(loaded, spec["budget"], spec["counts"], spec["seed"])
     cache = FeatureCache(spec["cache_dir"])
     _, report, layers, hit = extract_model(entry, loaded, plan_for, cache, data_fp,
-                                           spec["device"], spec["autocast"], progress=False)
+                                           spec["device"], spec["autocast"], progress=False,
+                                           case_files={c.case_id: str(c.images[0])
+                                                       for c in chosen})
     key = cache_key(fingerprint(entry), data_fp, plan_for(len(layers)).fingerprint())
     return {"key": key, "layers": [str(spec_) for spec_ in layers], "report": report.summary(),
             "hit": bool(hit), "seconds": time.perf_counter() - start, "host": host}
