@@ -461,3 +461,47 @@ def test_oblique_target_ranks_with_every_model_scored(tmp_path):
         assert result.details["dropped"][model]["dropped"] == 0
         assert result.details["dropped"][model]["planned"] > 0
     assert "drop_warning" not in result.details
+
+
+def test_a_crop_is_dropped_counted_in_scores_json_and_warned(tmp_path, capsys):
+    """A bundle whose transforms crop axis 0 to its central 48 planes next to an entry that
+    crops nothing: both are scored, the bundle's dropped voxels are exactly the planned voxels
+    outside the crop, per case and class, and the run warns that the drop rates differ."""
+    from ccfv.bank import load_model, resolve_layers
+    from ccfv.data import find_cases, load_case
+
+    data = cardiac_dataset(tmp_path / "sax")
+    crop = bundle_entry(tmp_path, [
+        {"_target_": "CenterSpatialCropd", "keys": "image", "roi_size": [48, -1, -1]}],
+        name="cropping")
+    bank = tmp_path / "bank.yaml"
+    bank.write_text(yaml.safe_dump({"models": [
+        monai_entry("plain", {"roi": [32, 32, 16]}),
+        {"name": "cropping", "bundle": str(crop.bundle)}]}))
+    out = tmp_path / "out"
+    assert main(["rank", "--bank", str(bank), "--data", str(data), "--out", str(out), "--bootstrap", "0",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "scores.json").read_text())
+    assert all(v is not None for m in result["scores"].values() for v in m.values())
+    dropped = result["details"]["dropped"]
+    assert dropped["plain"]["dropped"] == 0 and dropped["plain"]["per_case"] == {}
+
+    n_layers = len(resolve_layers(load_model(crop)[0], crop))
+    dataset = find_cases(data)
+    loaded = [load_case(c, dataset.labels) for c in dataset.cases]
+    plan = make_plan([c.label for c in loaded], [c.case_id for c in loaded], layers=n_layers,
+                     counts=[100, 200, 400], seed=0)
+    truth, total = {}, 0
+    for case in plan.cases:
+        for idx, cls in zip(case.indices, case.classes):
+            outside = (idx[:, 0] < 24) | (idx[:, 0] >= 72)
+            total += int(outside.sum())
+            for k in np.unique(cls[outside]):
+                per = truth.setdefault(case.case_id, {})
+                per[str(k)] = per.get(str(k), 0) + int(np.sum(outside & (cls == k)))
+    assert total > 0
+    assert dropped["cropping"]["dropped"] == total
+    assert dropped["cropping"]["per_case"] == truth
+    assert "drop_warning" in result["details"] and "warning:" in printed
+    assert "outside the preprocessed image" in (out / "report.md").read_text()
