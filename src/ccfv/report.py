@@ -54,6 +54,21 @@ def bootstrap_sentence(bootstrap: dict) -> str:
             f"'{bootstrap['top']}' stays first in {100 * bootstrap['p_top_stays']:.0f}% of them")
 
 
+def dropped_lines(dropped: dict) -> list[str]:
+    """report.md lines on the planned voxels each model's preprocessing cropped away
+    (``details["dropped"]``, :func:`ccfv.extract.dropped_voxels` per model); none if no drops."""
+    if not any(d["dropped"] for d in dropped.values()):
+        return []
+    lines = ["## Planned voxels outside the preprocessed image (dropped)", ""]
+    for model, d in dropped.items():
+        worst = sorted(((n, case, k) for case, per in d["per_case"].items()
+                        for k, n in per.items()), reverse=True)[:3]
+        where = "; ".join(f"case {case} class {k}: {n}" for n, case, k in worst)
+        lines.append(f"- `{model}`: {d['dropped']} of {d['planned']} "
+                     f"({100 * d['rate']:.2f}%)" + (f", most in {where}" if where else ""))
+    return lines + ["", "Per case and class: `details.dropped` in scores.json.", ""]
+
+
 def _value(x):
     return -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
@@ -115,10 +130,11 @@ def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], metho
           "![scores](scores.png)", ""]
     if details:
         md += ["## Run", ""] + [f"- {k}: {v}" for k, v in details.items()
-                                if k not in ("per_model", "bootstrap")]
+                                if k not in ("per_model", "bootstrap", "dropped")]
         for model, info in (details.get("per_model") or {}).items():
             md.append(f"- `{model}`: {info}")
         md.append("")
+        md += dropped_lines(details.get("dropped") or {})
     _atomic_write(out / "report.md", "\n".join(md))
     return {"csv": out / "scores.csv", "json": out / "scores.json", "png": out / "scores.png",
             "md": out / "report.md"}
