@@ -89,8 +89,11 @@ def extract_at_points(forward: Forward, image: torch.Tensor | np.ndarray,
     Raises
     ------
     UserError
-        A point outside the image, a layer ``forward`` does not return, a map of the wrong
-        rank, bad window options, or out of GPU memory with a single window.
+        A point outside the image (beyond :data:`ccfv.extract.windows.POINT_TOL`; points
+        within it are clamped to the image's extent; drop the others first, as
+        :meth:`ccfv.extract.CasePlan.points_inside` does), a layer ``forward`` does not
+        return, a map of the wrong rank, bad window options, or out of GPU memory with a
+        single window.
 
     Examples
     --------
