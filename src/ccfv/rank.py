@@ -1,7 +1,9 @@
 """Rank a model bank on a target dataset: data -> plan -> features (cached) -> scores.
 
 One function per stage, plain values between them. The sampling plan depends only on the
-data, the budget and the seed, so every model is read at the same voxels; features are cached
+data, the budget and the seed, so every model is read at the same voxels (but those its
+preprocessing crops away, which are dropped for it and counted in ``details["dropped"]``,
+:mod:`ccfv.extract.plan`); features are cached
 per (model fingerprint, data fingerprint, plan fingerprint) and per case, so re-scoring with
 other methods never runs a model again and a run killed half-way redoes at most one case.
 """
@@ -226,7 +228,10 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         retried before its model counts as failed.
 
     A model that fails (bad checkpoint, out of memory, ...) is reported in
-    ``RankResult.failures`` and the others are still scored.
+    ``RankResult.failures`` and the others are still scored. Planned voxels that land outside
+    a model's preprocessed image (a crop) are dropped for that model and counted per case and
+    class in ``details["dropped"]``; ``details["drop_warning"]`` says when the models' drop
+    rates differ.
     """
     from ccfv.bank import load_bank
     from ccfv.data import load_case
