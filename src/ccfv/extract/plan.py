@@ -2,7 +2,9 @@
 
 The plan depends only on the label maps, the sample budget and the seed, never on a model, so
 every model of a bank is scored on exactly the same voxels (and its features can be cached
-under the plan's :meth:`SamplingPlan.fingerprint`).
+under the plan's :meth:`SamplingPlan.fingerprint`), except the planned voxels that a model's
+preprocessing crops away: :meth:`CasePlan.points_inside` drops them for that model and
+:func:`dropped_voxels` counts them per case and class.
 
 Rules (METHOD.md, "Features")
 -----------------------------
