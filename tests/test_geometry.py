@@ -479,8 +479,8 @@ def test_a_crop_is_dropped_counted_in_scores_json_and_warned(tmp_path, capsys):
         monai_entry("plain", {"roi": [32, 32, 16]}),
         {"name": "cropping", "bundle": str(crop.bundle)}]}))
     out = tmp_path / "out"
-    assert main(["rank", "--bank", str(bank), "--data", str(data), "--out", str(out), "--bootstrap", "0",
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert main(["rank", "--bank", str(bank), "--data", str(data), "--out", str(out),
+                 "--bootstrap", "0", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "scores.json").read_text())
     assert all(v is not None for m in result["scores"].values() for v in m.values())

@@ -291,7 +291,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
             cached, report, layers, hit = feature_pass(entry)
             features, predictions = split_predictions(cached)
             dropped[entry.name] = dropped_voxels(plan_for(len(layers)), cached,
-                                                 [spec.key for spec in layers])
+                                                 [str(spec) for spec in layers])  # "name:io"
             if draws:  # the ranking method's tables are built once, for the score and draws
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", CCFVWarning)
