@@ -4,8 +4,8 @@ The plan depends only on the label maps, the sample budget and the seed, never o
 every model of a bank is scored on exactly the same voxels (and its features can be cached
 under the plan's :meth:`SamplingPlan.fingerprint`).
 
-Rules (METHOD.md, "Features")
------------------------------
+Rules (docs/explanation/method.md, "Features")
+----------------------------------------------
 For every case and every class ``k`` present in its label map (``0`` = background included,
 ``1..C`` foreground), and independently for every layer ``l``, ``m`` voxels of class ``k`` are
 drawn at random WITHOUT replacement, where
