@@ -16,7 +16,8 @@ def feature_set_from_npz(path):
     arrays = np.load(path)
     index = {}
     for key in arrays.files:
-        layer, case, klass = map(int, re.fullmatch(r"layer(\d+)_case(\d+)_class(\d+)", key).groups())
+        match = re.fullmatch(r"layer(\d+)_case(\d+)_class(\d+)", key)
+        layer, case, klass = map(int, match.groups())
         index.setdefault(layer, {}).setdefault(case, []).append((klass, arrays[key]))
     features = {}
     for layer in sorted(index):

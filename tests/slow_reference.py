@@ -1,4 +1,4 @@
-"""Slow, obvious CC-FV written straight from docs/METHOD.md, with scipy's ``sqrtm``.
+"""Slow, obvious CC-FV written straight from docs/explanation/method.md, with scipy's ``sqrtm``.
 
 Loops over every pair, every class, every sample pair; no batching, no factor tricks. It is
 what the fast estimator is checked against (and what ``benchmarks/bench_estimator.py`` times).

@@ -180,8 +180,8 @@ def test_logits_equal_bundle_network_and_inferer(entry, spleen_bundle):
 
 
 def test_rank_mixes_yaml_entry_and_bundle(tmp_path):
-    bundle = make_bundle(tmp_path / "mri_bundle",
-                         config=inference_config(pixdim=(3.0, 3.0, 6.0), roi=(48, 48, 16)))
+    make_bundle(tmp_path / "mri_bundle",
+                config=inference_config(pixdim=(3.0, 3.0, 6.0), roi=(48, 48, 16)))
     bank = bank_file(tmp_path / "bank.yaml", [
         {"name": "yaml_unet", "network": "monai.networks.nets.UNet",
          "args": {k: v for k, v in NET.items()}, "seed": 1, "layers": "auto",

@@ -39,8 +39,8 @@ ARCH = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 
 def _arch(dims, features=(4, 8, 16)):
     n = len(features)
-    conv = "torch.nn.modules.conv.Conv%dd" % dims
-    norm = "torch.nn.modules.instancenorm.InstanceNorm%dd" % dims
+    conv = f"torch.nn.modules.conv.Conv{dims}d"
+    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dims}d"
     return {
         "network_class_name": ARCH,
         "arch_kwargs": {

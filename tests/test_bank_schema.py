@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 
@@ -283,7 +284,7 @@ def test_bank_file_errors(tmp_path):
 
 def test_entries_are_frozen(bank_dir):
     e = parse_bank(base_bank(), bank_dir)[0]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         e.seed = 5  # type: ignore[misc]
     assert isinstance(e, BankEntry)
 

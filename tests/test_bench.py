@@ -142,7 +142,8 @@ def test_combine_results_by_hand(tmp_path):
     assert merged["statistics"]["average_all"]["m"]["n_targets"] == 4
     assert "multi-class average (y, z)" in list(headline)[1]
     assert json.loads((tmp_path / "all" / "summary.json").read_text()) == merged
-    assert "| `m` | 0.500 | 0.650 | -0.500 | 0.250 | 0.250 |" in (tmp_path / "all" / "headline.md").read_text()
+    headline_md = (tmp_path / "all" / "headline.md").read_text()
+    assert "| `m` | 0.500 | 0.650 | -0.500 | 0.250 | 0.250 |" in headline_md
     with pytest.raises(ccfv.UserError, match="given twice"):
         combine_results([two, two], tmp_path / "again")
     with pytest.raises(ccfv.UserError, match="does not exist"):

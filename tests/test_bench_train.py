@@ -27,7 +27,8 @@ from ccfv.errors import CCFVWarning, UserError
 
 @pytest.fixture(autouse=True)
 def _one_thread_and_restored_determinism():
-    """One torch thread (2-thread OpenMP collapses when the CPU is shared); undo set_seed's flags."""
+    """One torch thread (2-thread OpenMP collapses when the CPU is shared); undo set_seed's
+    flags."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()

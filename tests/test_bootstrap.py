@@ -65,7 +65,11 @@ def test_fast_path_equals_rescoring_every_draw(rng):
     for method in ("ccfv", "ccfv-official"):
         estimator = get_estimator(method)
         fast = replicate_scores(features, None, estimator, draws)
-        slow = replicate_scores(features, None, lambda f, predictions=None: estimator(f), draws)
+
+        def rescore(f, predictions=None, estimator=estimator):
+            return estimator(f)
+
+        slow = replicate_scores(features, None, rescore, draws)
         np.testing.assert_allclose(fast, slow, rtol=1e-12)
         assert np.all(np.isfinite(fast))
 

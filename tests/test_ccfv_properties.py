@@ -114,7 +114,8 @@ def test_class_in_one_case_contributes_nothing(features):
     only_one = {layer: [(X[y != 2], y[y != 2]) for X, y in cases] for layer, cases in thin.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert result.score != pytest.approx(ccfv.ccfv_score(only_one))  # variety still sees class 2
+        # the variety term still sees class 2
+        assert result.score != pytest.approx(ccfv.ccfv_score(only_one))
         assert result.layers[0].consistency == pytest.approx(
             ccfv.ccfv_parts(only_one).layers[0].consistency)
 

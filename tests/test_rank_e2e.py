@@ -204,7 +204,7 @@ def test_source_predictions_ride_along(tmp_path, generated_data, checkpoint):
     features, predictions = split_predictions(cache.get(key))
     assert PREDICTIONS not in features and len(predictions) == 4
     last = list(features)[-1]
-    for P, (X, y) in zip(predictions, features[last]):
+    for P, (X, _) in zip(predictions, features[last]):
         assert P.shape == (X.shape[0], 2)  # at the last layer's voxels, 2 source classes
         np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-6)
     assert np.all(cache.get(key)[PREDICTIONS][0][1] == features[last][0][1])

@@ -176,7 +176,8 @@ def test_without_ray_a_message_and_no_import(tmp_path, generated_data):
     """With ray not importable: `import ccfv` and the CLI never import it, and
     `--backend ray` says how to install it (exit code 2, no traceback)."""
     bank = e2e.write_bank(tmp_path / "bank.yaml", [e2e.unet_entry("m", roi=(32, 32, 16))])
-    code = NO_TORCHVISION.replace('("torchvision", "timm")', '("torchvision", "timm", "ray")') + f"""
+    blocked = NO_TORCHVISION.replace('("torchvision", "timm")', '("torchvision", "timm", "ray")')
+    code = blocked + f"""
 import ccfv, ccfv.rank, ccfv.cli, ccfv.ray_backend
 assert "ray" not in sys.modules
 from ccfv.cli import main

@@ -1,6 +1,5 @@
 """Method names, with options in brackets: the ablations are methods like any other."""
 
-import numpy as np
 import pytest
 from conftest import random_feature_set
 

@@ -2,8 +2,9 @@
 
 Reference: Yang, Wei, He, Yang, Ye, Gu, "Pick the Best Pre-trained Model: Towards
 Transferability Estimation for Medical Image Segmentation", MICCAI 2023, arXiv 2307.11958.
-The formulas below are those of ``docs/METHOD.md``; ``variant="official"`` reproduces the
-released code (github.com/EndoluminalSurgicalVision-IMR/CCFV) on purpose, quirks included.
+The formulas below are those of ``docs/explanation/method.md``; ``variant="official"``
+reproduces the released code (github.com/EndoluminalSurgicalVision-IMR/CCFV) on purpose,
+quirks included.
 
 Per layer l, with N cases, C foreground classes, F_j^k the sampled features of class k in
 case j fitted by a Gaussian, and v_j all sampled features of case j (background included):

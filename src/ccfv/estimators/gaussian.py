@@ -4,8 +4,8 @@ Each set of samples X (n x d) is summarised by its mean ``mu`` and a *factor* ``
 its unbiased covariance, ``S = A A^T``, taken from the thin SVD of the centred samples,
 ``X - mu = U diag(s) V^T``, as ``A = V diag(s) / sqrt(n - 1)`` with the numerically zero
 singular values dropped (so ``r = rank(S) <= min(n - 1, d)``). This one factor serves both
-regimes of METHOD.md: when n < d it spans the samples (the n_i x n_j cross-product form), when
-d < n it is a per-case square root of S computed once.
+regimes of docs/explanation/method.md: when n < d it spans the samples (the n_i x n_j
+cross-product form), when d < n it is a per-case square root of S computed once.
 
 The 2-Wasserstein trace term never needs a d x d matrix square root of a product:
 

@@ -7,8 +7,8 @@ model's own predictions at the sampled voxels take them as ``predictions=[P per 
 layer). Adding one is one file in this package and one line in :data:`ESTIMATORS`.
 
 ``ccfv`` is the package's default CC-FV (:data:`DEFAULT_CCFV`), ``ccfv-paper`` the paper's
-equations exactly (Yang et al. 2023, as ``docs/METHOD.md`` pins them down), ``ccfv-official``
-the released code's formulas.
+equations exactly (Yang et al. 2023, as ``docs/explanation/method.md`` pins them down),
+``ccfv-official`` the released code's formulas.
 
 A method name may carry options in brackets, ``name[key=value; key=value]`` (values read as
 YAML: ``true``, ``2``, ``kl``), e.g. ``ccfv[distance=kl]``, ``ccfv[consistency_only=true]``,

@@ -6,8 +6,8 @@ under the plan's :meth:`SamplingPlan.fingerprint`), except the planned voxels th
 preprocessing crops away: :meth:`CasePlan.points_inside` drops them for that model and
 :func:`dropped_voxels` counts them per case and class.
 
-Rules (METHOD.md, "Features")
------------------------------
+Rules (docs/explanation/method.md, "Features")
+----------------------------------------------
 For every case and every class ``k`` present in its label map (``0`` = background included,
 ``1..C`` foreground), and independently for every layer ``l``, ``m`` voxels of class ``k`` are
 drawn at random WITHOUT replacement, where
