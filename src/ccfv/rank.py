@@ -8,7 +8,6 @@ other methods never runs a model again and a run killed half-way redoes at most 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ccfv.bootstrap import BootstrapResult, replicate_scores, resample_cases, summarize
+from ccfv.data.fingerprint import data_fingerprint  # noqa: F401  (ccfv.rank.data_fingerprint)
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators.registry import get_estimator
 
@@ -55,17 +55,6 @@ def target_cases(data: str | Path, cases: int | None, seed: int):
 
     dataset = find_cases(data)
     return dataset, (select_cases(dataset, cases, seed) if cases else list(dataset.cases))
-
-
-def data_fingerprint(cases) -> str:
-    """Hash of the selected cases' ids and files (path, size, modification time)."""
-    digest = hashlib.sha256()
-    for case in cases:
-        digest.update(case.case_id.encode())
-        for path in (*case.images, case.label):
-            stat = Path(path).stat()
-            digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 def grid_mapping(label_affine: np.ndarray, image_affine: np.ndarray):
@@ -261,7 +250,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
             "or another --seed to include them")
     plan_for = plan_maker(loaded, budget, counts, seed)
     cache = FeatureCache(cache_dir)
-    data_fp = data_fingerprint(chosen)
+    data_fp = data_fingerprint(chosen, dataset.labels)
     result = RankResult(methods=list(methods), scores={}, details={
         "data": str(data), "bank": str(bank), "cases": [c.case_id for c in loaded],
         "seed": seed, "budget": budget, "counts": list(counts), "device": device,
