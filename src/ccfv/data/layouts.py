@@ -13,8 +13,11 @@ Detection, in this order:
   ``labels``, ``imagesTr`` / ``labelsTr``, ``img`` / ``mask``, ``img`` / ``masks``,
   ``images`` / ``masks``, first found wins) whose files pair by name without extension
   (``images/a.png`` with ``labels/a.png``); channel files ``a_0000``, ``a_0001``, ... pair with
-  label ``a``. Labels of picture masks are inferred from the values of all masks
-  (:func:`ccfv.data.masks.infer_labels`); for NIfTI / ITK masks they stay unknown (``{}``).
+  label ``a``. The class table of picture masks is decided for the whole folder from the
+  values of every mask (:func:`ccfv.data.masks.picture_class_table`: binary 0/1 or 0/255
+  masks -> classes 0, 1; class ids; evenly spaced grey levels; anything else, such as the
+  many values of interpolated or anti-aliased masks, is an error naming the file); for
+  NIfTI / ITK masks it stays unknown (``{}``) and the values are the class ids.
 
 Hidden files and files of unsupported formats are ignored when listing folders.
 """
@@ -30,7 +33,7 @@ import numpy as np
 
 from ccfv.data.case import Case, Dataset
 from ccfv.data.io import is_picture, read_file, spatial_ndim, split_ext
-from ccfv.data.masks import infer_labels, parse_labels
+from ccfv.data.masks import parse_labels, picture_class_table
 from ccfv.errors import CCFVWarning, UserError
 
 FOLDER_PAIRS = (("images", "labels"), ("imagesTr", "labelsTr"), ("img", "mask"),
@@ -141,7 +144,9 @@ def _find_msd(root: Path, meta: dict, meta_file: Path) -> Dataset:
         label = _resolve(root, entry["label"], f"training[{i}].label", meta_file)
         cases.append(Case(split_ext(label)[0], tuple(images), label, root.name))
     ndim = _NDIM.get(str(meta.get("tensorImageSize", "")).upper())
-    return Dataset(root.name, root, "msd", labels, cases, ndim)
+    return Dataset(root.name, root, "msd", labels, cases, ndim,
+                   f"class ids as in {meta_file.name} 'labels'" if labels
+                   else "label values taken as class ids (no 'labels' in dataset.json)")
 
 
 def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
@@ -171,7 +176,8 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
                                 f"{len(channels)} channels; list one file per channel")
             label = _resolve(root, entry.get("label"), f"{where}.label", meta_file)
             cases.append(Case(str(case_id), tuple(images), label, root.name))
-        return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending))
+        return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending),
+                       f"class ids as in {meta_file.name} 'labels'")
     image_dir, label_dir = root / "imagesTr", root / "labelsTr"
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
@@ -210,7 +216,8 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
     if isinstance(n_listed, int) and n_listed != len(cases):
         warnings.warn(f"{meta_file}: numTraining is {n_listed} but {len(cases)} cases were "
                       "found; using the cases found", CCFVWarning, stacklevel=3)
-    return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending))
+    return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending),
+                   f"class ids as in {meta_file.name} 'labels'")
 
 
 def _ending_ndim(ending: str) -> int | None:
@@ -265,9 +272,9 @@ def _find_folder(root: Path) -> Dataset:
     cases = [Case(stem, tuple(sorted(images_by_stem[stem])), path, root.name)
              for stem, path in labels_by_stem.items()]
     labels: dict[int, str] = {}
+    rule = "label values taken as class ids (NIfTI / ITK masks)"
     if cases and all(is_picture(case.label) for case in cases):
-        values: set[int] = set()
-        for case in cases:
-            values.update(int(v) for v in np.unique(read_file(case.label, label=True)[0]))
-        labels = infer_labels(values)
-    return Dataset(root.name, root, "folder", labels, cases, None)
+        values = {case.label: np.unique(read_file(case.label, label=True)[0]).tolist()
+                  for case in cases}
+        labels, rule = picture_class_table(values)
+    return Dataset(root.name, root, "folder", labels, cases, None, rule)
