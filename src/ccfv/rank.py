@@ -251,8 +251,10 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
     plan_for = plan_maker(loaded, budget, counts, seed)
     cache = FeatureCache(cache_dir)
     data_fp = data_fingerprint(chosen, dataset.labels)
+    table = dataset.class_table(present)  # the class table used: report.md, scores.json
     result = RankResult(methods=list(methods), scores={}, details={
         "data": str(data), "bank": str(bank), "cases": [c.case_id for c in loaded],
+        "classes": table["classes"], "label_rule": table["rule"],
         "seed": seed, "budget": budget, "counts": list(counts), "device": device,
         "per_model": {}})
     draws = resample_cases(len(loaded), bootstrap, seed) if bootstrap else []
