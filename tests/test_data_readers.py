@@ -240,8 +240,9 @@ def test_folder_grey_level_masks_map_consistently(tmp_path):
 
 
 def _folder_of_masks(root, masks):
+    rng = np.random.default_rng(0)
     for name, mask in masks.items():
-        write_png(root / "images" / f"{name}.png", np.zeros(np.shape(mask)))
+        write_png(root / "images" / f"{name}.png", rng.integers(0, 255, np.shape(mask)))
         write_png(root / "labels" / f"{name}.png", mask)
     return root
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ccfv.data.case import Case, Dataset
-from ccfv.data.io import is_picture, read_file, spatial_ndim, split_ext
+from ccfv.data.io import is_picture, not_a_file, read_file, spatial_ndim, split_ext
 from ccfv.data.masks import parse_labels, picture_class_table
 from ccfv.errors import CCFVWarning, UserError
 
@@ -69,8 +69,10 @@ def find_cases(root: str | Path) -> Dataset:
     if root.is_file() and root.name == "dataset.json":
         root = root.parent
     if not root.is_dir():
-        raise UserError(f"{root}: no such folder; pass the dataset folder (the one holding "
-                        "dataset.json, or images/ and labels/ sub-folders)")
+        kind = not_a_file(root) or "a file"
+        raise UserError(f"{root}: " + ("no such folder" if kind == "missing" else
+                                      f"{kind}, not a folder") + "; pass the dataset folder "
+                        "(the one holding dataset.json, or images/ and labels/ sub-folders)")
     root = root.resolve()
     meta_file = root / "dataset.json"
     if not meta_file.is_file():
@@ -120,9 +122,13 @@ def _resolve(root: Path, entry: object, where: str, meta_file: Path) -> Path:
         raise UserError(f"{meta_file}: {where} should be a file path, got {entry!r}")
     path = Path(entry).expanduser()
     path = path if path.is_absolute() else (root / path)
-    if not path.is_file():
+    kind = not_a_file(path)
+    if kind == "missing":
         raise UserError(f"{path}: listed in {meta_file} ({where}) but missing; add the file "
                         "or remove the entry")
+    if kind is not None:
+        raise UserError(f"{path}: listed in {meta_file} ({where}) but {kind}, not a file; "
+                        "point the entry at the image or label file itself")
     return path.resolve()
 
 
@@ -183,6 +189,8 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
         if not folder.is_dir():
             raise UserError(f"{folder}: missing; an nnU-Net v2 raw dataset keeps its training "
                             "images in imagesTr/ and its labels in labelsTr/")
+    _check_ending(image_dir, ending, meta_file, _list(image_dir, ending))
+    _check_ending(label_dir, ending, meta_file, _list(label_dir, ending))
     files = {}
     for path in _list(image_dir, ending):
         match = _CHANNEL.match(path.name[: -len(ending)])
@@ -199,13 +207,17 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
                             "declare the channel")
         images = [image_dir / f"{case_id}_{c:04d}{ending}" for c in channels]
         for path in images:
-            if not path.is_file():
+            if path not in found.values():
                 raise UserError(f"{path}: missing; case {case_id!r} needs one file per channel "
                                 f"{channels} listed in {meta_file} 'channel_names'")
         label = label_dir / f"{case_id}{ending}"
-        if not label.is_file():
+        kind = not_a_file(label)
+        if kind == "missing":
             raise UserError(f"{label}: missing label of case {case_id!r}; add it or remove "
                             f"the case's images from {image_dir}")
+        if kind is not None:
+            raise UserError(f"{label}: {kind}, not the label file of case {case_id!r}; "
+                            "replace it with the label map")
         cases.append(Case(case_id, tuple(images), label, root.name))
     orphans = sorted(set(p.name[: -len(ending)] for p in _list(label_dir, ending)) - set(files))
     if orphans:
@@ -225,14 +237,42 @@ def _ending_ndim(ending: str) -> int | None:
 
 
 def _list(folder: Path, ending: str | None = None) -> list[Path]:
-    """Visible files of ``folder`` with ``ending`` (default: any supported format), sorted."""
+    """Visible files of ``folder`` with ``ending`` (default: any supported format), sorted.
+
+    An entry with that ending that is not a regular file (a directory, a FIFO, a symbolic
+    link loop or a broken link, ...) is an error saying what it is.
+    """
     out = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
             continue
         if (path.name.endswith(ending) if ending else bool(split_ext(path)[1])):
+            kind = not_a_file(path)
+            if kind is not None:
+                raise UserError(f"{path}: {kind}, not an image or label file; replace it with "
+                                f"the file, or move it out of {folder}")
             out.append(path)
     return out
+
+
+def _check_ending(folder: Path, ending: str, meta_file: Path, found: list[Path]) -> None:
+    """Name a ``file_ending`` that the files of ``folder`` do not have."""
+    others: dict[str, list[str]] = {}
+    for path in sorted(folder.iterdir()):
+        ext = split_ext(path)[1]
+        if not path.name.startswith(".") and ext and not path.name.endswith(ending):
+            others.setdefault(ext, []).append(path.name)
+    if not others:
+        return
+    ext, names = max(others.items(), key=lambda kv: len(kv[1]))
+    if not found or len(names) >= len(found):
+        raise UserError(
+            f"{folder}: {len(names)} file(s) end with {ext!r} (e.g. {names[0]}) but "
+            f"{meta_file} says \"file_ending\": {ending!r} ({len(found)} file(s) end with it); "
+            f"set \"file_ending\": {ext!r} or convert the files to {ending}")
+    warnings.warn(f"{folder}: {len(names)} file(s) ending with {ext!r} (e.g. {names[0]}) are "
+                  f"ignored: {meta_file} says \"file_ending\": {ending!r}", CCFVWarning,
+                  stacklevel=3)
 
 
 def _find_folder(root: Path) -> Dataset:
