@@ -310,7 +310,8 @@ CASES_DATA = [
     pytest.param(code_running_file_in_bank_init, 2, ["skipped 1", "evil.pt", "never unpickles",
                                                       "nothing written"],
                  id="bank init on a file whose unpickling runs code: nothing runs"),
-    pytest.param(not_a_checkpoint, 1, ["u: FAILED", "not a readable torch checkpoint"],
+    pytest.param(not_a_checkpoint, 1, ["u: FAILED", "not a readable torch checkpoint",
+                                       "not a torch.save file or a damaged one"],
                  id="checkpoint not a torch file"),
     pytest.param(old_cache_format, 0, ["holds files of cache format ccfv-features-2 or older",
                                        "delete", "wrote"],
@@ -364,6 +365,7 @@ def test_bad_input(build, code, words, tmp_path):
     done = run_cli(argv, tmp_path)
     output = done.stdout + done.stderr
     assert "Traceback" not in output, output
+    assert "weights_only=False" not in output, output  # never advised, never done
     assert done.returncode == code, output
     missing = [w for w in words if w not in output]
     assert not missing, f"missing {missing} in:\n{output}"

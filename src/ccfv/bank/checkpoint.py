@@ -334,10 +334,10 @@ def load_torch_file(path: str | Path, what: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path)
-        if not unsafe:
+        if not unsafe:  # torch's own text would advise weights_only=False: never
             raise UserError(
-                f"{what} is not a readable torch checkpoint (UnpicklingError: "
-                f"{_first_line(exc)}); point it at a file written by torch.save") from None
+                f"{what} is not a readable torch checkpoint ({_unpickler_reason(exc)}); "
+                "point it at a complete file written by torch.save") from None
         modules = [name for name in unsafe if ".nn." in name or ".networks." in name]
         kind = ("a whole pickled nn.Module" if modules
                 else "pickled Python objects besides tensors")
@@ -352,6 +352,18 @@ def load_torch_file(path: str | Path, what: str) -> Any:
             f"{what} is not a readable torch checkpoint ({type(exc).__name__}: "
             f"{_first_line(exc)}); point it at a file written by torch.save"
         ) from None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The restricted unpickler's own reason, without torch's advice to unpickle."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            reason = rest or (lines[i + 1] if i + 1 < len(lines) else "")
+            if reason:
+                return f"not a torch.save file or a damaged one: {reason}"
+    return "not a torch.save file, or a damaged one"
 
 
 def _unsafe_globals(path: Path) -> list[str]:
