@@ -190,22 +190,81 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"this is not a torch checkpoint" * 20)
     (tmp_path / "text.pt").write_text("models: []\n")
     for name in ("junk.pt", "text.pt"):
-        with pytest.raises(UserError, match=rf"{name}.*'m'.*not a readable torch checkpoint"):
+        with pytest.raises(UserError, match=rf"{name}.*'m'.*not a readable torch checkpoint"
+                                            r".*written by torch\.save") as error:
             build_model(entry_of(tmp_path, checkpoint=name))
+        assert "weights_only=False" not in str(error.value)  # torch's advice is not passed on
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(UserError, match=r"list\.pt.*holds a list"):
         build_model(entry_of(tmp_path, checkpoint="list.pt"))
 
 
-def test_checkpoint_with_python_objects_warns_and_loads(tmp_path):
+def test_checkpoint_with_numpy_values_loads_without_unpickling(tmp_path):
+    """nnU-Net-like checkpoints hold numpy arrays and scalars: read with weights_only=True."""
     ref = reference_model()
     torch.save(
-        {"network_weights": ref.state_dict(), "init_args": {"plans": np.arange(3)}},
+        {"network_weights": ref.state_dict(), "init_args": {"plans": np.arange(3)},
+         "logging": {"ema_fg_dice": [np.float64(0.5), np.float32(0.25)]},
+         "device": torch.device("cpu")},
         tmp_path / "nnunet_like.pt",
     )
-    with pytest.warns(CCFVWarning, match="weights_only=False"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         state, key = read_state_dict(tmp_path / "nnunet_like.pt", entry="m")
     assert key == "network_weights" and set(state) == set(ref.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in ref.state_dict().items())
+
+
+class _CreatesFile:
+    """Unpickling this object calls os.mkdir(marker): proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("layout", ["bare", "under_state_dict", "beside_weights"])
+def test_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, layout):
+    marker = tmp_path / "code_ran"
+    evil = _CreatesFile(marker)
+    obj = {"bare": evil, "under_state_dict": {"state_dict": evil},
+           "beside_weights": {"state_dict": reference_model().state_dict(), "extra": evil}}[layout]
+    torch.save(obj, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match=r"evil\.pt.*pickled Python objects.*mkdir.*"
+                                        r"weights_only=True.*state_dict"):
+        read_state_dict(tmp_path / "evil.pt", entry="m")
+    assert not marker.exists()
+    with pytest.raises(UserError, match="never unpickles"):
+        build_model(entry_of(tmp_path, checkpoint="evil.pt"))
+    assert not marker.exists()
+
+
+def test_pickled_module_is_refused_with_the_fix(tmp_path):
+    torch.save(reference_model(), tmp_path / "whole.pt")
+    with pytest.raises(UserError, match=r"whole\.pt.*a whole pickled nn\.Module "
+                                        r"\(monai\.networks\..*"
+                                        r"torch\.save\(model\.state_dict\(\), path\)"):
+        read_state_dict(tmp_path / "whole.pt", entry="m")
+
+
+def test_every_torch_load_goes_through_load_torch_file():
+    """One function reads torch files (weights_only=True); no other torch.load in src/."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "ccfv"
+    calls = []
+    for path in src.rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if re.search(r"^[^\"'`]*\btorch\.load\(", code):  # a call, not text
+                calls.append((path.relative_to(src).as_posix(), line.strip()))
+            assert "weights_only=False" not in code or "``" in code, (path, number, line)
+    assert calls == [("bank/checkpoint.py",
+                      'return torch.load(path, map_location="cpu", weights_only=True)')]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_logits_match_nnunet_predictor(folders, which):
     entry = entry_of(folder)
     model, report = load_model(entry)
     assert report.fraction_matched == 1.0 and not report.missing
-    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=True)
     plans = json.loads((folder / "plans.json").read_text())
     dataset = json.loads((folder / "dataset.json").read_text())
     pm = PlansManager(plans)

@@ -199,13 +199,15 @@ def test_task_body_writes_the_local_cache_and_names_unseen_paths(tmp_path, gener
     bank = e2e.write_bank(tmp_path / "bank.yaml", [
         e2e.unet_entry("pretrained", checkpoint=str(checkpoint), roi=(32, 32, 16))])
     (entry,) = load_bank(bank)
-    cases = list(find_cases(generated_data).cases)
+    dataset = find_cases(generated_data)
+    cases = list(dataset.cases)
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
 
     def spec(**changes):
         args = dict(bank=bank, data=generated_data, cases=None, seed=0,
-                    case_ids=[c.case_id for c in cases], data_fp=data_fingerprint(cases),
+                    case_ids=[c.case_id for c in cases],
+                    data_fp=data_fingerprint(cases, dataset.labels),
                     budget="fixed", counts=(100, 200, 400), cache_dir=cache_dir, device="cpu",
                     autocast=False)
         return task_spec(entry, **{**args, **changes})

@@ -10,7 +10,6 @@ other methods never runs a model again and a run killed half-way redoes at most 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ccfv.bootstrap import BootstrapResult, replicate_scores, resample_cases, summarize
+from ccfv.data.fingerprint import data_fingerprint  # noqa: F401  (ccfv.rank.data_fingerprint)
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators.registry import get_estimator
 
@@ -57,17 +57,6 @@ def target_cases(data: str | Path, cases: int | None, seed: int):
 
     dataset = find_cases(data)
     return dataset, (select_cases(dataset, cases, seed) if cases else list(dataset.cases))
-
-
-def data_fingerprint(cases) -> str:
-    """Hash of the selected cases' ids and files (path, size, modification time)."""
-    digest = hashlib.sha256()
-    for case in cases:
-        digest.update(case.case_id.encode())
-        for path in (*case.images, case.label):
-            stat = Path(path).stat()
-            digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 def plan_maker(loaded_cases, budget: str, counts: Sequence[int], seed: int):
@@ -262,9 +251,11 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
             "or another --seed to include them")
     plan_for = plan_maker(loaded, budget, counts, seed)
     cache = FeatureCache(cache_dir)
-    data_fp = data_fingerprint(chosen)
+    data_fp = data_fingerprint(chosen, dataset.labels)
+    table = dataset.class_table(present)  # the class table used: report.md, scores.json
     result = RankResult(methods=list(methods), scores={}, details={
         "data": str(data), "bank": str(bank), "cases": [c.case_id for c in loaded],
+        "classes": table["classes"], "label_rule": table["rule"],
         "seed": seed, "budget": budget, "counts": list(counts), "device": device,
         "per_model": {}})
     draws = resample_cases(len(loaded), bootstrap, seed) if bootstrap else []

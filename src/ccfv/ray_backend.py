@@ -139,10 +139,10 @@ def feature_pass(spec: dict) -> dict:
                         f"sees another file under that path; {SHARED_HINT}")
     entry = entries[spec["model"]]
     dataset, chosen = target_cases(spec["data"], spec["cases"], spec["seed"])
-    data_fp = data_fingerprint(chosen)
+    data_fp = data_fingerprint(chosen, dataset.labels)
     if [c.case_id for c in chosen] != spec["case_ids"] or data_fp != spec["data_fp"]:
         raise UserError(f"Ray worker {host} sees other files under {spec['data']} than the "
-                        f"driver (cases or their size/modification time differ): {SHARED_HINT}")
+                        f"driver (cases, file contents or class table differ): {SHARED_HINT}")
     loaded = [load_case(case, dataset.labels) for case in chosen]
     plan_for = plan_maker(loaded, spec["budget"], spec["counts"], spec["seed"])
     cache = FeatureCache(spec["cache_dir"])

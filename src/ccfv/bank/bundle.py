@@ -220,7 +220,7 @@ def load_bundle_model(entry):
     """Instantiate ``network_def`` and load ``models/model.pt`` strictly; eval mode, CPU."""
     import torch
 
-    from ccfv.bank.checkpoint import LoadReport
+    from ccfv.bank.checkpoint import LoadReport, load_torch_file
 
     folder: Path = entry.bundle
     where = f"model '{entry.name}' in {entry.source}"
@@ -239,13 +239,7 @@ def load_bundle_model(entry):
         raise UserError(f"{where}: network_def of {config} gives a {type(model).__name__}, not "
                         "a torch.nn.Module; fix it in the bundle's config")
     weights = folder / "models" / "model.pt"
-    try:
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(
-            f"{where}: cannot read {weights} ({type(exc).__name__}: {_first_line(exc)}); save "
-            "it with torch.save(network.state_dict(), path)"
-        ) from None
+    state = load_torch_file(weights, f"{where}: weights {weights}")
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]  # {"model": state_dict}, as MONAI's CheckpointLoader accepts
     if not isinstance(state, Mapping):

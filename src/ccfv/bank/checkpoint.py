@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Any
 
 import torch
 
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import UserError
 
 __all__ = [
     "DEFAULT_KEYS",
     "LoadReport",
     "MIN_MATCH_FRACTION",
     "apply_state_dict",
+    "load_torch_file",
     "read_state_dict",
     "strip_prefixes",
 ]
@@ -144,18 +144,16 @@ def read_state_dict(
     Raises
     ------
     UserError
-        The file is not a torch checkpoint, the key is absent, or no state dict is found.
+        The file is not a torch checkpoint, pickles objects (a whole ``nn.Module``: save its
+        ``state_dict``), the key is absent, or no state dict is found.
 
     Notes
     -----
-    ``weights_only=True`` is tried first; a checkpoint that also pickles other Python objects
-    (nnU-Net's, for instance) is then read with ``weights_only=False`` and a
-    :class:`ccfv.errors.CCFVWarning`, since unpickling runs code: use only files you trust.
+    Read with :func:`load_torch_file` (``weights_only=True``, numpy arrays and scalars
+    allowed); a checkpoint pickling any other object, e.g. a whole ``nn.Module``, is refused.
     """
     path = Path(path)
     obj = _torch_load(path, entry)
-    if isinstance(obj, torch.nn.Module):
-        return dict(obj.state_dict()), None
     if not isinstance(obj, Mapping):
         raise UserError(
             f"checkpoint {path} of model '{entry}' holds a {type(obj).__name__}, not a state "
@@ -173,7 +171,7 @@ def read_state_dict(
     for candidate in DEFAULT_KEYS:
         if candidate in obj:
             value = obj[candidate]
-            if isinstance(value, torch.nn.Module) or _is_state_dict(value):
+            if _is_state_dict(value):
                 return _as_state_dict(value, path, entry, candidate), candidate
     raise UserError(
         f"checkpoint {path} of model '{entry}' is a dict without a state dict under any of "
@@ -285,32 +283,103 @@ def apply_state_dict(
 # ------------------------------------------------------------------------------------------------
 
 
-def _torch_load(path: Path, entry: str) -> Any:
+def _numpy_globals() -> list:
+    """The numpy classes and reconstructors that plain arrays and scalars pickle with.
+
+    nnU-Net's checkpoints hold numpy scalars (its training log); ``torch.load(weights_only=True)``
+    reads them once these are allowed. None of them runs code: they rebuild an array, a
+    scalar or a dtype from its bytes (an object array's items are unpickled by the same
+    restricted unpickler).
+    """
+    import numpy as np
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc_safe:
-        first = exc_safe
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUV"}
+    dtypes.add(type(np.dtype("M8[s]")))
+    dtypes.add(type(np.dtype("m8[s]")))
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *sorted(
+        (d for d in dtypes if d is not np.dtype), key=lambda d: d.__name__)]
+
+
+def load_torch_file(path: str | Path, what: str) -> Any:
+    """Read a file written by ``torch.save``: THE one place ccfv calls ``torch.load``.
+
+    Always ``torch.load(path, map_location="cpu", weights_only=True)``: tensors, containers,
+    plain Python values, ``torch.device`` / dtypes and numpy arrays and scalars are read; any
+    other pickled object (a whole ``nn.Module`` saved with ``torch.save(model)``, a custom
+    class, a function) is refused without being unpickled, so no code from the file runs.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    what : str
+        How messages name the file, e.g. ``"checkpoint ck.pt of model 'unet'"``.
+
+    Raises
+    ------
+    UserError
+        The file is missing, is not a torch file, or pickles objects other than the above
+        (naming up to five of them and the fix: save the ``state_dict``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what}: {path} is not a file; point it at a file written by "
+                        "torch.save")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path)
+        if not unsafe:  # torch's own text would advise weights_only=False: never
+            raise UserError(
+                f"{what} is not a readable torch checkpoint ({_unpickler_reason(exc)}); "
+                "point it at a complete file written by torch.save") from None
+        modules = [name for name in unsafe if ".nn." in name or ".networks." in name]
+        kind = ("a whole pickled nn.Module" if modules
+                else "pickled Python objects besides tensors")
+        raise UserError(
+            f"{what} holds {kind} ({_short(unsafe)}); ccfv reads checkpoints with "
+            "torch.load(weights_only=True) only and never unpickles objects, since unpickling "
+            "runs code from the file. Save the weights instead: "
+            "torch.save(model.state_dict(), path) (with 'network'/'args' in the bank), or the "
+            "model as TorchScript: torch.jit.save(torch.jit.script(model), path)") from None
     except Exception as exc:  # not a zip/pickle file at all, truncated file, ...
         raise UserError(
-            f"checkpoint {path} of model '{entry}' is not a readable torch checkpoint "
-            f"({type(exc).__name__}: {_first_line(exc)}); point 'checkpoint' at a file written "
-            "by torch.save"
+            f"{what} is not a readable torch checkpoint ({type(exc).__name__}: "
+            f"{_first_line(exc)}); point it at a file written by torch.save"
         ) from None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The restricted unpickler's own reason, without torch's advice to unpickle."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            reason = rest or (lines[i + 1] if i + 1 < len(lines) else "")
+            if reason:
+                return f"not a torch.save file or a damaged one: {reason}"
+    return "not a torch.save file, or a damaged one"
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Names of the classes/functions a torch file would unpickle, read without unpickling."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UserError(
-            f"checkpoint {path} of model '{entry}' is not a readable torch checkpoint "
-            f"({type(exc).__name__}: {_first_line(exc)}; safe load: {_first_line(first)}); "
-            "point 'checkpoint' at a file written by torch.save"
-        ) from None
-    warnings.warn(
-        f"checkpoint {path} of model '{entry}' pickles Python objects besides tensors; it was "
-        "read with weights_only=False, which runs code from the file: use only files you trust",
-        CCFVWarning,
-        stacklevel=3,
-    )
-    return obj
+        with torch.serialization.safe_globals(_numpy_globals()):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # an unusual archive: the message just lacks the names
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _numpy_globals()}
+    return sorted({name for name in names if name not in allowed})
+
+
+def _torch_load(path: Path, entry: str) -> Any:
+    """A bank checkpoint of model ``entry`` (:func:`load_torch_file`)."""
+    return load_torch_file(path, f"checkpoint {path} of model '{entry}'")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -322,8 +391,6 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _as_state_dict(value: Any, path: Path, entry: str, key: str) -> dict[str, torch.Tensor]:
-    if isinstance(value, torch.nn.Module):
-        return dict(value.state_dict())
     if isinstance(value, Mapping):
         tensors = {k: v for k, v in value.items() if isinstance(v, torch.Tensor)}
         if tensors and all(isinstance(k, str) for k in tensors):

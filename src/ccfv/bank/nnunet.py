@@ -275,12 +275,13 @@ def load_nnunet_model(entry):
     """
     import torch
 
-    from ccfv.bank.checkpoint import LoadReport, _torch_load
+    from ccfv.bank.checkpoint import LoadReport, load_torch_file
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(entry.seed)
         network, *_ = build_nnunet_network(entry)
-    obj = _torch_load(entry.checkpoint, entry.name)
+    obj = load_torch_file(entry.checkpoint,
+                          f"checkpoint {entry.checkpoint} of model '{entry.name}'")
     if not isinstance(obj, Mapping) or not isinstance(obj.get("network_weights"), Mapping):
         keys = ", ".join(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
         raise UserError(

@@ -246,24 +246,14 @@ def _probe_torch_file(path: Path) -> tuple[str, str]:
             names = []
         if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
             return "torchscript", ""
-    import torch
+    from ccfv.bank.checkpoint import load_torch_file
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        import pickle
-
-        why = ("it holds pickled Python objects (e.g. a whole nn.Module)"
-               if isinstance(exc, pickle.UnpicklingError)
-               else f"{type(exc).__name__}: {_first_line(exc)[:160]}")
-        return "skip", (
-            f"cannot be read with torch.load(weights_only=True) ({why}); a pickled nn.Module "
-            "or other Python object is never "
-            "unpickled by ccfv (unsafe). Save the model as TorchScript "
-            "(torch.jit.save(torch.jit.script(model), 'model.ts')), or save its state_dict and "
-            "write a 'network'/'args'/'checkpoint' entry by hand")
+            obj = load_torch_file(path, "this file")
+    except UserError as exc:
+        return "skip", f"{exc}; or write a 'network'/'args'/'checkpoint' entry by hand"
     if _holds_state_dict(obj):
         return "skip", (
             "a state dict: it does not say its architecture. Write its entry by hand: "

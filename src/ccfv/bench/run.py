@@ -118,8 +118,7 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
              device: str = "cpu") -> dict:
     """Fine-tune one bank model on the target's train split (on ``device``); Dice on its test
     split."""
-    import torch
-
+    from ccfv.bank.checkpoint import load_torch_file
     from ccfv.bench.train import (ARCHITECTURES, dice_per_class, head_module, load_pretrained,
                                   set_seed, train)
 
@@ -136,7 +135,7 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
         return json.loads(path.read_text())
     set_seed(seed)
     model = ARCHITECTURES[arch](config["channels"], target.n_classes, config["size"])
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_torch_file(checkpoint, f"benchmark checkpoint {checkpoint}")["state_dict"]
     loaded = load_pretrained(model, state, head_module(arch))
     model.to(device)
     start = time.perf_counter()
@@ -162,13 +161,12 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
 def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple],
                work: Path) -> Path:
     """The bank YAML of one target: every model with its network, checkpoint, layers auto."""
-    import torch
-
+    from ccfv.bank.checkpoint import load_torch_file
     from ccfv.bench.train import network_spec
 
     models = []
     for name, (arch, checkpoint) in bank.items():
-        meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
+        meta = load_torch_file(checkpoint, f"benchmark checkpoint {checkpoint}")["meta"]
         spec = network_spec(arch, config["channels"], meta["out_channels"], config["size"])
         models.append({"name": name, **spec, "checkpoint": str(Path(checkpoint).resolve()),
                        "layers": "auto",
@@ -241,9 +239,9 @@ def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, wor
 
 def _pretrain_seconds(paths) -> float:
     """Training time recorded in the pre-trained checkpoints (0 for initialisations)."""
-    import torch
+    from ccfv.bank.checkpoint import load_torch_file
 
-    return float(sum(torch.load(p, map_location="cpu", weights_only=True)["meta"]
+    return float(sum(load_torch_file(p, f"benchmark checkpoint {p}")["meta"]
                      .get("seconds", 0.0) for p in set(paths)))
 
 

@@ -605,7 +605,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: Mapping[str,
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by :func:`save_checkpoint`: ``(state_dict, meta)`` on the CPU."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    from ccfv.bank.checkpoint import load_torch_file
+
+    obj = load_torch_file(path, f"benchmark checkpoint {path}")
     if not isinstance(obj, Mapping) or "state_dict" not in obj:
         raise UserError(f"{path} is not a benchmark checkpoint (no 'state_dict')")
     return dict(obj["state_dict"]), dict(obj.get("meta", {}))

@@ -16,6 +16,7 @@ Conventions of a :class:`LoadedCase` (the same for every layout and file format)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,9 @@ class Dataset:
         Every labelled case, sorted by ``case_id``.
     ndim : int or None
         Number of spatial dimensions (2 or 3) when known.
+    label_rule : str
+        One line saying how label values become class ids (where ``labels`` came from), for
+        reports.
     """
 
     name: str
@@ -78,9 +82,21 @@ class Dataset:
     labels: dict[int, str]
     cases: list[Case] = field(default_factory=list)
     ndim: int | None = None
+    label_rule: str = ""
 
     def __len__(self) -> int:
         return len(self.cases)
+
+    def class_table(self, values: Iterable[int] = ()) -> dict[str, object]:
+        """The class table a run used, for ``report.md`` and ``scores.json``.
+
+        ``{"classes": {id: name}, "rule": label_rule}``: ``labels`` when known, else the
+        class ids ``values`` found in the loaded label maps (named ``class_<id>``).
+        """
+        labels = self.labels or {int(v): "background" if int(v) == 0 else f"class_{int(v)}"
+                                 for v in sorted(set(values) | {0})}
+        return {"classes": {int(k): str(v) for k, v in sorted(labels.items())},
+                "rule": self.label_rule or "label values taken as class ids"}
 
 
 @dataclass

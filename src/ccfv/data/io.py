@@ -18,6 +18,9 @@ SimpleITK is used directly rather than through MONAI, whose ITK reader needs the
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +54,52 @@ def is_picture(path: str | Path) -> bool:
     return split_ext(path)[1] in PICTURE_EXTS
 
 
+def not_a_file(path: str | Path) -> str | None:
+    """What ``path`` is when it is not a regular file (or a link to one); None when it is.
+
+    One of ``"missing"``, ``"a broken symbolic link (to T)"``, ``"a symbolic link loop"``,
+    ``"a directory"``, ``"a FIFO (named pipe)"``, ``"a socket"``, ``"a device file"``,
+    ``"not readable (reason)"``. Never opens the path (a FIFO would block a reader).
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)})"
+        return "missing"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"not readable ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device file"
+
+
+def check_is_file(path: str | Path, what: str = "an image or label file",
+                  fix: str = "check the path or the dataset listing it") -> None:
+    """Raise a :class:`UserError` saying what ``path`` is when it is not a regular file."""
+    kind = not_a_file(path)
+    if kind == "missing":
+        raise UserError(f"{path}: no such file; {fix}")
+    if kind is not None:
+        raise UserError(f"{path}: {kind}, not {what}; {fix}")
+
+
 def _check_ext(path: Path) -> str:
     ext = split_ext(path)[1]
     if not ext:
         raise UserError(
             f"{path}: unsupported file format {''.join(path.suffixes) or '(no extension)'!r}; "
             f"convert it to one of {', '.join(SUPPORTED_EXTS)}")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; check the path or the dataset listing it")
+    check_is_file(path)
     return ext
 
 

@@ -13,8 +13,11 @@ Detection, in this order:
   ``labels``, ``imagesTr`` / ``labelsTr``, ``img`` / ``mask``, ``img`` / ``masks``,
   ``images`` / ``masks``, first found wins) whose files pair by name without extension
   (``images/a.png`` with ``labels/a.png``); channel files ``a_0000``, ``a_0001``, ... pair with
-  label ``a``. Labels of picture masks are inferred from the values of all masks
-  (:func:`ccfv.data.masks.infer_labels`); for NIfTI / ITK masks they stay unknown (``{}``).
+  label ``a``. The class table of picture masks is decided for the whole folder from the
+  values of every mask (:func:`ccfv.data.masks.picture_class_table`: binary 0/1 or 0/255
+  masks -> classes 0, 1; class ids; evenly spaced grey levels; anything else, such as the
+  many values of interpolated or anti-aliased masks, is an error naming the file); for
+  NIfTI / ITK masks it stays unknown (``{}``) and the values are the class ids.
 
 Hidden files and files of unsupported formats are ignored when listing folders.
 """
@@ -29,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from ccfv.data.case import Case, Dataset
-from ccfv.data.io import is_picture, read_file, spatial_ndim, split_ext
-from ccfv.data.masks import infer_labels, parse_labels
+from ccfv.data.io import is_picture, not_a_file, read_file, spatial_ndim, split_ext
+from ccfv.data.masks import parse_labels, picture_class_table
 from ccfv.errors import CCFVWarning, UserError
 
 FOLDER_PAIRS = (("images", "labels"), ("imagesTr", "labelsTr"), ("img", "mask"),
@@ -66,8 +69,10 @@ def find_cases(root: str | Path) -> Dataset:
     if root.is_file() and root.name == "dataset.json":
         root = root.parent
     if not root.is_dir():
-        raise UserError(f"{root}: no such folder; pass the dataset folder (the one holding "
-                        "dataset.json, or images/ and labels/ sub-folders)")
+        kind = not_a_file(root) or "a file"
+        raise UserError(f"{root}: " + ("no such folder" if kind == "missing" else
+                                      f"{kind}, not a folder") + "; pass the dataset folder "
+                        "(the one holding dataset.json, or images/ and labels/ sub-folders)")
     root = root.resolve()
     meta_file = root / "dataset.json"
     if not meta_file.is_file():
@@ -117,9 +122,13 @@ def _resolve(root: Path, entry: object, where: str, meta_file: Path) -> Path:
         raise UserError(f"{meta_file}: {where} should be a file path, got {entry!r}")
     path = Path(entry).expanduser()
     path = path if path.is_absolute() else (root / path)
-    if not path.is_file():
+    kind = not_a_file(path)
+    if kind == "missing":
         raise UserError(f"{path}: listed in {meta_file} ({where}) but missing; add the file "
                         "or remove the entry")
+    if kind is not None:
+        raise UserError(f"{path}: listed in {meta_file} ({where}) but {kind}, not a file; "
+                        "point the entry at the image or label file itself")
     return path.resolve()
 
 
@@ -141,7 +150,9 @@ def _find_msd(root: Path, meta: dict, meta_file: Path) -> Dataset:
         label = _resolve(root, entry["label"], f"training[{i}].label", meta_file)
         cases.append(Case(split_ext(label)[0], tuple(images), label, root.name))
     ndim = _NDIM.get(str(meta.get("tensorImageSize", "")).upper())
-    return Dataset(root.name, root, "msd", labels, cases, ndim)
+    return Dataset(root.name, root, "msd", labels, cases, ndim,
+                   f"class ids as in {meta_file.name} 'labels'" if labels
+                   else "label values taken as class ids (no 'labels' in dataset.json)")
 
 
 def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
@@ -171,12 +182,15 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
                                 f"{len(channels)} channels; list one file per channel")
             label = _resolve(root, entry.get("label"), f"{where}.label", meta_file)
             cases.append(Case(str(case_id), tuple(images), label, root.name))
-        return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending))
+        return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending),
+                       f"class ids as in {meta_file.name} 'labels'")
     image_dir, label_dir = root / "imagesTr", root / "labelsTr"
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
             raise UserError(f"{folder}: missing; an nnU-Net v2 raw dataset keeps its training "
                             "images in imagesTr/ and its labels in labelsTr/")
+    _check_ending(image_dir, ending, meta_file, _list(image_dir, ending))
+    _check_ending(label_dir, ending, meta_file, _list(label_dir, ending))
     files = {}
     for path in _list(image_dir, ending):
         match = _CHANNEL.match(path.name[: -len(ending)])
@@ -193,13 +207,17 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
                             "declare the channel")
         images = [image_dir / f"{case_id}_{c:04d}{ending}" for c in channels]
         for path in images:
-            if not path.is_file():
+            if path not in found.values():
                 raise UserError(f"{path}: missing; case {case_id!r} needs one file per channel "
                                 f"{channels} listed in {meta_file} 'channel_names'")
         label = label_dir / f"{case_id}{ending}"
-        if not label.is_file():
+        kind = not_a_file(label)
+        if kind == "missing":
             raise UserError(f"{label}: missing label of case {case_id!r}; add it or remove "
                             f"the case's images from {image_dir}")
+        if kind is not None:
+            raise UserError(f"{label}: {kind}, not the label file of case {case_id!r}; "
+                            "replace it with the label map")
         cases.append(Case(case_id, tuple(images), label, root.name))
     orphans = sorted(set(p.name[: -len(ending)] for p in _list(label_dir, ending)) - set(files))
     if orphans:
@@ -210,7 +228,8 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
     if isinstance(n_listed, int) and n_listed != len(cases):
         warnings.warn(f"{meta_file}: numTraining is {n_listed} but {len(cases)} cases were "
                       "found; using the cases found", CCFVWarning, stacklevel=3)
-    return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending))
+    return Dataset(root.name, root, "nnunet", labels, cases, _ending_ndim(ending),
+                   f"class ids as in {meta_file.name} 'labels'")
 
 
 def _ending_ndim(ending: str) -> int | None:
@@ -218,14 +237,42 @@ def _ending_ndim(ending: str) -> int | None:
 
 
 def _list(folder: Path, ending: str | None = None) -> list[Path]:
-    """Visible files of ``folder`` with ``ending`` (default: any supported format), sorted."""
+    """Visible files of ``folder`` with ``ending`` (default: any supported format), sorted.
+
+    An entry with that ending that is not a regular file (a directory, a FIFO, a symbolic
+    link loop or a broken link, ...) is an error saying what it is.
+    """
     out = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
             continue
         if (path.name.endswith(ending) if ending else bool(split_ext(path)[1])):
+            kind = not_a_file(path)
+            if kind is not None:
+                raise UserError(f"{path}: {kind}, not an image or label file; replace it with "
+                                f"the file, or move it out of {folder}")
             out.append(path)
     return out
+
+
+def _check_ending(folder: Path, ending: str, meta_file: Path, found: list[Path]) -> None:
+    """Name a ``file_ending`` that the files of ``folder`` do not have."""
+    others: dict[str, list[str]] = {}
+    for path in sorted(folder.iterdir()):
+        ext = split_ext(path)[1]
+        if not path.name.startswith(".") and ext and not path.name.endswith(ending):
+            others.setdefault(ext, []).append(path.name)
+    if not others:
+        return
+    ext, names = max(others.items(), key=lambda kv: len(kv[1]))
+    if not found or len(names) >= len(found):
+        raise UserError(
+            f"{folder}: {len(names)} file(s) end with {ext!r} (e.g. {names[0]}) but "
+            f"{meta_file} says \"file_ending\": {ending!r} ({len(found)} file(s) end with it); "
+            f"set \"file_ending\": {ext!r} or convert the files to {ending}")
+    warnings.warn(f"{folder}: {len(names)} file(s) ending with {ext!r} (e.g. {names[0]}) are "
+                  f"ignored: {meta_file} says \"file_ending\": {ending!r}", CCFVWarning,
+                  stacklevel=3)
 
 
 def _find_folder(root: Path) -> Dataset:
@@ -265,9 +312,9 @@ def _find_folder(root: Path) -> Dataset:
     cases = [Case(stem, tuple(sorted(images_by_stem[stem])), path, root.name)
              for stem, path in labels_by_stem.items()]
     labels: dict[int, str] = {}
+    rule = "label values taken as class ids (NIfTI / ITK masks)"
     if cases and all(is_picture(case.label) for case in cases):
-        values: set[int] = set()
-        for case in cases:
-            values.update(int(v) for v in np.unique(read_file(case.label, label=True)[0]))
-        labels = infer_labels(values)
-    return Dataset(root.name, root, "folder", labels, cases, None)
+        values = {case.label: np.unique(read_file(case.label, label=True)[0]).tolist()
+                  for case in cases}
+        labels, rule = picture_class_table(values)
+    return Dataset(root.name, root, "folder", labels, cases, None, rule)

@@ -17,14 +17,16 @@ The mask-value rule (:func:`to_class_ids`):
 
 Every remap is announced with a :class:`ccfv.errors.CCFVWarning`. Under rule 3 ``n`` comes from
 one mask alone, so a mask missing the brightest class of a multi-level set is read wrongly: give
-the dataset's ``labels`` (a plain folder gets them from all of its masks, see
-:func:`infer_labels`).
+the dataset's ``labels``. A plain folder of picture masks always has them: its class table is
+decided once for the whole folder by :func:`picture_class_table` (binary 0/1 and 0/255 masks
+-> classes 0, 1; class ids 0..15; evenly spaced grey levels; interpolated or anti-aliased
+values, and masks encoding classes in different ways, are errors naming the file).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,12 +110,134 @@ def infer_labels(values: Iterable[int]) -> dict[int, str]:
     """Labels table for masks holding ``values`` (all masks of a dataset together).
 
     Grey levels (see :func:`grey_levels`) give ids ``0..n-1``; other values are taken as ids.
-    Names are ``"background"`` for 0 and ``"class_<id>"`` otherwise.
+    Names are ``"background"`` for 0 and ``"class_<id>"`` otherwise. Checks nothing: a plain
+    folder's picture masks go through :func:`picture_class_table`, which does.
     """
     vals = sorted(set(int(v) for v in values))
     n = grey_levels(vals)
     ids = range(n) if n is not None else vals
-    return {i: "background" if i == 0 else f"class_{i}" for i in ids}
+    return _names(ids)
+
+
+def _names(ids: Iterable[int]) -> dict[int, str]:
+    return {int(i): "background" if int(i) == 0 else f"class_{int(i)}" for i in ids}
+
+
+#: Picture masks of a plain folder hold at most this many classes (background included).
+MAX_PICTURE_CLASSES = 16
+_FIX = ("save the masks with nearest-neighbour resampling and no smoothing or anti-aliasing, "
+        "one value per class (0/1 or 0/255 for a binary mask, 0, 1, 2, ... or evenly spaced "
+        "grey levels for several classes), or give a dataset.json with 'labels'")
+
+
+def _show(values: Sequence[int], most: int = 12) -> str:
+    values = list(values)
+    if len(values) <= most:
+        return "{" + ", ".join(map(str, values)) + "}"
+    head = ", ".join(map(str, values[: most - 2]))
+    return "{" + f"{head}, ..., {values[-2]}, {values[-1]}" + f"}} ({len(values)} values)"
+
+
+def picture_class_table(values_by_file: Mapping[Path, Iterable[int]]) -> tuple[dict[int, str], str]:
+    """The class table of a plain folder's picture masks, decided for the whole dataset.
+
+    Each mask is one of:
+
+    - **binary**: values within ``{0, 1}`` or within ``{0, 255}`` (1 and 255 are the class);
+    - **class ids**: values within ``0 .. MAX_PICTURE_CLASSES - 1``, some of them >= 2;
+    - **grey levels**: the largest value above ``MAX_PICTURE_CLASSES - 1``; the masks of this
+      kind together must hold evenly spaced 8-bit levels ``k * 255 / (n - 1)`` (within 1) of at
+      most ``MAX_PICTURE_CLASSES`` classes, with 255 among them.
+
+    Then, for the dataset: all masks binary -> classes ``{0, 1}`` (0/1 and 0/255 masks may be
+    mixed); class-id masks (with 0/1 masks) -> the ids found; grey-level masks (with 0/255
+    masks, read as levels too) -> ids ``0 .. n-1``. Anything else is an error naming the file,
+    its values and the fix: values that are none of these (interpolated or anti-aliased edges
+    give many values), more than ``MAX_PICTURE_CLASSES`` classes, or masks of different kinds
+    (class ids beside grey levels, 0/255 masks beside class-id masks, 0/1 beside grey levels).
+
+    Returns
+    -------
+    labels : dict of int to str
+        ``{id: name}`` (``"background"``, ``"class_<id>"``); :func:`to_class_ids` maps each
+        mask onto it.
+    rule : str
+        One line saying how the values were read, for reports.
+    """
+    top = MAX_PICTURE_CLASSES - 1
+    kinds: dict[str, list[tuple[Path, list[int]]]] = {"01": [], "0255": [], "ids": [],
+                                                     "grey": []}
+    for path, raw in values_by_file.items():
+        vals = sorted(set(int(v) for v in raw))
+        if set(vals) <= {0, 1} and 1 in vals or set(vals) <= {0}:
+            kinds["01"].append((Path(path), vals))
+        elif set(vals) <= {0, 255}:
+            kinds["0255"].append((Path(path), vals))
+        elif vals[-1] <= top:
+            kinds["ids"].append((Path(path), vals))
+        else:
+            if grey_levels(vals) is None and not (vals[-1] < 255 and _fits_some_levels(vals)):
+                raise UserError(
+                    f"{path}: a mask with values {_show(vals)}: not class ids (0..{top}), "
+                    "not a binary mask (0/1 or 0/255) and not evenly spaced grey levels "
+                    f"(0..255, at most {MAX_PICTURE_CLASSES} classes); such values usually come "
+                    f"from interpolation or anti-aliasing and would become false classes; {_FIX}")
+            kinds["grey"].append((Path(path), vals))
+    counts = {k: len(v) for k, v in kinds.items()}
+    if kinds["ids"] and kinds["grey"]:
+        _mixed(kinds["ids"][0], "class ids", kinds["grey"][0], "grey levels")
+    if kinds["ids"] and kinds["0255"]:
+        _mixed(kinds["ids"][0], "class ids", kinds["0255"][0], "a 0/255 binary mask")
+    if kinds["grey"] and kinds["01"] and any(1 in v for _, v in kinds["01"]):
+        first = next(item for item in kinds["01"] if 1 in item[1])
+        _mixed(kinds["grey"][0], "grey levels", first, "a 0/1 binary mask")
+    if kinds["grey"]:
+        members = kinds["grey"] + kinds["0255"]
+        if not any(255 in vals for _, vals in members):
+            path, vals = kinds["grey"][0]
+            raise UserError(
+                f"{path}: mask values {_show(vals)} look like grey levels, but no mask of "
+                f"{Path(path).parent} holds 255, so the number of classes is unknown; {_FIX}")
+        union: set[int] = {255}
+        for path, vals in members:
+            union.update(vals)
+            if grey_levels(union) is None:
+                raise UserError(
+                    f"{path}: mask values {_show(vals)} do not fit evenly spaced grey levels "
+                    f"together with those of the masks before it ({_show(sorted(union))}, at "
+                    f"most {MAX_PICTURE_CLASSES} classes); {_FIX}")
+        n = grey_levels(union)
+        assert n is not None
+        if n > MAX_PICTURE_CLASSES:
+            raise UserError(f"{members[0][0]}: the masks hold grey levels of {n} classes, more "
+                            f"than {MAX_PICTURE_CLASSES}; {_FIX}")
+        return _names(range(n)), (
+            f"picture masks read as 8-bit grey levels of {n} classes (level k*255/{n - 1} -> "
+            f"class k; {_masks(counts['grey'] + counts['0255'])})")
+    if kinds["ids"]:
+        ids = sorted({v for _, vals in kinds["ids"] + kinds["01"] for v in vals} | {0})
+        return _names(ids), (f"picture mask values taken as class ids {ids} "
+                             f"({_masks(counts['ids'] + counts['01'])})")
+    parts = [f"{_masks(counts['01'])} 0/1" if counts["01"] else "",
+             f"{_masks(counts['0255'])} 0/255" if counts["0255"] else ""]
+    return _names([0, 1]), ("binary picture masks: 0 -> background, 1 and 255 -> class 1 ("
+                            + ", ".join(p for p in parts if p) + ")")
+
+
+def _masks(n: int) -> str:
+    return f"{n} mask" + ("" if n == 1 else "s")
+
+
+def _fits_some_levels(vals: list[int]) -> bool:
+    """Values that could be grey levels once the brightest level (255) is seen elsewhere."""
+    return any(_fits(vals, n) for n in range(3, MAX_PICTURE_CLASSES + 1))
+
+
+def _mixed(a: tuple[Path, list[int]], what_a: str, b: tuple[Path, list[int]], what_b: str):
+    raise UserError(
+        f"{b[0]}: mask values {_show(b[1])} ({what_b}) while {a[0]} holds {_show(a[1])} "
+        f"({what_a}): the masks of one folder must encode classes the same way, or the same "
+        f"value would mean different classes; {_FIX}")
 
 
 def to_class_ids(array: np.ndarray, path: str | Path, labels: Mapping[int, str] | None = None,

@@ -17,8 +17,10 @@ def select_cases(cases: Iterable[Case] | Dataset, n: int, seed: int = 0) -> list
 
     The cases are sorted by ``case_id`` (then dataset name) first, so the choice does not depend
     on file-system order; then ``numpy.random.default_rng(seed).permutation`` orders them and
-    the first ``n`` are returned in that order. A smaller ``n`` therefore gives a prefix of a
-    larger one with the same seed.
+    the first ``n`` are chosen. A smaller ``n`` therefore chooses a subset of a larger one with
+    the same seed. The chosen cases are returned sorted by ``case_id`` (then dataset name), so
+    the same set of cases is always the same list: picking all of them gives the dataset's
+    own order, and scores, plans and the feature cache do not depend on the pick order.
 
     Parameters
     ----------
@@ -49,4 +51,4 @@ def select_cases(cases: Iterable[Case] | Dataset, n: int, seed: int = 0) -> list
                       CCFVWarning, stacklevel=2)
         n = len(ordered)
     order = np.random.default_rng(seed).permutation(len(ordered))
-    return [ordered[i] for i in order[: int(n)]]
+    return [ordered[i] for i in sorted(order[: int(n)])]

@@ -5,6 +5,7 @@ Layout in ``cache_dir``::
     <key>.npz            the feature set: per layer and case, X (float32) and y (int64)
     <key>.json           a small human-readable sidecar (layers, cases, dims, fingerprints)
     <key>.cases/*.npz    optional per-case parts of a feature set still being computed
+    CACHE_FORMAT         the format the folder's files were written in (:data:`CACHE_FORMAT`)
 
 ``key = cache_key(model_fp, data_fp, plan_fp)``. Every write goes to a temporary file in the
 same folder (``.<name>.<random>.tmp``) which is then moved over the target with
@@ -36,9 +37,13 @@ from ccfv.errors import CCFVWarning, UserError
 
 __all__ = ["FeatureCache", "cache_key", "CACHE_FORMAT"]
 
-#: Bumped whenever the file layout or what is extracted changes (2: the model's output
-#: probabilities ride along); files of another format count as missing.
-CACHE_FORMAT = "ccfv-features-2"
+#: Bumped whenever the file layout, what is extracted or what the key means changes (2: the
+#: model's output probabilities ride along; 3: the data fingerprint hashes the files' content
+#: and the class table, not their path, size and modification time); files of another format
+#: count as missing.
+CACHE_FORMAT = "ccfv-features-3"
+#: Name of the file in ``cache_dir`` that records the format its files were written in.
+FORMAT_FILE = "CACHE_FORMAT"
 
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError)
@@ -92,6 +97,38 @@ class FeatureCache:
 
     def __init__(self, cache_dir: str | Path):
         self.cache_dir = Path(cache_dir)
+        self._format_noted = False
+        old = self.older_format()
+        if old is not None:
+            warnings.warn(
+                f"feature cache {self.cache_dir} holds files of cache format {old}; this "
+                f"version writes {CACHE_FORMAT} (the data part of the key now hashes the "
+                "files' content), so those files are never read again and every model's "
+                "features are extracted once more; delete the old *.npz / *.json / *.cases "
+                "files of that folder to free the space", CCFVWarning, stacklevel=2)
+
+    def older_format(self) -> str | None:
+        """The older format the cache folder's files were written in, or None (none, or
+        the current one). A folder of feature files without a format file is format 2."""
+        marker = self.cache_dir / FORMAT_FILE
+        try:
+            if marker.is_file():
+                found = marker.read_text().strip()
+                return None if found == CACHE_FORMAT else (found or "unknown")
+            if self.cache_dir.is_dir() and next(self.cache_dir.glob("*.npz"), None):
+                return "ccfv-features-2 or older"
+        except OSError:
+            return None
+        return None
+
+    def _note_format(self) -> None:
+        """Record :data:`CACHE_FORMAT` in the folder (once per instance, before a write)."""
+        if not self._format_noted:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            marker = self.cache_dir / FORMAT_FILE
+            if not marker.is_file() or marker.read_text().strip() != CACHE_FORMAT:
+                _atomic_write(marker, lambda fh: fh.write(f"{CACHE_FORMAT}\n".encode()))
+            self._format_noted = True
 
     # --- whole feature sets --------------------------------------------------------------
     def path(self, key: str) -> Path:
@@ -165,6 +202,7 @@ class FeatureCache:
                 dims[layer] = int(X.shape[1])
         meta = {"format": CACHE_FORMAT, "key": key, "layers": layers,
                 "n_cases": n_cases.pop()}
+        self._note_format()
         _atomic_write(path, _pack(meta, arrays))
         sidecar = {**meta, "dims": dims, **(dict(info) if info else {})}
         _atomic_write(path.with_suffix(".json"),
@@ -218,6 +256,7 @@ class FeatureCache:
             arrays[f"l{li}_y"] = np.asarray(y, dtype=np.int64)
         meta = {"format": CACHE_FORMAT, "key": key, "case_id": str(case_id), "layers": layers}
         path = self._part_path(key, case_id)
+        self._note_format()
         _atomic_write(path, _pack(meta, arrays))
         return path
 

@@ -22,6 +22,7 @@ Geometry conventions
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ import numpy as np
 from monai.inferers.utils import _get_scan_interval, dense_patch_slices
 from monai.utils import fall_back_tuple
 
-from ccfv.errors import UserError
+from ccfv.errors import CCFVWarning, UserError
 
 __all__ = ["POINT_TOL", "WindowLayout", "clamp_to_image", "inside_image", "window_layout"]
 
@@ -52,6 +53,9 @@ def clamp_to_image(points: np.ndarray, shape) -> np.ndarray:
     inside up to :data:`POINT_TOL`)."""
     pts = np.asarray(points, dtype=np.float64)
     return np.clip(pts, -0.5, np.asarray(shape, dtype=np.float64) - 0.5)
+
+#: A window at least this many times the image's size (voxel count) gives a warning.
+PADDING_WARNING = 8
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,11 @@ def window_layout(image_shape: Sequence[int], roi_size: Sequence[int] | int,
     Returns
     -------
     WindowLayout
+
+    Warns
+    -----
+    CCFVWarning
+        The window holds :data:`PADDING_WARNING` or more times the image's voxels.
     """
     image_shape = tuple(int(n) for n in image_shape)
     ndim = len(image_shape)
@@ -171,6 +180,14 @@ def window_layout(image_shape: Sequence[int], roi_size: Sequence[int] | int,
                 else (float(overlap),) * ndim)
     if len(overlaps) != ndim or any(not (0.0 <= o < 1.0) for o in overlaps):
         raise UserError(f"overlap={overlap!r}: give a fraction in [0, 1) (or one per axis)")
+    if np.prod(roi, dtype=np.float64) >= PADDING_WARNING * np.prod(image_shape, dtype=np.float64):
+        warnings.warn(
+            f"the window (roi) {'x'.join(map(str, roi))} is "
+            f"{np.prod(roi, dtype=np.float64) / np.prod(image_shape, dtype=np.float64):.0f} "
+            f"times the size of the image {'x'.join(map(str, image_shape))} (after the model's "
+            "preprocessing): the network sees mostly zero padding, so its features describe "
+            "the padding more than the image; give the bank entry a roi near the image size, "
+            "or check its preprocessing spacing", CCFVWarning, stacklevel=2)
     padded = tuple(max(n, r) for n, r in zip(image_shape, roi))
     before = tuple((p - n) // 2 for n, p in zip(image_shape, padded))
     after = tuple(p - n - b for n, p, b in zip(image_shape, padded, before))
