@@ -9,6 +9,7 @@ README stays short.
 """
 
 import argparse
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -131,6 +132,17 @@ def test_every_flag_shown_belongs_to_a_command(page):
             continue  # a ccfv command (checked above), or another tool's (pip, ray, python)
         unknown |= set(FLAG.findall(span)) - ALL_FLAGS
     assert not unknown, f"{page.relative_to(ROOT)} shows flags no ccfv command has: {unknown}"
+
+
+def test_cli_reference_is_what_the_parser_says():
+    """docs/reference/cli.md is the output of scripts/cli_reference.py for today's parser."""
+    spec = importlib.util.spec_from_file_location("cli_reference",
+                                                  ROOT / "scripts" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = ROOT / "docs" / "reference" / "cli.md"
+    assert _text(page) == module.render(build_parser()), (
+        "docs/reference/cli.md is out of date: run python scripts/cli_reference.py")
 
 
 def test_cli_reference_lists_every_flag():
