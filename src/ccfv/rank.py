@@ -594,7 +594,7 @@ def rank(bank: str | Path, data: str | Path, methods: Sequence[str] = ("ccfv",),
         text = (f"features of {len(done)} of {len(entries)} model(s) are complete in the cache "
                 f"{where}" + (f" ({', '.join(done)})" if done else ""))
         if current is not None and current not in done:
-            text += (f"; the cases of {current} finished before Ctrl-C are kept there too")
+            text += f"; any case of {current} finished before Ctrl-C is kept there too"
         raise Interrupted(text + "; the same command resumes from there") from None
     if replicates:
         full = {m: result.scores[m][methods[0]] for m in replicates}
