@@ -363,11 +363,12 @@ def _failure_message(result: RankResult, what: str, error: BaseException,
                      failure_log: str | Path | None) -> str:
     """One line for a failure: the UserError's message, or the exception's type and first
     line with the traceback appended to ``failure_log`` (and kept in ``result.tracebacks``)."""
-    if isinstance(error, UserError):
+    remote = getattr(error, "traceback_text", None)  # a Ray worker's unexpected error
+    if isinstance(error, UserError) and not remote:
         return str(error)
-    text = "".join(traceback.format_exception(error))
+    text = remote or "".join(traceback.format_exception(error))
     result.tracebacks[what] = text
-    message = f"{type(error).__name__}: {first_line(error)}"
+    message = str(error) if remote else f"{type(error).__name__}: {first_line(error)}"
     if failure_log is None:
         return message + " (an unexpected error: please report it with its traceback)"
     log_path = Path(failure_log)
