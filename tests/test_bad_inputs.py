@@ -325,3 +325,22 @@ def test_notes_on_missing_classes_fit_the_selection(tmp_path):
     assert done.returncode == 0, done.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Notes" in report and "select more cases (--cases)" in report
+
+
+def test_method_check_refuses_only_what_cannot_score():
+    """The before-any-model check of --methods accepts every registered method with its
+    default options on 2 to 10 cases and 2 to 6 classes (no false refusal), options naming
+    layers included, and refuses CC-FV on 1 case (it compares cases) but not LogME or LEEP."""
+    from ccfv.errors import UserError
+    from ccfv.estimators.registry import ESTIMATORS
+    from ccfv.rank import check_methods
+
+    for n_cases in (2, 3, 10):
+        for n_classes in (2, 3, 6):
+            check_methods(list(ESTIMATORS), n_cases, n_classes)
+    check_methods(["ccfv[layers=last]", "leep[layer=model.2:input]", "parc[pca_dim=64]"], 3, 3)
+    check_methods(["logme", "leep", "gbc"], 1, 3)
+    with pytest.raises(UserError, match="on 1 target case.*at least 2 are needed"):
+        check_methods(["logme", "ccfv"], 1, 3)
+    with pytest.raises(UserError, match=r"ccfv-paper\[distance=foo\].*unknown distance"):
+        check_methods(["ccfv", "ccfv-paper[distance=foo]"], 5, 3)

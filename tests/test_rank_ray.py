@@ -252,4 +252,5 @@ def test_ray_failures_are_said_as_locally(tmp_path, ray_cluster, generated_data)
             "20x20x12") in result.failures["odd"]
     assert "RuntimeError" in result.failures["two"] and str(log) in result.failures["two"]
     text = log.read_text()
-    assert "=== two" in text and "Traceback" in text and "=== odd" not in text
+    assert "=== two" in text and "=== odd" not in text
+    assert 'File "' in text and "to have 2 channels" in text and "\x1b[" not in text

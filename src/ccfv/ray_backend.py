@@ -25,6 +25,7 @@ command.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -243,7 +244,7 @@ class RayFeaturePasses:
             failure = UserError(f"feature pass of {pair} failed on the Ray cluster: "
                                 f"{type(cause).__name__}: {_first_line(cause)}")
             # the worker's traceback, for the run's failure log (ccfv.rank names the file)
-            failure.traceback_text = str(error)
+            failure.traceback_text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # no colours
             raise failure from None
         except ray.exceptions.RayError as error:  # worker or node died, all retries spent
             raise UserError(f"feature pass of {pair} failed on the Ray cluster after "
