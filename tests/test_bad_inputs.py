@@ -203,7 +203,8 @@ CASES_RUN = [
     pytest.param(lambda t: ["layers", "--bank", good_bank(t), "--model", "nope"], 2,
                  ["no model named 'nope'", "a, b"], id="layers-model-missing"),
     pytest.param(lambda t: ["layers", "--bank", bank(t, unet("a"), unet("odd", roi=(18, 18, 10)))],
-                 1, ["odd: FAILED", "RuntimeError", "1 of 2 model(s) failed", "layers used"],
+                 1, ["odd: FAILED", "needs a window divisible by 4", "use 20x20x12",
+                     "RuntimeError", "1 of 2 model(s) failed", "layers used"],
                  id="layers-one-model-fails"),
     # --- one model's failure is that model's failure (exit 1, the others scored and written) ------
     pytest.param(lambda t: rank_args(t, models=[unet("a"), unet("odd", roi=(18, 18, 10)),

@@ -116,7 +116,7 @@ def _shape(text: str) -> list[int]:
 
 def _cmd_layers(args) -> int:
     from ccfv.bank import list_layers, load_bank, load_model, resolve_layers
-    from ccfv.rank import first_line
+    from ccfv.rank import first_line, window_hint
 
     shape_arg = _shape(args.shape) if args.shape else None
     entries = load_bank(args.bank)
@@ -136,12 +136,17 @@ def _cmd_layers(args) -> int:
                   "with --shape C,X,Y[,Z]\n", file=sys.stderr)
             failed.append(entry.name)
             continue
+        model = None
         try:  # one model's failure is that model's failure
             model, _ = load_model(entry)
             infos = list_layers(model, [1, *shape])
         except Exception as error:  # noqa: BLE001
             text = str(error) if isinstance(error, UserError) else (
                 f"{type(error).__name__}: {first_line(error)}")
+            hint = None if model is None or isinstance(error, UserError) else \
+                window_hint(entry, model, shape[0], shape[1:])
+            if hint:
+                text = f"{hint} ({text})"
             print(f"# {entry.name}: FAILED for input (1, {', '.join(map(str, shape))}): "
                   f"{text}\n", file=sys.stderr)
             failed.append(entry.name)
