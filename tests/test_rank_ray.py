@@ -234,3 +234,26 @@ def test_task_body_writes_the_local_cache_and_names_unseen_paths(tmp_path, gener
 
 
 checkpoint = e2e.checkpoint  # a seeded UNet's state dict under "state_dict", "module." keys
+
+
+@needs_ray
+def test_ray_failures_are_said_as_locally(tmp_path, ray_cluster, generated_data):
+    """A window not divisible by the network's stride and an unexpected error in a Ray task:
+    the same one-line causes as a local run, the worker's traceback in the failure log, and
+    the good model scored."""
+    args = {**e2e.UNET3D, "channels": [4, 8, 16]}
+    bank = e2e.write_bank(tmp_path / "bank.yaml", [
+        e2e.unet_entry("good", args=args, roi=(32, 32, 16), seed=0),
+        e2e.unet_entry("odd", args=args, roi=(18, 18, 10), seed=0),
+        e2e.unet_entry("two", args={**args, "in_channels": 2}, roi=(32, 32, 16), seed=0)])
+    log = tmp_path / "out" / "failures.log"
+    result = rank(bank, generated_data, bootstrap=0, cache_dir=tmp_path / "cache",
+                  backend="ray", retries=0, failure_log=log, **QUIET)
+    assert set(result.failures) == {"odd", "two"}
+    assert np.isfinite(result.scores["good"]["ccfv"])
+    assert ("UNet with strides 2,2 needs a window divisible by 4; roi 18x18x10 is not: use "
+            "20x20x12") in result.failures["odd"]
+    assert "RuntimeError" in result.failures["two"] and str(log) in result.failures["two"]
+    text = log.read_text()
+    assert "=== two" in text and "=== odd" not in text
+    assert 'File "' in text and "to have 2 channels" in text and "\x1b[" not in text

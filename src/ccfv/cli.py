@@ -25,21 +25,43 @@ def _methods(text: str) -> list[str]:
     return names
 
 
-def _run_rank(bank, data, args, methods, title) -> int:
-    from ccfv.rank import rank
-    from ccfv.report import ranking_table, write_report
+FAILURE_LOG = "failures.log"
+
+
+def _check_run_args(args) -> str:
+    """Check the options of ``rank`` and ``demo`` before any work; return the device."""
+    from ccfv.rank import check_bootstrap, check_cases, check_device, check_folder
 
     if args.address is not None and args.backend != "ray":
         raise UserError(f"--address {args.address} is for --backend ray: add --backend ray "
                         "or drop --address")
     if args.retries < 0:
         raise UserError(f"--retries {args.retries}: give 0 or more")
+    check_cases(args.cases)
+    check_bootstrap(args.bootstrap)
+    if args.cases == 1 and args.bootstrap:
+        raise UserError(f"--cases 1 with --bootstrap {args.bootstrap}: the bootstrap resamples "
+                        "target cases and needs at least 2: give --cases 2 or more, or "
+                        "--bootstrap 0")
     device = args.device or ("auto" if args.backend == "ray" else "cpu")
+    check_device(device, args.backend)
+    check_folder(args.out, "--out")
+    check_folder(args.cache_dir, "--cache-dir")
+    return device
+
+
+def _run_rank(bank, data, args, methods, title, device=None) -> int:
+    from ccfv.rank import rank
+    from ccfv.report import ranking_table, write_report
+
+    device = device or _check_run_args(args)
+    failure_log = Path(args.out) / FAILURE_LOG
+    failure_log.unlink(missing_ok=True)  # this run's failures only
     result = rank(bank, data, methods=methods, cases=args.cases, seed=args.seed,
                   device=device, cache_dir=args.cache_dir, budget=args.budget,
                   autocast=args.autocast, bootstrap=args.bootstrap,
                   progress=not args.quiet, backend=args.backend, address=args.address,
-                  retries=args.retries)
+                  retries=args.retries, failure_log=failure_log)
     print()
     print(ranking_table(result.scores, result.methods, result.details.get("bootstrap")))
     details = dict(result.details)
@@ -47,55 +69,100 @@ def _run_rank(bank, data, args, methods, title) -> int:
         details["failures"] = result.failures
     paths = write_report(args.out, result.scores, result.methods, details, title=title)
     print(f"\nwrote {paths['csv']}, {paths['json']}, {paths['md']} and {paths['png']}")
-    if result.failures:
-        print(f"{len(result.failures)} model(s) failed: {', '.join(result.failures)} "
-              "(see the messages above and report.md)", file=sys.stderr)
+    method_failures = result.details.get("method_failures") or {}
+    if result.failures or method_failures:
+        if result.failures:
+            print(f"{len(result.failures)} model(s) failed: {', '.join(result.failures)} "
+                  "(see the messages above and report.md)", file=sys.stderr)
+        for model, failed in method_failures.items():
+            print(f"{model}: method(s) {', '.join(failed)} failed, its other scores stand "
+                  "(see report.md)", file=sys.stderr)
+        if failure_log.exists():
+            print(f"tracebacks of the unexpected errors: {failure_log}", file=sys.stderr)
         return 1
     return 0
 
 
 def _cmd_rank(args) -> int:
-    return _run_rank(args.bank, args.data, args, _methods(args.methods),
-                     f"ccfv ranking on {Path(args.data).name}")
+    methods = _methods(args.methods)
+    device = _check_run_args(args)
+    return _run_rank(args.bank, args.data, args, methods,
+                     f"ccfv ranking on {Path(args.data).name}", device)
 
 
 def _cmd_demo(args) -> int:
     from ccfv.demo import prepare
 
+    device = _check_run_args(args)
+    methods = _methods(args.methods)
     print("ccfv demo: ranking 7 small MONAI 3D networks (UNet, SegResNet), pre-trained on "
           "source tasks made from\nthe MNI152 template (brain mask, white matter, an intensity "
           "band) or not pre-trained at all, on a\ngrey/white-matter target of 8 template crops "
           "with simulated scanner variation. Offline.\n")
     bank, data = prepare(Path(args.cache_dir) / "demo")
-    return _run_rank(bank, data, args, _methods(args.methods), "ccfv demo ranking")
+    return _run_rank(bank, data, args, methods, "ccfv demo ranking", device)
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        shape = [int(v) for v in text.split(",")]
+    except ValueError:
+        shape = []
+    if len(shape) not in (3, 4) or min(shape) < 1:
+        raise UserError(f"--shape {text}: give the input shape without batch as positive "
+                        "integers C,X,Y (2D) or C,X,Y,Z (3D), e.g. --shape 1,96,96,96")
+    return shape
 
 
 def _cmd_layers(args) -> int:
     from ccfv.bank import list_layers, load_bank, load_model, resolve_layers
+    from ccfv.rank import first_line, window_hint
 
+    shape_arg = _shape(args.shape) if args.shape else None
     entries = load_bank(args.bank)
     chosen = [e for e in entries if args.model in (None, e.name)]
     if not chosen:
         raise UserError(f"no model named {args.model!r} in {args.bank}: it holds "
                         f"{', '.join(e.name for e in entries)}")
+    failed = []
     for entry in chosen:
-        model, _ = load_model(entry)
         pre = entry.preprocessing
-        if args.shape:
-            shape = [int(v) for v in args.shape.split(",")]
+        if shape_arg:
+            shape = shape_arg
         elif pre.roi:
             shape = [pre.in_channels or 1, *pre.roi]
         else:
-            raise UserError(f"{entry.name}: no roi in its preprocessing; give the input shape "
-                            "with --shape C,X,Y[,Z]")
+            print(f"# {entry.name}: FAILED: no roi in its preprocessing; give the input shape "
+                  "with --shape C,X,Y[,Z]\n", file=sys.stderr)
+            failed.append(entry.name)
+            continue
+        model = None
+        try:  # one model's failure is that model's failure
+            model, _ = load_model(entry)
+            infos = list_layers(model, [1, *shape])
+        except Exception as error:  # noqa: BLE001
+            text = str(error) if isinstance(error, UserError) else (
+                f"{type(error).__name__}: {first_line(error)}")
+            hint = None if model is None or isinstance(error, UserError) else \
+                window_hint(entry, model, shape[0], shape[1:])
+            if hint:
+                text = f"{hint} ({text})"
+            print(f"# {entry.name}: FAILED for input (1, {', '.join(map(str, shape))}): "
+                  f"{text}\n", file=sys.stderr)
+            failed.append(entry.name)
+            continue
         print(f"# {entry.name}: modules and output shapes for input (1, {', '.join(map(str, shape))})")
-        for info in list_layers(model, [1, *shape]):
+        for info in infos:
             print(f"{info.name:<50} {info.type_name:<28} {tuple(info.output_shape) if info.output_shape else ''}")
         try:
             chosen_layers = resolve_layers(model, entry)
             print(f"# layers used: {', '.join(str(s) for s in chosen_layers)}\n")
         except UserError as error:
             print(f"# layers: {error}\n")
+    if failed:
+        print(f"{len(failed)} of {len(chosen)} model(s) failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -105,7 +172,9 @@ def _cmd_evaluate(args) -> int:
     from ccfv.errors import CCFVWarning
     from ccfv.evaluation import (evaluate, format_table, plot_scores_vs_truth, read_scores_csv,
                                  read_truth_csv, write_evaluation_csv)
+    from ccfv.rank import check_folder
 
+    out = check_folder(args.out, "--out")
     scores = read_scores_csv(args.scores)
     truth = read_truth_csv(args.truth)
     methods = None
@@ -123,8 +192,6 @@ def _cmd_evaluate(args) -> int:
     for row in rows:
         for note in row["notes"]:
             print(f"  {row['method']}: {note}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = write_evaluation_csv(rows, out / "evaluation.csv")
     png_path = plot_scores_vs_truth(scores, truth, out / "evaluation.png", rows=rows)
     print(f"\nwrote {csv_path} and {png_path}")
@@ -357,6 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"ccfv {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        from ccfv.rank import Interrupted
+
+        if isinstance(interrupt, Interrupted):
+            text = str(interrupt)
+        elif getattr(args, "cache_dir", None) and args.command in ("rank", "demo"):
+            text = (f"features computed so far are kept in the cache "
+                    f"{Path(args.cache_dir).resolve()}; the same command resumes from there")
+        else:
+            text = "nothing was written"
+        print(f"\nccfv {args.command}: interrupted (Ctrl-C): {text}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ command.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -239,9 +240,14 @@ class RayFeaturePasses:
             out = ray.get(self._pending.pop(entry.name))
         except ray.exceptions.RayTaskError as error:
             cause = error.cause
-            text = str(cause) if isinstance(cause, UserError) else (
-                f"{type(cause).__name__}: {_first_line(cause)}")
-            raise UserError(f"feature pass of {pair} failed on the Ray cluster: {text}") from None
+            if isinstance(cause, UserError):
+                raise UserError(f"feature pass of {pair} failed on the Ray cluster: "
+                                f"{cause}") from None
+            failure = UserError(f"feature pass of {pair} failed on the Ray cluster: "
+                                f"{type(cause).__name__}: {_first_line(cause)}")
+            # the worker's traceback, for the run's failure log (ccfv.rank names the file)
+            failure.traceback_text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # no colours
+            raise failure from None
         except ray.exceptions.RayError as error:  # worker or node died, all retries spent
             raise UserError(f"feature pass of {pair} failed on the Ray cluster after "
                             f"{self._retries} retries: {type(error).__name__}: "

@@ -1,4 +1,4 @@
-"""Write a ranking: scores.csv, scores.json, report.md with a bar chart (PNG), and a table."""
+"""Write a ranking: scores.csv, scores.json, report.md with a dot plot (PNG), and a table."""
 
 from __future__ import annotations
 
@@ -25,20 +25,29 @@ def ranking_table(scores: dict[str, dict[str, float]], methods: list[str],
     """
     order = sorted(scores, key=lambda m: -_value(scores[m].get(methods[0])))
     width = max(5, *(len(m) for m in scores))
-    head = f"{'rank':>4}  {'model':<{width}}" + "".join(f"{m:>16}" for m in methods)
+    # every column at least as wide as its header and its cells, two spaces between columns,
+    # so that long method names (ccfv[distance=kl; s=2]) never run into each other
+    widths = [max(len(m), 10, *(len(_fmt(scores[model].get(m))) for model in scores))
+              for m in methods]
+    head = f"{'rank':>4}  {'model':<{width}}" + "".join(
+        f"  {m:>{w}}" for m, w in zip(methods, widths))
     if bootstrap:
         interval = f"{round(100 * bootstrap['level'])}% interval"
-        head += f"{interval:>22}{'P(first)':>10}"
+        head += f"  {interval:>20}  {'P(first)':>8}"
     lines = [head, "-" * len(head)]
-    for rank, model in enumerate(order, 1):
-        cells = "".join(f"{_fmt(scores[model].get(m)):>16}" for m in methods)
+    rank = 0
+    for model in order:
+        cells = "".join(f"  {_fmt(scores[model].get(m)):>{w}}" for m, w in zip(methods, widths))
         if bootstrap:
             iv = bootstrap["models"].get(model) or {}
             interval = ("" if iv.get("low") is None
                         else f"[{iv['low']:.4f}, {iv['high']:.4f}]")
             first = "" if iv.get("p_first") is None else f"{iv['p_first']:.2f}"
-            cells += f"{interval:>22}{first:>10}"
-        lines.append(f"{rank:>4}  {model:<{width}}{cells}")
+            cells += f"  {interval:>20}  {first:>8}"
+        # a model without a score of the ranking method has no rank (all failed: no rank 1)
+        ranked = math.isfinite(_value(scores[model].get(methods[0])))
+        rank += ranked
+        lines.append(f"{str(rank) if ranked else '-':>4}  {model:<{width}}{cells}")
     if bootstrap:
         lines.append(bootstrap_sentence(bootstrap))
     return "\n".join(lines)
@@ -77,18 +86,62 @@ def _fmt(x):
     return "failed" if x is None else f"{x:.4f}"
 
 
-def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], methods: list[str],
-                 details: dict | None = None, title: str = "ccfv ranking") -> dict[str, Path]:
-    """Write ``scores.csv`` (``model`` + one column per method), ``scores.json``,
-    ``scores.png`` (bar chart of the first method) and ``report.md`` into ``out_dir``.
-
-    ``scores`` maps model -> method -> value (None where a model failed).
-    """
+def plot_scores(path: Path, scores: dict, methods: list[str], order: list[str],
+                bootstrap: dict | None, title: str) -> None:
+    """``scores.png``: one dot per model at its score of the first method, with its bootstrap
+    interval as a line, on one axis shared by all models (not bars from 0: CC-FV's scores are
+    usually negative, and a bar from 0 would make the worst model the longest). A model without
+    a score is listed with "failed" instead of a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.2))
+    ys = list(range(len(order)))[::-1]
+    values = [_value(scores[m].get(methods[0])) for m in order]
+    finite = [v for v in values if math.isfinite(v)]
+    for model, y, v in zip(order, ys, values):
+        if not math.isfinite(v):
+            continue
+        iv = ((bootstrap or {}).get("models") or {}).get(model) or {}
+        if iv.get("low") is not None and iv.get("high") is not None:
+            ax.plot([iv["low"], iv["high"]], [y, y], color="tab:blue", lw=1.5,
+                    solid_capstyle="butt")
+            ax.plot([iv["low"], iv["high"]], [y, y], "|", color="tab:blue", ms=8)
+        ax.plot([v], [y], "o", color="tab:blue", ms=7, zorder=3)
+    if finite:
+        ax.margins(x=0.08)
+    else:
+        ax.set_xlim(0, 1)
+        ax.set_xticks([])
+    for model, y, v in zip(order, ys, values):
+        if not math.isfinite(v):
+            ax.annotate("failed", (0.01, y), xycoords=("axes fraction", "data"), va="center",
+                        color="grey")
+    ax.set_yticks(ys, order)
+    ax.set_ylim(-0.7, len(order) - 0.3)
+    ax.grid(axis="x", color="0.9")
+    label = f"{methods[0]} score (larger = better to fine-tune)"
+    if bootstrap:
+        label += f"; line: {round(100 * bootstrap['level'])}% bootstrap interval"
+    ax.set_xlabel(label)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], methods: list[str],
+                 details: dict | None = None, title: str = "ccfv ranking") -> dict[str, Path]:
+    """Write ``scores.csv`` (``model`` + one column per method), ``scores.json``,
+    ``scores.png`` (the first method's score per model as a dot with its bootstrap interval,
+    :func:`plot_scores`) and ``report.md`` into ``out_dir``.
+
+    ``scores`` maps model -> method -> value (None where a model failed). ``details`` may hold
+    ``notes`` (lines for a Notes section), ``failures`` (model -> message) and
+    ``method_failures`` (model -> method -> message), each written as its own section.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     order = sorted(scores, key=lambda m: -_value(scores[m].get(methods[0])))
@@ -102,35 +155,27 @@ def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], metho
         {"methods": methods, "ranking": order, "scores": scores, "details": details or {}},
         indent=1))
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.2))
-    values = [_value(scores[m].get(methods[0])) for m in order]
-    finite = [v for v in values if math.isfinite(v)]
-    floor = min(finite) if finite else 0.0
-    bars = [v if math.isfinite(v) else floor for v in values]
-    xerr = None
     boot = (details or {}).get("bootstrap")
-    if boot:  # the bootstrap interval as an asymmetric error bar (0 where there is none)
-        ivs = [boot["models"].get(m) or {} for m in order]
-        xerr = [[max(0.0, b - iv["low"]) if iv.get("low") is not None else 0.0
-                 for b, iv in zip(bars, ivs)],
-                [max(0.0, iv["high"] - b) if iv.get("high") is not None else 0.0
-                 for b, iv in zip(bars, ivs)]]
-    ax.barh(range(len(order))[::-1], bars, xerr=xerr, capsize=3,
-            color=["tab:blue" if math.isfinite(v) else "lightgrey" for v in values])
-    ax.set_yticks(range(len(order))[::-1], order)
-    ax.set_xlabel(f"{methods[0]} score (larger = better to fine-tune)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=110)
-    plt.close(fig)
+    plot_scores(out / "scores.png", scores, methods, order, boot, title)
 
-    boot = (details or {}).get("bootstrap")
     md = [f"# {title}", "", "Models ranked by `" + methods[0] + "` (larger = better starting "
           "point for fine-tuning).", "", "```", ranking_table(scores, methods, boot), "```", "",
           "![scores](scores.png)", ""]
+    details = details or {}
+    if details.get("notes"):
+        md += ["## Notes", ""] + [f"- {note}" for note in details["notes"]] + [""]
+    if details.get("failures") or details.get("method_failures"):
+        md += ["## Failures", ""]
+        md += [f"- `{model}`: {message}" for model, message in
+               (details.get("failures") or {}).items()]
+        md += [f"- `{model}`, `{method}`: {message}"
+               for model, failed in (details.get("method_failures") or {}).items()
+               for method, message in failed.items()]
+        md.append("")
     if details:
         md += ["## Run", ""] + [f"- {k}: {v}" for k, v in details.items()
-                                if k not in ("per_model", "bootstrap", "dropped")]
+                                if k not in ("per_model", "bootstrap", "dropped", "notes",
+                                             "failures", "method_failures")]
         for model, info in (details.get("per_model") or {}).items():
             md.append(f"- `{model}`: {info}")
         md.append("")

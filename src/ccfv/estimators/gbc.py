@@ -130,4 +130,7 @@ def _bhattacharyya(means: np.ndarray, variances: np.ndarray, covariance: str) ->
     logv = np.log(variances)
     mahalanobis = np.sum(diff2 / avg, axis=2) / 8.0
     log_det = weight * np.sum(np.log(avg) - 0.5 * (logv[:, None, :] + logv[None, :, :]), axis=2)
-    return mahalanobis + 0.5 * log_det
+    # Both terms are >= 0 in exact arithmetic (AM >= GM of the variances); the log-det term
+    # can round to -1e-16 for equal variances, which would give a coefficient exp(-d) > 1.
+    # Clip at 0 so every Bhattacharyya coefficient stays in (0, 1] and GBC in [-K(K-1), 0].
+    return np.maximum(mahalanobis + 0.5 * log_det, 0.0)

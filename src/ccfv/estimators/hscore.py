@@ -76,7 +76,7 @@ def hscore(features: FeatureSet, *, layer: str | None = None) -> float:
     """
     data = labelled_samples(features, layer, "hscore")
     _, projected, _ = _class_projections(data)
-    return float(np.sum(projected ** 2 / data.counts))
+    return _within_bound(float(np.sum(projected ** 2 / data.counts)), data)
 
 
 def regularized_hscore(features: FeatureSet, *, layer: str | None = None) -> float:
@@ -106,7 +106,17 @@ def regularized_hscore(features: FeatureSet, *, layer: str | None = None) -> flo
     alpha = _ledoit_wolf_shrinkage(Xc, lam)
     mean_var = float(np.sum(lam)) / (n * d)               # m = tr(S)/d
     weights = lam / ((1.0 - alpha) * lam + n * alpha * mean_var)
-    return float((1.0 - alpha) * np.sum(weights[:, None] * projected ** 2 / data.counts))
+    return _within_bound(
+        float((1.0 - alpha) * np.sum(weights[:, None] * projected ** 2 / data.counts)), data)
+
+
+def _within_bound(value: float, data: Labelled) -> float:
+    """``value`` clipped to ``[0, K - 1]``: the H-score is the sum of the squared norms of the
+    class indicators' projections (divided by the class sizes) onto an orthonormal basis, at
+    most K - 1 in exact arithmetic (B <= S), and reaches it when the features are constant
+    within every class; there the sum rounds to K - 1 + 1e-15. The clip keeps the documented
+    bound; it never moves a value by more than round-off."""
+    return min(max(value, 0.0), float(data.classes.size - 1))
 
 
 def _class_projections(data: Labelled):

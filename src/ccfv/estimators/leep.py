@@ -67,4 +67,8 @@ def _leep(theta: np.ndarray, labels: np.ndarray) -> float:
     marginal = joint.sum(axis=0)                          # P(z)
     conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
     expected = np.einsum("iz,iz->i", theta, conditional[labels])
+    # ``expected`` is a convex combination of the P(y_i | z) <= 1, so <= 1 in exact arithmetic;
+    # the sums can round to 1 + 1e-16 when one component holds a class (N-LEEP's mixture does
+    # on separated classes), and log of that is > 0. Clip to 1 so LEEP (and N-LEEP) stay <= 0.
+    expected = np.minimum(expected, 1.0)
     return float(np.mean(np.log(expected)))

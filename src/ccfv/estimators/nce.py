@@ -62,5 +62,7 @@ def _nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
     joint = joint.reshape(n_classes, n_source) / n
     marginal = joint.sum(axis=0)                          # > 0 for every occurring z
     nonzero = joint > 0
+    # joint <= marginal holds in floating point too (a rounded sum of non-negative terms is
+    # >= each term) and rounded division is monotone, so ratio <= 1 and NCE <= 0 without a clip
     ratio = joint / marginal
     return float(np.sum(joint[nonzero] * np.log(ratio[nonzero])))

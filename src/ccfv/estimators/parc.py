@@ -186,4 +186,6 @@ def _parc(F: np.ndarray, labels: np.ndarray) -> float:
             "is undefined: the features carry no pairwise structure; use another layer")
     p = m1 / m
     covariance = rank_sum / m - (m + 1.0) / 2.0 * p
-    return float(covariance / np.sqrt(rank_var * p * (1.0 - p)))
+    # a Spearman correlation lies in [-1, 1]; the tie-corrected ratio can round just past
+    # +-1 when the ranks separate the groups exactly: clip so PARC stays in [-100, 100]
+    return float(np.clip(covariance / np.sqrt(rank_var * p * (1.0 - p)), -1.0, 1.0))
