@@ -116,7 +116,8 @@ def _shape(text: str) -> list[int]:
 
 def _cmd_layers(args) -> int:
     from ccfv.bank import list_layers, load_bank, load_model, resolve_layers
-    from ccfv.rank import first_line, window_hint
+    from ccfv.errors import first_line
+    from ccfv.rank import window_hint
 
     shape_arg = _shape(args.shape) if args.shape else None
     entries = load_bank(args.bank)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ccfv.bootstrap import BootstrapResult, replicate_scores, resample_cases, summarize
 from ccfv.data.fingerprint import data_fingerprint  # noqa: F401  (ccfv.rank.data_fingerprint)
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import CCFVWarning, UserError, first_line
 from ccfv.estimators.registry import get_estimator
 
 DEFAULT_CACHE = Path(".ccfv_cache")
@@ -138,8 +138,6 @@ def check_folder(path: str | Path, option: str) -> Path:
         raise UserError(f"{option} {folder}: cannot write there ({exc.strerror or exc}): give "
                         "a folder you may write to") from None
     return folder
-
-
 
 
 def check_methods(methods: Sequence[str], n_cases: int, n_classes: int = 2) -> None:
@@ -277,12 +275,6 @@ def drop_warning(dropped: dict[str, dict]) -> str:
             f"(outside the preprocessed image: {shares}), so their scores compare features of "
             "different voxels; `ccfv bank check BANK --data DIR` shows each model's grid (align "
             "the crops/roi, or rank those models separately)")
-
-
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type's name when empty)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 _CONV = re.compile(r"Conv(?:Transpose)?([123])d$")

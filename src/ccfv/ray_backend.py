@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccfv.errors import UserError
+from ccfv.errors import UserError, first_line
 
 __all__ = ["INSTALL", "RayFeaturePasses", "RemoteReport", "entry_paths", "feature_pass",
            "require_ray", "task_spec"]
@@ -211,7 +211,7 @@ class RayFeaturePasses:
             except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
                 raise UserError(f"cannot start or join the Ray cluster "
                                 f"{address or '(no --address: RAY_ADDRESS or a local one)'}: "
-                                f"{_first_line(exc)}; start one with `ray start --head` and "
+                                f"{first_line(exc)}; start one with `ray start --head` and "
                                 "give the address it prints with --address; a cluster with "
                                 "token authentication (the default of `ray start`) also needs "
                                 "RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token "
@@ -244,14 +244,14 @@ class RayFeaturePasses:
                 raise UserError(f"feature pass of {pair} failed on the Ray cluster: "
                                 f"{cause}") from None
             failure = UserError(f"feature pass of {pair} failed on the Ray cluster: "
-                                f"{type(cause).__name__}: {_first_line(cause)}")
+                                f"{type(cause).__name__}: {first_line(cause)}")
             # the worker's traceback, for the run's failure log (ccfv.rank names the file)
             failure.traceback_text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # no colours
             raise failure from None
         except ray.exceptions.RayError as error:  # worker or node died, all retries spent
             raise UserError(f"feature pass of {pair} failed on the Ray cluster after "
                             f"{self._retries} retries: {type(error).__name__}: "
-                            f"{_first_line(error)}") from None
+                            f"{first_line(error)}") from None
         finally:
             if not self._pending:
                 self.close()
@@ -271,8 +271,3 @@ class RayFeaturePasses:
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
         self._started = False
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -28,7 +28,7 @@ import torch
 
 from ccfv.bank.checkpoint import LoadReport, apply_state_dict, read_state_dict
 from ccfv.bank.schema import BankEntry
-from ccfv.errors import UserError
+from ccfv.errors import UserError, first_line
 
 __all__ = ["TorchScriptModel", "build_model", "load_model", "resolve_callable"]
 
@@ -217,7 +217,7 @@ def _construct(entry: BankEntry) -> torch.nn.Module:
         except Exception as exc:
             raise UserError(
                 f"model '{entry.name}': {entry.torchscript} is not a TorchScript file "
-                f"({type(exc).__name__}: {_first_line(exc)}); "
+                f"({type(exc).__name__}: {first_line(exc)}); "
                 "write it with torch.jit.save(torch.jit.script(model), path)"
             ) from None
         taps = []
@@ -245,7 +245,7 @@ def _construct(entry: BankEntry) -> torch.nn.Module:
     except ImportError as exc:  # e.g. MONAI's OptionalImportError for einops
         raise UserError(
             f"model '{entry.name}': {what} '{reference}' needs a package that is not installed "
-            f"({_first_line(exc)}); install it"
+            f"({first_line(exc)}); install it"
         ) from None
     if not isinstance(model, torch.nn.Module):
         raise UserError(
@@ -263,11 +263,6 @@ _NEEDS_EINOPS = (
     "monai.networks.blocks.crossattention",
     "monai.networks.blocks.patchembedding",
 )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _check_optional_dependencies(model: torch.nn.Module, entry: BankEntry) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ccfv.errors import UserError
+from ccfv.errors import UserError, first_line
 
 __all__ = [
     "BUNDLE_ENTRY_KEYS",
@@ -100,7 +100,7 @@ def bundle_parser(folder: Path, where: str = "bundle"):
         parser.read_config(str(config))
     except Exception as exc:  # malformed JSON / YAML
         raise UserError(
-            f"{where}: cannot read {config} ({type(exc).__name__}: {_first_line(exc)}); fix the "
+            f"{where}: cannot read {config} ({type(exc).__name__}: {first_line(exc)}); fix the "
             "bundle's config file"
         ) from None
     parser["bundle_root"] = str(folder)
@@ -197,7 +197,7 @@ def _inferer_window(parser, config: Path, where: str) -> dict[str, Any]:
     except Exception as exc:
         raise UserError(
             f"{where}: the 'inferer' of {config} cannot be built ({type(exc).__name__}: "
-            f"{_first_line(exc)}); fix it or give preprocessing.roi in the bank entry"
+            f"{first_line(exc)}); fix it or give preprocessing.roi in the bank entry"
         ) from None
     from monai.inferers import SlidingWindowInferer
 
@@ -233,7 +233,7 @@ def load_bundle_model(entry):
     except Exception as exc:
         raise UserError(
             f"{where}: network_def of {config} cannot be built ({type(exc).__name__}: "
-            f"{_first_line(exc)}); fix it in the bundle's config"
+            f"{first_line(exc)}); fix it in the bundle's config"
         ) from None
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"{where}: network_def of {config} gives a {type(model).__name__}, not "
@@ -276,7 +276,7 @@ def _load_strict(model, state: Mapping[str, Any]) -> str:
     try:
         model.load_state_dict(dict(state), strict=True)
     except Exception as exc:
-        return _first_line(exc)
+        return first_line(exc)
     return ""
 
 
@@ -305,7 +305,7 @@ def make_bundle_preprocess(entry, ndim: int):
     except Exception as exc:
         raise UserError(
             f"{where}: the 'preprocessing' of {config} cannot be built ({type(exc).__name__}: "
-            f"{_first_line(exc)}); fix it in the bundle's config"
+            f"{first_line(exc)}); fix it in the bundle's config"
         ) from None
     transforms = list(compose.transforms) if isinstance(compose, Compose) else [compose]
     key = "image"
@@ -328,7 +328,7 @@ def make_bundle_preprocess(entry, ndim: int):
         except Exception as exc:
             raise UserError(
                 f"{where}: the bundle's preprocessing ({config}) failed on the image "
-                f"({type(exc).__name__}: {_first_line(exc)}); ccfv applies it without "
+                f"({type(exc).__name__}: {first_line(exc)}); ccfv applies it without "
                 f"{'/'.join(SKIPPED_TRANSFORMS)}, to the key '{key}'"
             ) from None
         if isinstance(out, list) or not isinstance(out, Mapping) or key not in out:
@@ -364,7 +364,7 @@ def bundle_auto_layers(model, entry) -> list:
                 f"{i.name} {list(i.output_shape) if i.output_shape else '-'}" for i in infos
             )
         except Exception as exc:  # the dummy forward failed
-            listing = f"(could not list: {_first_line(exc)})"
+            listing = f"(could not list: {first_line(exc)})"
         raise UserError(
             f"{error}. Bundle {entry.bundle} network modules and output shapes (ccfv layers): "
             f"{listing}"
@@ -377,8 +377,3 @@ def bundle_fingerprint(entry) -> dict[str, Any]:
 
     folder: Path = entry.bundle
     return {str(p.relative_to(folder)): file_sha256(p) for p in bundle_files(folder)}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

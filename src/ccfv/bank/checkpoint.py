@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ccfv.errors import UserError
+from ccfv.errors import UserError, first_line
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -350,7 +350,7 @@ def load_torch_file(path: str | Path, what: str) -> Any:
     except Exception as exc:  # not a zip/pickle file at all, truncated file, ...
         raise UserError(
             f"{what} is not a readable torch checkpoint ({type(exc).__name__}: "
-            f"{_first_line(exc)}); point it at a file written by torch.save"
+            f"{first_line(exc)}); point it at a file written by torch.save"
         ) from None
 
 
@@ -423,8 +423,3 @@ def _short(names: list[str]) -> str:
     shown = ", ".join(names[:_EXAMPLES])
     more = len(names) - _EXAMPLES
     return shown + (f" and {more} more" if more > 0 else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from ccfv.errors import UserError
+from ccfv.errors import UserError, first_line, printable_text
 
 __all__ = [
     "Candidate",
@@ -288,7 +288,7 @@ def _try_load(cand: Candidate, base: Path, out: Path) -> str | None:
     except UserError as error:
         return str(error)
     except Exception as exc:  # a file that looks like a model but is not one
-        return f"cannot be loaded ({type(exc).__name__}: {_first_line(exc)})"
+        return f"cannot be loaded ({type(exc).__name__}: {first_line(exc, printable=True)})"
     if isinstance(model, TorchScriptModel):  # no hooks: read what forward returns
         cand.raw["layers"] = ["outputs.0"]
         guess = _guess_input(model)
@@ -301,7 +301,7 @@ def _try_load(cand: Candidate, base: Path, out: Path) -> str | None:
         try:
             infos = list_layers(model, [1, channels, *roi])
         except Exception as exc:
-            cand.notes.append(f"a {list(roi)} window did not run ({_first_line(exc)[:100]}); "
+            cand.notes.append(f"a {list(roi)} window did not run ({first_line(exc, printable=True)[:100]}); "
                               "set preprocessing.roi (the training patch size)")
             return None
         cand.raw["layers"] = [i.name for i in infos if i.output_shape is not None] or ["outputs.0"]
@@ -364,9 +364,9 @@ def write_bank(
         "models:",
     ]
     for cand in loaded:
-        lines.append(f"  # {_printable(cand.comment)}")
+        lines.append(f"  # {printable_text(cand.comment)}")
         for note in cand.notes:
-            lines.append(f"  # note: {_printable(note)}")
+            lines.append(f"  # note: {printable_text(note)}")
         body = []
         for key, value in cand.raw.items():
             if isinstance(value, Mapping):
@@ -379,8 +379,8 @@ def write_bank(
         lines.append("")
         lines.append("# skipped:")
         for item in skipped:
-            lines.append(f"#   {_printable(str(item.path))}: "
-                         + _printable(item.reason.replace("\n", " ")))
+            lines.append(f"#   {printable_text(str(item.path))}: "
+                         + printable_text(item.reason.replace("\n", " ")))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
@@ -469,7 +469,7 @@ def check_entries(entries: Sequence) -> list[CheckRow]:
         try:
             row.preprocessing = preprocessing_summary(entry)
         except Exception as exc:  # a summary must never hide the real check
-            row.preprocessing = f"? ({_first_line(exc)})"
+            row.preprocessing = f"? ({first_line(exc, printable=True)})"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -480,7 +480,7 @@ def check_entries(entries: Sequence) -> list[CheckRow]:
             row.error = str(error)
             continue
         except Exception as exc:
-            row.error = f"cannot be loaded ({type(exc).__name__}: {_first_line(exc)})"
+            row.error = f"cannot be loaded ({type(exc).__name__}: {first_line(exc, printable=True)})"
             continue
         pre = entry.preprocessing
         if pre.roi is None:
@@ -502,7 +502,7 @@ def check_entries(entries: Sequence) -> list[CheckRow]:
             continue
         except Exception as exc:
             row.error = (f"a zero window of shape {shape} does not run through it "
-                         f"({type(exc).__name__}: {_first_line(exc)}); check roi and "
+                         f"({type(exc).__name__}: {first_line(exc, printable=True)}); check roi and "
                          "in_channels in its preprocessing")
             continue
         missing = [k for k, s in row.layers if s is None]
@@ -567,14 +567,3 @@ def format_check_table(rows: Sequence[CheckRow]) -> str:
         cells = [row.name, row.source_format, params, layers, row.preprocessing or "-", status]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = _printable(str(exc)).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def _printable(text: str) -> str:
-    """``text`` without terminal colour codes and other control characters (YAML-safe)."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
-    return "".join(c for c in text if c.isprintable() or c == "\n")
