@@ -21,8 +21,8 @@ values (a correlation with a constant input, say) are ``None``, never a silent N
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ccfv.errors import CCFVWarning, UserError
+from ccfv.files import atomic_write
 
 #: The columns of ``evaluation.csv``, in order (``n_models`` follows them).
 COLUMNS = ("method", "weighted_tau", "kendall_tau", "spearman", "pearson", "top1_relative",
@@ -453,17 +454,15 @@ def _fmt_csv(value) -> str:
 
 def write_evaluation_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
     """Write ``evaluation.csv``: the columns :data:`COLUMNS` then ``n_models``, one line per
-    method, undefined values as empty cells. Atomic (a temporary file, then ``os.replace``)."""
+    method, undefined values as empty cells. Atomic (:func:`ccfv.files.atomic_write`)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*COLUMNS, "n_models"])
-        for row in rows:
-            writer.writerow([row["method"], *(_fmt_csv(row[c]) for c in COLUMNS[1:]),
-                             _fmt_csv(row["n_models"])])
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow([*COLUMNS, "n_models"])
+    for row in rows:
+        writer.writerow([row["method"], *(_fmt_csv(row[c]) for c in COLUMNS[1:]),
+                         _fmt_csv(row["n_models"])])
+    return atomic_write(path, text.getvalue())
 
 
 def format_table(rows: Sequence[Mapping]) -> str:
@@ -544,10 +543,8 @@ def plot_scores_vs_truth(scores: Mapping[str, Mapping[str, float | None]],
     fig.suptitle("Score vs fine-tuned Dice (red: the model each score ranks first)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     finally:
         plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from pathlib import Path
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from ccfv.files import atomic_write
 
 
 def ranking_table(scores: dict[str, dict[str, float]], methods: list[str],
@@ -147,11 +143,10 @@ def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], metho
     order = sorted(scores, key=lambda m: -_value(scores[m].get(methods[0])))
     rows = [["model", *methods]] + [[m, *("" if scores[m].get(k) is None else repr(scores[m][k])
                                           for k in methods)] for m in order]
-    tmp = out / "scores.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
-    os.replace(tmp, out / "scores.csv")
-    _atomic_write(out / "scores.json", json.dumps(
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    atomic_write(out / "scores.csv", text.getvalue())
+    atomic_write(out / "scores.json", json.dumps(
         {"methods": methods, "ranking": order, "scores": scores, "details": details or {}},
         indent=1))
 
@@ -180,6 +175,6 @@ def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], metho
             md.append(f"- `{model}`: {info}")
         md.append("")
         md += dropped_lines(details.get("dropped") or {})
-    _atomic_write(out / "report.md", "\n".join(md))
+    atomic_write(out / "report.md", "\n".join(md))
     return {"csv": out / "scores.csv", "json": out / "scores.json", "png": out / "scores.png",
             "md": out / "report.md"}

@@ -21,6 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ccfv.files import atomic_write
+
 TASKS = ("brain_tissue", "brain_mask", "white_matter", "intensity_bands")
 CROP = (48, 56, 40)
 
@@ -89,7 +91,5 @@ def write_task(task: str, root: Path, n_cases: int = 8, seed: int = 0) -> Path:
             "tensorImageSize": "3D", "modality": {"0": "T1w MRI"},
             "labels": LABEL_NAMES[task], "numTraining": n_cases, "training": training,
             "licence": "ICBM 2009a template: free use with attribution (see nilearn)"}
-    tmp = folder / "dataset.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(folder / "dataset.json")
+    atomic_write(folder / "dataset.json", json.dumps(meta, indent=1))
     return folder

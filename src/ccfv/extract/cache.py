@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ccfv.errors import CCFVWarning, UserError
+from ccfv.files import atomic_write
 
 __all__ = ["FeatureCache", "cache_key", "CACHE_FORMAT"]
 
@@ -54,24 +53,6 @@ def cache_key(model_fingerprint: str, data_fingerprint: str, plan_fingerprint: s
     text = json.dumps([CACHE_FORMAT, str(model_fingerprint), str(data_fingerprint),
                        str(plan_fingerprint)])
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, move it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _pack(meta: dict, arrays: dict) -> Callable:
@@ -127,7 +108,7 @@ class FeatureCache:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             marker = self.cache_dir / FORMAT_FILE
             if not marker.is_file() or marker.read_text().strip() != CACHE_FORMAT:
-                _atomic_write(marker, lambda fh: fh.write(f"{CACHE_FORMAT}\n".encode()))
+                atomic_write(marker, f"{CACHE_FORMAT}\n")
             self._format_noted = True
 
     # --- whole feature sets --------------------------------------------------------------
@@ -203,10 +184,9 @@ class FeatureCache:
         meta = {"format": CACHE_FORMAT, "key": key, "layers": layers,
                 "n_cases": n_cases.pop()}
         self._note_format()
-        _atomic_write(path, _pack(meta, arrays))
+        atomic_write(path, _pack(meta, arrays))
         sidecar = {**meta, "dims": dims, **(dict(info) if info else {})}
-        _atomic_write(path.with_suffix(".json"),
-                      lambda fh: fh.write(json.dumps(sidecar, indent=1, default=str).encode()))
+        atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=1, default=str))
         return path
 
     def discard(self, key: str) -> None:
@@ -257,7 +237,8 @@ class FeatureCache:
         meta = {"format": CACHE_FORMAT, "key": key, "case_id": str(case_id), "layers": layers}
         path = self._part_path(key, case_id)
         self._note_format()
-        _atomic_write(path, _pack(meta, arrays))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, _pack(meta, arrays))
         return path
 
     def assemble(self, key: str, case_ids: Sequence[str], info: Mapping | None = None
