@@ -1,8 +1,8 @@
-"""Does a transferability score predict fine-tuning? Rank statistics against fine-tuned Dice.
+"""Rank statistics of transferability scores against fine-tuned Dice (no I/O).
 
-Given, for a bank of models, one score per method (``scores.csv`` from ``ccfv rank``) and the
-Dice each model reached after fine-tuning on the target (the ground truth, ``model,dice``), this
-module measures how well each method's score predicts the fine-tuned Dice:
+Given, for a bank of models, one score per method and the Dice each model reached after
+fine-tuning on the target, these functions measure how well each method's score predicts the
+fine-tuned Dice:
 
 - ``weighted_tau``: weighted Kendall's tau, the main measure of LogME's protocol (You et al.,
   ICML 2021) and of the CC-FV paper (Yang et al., MICCAI 2023): :func:`scipy.stats.weightedtau`
@@ -13,24 +13,20 @@ module measures how well each method's score predicts the fine-tuned Dice:
   relative to and in the units of the fine-tuned Dice.
 
 Convention: for every method a larger score means a better model to fine-tune, and a larger
-Dice is better. Every function here is pure (numbers in, numbers out) except the readers,
-:func:`write_evaluation_csv` and :func:`plot_scores_vs_truth`, which touch files. Undefined
-values (a correlation with a constant input, say) are ``None``, never a silent NaN.
+Dice is better. Nothing here touches a file (numpy and scipy only); the readers and writers are in
+:mod:`ccfv.evaluation.io`, the figure in :mod:`ccfv.evaluation.plots`. Undefined values (a
+correlation with a constant input, say) are ``None``, never a silent NaN.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from ccfv.errors import CCFVWarning, UserError
-from ccfv.files import atomic_write
 
 #: The columns of ``evaluation.csv``, in order (``n_models`` follows them).
 COLUMNS = ("method", "weighted_tau", "kendall_tau", "spearman", "pearson", "top1_relative",
@@ -318,233 +314,3 @@ def evaluate(scores: Mapping[str, Mapping[str, float | None]], truth: Mapping[st
             notes.append("top1_relative is undefined: the best fine-tuned Dice is not positive")
         rows.append(row)
     return rows
-
-
-# --------------------------------------------------------------------------------------------
-# files
-# --------------------------------------------------------------------------------------------
-
-def _read_rows(path: str | Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file {path} does not exist" if not path.exists()
-                        else f"{what} file {path} is not a file")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header, rows = None, []
-            for cells in reader:
-                if not any(c.strip() for c in cells):
-                    continue
-                cells = [c.strip() for c in cells]
-                if header is None:
-                    header = cells
-                else:
-                    rows.append((reader.line_num, cells))
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not a UTF-8 text CSV file ({error})") from None
-    except csv.Error as error:
-        raise UserError(f"{path}: not a readable CSV file ({error})") from None
-    if header is None:
-        raise UserError(f"{path} is empty: expected a header line and one line per model")
-    return header, rows
-
-
-def _number(text: str, path, line: int, column: str, model: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{path}, line {line}: {column} of model {model!r} is {text!r}, not a "
-                        "number") from None
-
-
-def _new_model(model: str, seen: dict[str, int], path, line: int) -> None:
-    """Record ``model`` as read on ``line``; an empty or repeated model name is an error."""
-    if not model:
-        raise UserError(f"{path}, line {line}: empty model name")
-    if model in seen:
-        raise UserError(f"{path}, line {line}: model {model!r} appears twice (also on line "
-                        f"{seen[model]}); keep one line per model")
-    seen[model] = line
-
-
-def read_scores_csv(path: str | Path) -> dict[str, dict[str, float | None]]:
-    """Read a ``scores.csv`` as ``ccfv rank`` writes it: a ``model`` column, then one column
-    per method. Returns model -> method -> score, in file order; an empty cell (the model
-    failed) or a non-finite value is ``None``.
-
-    Raises :class:`~ccfv.errors.UserError` naming the file, the line and the value for: a
-    missing file, a first column that is not ``model``, no method column, a duplicate column
-    or model, a line with the wrong number of cells, text that is not a number.
-    """
-    header, rows = _read_rows(path, "scores")
-    if header[0].lower() != "model":
-        raise UserError(f"{path}, line 1: the first column is {header[0]!r}, expected 'model' "
-                        "followed by one column per method (as `ccfv rank` writes scores.csv)")
-    methods = header[1:]
-    if not methods:
-        raise UserError(f"{path}, line 1: no method column after 'model'")
-    for i, method in enumerate(methods):
-        if not method:
-            raise UserError(f"{path}, line 1: column {i + 2} has no name")
-        if method in methods[:i]:
-            raise UserError(f"{path}, line 1: column {method!r} appears twice")
-    scores: dict[str, dict[str, float | None]] = {}
-    seen: dict[str, int] = {}
-    for line, cells in rows:
-        if len(cells) != len(header):
-            raise UserError(f"{path}, line {line}: {len(cells)} cells, the header has "
-                            f"{len(header)} ({', '.join(header)})")
-        model = cells[0]
-        _new_model(model, seen, path, line)
-        values = {}
-        for method, text in zip(methods, cells[1:]):
-            value = None if text == "" else _number(text, path, line, method, model)
-            values[method] = value if value is not None and math.isfinite(value) else None
-        scores[model] = values
-    if not scores:
-        raise UserError(f"{path} has a header but no model line")
-    return scores
-
-
-def read_truth_csv(path: str | Path) -> dict[str, float]:
-    """Read the fine-tuned ground truth: columns ``model`` and ``dice`` (any order; other
-    columns such as ``dice_std`` are allowed and ignored). Returns model -> Dice, in file order.
-
-    Raises :class:`~ccfv.errors.UserError` naming the file, the line and the value for: a
-    missing file, a missing ``model`` or ``dice`` column, an empty or non-numeric or
-    non-finite Dice, a duplicate model, a line with too few cells.
-    """
-    header, rows = _read_rows(path, "truth")
-    lower = [h.lower() for h in header]
-    missing = [c for c in ("model", "dice") if c not in lower]
-    if missing:
-        raise UserError(f"{path}, line 1: no {' and no '.join(map(repr, missing))} column "
-                        f"(header: {', '.join(header) or '(empty)'}); the fine-tuned truth "
-                        "needs the columns model,dice")
-    i_model, i_dice = lower.index("model"), lower.index("dice")
-    truth: dict[str, float] = {}
-    seen: dict[str, int] = {}
-    for line, cells in rows:
-        if len(cells) <= max(i_model, i_dice):
-            raise UserError(f"{path}, line {line}: {len(cells)} cells, expected the columns "
-                            f"{', '.join(header)}")
-        model, text = cells[i_model], cells[i_dice]
-        _new_model(model, seen, path, line)
-        if text == "":
-            raise UserError(f"{path}, line {line}: model {model!r} has no dice value; give its "
-                            "fine-tuned Dice or remove the line")
-        dice = _number(text, path, line, "dice", model)
-        if not math.isfinite(dice):
-            raise UserError(f"{path}, line {line}: dice of model {model!r} is {text!r}, not a "
-                            "finite number")
-        truth[model] = dice
-    if not truth:
-        raise UserError(f"{path} has a header but no model line")
-    return truth
-
-
-def _fmt_csv(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return repr(float(value))
-
-
-def write_evaluation_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Write ``evaluation.csv``: the columns :data:`COLUMNS` then ``n_models``, one line per
-    method, undefined values as empty cells. Atomic (:func:`ccfv.files.atomic_write`)."""
-    path = Path(path)
-    text = io.StringIO(newline="")
-    writer = csv.writer(text)
-    writer.writerow([*COLUMNS, "n_models"])
-    for row in rows:
-        writer.writerow([row["method"], *(_fmt_csv(row[c]) for c in COLUMNS[1:]),
-                         _fmt_csv(row["n_models"])])
-    return atomic_write(path, text.getvalue())
-
-
-def format_table(rows: Sequence[Mapping]) -> str:
-    """A plain-text table of the rows (one line per method; ``-`` where undefined)."""
-    heads = ("weighted_tau", "kendall_tau", "spearman", "pearson", "top1_rel", "regret", "n")
-    keys = (*COLUMNS[1:], "n_models")
-    width = max(6, *(len(str(r["method"])) for r in rows)) if rows else 6
-
-    def cell(value):
-        if value is None:
-            return "-"
-        return str(value) if isinstance(value, (int, np.integer)) else f"{value:.3f}"
-
-    lines = [f"{'method':<{width}}" + "".join(f"{h:>14}" for h in heads)]
-    lines.append("-" * len(lines[0]))
-    for row in rows:
-        lines.append(f"{row['method']:<{width}}" + "".join(f"{cell(row[k]):>14}" for k in keys))
-    return "\n".join(lines)
-
-
-def plot_scores_vs_truth(scores: Mapping[str, Mapping[str, float | None]],
-                         truth: Mapping[str, float], path: str | Path, *,
-                         rows: Sequence[Mapping] | None = None,
-                         methods: Sequence[str] | None = None) -> Path:
-    """Draw the CC-FV paper's Fig. 2 for each method and write it as a PNG (atomically).
-
-    One panel per method: the standardised score (z-score over the models used,
-    :math:`(T_i - \\bar T)/\\mathrm{sd}(T)`, 0 for all when the score is constant) on the x axis
-    against the fine-tuned Dice on the y axis, one labelled marker per model, and the method's
-    weighted tau and Pearson r in the panel title. ``rows`` are :func:`evaluate`'s rows for
-    the same inputs (computed when not given).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if rows is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CCFVWarning)
-            rows = evaluate(scores, truth, methods=methods)
-    n = len(rows)
-    ncols = min(3, max(1, n))
-    nrows = math.ceil(n / ncols) if n else 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows), squeeze=False)
-
-    def stat(value):
-        return "n/a" if value is None else f"{value:.3f}"
-
-    for ax, row in zip(axes.flat, rows):
-        models = row["models"]
-        x = np.array([float(scores[m][row["method"]]) for m in models])
-        y = np.array([float(truth[m]) for m in models])
-        sd = x.std()
-        z = (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
-        pick = models[_first_pick(x, y)]
-        best = models[int(np.argmax(y))]
-        colours = ["tab:red" if m == pick else "tab:blue" for m in models]
-        ax.scatter(z, y, c=colours, s=36, zorder=3)
-        for zi, yi, m in zip(z, y, models):
-            ax.annotate(m, (zi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7,
-                        annotation_clip=False)
-        if sd > 0:
-            slope, intercept = np.polyfit(z, y, 1)
-            grid = np.linspace(z.min(), z.max(), 2)
-            ax.plot(grid, slope * grid + intercept, color="grey", lw=1, ls="--", zorder=2)
-        ax.set_title(f"{row['method']}\nweighted tau = {stat(row['weighted_tau'])}, "
-                     f"Pearson r = {stat(row['pearson'])}", fontsize=9)
-        ax.set_xlabel("standardised score (z over the models)\n"
-                      f"picked: {pick}" + ("" if pick == best else f" (best: {best})"),
-                      fontsize=8)
-        ax.set_ylabel("fine-tuned Dice", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.margins(x=0.25, y=0.1)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle("Score vs fine-tuned Dice (red: the model each score ranks first)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
-    return path
