@@ -152,9 +152,11 @@ def _cmd_layers(args) -> int:
                   f"{text}\n", file=sys.stderr)
             failed.append(entry.name)
             continue
-        print(f"# {entry.name}: modules and output shapes for input (1, {', '.join(map(str, shape))})")
+        print(f"# {entry.name}: modules and output shapes for input "
+              f"(1, {', '.join(map(str, shape))})")
         for info in infos:
-            print(f"{info.name:<50} {info.type_name:<28} {tuple(info.output_shape) if info.output_shape else ''}")
+            shape_text = tuple(info.output_shape) if info.output_shape else ""
+            print(f"{info.name:<50} {info.type_name:<28} {shape_text}")
         try:
             chosen_layers = resolve_layers(model, entry)
             print(f"# layers used: {', '.join(str(s) for s in chosen_layers)}\n")
@@ -171,8 +173,14 @@ def _cmd_evaluate(args) -> int:
     import warnings
 
     from ccfv.errors import CCFVWarning
-    from ccfv.evaluation import (evaluate, format_table, plot_scores_vs_truth, read_scores_csv,
-                                 read_truth_csv, write_evaluation_csv)
+    from ccfv.evaluation import (
+        evaluate,
+        format_table,
+        plot_scores_vs_truth,
+        read_scores_csv,
+        read_truth_csv,
+        write_evaluation_csv,
+    )
     from ccfv.rank import check_folder
 
     out = check_folder(args.out, "--out")
@@ -229,7 +237,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_bank_init(args) -> int:
-    from ccfv.bank.scan import scan_folders, write_bank
+    from ccfv.bank.init import scan_folders, write_bank
 
     out = Path(args.out).expanduser()
     if out.exists() and not args.force:
@@ -249,7 +257,7 @@ def _cmd_bank_init(args) -> int:
 
 
 def _cmd_bank_check(args) -> int:
-    from ccfv.bank.scan import check_bank, format_check_table
+    from ccfv.bank.check import check_bank, format_check_table
 
     rows = check_bank(args.bank)
     print(format_check_table(rows))
