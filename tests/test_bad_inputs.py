@@ -363,7 +363,7 @@ CASES_DATA = [
 ]
 
 
-# --------------------------------------------------------------------------- runs, arguments and failures
+# ----------------------------------------------------------------- runs, arguments and failures
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -392,7 +392,8 @@ def volumes(root: Path) -> Path:
         label[4 + c:12 + c, 4:12, 4:10] = 1
         label[14:20, 12:20, 6:12] = 2
         image = 100.0 * label + rng.normal(0, 20, label.shape)
-        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), data / f"imagesTr/c{c}.nii.gz")
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)),
+                 data / f"imagesTr/c{c}.nii.gz")
         nib.save(nib.Nifti1Image(label, np.eye(4)), data / f"labelsTr/c{c}.nii.gz")
         training.append({"image": f"./imagesTr/c{c}.nii.gz", "label": f"./labelsTr/c{c}.nii.gz"})
     (data / "dataset.json").write_text(json.dumps({
@@ -543,7 +544,8 @@ CASES_RUN = [
                  ["ccfv layers: error", "--shape 1,a,16", "C,X,Y"], id="layers-shape-not-numbers"),
     pytest.param(lambda t: ["layers", "--bank", good_bank(t), "--model", "nope"], 2,
                  ["no model named 'nope'", "a, b"], id="layers-model-missing"),
-    pytest.param(lambda t: ["layers", "--bank", run_bank(t, unet("a"), unet("odd", roi=(18, 18, 10)))],
+    pytest.param(lambda t: ["layers", "--bank",
+                            run_bank(t, unet("a"), unet("odd", roi=(18, 18, 10)))],
                  1, ["odd: FAILED", "needs a window divisible by 4", "use 20x20x12",
                      "RuntimeError", "1 of 2 model(s) failed", "layers used"],
                  id="layers-one-model-fails"),

@@ -18,6 +18,8 @@ from conftest import SHARED
 
 pytest.importorskip("nnunetv2")
 
+from conftest import NO_TORCHVISION  # noqa: E402
+from monai.networks.nets import UNet  # noqa: E402
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: E402
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import (  # noqa: E402
     DefaultPreprocessor,
@@ -30,8 +32,6 @@ from ccfv.bank.nnunet import make_nnunet_preprocess  # noqa: E402
 from ccfv.data import find_cases, load_case  # noqa: E402
 from ccfv.errors import UserError  # noqa: E402
 from ccfv.rank import rank  # noqa: E402
-from monai.networks.nets import UNet  # noqa: E402
-from conftest import NO_TORCHVISION  # noqa: E402
 
 DATA = SHARED / "data"
 ARCH = "dynamic_network_architectures.architectures.unet.PlainConvUNet"

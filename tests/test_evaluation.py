@@ -8,8 +8,18 @@ import pytest
 
 from ccfv.cli import main
 from ccfv.errors import CCFVWarning, UserError
-from ccfv.evaluation import (COLUMNS, evaluate, kendall_tau, pearson, read_scores_csv,
-                             read_truth_csv, regret, spearman, top1_relative, weighted_tau)
+from ccfv.evaluation import (
+    COLUMNS,
+    evaluate,
+    kendall_tau,
+    pearson,
+    read_scores_csv,
+    read_truth_csv,
+    regret,
+    spearman,
+    top1_relative,
+    weighted_tau,
+)
 
 
 def slow_weighted_tau(x, y):

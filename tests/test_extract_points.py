@@ -14,8 +14,13 @@ from monai.networks.nets import UNet
 
 from ccfv.bank import LayerSpec
 from ccfv.errors import CCFVWarning, UserError
-from ccfv.extract import (LayerTap, extract_at_points, extract_at_points_naive, make_plan,
-                          window_layout)
+from ccfv.extract import (
+    LayerTap,
+    extract_at_points,
+    extract_at_points_naive,
+    make_plan,
+    window_layout,
+)
 
 # Decoder modules of MONAI's UNet(channels=(8, 16, 32), strides=(2, 2)):
 # 1/4 resolution (skip concat), 1/2 resolution (transposed conv), full resolution (output).

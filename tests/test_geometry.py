@@ -22,7 +22,7 @@ import torch
 import yaml
 from monai.data import MetaTensor
 from monai.transforms import Spacing
-from scipy.ndimage import map_coordinates, minimum_filter, maximum_filter
+from scipy.ndimage import map_coordinates, maximum_filter, minimum_filter
 from scipy.spatial.transform import Rotation
 
 from ccfv.bank import Intensity, Preprocessing, load_bank, make_preprocess
@@ -242,7 +242,6 @@ def test_orthonormal_affine_leaves_shear_and_exact_affines_alone():
 
 def test_points_outside_are_dropped_and_counted_exactly():
     label = anatomy((40, 36, 14))
-    affine = np.diag([1.0, 1.0, 2.0, 1.0])
     plan = make_plan([label], ["c0"], layers=2, counts=[50, 100], seed=1)
     case = plan.cases[0]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_rank_e2e as e2e
 import torch
 from conftest import NO_TORCHVISION
 
-import test_rank_e2e as e2e
 from ccfv.bank import load_bank
 from ccfv.cli import main
 from ccfv.data import find_cases

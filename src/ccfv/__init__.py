@@ -9,7 +9,14 @@ fine-tuned Dice and :mod:`ccfv.bootstrap` resamples target cases.
 """
 
 from ccfv.errors import CCFVWarning, FeatureSetError, UserError
-from ccfv.estimators.ccfv import CCFVResult, CCFVTables, LayerParts, ccfv_parts, ccfv_score, ccfv_tables
+from ccfv.estimators.ccfv import (
+    CCFVResult,
+    CCFVTables,
+    LayerParts,
+    ccfv_parts,
+    ccfv_score,
+    ccfv_tables,
+)
 from ccfv.estimators.featureset import validate_feature_set
 from ccfv.estimators.gbc import gbc_score
 from ccfv.estimators.hscore import hscore, regularized_hscore

@@ -111,7 +111,7 @@ def plot_scores(path: Path, scores: dict, methods: list[str], order: list[str],
     else:
         ax.set_xlim(0, 1)
         ax.set_xticks([])
-    for model, y, v in zip(order, ys, values):
+    for _model, y, v in zip(order, ys, values):
         if not math.isfinite(v):
             ax.annotate("failed", (0.01, y), xycoords=("axes fraction", "data"), va="center",
                         color="grey")

@@ -28,11 +28,13 @@ def bank_dict() -> dict:
     models = []
     for arch, task in SOURCES:
         network, args = ARCHITECTURES[arch]
-        models.append({"name": f"{arch}_{task}", "network": f"monai.networks.nets.{network.__name__}",
+        models.append({"name": f"{arch}_{task}",
+                       "network": f"monai.networks.nets.{network.__name__}",
                        "args": args, "checkpoint": str(CHECKPOINTS / f"{arch}_{task}.pt"),
                        "layers": "auto", "preprocessing": PREPROCESSING})
     for arch, (network, args) in ARCHITECTURES.items():
         models.append({"name": f"{arch}_no_pretrain",
-                       "network": f"monai.networks.nets.{network.__name__}", "args": args, "seed": 0,
+                       "network": f"monai.networks.nets.{network.__name__}", "args": args,
+                       "seed": 0,
                        "layers": "auto", "preprocessing": PREPROCESSING})
     return {"models": models}
