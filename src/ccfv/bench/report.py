@@ -339,3 +339,35 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     tmp.write_text(json.dumps(merged, indent=1, default=str))
     os.replace(tmp, out / "summary.json")
     return merged
+
+
+def plot_convergence(target: str, entry: dict, path: str | Path) -> Path:
+    """Validation Dice against fine-tuning steps, one line per model and budget (the
+    convergence study of :func:`ccfv.bench.run.run_convergence`), each budget's test Dice
+    marked at its end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (model, budgets) in enumerate(sorted(entry.items())):
+        colour = colours[i % len(colours)]
+        for j, (steps, run) in enumerate(sorted(budgets.items(), key=lambda kv: int(kv[0]))):
+            if run.get("curve"):
+                curve = np.asarray(run["curve"], dtype=float)
+                ax.plot(curve[:, 0], curve[:, 1], color=colour, alpha=0.35 + 0.65 * (j + 1)
+                        / len(budgets), lw=1.2, label=model if j == len(budgets) - 1 else None)
+            if run.get("test_dice") is not None:
+                ax.plot([int(steps)], [run["test_dice"]], "x", color=colour, ms=7)
+    ax.set_xlabel("fine-tuning steps (one run per budget; x: test Dice at the end)")
+    ax.set_ylabel("validation Dice")
+    ax.set_title(f"convergence study: {target}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -49,8 +49,10 @@ __all__ = [
     "ARCHITECTURES",
     "augment_batch",
     "build_network",
+    "dice_per_case",
     "dice_per_class",
     "head_module",
+    "mean_dice",
     "load_checkpoint",
     "load_pretrained",
     "network_spec",
@@ -305,7 +307,10 @@ def train(
     seed: int,
     augment: bool = True,
     progress: str | None = None,
-) -> dict[str, float]:
+    schedule: str = "constant",
+    validate: Callable[[torch.nn.Module], float] | None = None,
+    eval_every: int = 0,
+) -> dict[str, Any]:
     """Train ``model`` in place with Adam and MONAI's ``DiceCELoss``.
 
     Parameters
@@ -327,12 +332,21 @@ def train(
         Random flips on both axes and random 90-degree rotations (:func:`augment_batch`).
     progress : str, optional
         Show a tqdm bar with this description.
+    schedule : ``"constant"`` or ``"poly"``
+        Learning rate: constant, or nnU-Net's polynomial decay ``lr * (1 - step / steps) ** 0.9``.
+    validate : callable, optional
+        ``validate(model) -> float`` (larger is better, e.g. the validation Dice), called every
+        ``eval_every`` steps and after the last; the model ends with the weights of the best
+        call (checkpoint selection; the first best on ties).
+    eval_every : int
+        Steps between validations (needs ``validate``; 0: only after the last step).
 
     Returns
     -------
     dict
         ``loss_first`` (loss of the first step), ``loss_last`` (mean loss of the last 10 % of the
-        steps, at least one), ``seconds`` (wall time), ``steps``.
+        steps, at least one), ``seconds`` (wall time), ``steps``; with ``validate`` also
+        ``curve`` (``[[step, value], ...]``), ``best_step`` and ``best_value``.
 
     Raises
     ------
@@ -352,6 +366,10 @@ def train(
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, "
                          f"{batch_size}, {lr}")
+    if schedule not in ("constant", "poly"):
+        raise ValueError(f"schedule must be 'constant' or 'poly', got {schedule!r}")
+    if eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0, got {eval_every}")
     device = _device_of(model)
     batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
     batch_rng, augment_rng = np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
@@ -360,6 +378,17 @@ def train(
     max_label = int(labels.max())
     n_last = max(1, math.ceil(0.1 * steps))
     losses: list[float] = []
+    curve: list[list[float]] = []
+    best: tuple[float, int, dict] | None = None
+
+    def check(step: int) -> None:
+        nonlocal best
+        value = float(validate(model))
+        model.train()
+        curve.append([step, value])
+        if best is None or value > best[0]:
+            best = (value, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
     bar = tqdm(total=steps, desc=progress, leave=False) if isinstance(progress, str) else None
     start = time.perf_counter()
     model.train()
@@ -367,6 +396,9 @@ def train(
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             torch.manual_seed(int(seed))
             for step in range(steps):
+                if schedule == "poly":
+                    for group in optimiser.param_groups:
+                        group["lr"] = lr * (1.0 - step / steps) ** 0.9
                 index = batch_rng.integers(0, images.shape[0], size=batch_size)
                 x, y = images[index], labels[index]
                 if augment:
@@ -394,16 +426,23 @@ def train(
                     bar.update(1)
                     if step % 10 == 0 or step == steps - 1:
                         bar.set_postfix(loss=f"{value:.4f}")
+                if validate is not None and (
+                        step == steps - 1 or (eval_every and (step + 1) % eval_every == 0)):
+                    check(step + 1)
     finally:
         model.eval()
         if bar is not None:
             bar.close()
-    return {
+    out: dict[str, Any] = {
         "loss_first": losses[0],
         "loss_last": float(np.mean(losses[-n_last:])),
         "seconds": time.perf_counter() - start,
         "steps": steps,
     }
+    if best is not None:
+        model.load_state_dict(best[2])
+        out.update(curve=curve, best_value=best[0], best_step=best[1])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -480,6 +519,67 @@ def dice_per_class(
     out = dice.double().numpy().copy()
     out[not_nans.numpy() == 0] = np.nan
     return out
+
+
+def dice_per_case(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_classes: int,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Dice of each image and foreground class: ``(N, n_classes - 1)`` float64.
+
+    Entry ``[i, k - 1]`` is ``2 |P & G| / (|P| + |G|)`` of class k on image i (argmax
+    prediction P, label G), NaN where class k is absent from image i's label (whatever is
+    predicted there): the per-image values that :func:`dice_per_class` averages (its entry k
+    is the NaN-ignoring mean of this column). The model runs in eval mode without gradients
+    (its mode is restored).
+    """
+    _check_data(images, labels)
+    if n_classes < 2:
+        raise ValueError(f"n_classes counts the background and must be >= 2, got {n_classes}")
+    if int(labels.max()) >= n_classes or int(labels.min()) < 0:
+        raise ValueError(
+            f"labels hold class ids {int(labels.min())}..{int(labels.max())}, outside "
+            f"0..{n_classes - 1}"
+        )
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    out = np.full((images.shape[0], n_classes - 1), np.nan)
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                logits = model(_to_input(images[start:start + batch_size], device))
+                if logits.shape[1] != n_classes:
+                    raise ValueError(
+                        f"the network outputs {logits.shape[1]} channels, n_classes is {n_classes}"
+                    )
+                pred = logits.argmax(dim=1).cpu().numpy()
+                for j, (p, g) in enumerate(zip(pred, labels[start:start + batch_size])):
+                    for k in range(1, n_classes):
+                        gk = g == k
+                        n_g = int(gk.sum())
+                        if n_g:
+                            pk = p == k
+                            out[start + j, k - 1] = 2.0 * int((pk & gk).sum()) / (
+                                int(pk.sum()) + n_g)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def mean_dice(per_case: np.ndarray) -> float | None:
+    """Mean over the foreground classes of each class's mean over the images that contain it
+    (the benchmark's Dice of a split, from :func:`dice_per_case`); None when no class occurs."""
+    with np.errstate(all="ignore"):
+        counts = np.isfinite(per_case).sum(axis=0)
+        per_class = np.where(counts > 0, np.nansum(per_case, axis=0) / np.maximum(counts, 1),
+                             np.nan)
+    finite = per_class[np.isfinite(per_class)]
+    return float(finite.mean()) if finite.size else None
 
 
 # ------------------------------------------------------------------------------------------------
