@@ -443,9 +443,10 @@ def rate_interval(hits: Sequence[bool], level: float = 0.95) -> dict:
 def target_report(runs: TargetRuns, scores: Mapping[str, Mapping[str, float | None]],
                   n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Everything of one target: ``reliability`` (:func:`split_half`), ``noise``
-    (:func:`seed_noise`), ``noise_ceiling`` (None with one seed), ``best_group`` and, per
-    method of ``scores`` (model -> method -> score), :func:`estimator_statistics`; the same
-    replicates for all."""
+    (:func:`seed_noise`), ``noise_ceiling`` (None with one seed), ``best_group``, ``truth``
+    (mean Dice per model) and ``truth_interval`` (its bootstrap interval), per method of
+    ``scores`` (model -> method -> score) :func:`estimator_statistics`, and ``replicates``
+    (the ``(n_boot, models)`` array all of them used, models in ``runs.usable()`` order)."""
     models = runs.usable()
     matrix = _matrix(runs, models)
     complete = matrix[:, np.isfinite(matrix).all(axis=0)]
@@ -455,7 +456,10 @@ def target_report(runs: TargetRuns, scores: Mapping[str, Mapping[str, float | No
            "n_test_cases": (int(runs.cases[models[0]].shape[1])
                             if models and all(m in runs.cases for m in models) else None),
            "reliability": split_half(complete), "noise": seed_noise(matrix),
-           "best_group": group}
+           "best_group": group,
+           "truth": {m: float(v) for m, v in zip(models, _means(matrix))},
+           "truth_interval": {m: _interval(replicates[:, i], level)
+                              for i, m in enumerate(models)}}
     if complete.shape[1] >= 2 and len(models) >= 3:
         out["noise_ceiling"] = noise_ceiling(_means(complete), complete.std(axis=1, ddof=1),
                                              complete.shape[1], n_boot, seed)
@@ -466,6 +470,7 @@ def target_report(runs: TargetRuns, scores: Mapping[str, Mapping[str, float | No
         method: estimator_statistics({m: scores.get(m, {}).get(method) for m in models}, runs,
                                      replicates, group["group"], level=level)
         for method in methods}
+    out["replicates"] = replicates  # for paired comparisons; not JSON (dropped by the report)
     return out
 
 
