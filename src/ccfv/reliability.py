@@ -1,4 +1,4 @@
-"""How sure is a transfer benchmark? Reliability of its ground truth and intervals for every statistic.
+"""How sure is a transfer benchmark? The reliability of its ground truth, intervals for its figures.
 
 The ground truth of a transfer benchmark is the fine-tuned Dice of each model, a mean over a few
 fine-tuning seeds on a finite test split; it is noisy, and a statistic of an estimator against

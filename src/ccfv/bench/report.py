@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ccfv.bench.per_class import class_statistics, mean_class_dice, plot_class_consistency
+from ccfv.bench.per_class import (CLASS_CONSISTENCY, class_statistics, mean_class_dice,
+                                  plot_class_consistency)
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 
@@ -336,8 +337,6 @@ def _table(per_target, avg, methods, stat, targets, multi=None) -> list[str]:
 
 def _class_section(summary: dict, per_class: dict, targets: list[str]) -> list[str]:
     """The per-class analysis (:mod:`ccfv.bench.per_class`) as markdown."""
-    from ccfv.bench.run import CLASS_CONSISTENCY
-
     md = ["", "## Per-class consistency against per-class Dice", "",
           "Class consistency score c_k = -mean over layers of log C_k (C_k: mean W2 between the "
           "cases' Gaussians of class k on the target-train cases; higher = more consistent), "
@@ -406,8 +405,6 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     multi = average({t: per_target[t] for t in multi_targets}) if multi_targets else None
     # the multi-class column only where it differs from the average over all targets
     multi_column = multi if multi_targets and len(multi_targets) < len(targets) else None
-    from ccfv.bench.run import CLASS_CONSISTENCY
-
     per_class = {t: class_statistics(summary["targets"][t], CLASS_CONSISTENCY) for t in targets
                  if any(m.get("class_consistency") for m in
                         summary["targets"][t]["models"].values())}

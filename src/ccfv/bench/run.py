@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from ccfv.bench.config import BenchConfig, digest_view
+from ccfv.bench.per_class import CLASS_CONSISTENCY  # the variants class_consistency records
 from ccfv.bench.tasks import PreparedTask, prepare_task
 from ccfv.errors import CCFVWarning, UserError
 
@@ -325,9 +326,6 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
     return path
 
 
-#: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
-#: layer), to set class consistency against the fine-tuned Dice of each class.
-CLASS_CONSISTENCY = {"ccfv": {"normalize_consistency": True}, "ccfv-paper": {}}
 
 
 def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
