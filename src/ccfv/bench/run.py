@@ -165,10 +165,11 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
     trained on ``device`` (the weights are initialised on the CPU, so every device starts from
     the same ones). With ``pretrain.val_fraction``, that fraction of the source's cases (by
     group) is held out: the checkpoint is the one of best validation Dice (checked every
-    ``pretrain.eval_every`` steps and at the end) and its meta records ``source_val_dice``."""
+    ``pretrain.eval_every`` steps and at the end) and its meta records ``source_val_dice``; a
+    source of a single case (group) has nothing to hold out and is trained on it, without."""
     import torch
 
-    from ccfv.bench.tasks import carve_validation
+    from ccfv.bench.tasks import _group_keys, carve_validation
     from ccfv.bench.train import (ARCHITECTURES, dice_per_case, mean_dice, save_checkpoint,
                                   set_seed, train)
 
@@ -186,13 +187,16 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
         start = time.perf_counter()
         every = np.arange(len(task.case_ids), dtype=np.int64)
         fit, val = every, np.zeros(0, dtype=np.int64)
-        if cfg["val_fraction"] > 0:
-            folder = config.task_specs[source].parent or source
+        folder = config.task_specs[source].parent or source
+        group = config["groups"].get(folder)
+        if cfg["val_fraction"] > 0 and len(set(_group_keys(task.case_ids, group, source))) < 2:
+            log(f"pre-training {arch} on {source}: {len(task.case_ids)} case(s), too few to "
+                "hold any out: no source validation Dice")
+        elif cfg["val_fraction"] > 0:
             whole = PreparedTask(task.name, task.images, task.labels, task.case_ids, every,
                                  np.zeros(0, dtype=np.int64), task.class_names,
                                  task.train_folder)
-            fit, val = carve_validation(whole, cfg["val_fraction"], config["split_seed"],
-                                        config["groups"].get(folder))
+            fit, val = carve_validation(whole, cfg["val_fraction"], config["split_seed"], group)
 
         def validate(net):
             value = mean_dice(dice_per_case(net, task.images[val], task.labels[val],
