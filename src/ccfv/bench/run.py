@@ -4,22 +4,30 @@ Stages, each cached under ``work/`` and resumable (a killed run redoes at most t
 being trained or the model being scored):
 
 1. **tasks** (:mod:`ccfv.bench.tasks`): one input format, a fixed written-down split.
-2. **pre-training**: every architecture on every task (all its prepared cases), from a seeded
-   initialisation; plus each architecture's seeded initialisation itself ("no pre-train").
-   ``work/pretrain/<arch>__<task>-<digest>.pt``.
+2. **pre-training**: every architecture on every task (all its prepared cases; protocol v2:
+   less a held-out share, ``pretrain.val_fraction``, whose Dice is the source model's own
+   validation Dice), from a seeded initialisation; plus each architecture's seeded
+   initialisation itself ("no pre-train"). ``work/pretrain/<arch>__<task>-<digest>.pt``.
 3. **banks**: for target T, every architecture pre-trained on every OTHER task, plus every
    architecture from scratch (the paper's bank at CPU scale).
 4. **fine-tuning** (the ground truth): every bank model on T's train split, all weights loaded
    except the final convolution block (re-initialised), nothing frozen, the same steps,
-   optimiser and batch for all; Dice on T's test split (mean over foreground classes and per
-   class); one run per seed. ``work/finetune/<target>/<model>__<digest>__seed<s>.json``.
+   optimiser, schedule and batch for all; v2: the checkpoint of best Dice on a validation
+   split carved out of T's train split (``finetune.val_fraction``); Dice on T's test split
+   (mean over foreground classes, per class and per test case); one run per seed.
+   ``work/finetune/<target>/<model>__<digest>__seed<s>.json``.
 5. **scores**: ``ccfv rank`` on T's train split only (``scoring.cases`` of its cases, one
    sampling plan shared by all models), every method of ``scoring.methods`` (ablations are
    methods with options, ``ccfv[distance=kl]``), and ``scoring.proportional`` again with the
    proportional budget (columns ``<method>@proportional``). Features are cached in
-   ``work/features``.
-6. **statistics** (:mod:`ccfv.evaluation`): per target and averaged over targets; written by
+   ``work/features``; the scores of a target in ``work/scores/<target>/scores-<digest>.json``.
+6. **statistics** (:mod:`ccfv.evaluation`, :mod:`ccfv.reliability`): per target and averaged
+   over targets, the reliability of the ground truth and intervals; written by
    :mod:`ccfv.bench.report`.
+
+Several processes may share one ``work`` folder: each stage is claimed with a lock file first
+(:class:`_Claim`), so two ``--threads 1`` processes split the work. :func:`run_convergence` is
+the convergence study (``ccfv bench --convergence``) that chooses ``finetune.steps``.
 """
 
 from __future__ import annotations
