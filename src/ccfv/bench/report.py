@@ -521,6 +521,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     merged = {"targets": {}, "tracks": {},
               "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
     within_per_target = {}
+    reliability: dict = {}  # per target, from the tracks that have it (protocol v2 reports)
     columns = []
     for folder in results:
         path = Path(folder) / "summary.json"
@@ -541,6 +542,8 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         for t, target in run["targets"].items():
             merged["targets"][t] = {**target, "track": track}
             merged["statistics"]["per_target"][t] = stats["per_target"][t]
+            if t in stats.get("reliability", {}).get("per_target", {}):
+                reliability[t] = stats["reliability"]["per_target"][t]
             within_per_target[t] = stats["within_architecture"]["per_target"][t]
         merged["statistics"]["per_track"][track] = {
             "targets": list(run["targets"]), "average": stats["average"],
@@ -572,6 +575,13 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     for method in methods:
         md.append(f"| `{method}` | " + " | ".join(_fmt(v) for v in headline[method].values())
                   + " |")
+    if reliability:
+        from ccfv.reliability import headline as reliable_headline
+
+        rel = {"per_target": reliability, "headline": reliable_headline(reliability),
+               "paired": {"reference": REFERENCE, "versus": {}}}
+        merged["statistics"]["reliability"] = rel
+        md += reliability_section(rel, [m for m in methods if not is_ablation(m)])
     out.mkdir(parents=True, exist_ok=True)
     (out / "headline.md").write_text("\n".join(md) + "\n")
     tmp = out / f".summary.json.{os.getpid()}.tmp"
