@@ -174,3 +174,62 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     assert [p.stat().st_mtime_ns for p in restored] == stamps
     assert {n: m["dice"] for n, m in again["targets"]["hc18_fetal_head"]["models"].items()} \
         == {n: m["dice"] for n, m in target["models"].items()}
+
+
+class _Config(dict):
+    """What write_results reads of a config: keys and ``raw``."""
+
+    @property
+    def raw(self):
+        return dict(self)
+
+
+def _synthetic_track(out, name, targets, spread):
+    """A v2-style summary (4 seeds, per-case Dice) written by write_results."""
+    from ccfv.bench.report import write_results
+
+    rng = np.random.default_rng(len(name))
+    summary = {"config": {"name": name}, "targets": {}}
+    for t in targets:
+        models = {}
+        for i, arch in enumerate(["unet", "segresnet"]):
+            for j, src in enumerate(["a", "b", "scratch"]):
+                level = 0.5 + 0.1 * i + 0.03 * j
+                cases = np.clip(level + spread * rng.standard_normal((4, 10)), 0, 1)
+                models[f"{arch}__{src}"] = {
+                    "dice": [float(v) for v in cases.mean(axis=1)],
+                    "dice_per_class": [{"fg": float(v)} for v in cases.mean(axis=1)],
+                    "dice_per_case": [{f"c{k}": [float(v)] for k, v in enumerate(row)}
+                                      for row in cases],
+                    "finetune_seconds": [1.0] * 4,
+                    "scores": {"ccfv": level, "logme": -level + 0.01 * j}}
+        summary["targets"][t] = {"models": models, "classes": ["fg"], "train": [], "test": []}
+    config = _Config(name=name, architectures=["unet", "segresnet"],
+                     finetune={"seeds": [0, 1, 2, 3]}, scoring={"cases": 4})
+    write_results(summary, config, out)
+    return out
+
+
+def test_reliability_in_the_report_and_across_tracks(tmp_path):
+    from ccfv.bench.report import combine_results
+
+    clean = _synthetic_track(tmp_path / "clean", "clean", ["p", "q"], 0.005)
+    noisy = _synthetic_track(tmp_path / "noisy", "noisy", ["r"], 0.6)
+    summary = json.loads((clean / "summary.json").read_text())
+    rel = summary["statistics"]["reliability"]
+    assert rel["headline"]["reliable"] == ["p", "q"]
+    assert rel["per_target"]["p"]["estimators"]["ccfv"]["weighted_tau"]["value"] == \
+        pytest.approx(1.0)
+    assert rel["headline"]["estimators"]["ccfv"]["best_group_hit"]["rate"] == 1.0
+    assert rel["headline"]["estimators"]["logme"]["top3_recall"]["rate"] == 0.0
+    versus = rel["paired"]["versus"]["logme"]
+    assert versus["per_target"]["p"]["weighted_tau"]["difference"] == pytest.approx(2.0)
+    assert versus["across_all"]["weighted_tau"]["positive"] == 2
+    tables = (clean / "tables.md").read_text()
+    assert "| `ccfv` | 2 | 1.000 | 1.000 |" in tables  # headline: 2 targets, wtau, Spearman
+    assert (clean / "fig2_p.png").stat().st_size > 1000
+    merged = combine_results([clean, noisy], tmp_path / "all")
+    head = merged["statistics"]["reliability"]["headline"]
+    assert head["reliable"] == ["p", "q"] and list(head["too_noisy"]) == ["r"]
+    assert "Ground truth too noisy (left out of the headline): r (split-half Spearman" in (
+        tmp_path / "all" / "headline.md").read_text()
