@@ -24,7 +24,7 @@ for track in transfer2d-v2 chaos3d-v2; do
   ) >> "$work/run-a.log" 2>&1 &
   a=$!
   # process b starts once the tasks are prepared (a writes them first)
-  until grep -q "^pre-trained \|fine-tuned Dice\|Error" "$work/run-a.log" \
+  until grep -q "^pre-trained \|fine-tuned Dice\|^convergence \|Error" "$work/run-a.log" \
       || ! kill -0 $a 2>/dev/null; do sleep 10; done
   "$CCFV" bench --config benchmarks/$track.yaml --threads 1 --quiet --work "$work" \
     --out bench-out/$track > "$work/run-b.log" 2>&1 &
