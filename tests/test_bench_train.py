@@ -13,10 +13,12 @@ from ccfv.bench.train import (
     ARCHITECTURES,
     augment_batch,
     build_network,
+    dice_per_case,
     dice_per_class,
     head_module,
     load_checkpoint,
     load_pretrained,
+    mean_dice,
     network_spec,
     save_checkpoint,
     set_seed,
@@ -261,6 +263,68 @@ def test_dice_per_class_matches_hand_computation():
     )
     with pytest.raises(ValueError, match="outputs 4 channels, n_classes is 3"):
         dice_per_class(model, images, np.minimum(label, 2), n_classes=3)
+
+
+def test_dice_per_case_by_hand_and_its_mean_is_dice_per_class():
+    label = np.array([
+        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 0, 0]],
+        [[0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0]],
+        [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+    ])
+    pred = np.array([
+        [[1, 0, 0, 1], [1, 0, 0, 0], [0, 0, 2, 2], [0, 0, 0, 3]],
+        [[0, 0, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+        [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2], [0, 0, 0, 0]],
+    ])
+    model = ClassIdsAsLogits(4).train()
+    images = pred[:, None].astype(np.uint8)
+    cases = dice_per_case(model, images, label, n_classes=4, batch_size=2)
+    assert model.training
+    nan = np.nan
+    np.testing.assert_allclose(cases, [[4 / 7, 1, nan], [nan, 2 / 3, nan], [0, nan, nan]])
+    per_class = dice_per_class(model, images, label, n_classes=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        np.testing.assert_allclose(np.nanmean(cases, axis=0), per_class, rtol=1e-6)
+    assert mean_dice(cases) == pytest.approx((2 / 7 + 5 / 6) / 2)
+    assert mean_dice(np.full((2, 1), np.nan)) is None
+    # on a trained network: the same numbers as MONAI's DiceMetric
+    images, labels = disc_task(12, seed=3)
+    set_seed(0)
+    net = ARCHITECTURES["unet"](1, 2, 32)
+    train(net, images, labels, steps=10, batch_size=4, lr=1e-2, seed=0)
+    np.testing.assert_allclose(np.nanmean(dice_per_case(net, images, labels, n_classes=2), 0),
+                               dice_per_class(net, images, labels, n_classes=2), rtol=1e-6)
+
+
+def test_training_with_validation_selects_the_best_checkpoint_and_poly_decays():
+    images, labels = disc_task(16)
+    val_images, val_labels = disc_task(6, seed=1)
+
+    def validate(net):
+        return mean_dice(dice_per_case(net, val_images, val_labels, n_classes=2))
+
+    set_seed(0)
+    model = ARCHITECTURES["unet"](1, 2, 32)
+    info = train(model, images, labels, steps=30, batch_size=8, lr=1e-2, seed=0,
+                 schedule="poly", validate=validate, eval_every=7)
+    assert [c[0] for c in info["curve"]] == [7, 14, 21, 28, 30]
+    values = [c[1] for c in info["curve"]]
+    assert info["best_value"] == max(values)
+    assert info["best_step"] == info["curve"][values.index(max(values))][0]
+    assert validate(model) == pytest.approx(info["best_value"])  # the best weights are kept
+    assert not model.training
+    # poly: the same run without validation ends with other weights than a constant rate
+    set_seed(0)
+    constant = ARCHITECTURES["unet"](1, 2, 32)
+    train(constant, images, labels, steps=30, batch_size=8, lr=1e-2, seed=0)
+    set_seed(0)
+    poly = ARCHITECTURES["unet"](1, 2, 32)
+    result = train(poly, images, labels, steps=30, batch_size=8, lr=1e-2, seed=0,
+                   schedule="poly")
+    assert "curve" not in result and not same(weights(constant), weights(poly))
+    with pytest.raises(ValueError, match="schedule"):
+        train(poly, images, labels, steps=2, batch_size=2, lr=1e-2, seed=0, schedule="cos")
 
 
 # ------------------------------------------------------------------------------------------------

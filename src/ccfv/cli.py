@@ -230,6 +230,12 @@ def _cmd_bench(args) -> int:
     out = Path(args.out or Path("bench-out") / config["name"])
     print(f"ccfv bench: {config['name']} ({len(config.task_paths)} tasks, targets "
           f"{', '.join(config.targets)}); cache {work}, results {out}")
+    if args.convergence:
+        from ccfv.bench.run import run_convergence
+
+        run_convergence(config, work, out, progress=not args.quiet, device=args.device)
+        print(f"\nwrote {out / 'convergence.json'} and the convergence_*.png plots")
+        return 0
     run_bench(config, work, out, progress=not args.quiet, device=args.device)
     print(f"\nwrote {out / 'summary.json'}, {out / 'tables.md'} and the fig2_*.png plots")
     print((out / "tables.md").read_text().split("## Pearson")[0])
@@ -385,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu",
                    help="torch device for training and feature passes: cpu (default), cuda, "
                         "cuda:1; GPU runs are cached apart from CPU runs")
+    p.add_argument("--convergence", action="store_true",
+                   help="instead of the benchmark: the convergence study (validation Dice "
+                        "against fine-tuning steps for the scratch and one pre-trained model "
+                        "per target, the config's `convergence` budgets) that chooses "
+                        "finetune.steps; writes --out/convergence.json and plots")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
 

@@ -69,9 +69,14 @@ DEFAULTS: dict = {
     "split_seed": 0,
     "groups": {},
     "source_cases": {},
+    "train_cases": None,
     "architectures": ["unet", "unetr"],
-    "pretrain": {"steps": 600, "batch_size": 8, "lr": 1e-3, "seed": 0},
-    "finetune": {"steps": 150, "batch_size": 8, "lr": 1e-3, "seeds": [0, 1]},
+    "pretrain": {"steps": 600, "batch_size": 8, "lr": 1e-3, "seed": 0, "schedule": "constant",
+                 "val_fraction": 0.0, "eval_every": 0},
+    "finetune": {"steps": 150, "batch_size": 8, "lr": 1e-3, "seeds": [0, 1],
+                 "schedule": "constant", "val_fraction": 0.0, "eval_every": 0},
+    "convergence": {"budgets": [250, 500, 1000, 2000], "eval_every": 50, "seed": 0,
+                    "architectures": None},
     "scoring": {
         "cases": 12, "seed": 0, "counts": [100, 200, 400],
         "methods": ["ccfv", "ccfv-official", "logme", "transrate", "leep", "gbc", "hscore",
@@ -87,7 +92,20 @@ DEFAULTS: dict = {
 
 
 #: Mapping-valued keys whose own keys are the user's (task names, profiles), not ours.
-FREE_FORM = ("quick", "groups", "source_cases")
+FREE_FORM = ("quick", "groups", "source_cases", "train_cases")
+
+#: Keys added by protocol v2 with the value that reproduces v1: left out of the cache digests
+#: while they keep it, so that v1 caches keep their names.
+V2_DEFAULTS = {"pretrain": {"schedule": "constant", "val_fraction": 0.0, "eval_every": 0},
+               "finetune": {"schedule": "constant", "val_fraction": 0.0, "eval_every": 0}}
+
+
+def digest_view(key: str, value):
+    """``value`` of config ``key`` without the v2 keys that hold their v1 value."""
+    defaults = V2_DEFAULTS.get(key)
+    if not defaults or not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if not (k in defaults and v == defaults[k])}
 
 
 def _merge(base: dict, override: dict, where: str) -> dict:
@@ -182,7 +200,15 @@ class BenchConfig:
 
     def digest(self, *keys: str) -> str:
         """A short hash of the config values under ``keys`` (what a cached stage depends on)."""
-        return self.digest_of({k: self.raw[k] for k in keys})
+        return self.digest_of({k: digest_view(k, self.raw[k]) for k in keys})
+
+    def train_cases(self, task: str) -> int | None:
+        """Target-train cases (groups) of ``task`` under ``train_cases`` (an int for every
+        task, or a mapping task -> int); None: the ``test_fraction`` split."""
+        value = self.raw["train_cases"]
+        if isinstance(value, dict):
+            return value.get(task)
+        return value
 
     @staticmethod
     def digest_of(value) -> str:
@@ -284,6 +310,34 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
         if spec.parent is not None and not config["source_cases"].get(spec.parent):
             raise UserError(f"{path}: task {spec.name!r} is derived from {spec.parent!r}, which "
                             f"sets no cases aside: add source_cases: {{{spec.parent}: N}}")
+    value = config["train_cases"]
+    for task, count in (value.items() if isinstance(value, dict) else
+                        ([] if value is None else [("every task", value)])):
+        if task != "every task" and task not in resolved.task_specs:
+            raise UserError(f"{path}: train_cases names task {task!r}, which is not among the "
+                            f"tasks {list(resolved.task_specs)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+            raise UserError(f"{path}: train_cases ({task}): {count!r}; give a number of "
+                            "target-train cases (groups) >= 2")
+    for stage in ("pretrain", "finetune"):
+        cfg = config[stage]
+        if cfg["schedule"] not in ("constant", "poly"):
+            raise UserError(f"{path}: {stage}.schedule {cfg['schedule']!r}: give constant or "
+                            "poly")
+        if not (isinstance(cfg["val_fraction"], (int, float)) and 0 <= cfg["val_fraction"] < 1):
+            raise UserError(f"{path}: {stage}.val_fraction {cfg['val_fraction']!r}: give a "
+                            "fraction in [0, 1)")
+        if isinstance(cfg["eval_every"], bool) or not isinstance(cfg["eval_every"], int) \
+                or cfg["eval_every"] < 0:
+            raise UserError(f"{path}: {stage}.eval_every {cfg['eval_every']!r}: give a number "
+                            "of steps >= 0")
+    budgets = config["convergence"]["budgets"]
+    if not budgets or not all(isinstance(b, int) and b >= 1 for b in budgets):
+        raise UserError(f"{path}: convergence.budgets {budgets!r}: give step counts >= 1")
+    for arch in config["convergence"]["architectures"] or []:
+        if arch not in config["architectures"]:
+            raise UserError(f"{path}: convergence.architectures: {arch!r} is not among the "
+                            f"benchmark's architectures {config['architectures']}")
     if len(config["finetune"]["seeds"]) < 1:
         raise UserError(f"{path}: finetune.seeds is empty: give at least one seed")
     resolved.targets  # noqa: B018 -- validates the target names

@@ -27,6 +27,10 @@ import numpy as np
 
 from ccfv.evaluation import spearman, weighted_tau
 
+#: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
+#: layer), to set class consistency against the fine-tuned Dice of each class.
+CLASS_CONSISTENCY = {"ccfv": {"normalize_consistency": True}, "ccfv-paper": {}}
+
 
 def mean_class_dice(model: dict) -> dict[str, float]:
     """Fine-tuned Dice of each class, mean over the seeds where it is defined."""

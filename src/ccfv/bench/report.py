@@ -25,11 +25,238 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ccfv.bench.per_class import class_statistics, mean_class_dice, plot_class_consistency
+from ccfv.bench.per_class import (CLASS_CONSISTENCY, class_statistics, mean_class_dice,
+                                  plot_class_consistency)
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 
 STATS = (*CORRELATIONS, "top1_relative", "regret")
+#: Bootstrap replicates of the ground truth behind every interval of the reliability section.
+BOOTSTRAP = 1000
+#: The estimator every other main method is compared with, pairwise (if it was run).
+REFERENCE = "ccfv"
+
+
+def reliability_statistics(summary: dict, main: list[str]) -> dict:
+    """Per target :func:`ccfv.reliability.target_report` (its replicates dropped), the
+    :func:`ccfv.reliability.headline`, and the paired comparisons of :data:`REFERENCE` with
+    every other main method (per target: the difference in weighted tau and Spearman with
+    its interval; across the reliable targets, and across all: sign and permutation tests)."""
+    from ccfv.reliability import (TargetRuns, across_targets, headline, paired_difference,
+                                  target_report)
+
+    reports, runs_of = {}, {}
+    for t, entry in summary["targets"].items():
+        models = entry["models"]
+        runs = TargetRuns.from_models(models)
+        if len(runs.usable()) < 3:
+            continue
+        scores = {name: m.get("scores", {}) for name, m in models.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CCFVWarning)
+            reports[t] = target_report(runs, scores, n_boot=BOOTSTRAP)
+        runs_of[t] = (runs, scores)
+    head = headline(reports)
+    paired = {}
+    if any(REFERENCE in r["estimators"] for r in reports.values()):
+        for other in (m for m in main if m != REFERENCE):
+            row = {"per_target": {}}
+            for t, (runs, scores) in runs_of.items():
+                a = {m: scores[m].get(REFERENCE) for m in scores}
+                b = {m: scores[m].get(other) for m in scores}
+                row["per_target"][t] = {
+                    stat: paired_difference(a, b, runs, stat,
+                                            replicates=reports[t]["replicates"])
+                    for stat in ("weighted_tau", "spearman")}
+            for name, subset in (("reliable", head["reliable"]), ("all", list(runs_of))):
+                row[f"across_{name}"] = {
+                    stat: across_targets([row["per_target"][t][stat]["difference"]
+                                          for t in subset])
+                    for stat in ("weighted_tau", "spearman")}
+            paired[other] = row
+    for r in reports.values():
+        r.pop("replicates", None)
+    return {"per_target": reports, "headline": head, "paired": {"reference": REFERENCE,
+                                                                  "versus": paired}}
+
+
+def _iv(entry: dict | None, digits: int = 2) -> str:
+    """``value [lo, hi]`` of a statistic with its interval."""
+    if not entry or entry.get("value") is None:
+        return "–"
+    iv = entry.get("interval")
+    text = f"{entry['value']:.{digits}f}"
+    return text + (f" [{iv[0]:.{digits}f}, {iv[1]:.{digits}f}]" if iv else "")
+
+
+def reliability_section(rel: dict, main: list[str]) -> list[str]:
+    """The reliability statistics as markdown (see docs/explanation/benchmark-statistics.md)."""
+    reports, head = rel["per_target"], rel["headline"]
+    md = ["", "## Reliability of the ground truth", "",
+          "Split-half reliability: with >= 4 seeds, every balanced split of the seeds into two "
+          "halves, the correlation between the halves' mean Dice, averaged (with 2-3 seeds: "
+          "one seed against the mean of the others). Noise ceiling: what a perfect estimator "
+          "would expect against this ground truth (parametric bootstrap from each model's mean "
+          "and seed sd). Best group: the models whose difference to the best is not "
+          f"significant (95% bootstrap interval over test cases and seeds, {BOOTSTRAP} "
+          "replicates).", "",
+          "| target | models | seeds | test cases | method | split-half wtau | split-half "
+          "Spearman | split-half Kendall | Dice range | seed sd | median gap | noise ceiling "
+          "wtau | noise ceiling Spearman | best group |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t, r in reports.items():
+        rel_t, noise, ceiling = r["reliability"], r["noise"], r["noise_ceiling"] or {}
+        rng = noise["dice_range"]
+        md.append(
+            f"| {t} | {r['n_models']} | {r['n_seeds']} | {r['n_test_cases'] or '–'} | "
+            f"{rel_t.get('method') or '–'} | {_fmt(rel_t.get('weighted_tau'), 2)} | "
+            f"{_fmt(rel_t.get('spearman'), 2)} | {_fmt(rel_t.get('kendall_tau'), 2)} | "
+            f"{f'{rng[0]:.2f}-{rng[1]:.2f}' if rng else '–'} | "
+            f"{_fmt(noise['mean_seed_sd'], 3)} | {_fmt(noise['median_gap'], 3)} | "
+            f"{_fmt((ceiling.get('weighted_tau') or {}).get('mean'), 2)} | "
+            f"{_fmt((ceiling.get('spearman') or {}).get('mean'), 2)} | "
+            f"{len(r['best_group']['group'])}: {', '.join(r['best_group']['group'][:4])}"
+            f"{' ...' if len(r['best_group']['group']) > 4 else ''} |")
+    reliable = head["reliable"]
+    md += ["", f"## Headline: targets with split-half Spearman >= {head['threshold']}", "",
+           f"Reliable targets: {', '.join(reliable) if reliable else 'none'}. Ground truth too "
+           "noisy (left out of the headline): "
+           + (", ".join(f"{t} (split-half Spearman {_fmt(v['reliability'].get('spearman'), 2)}"
+                        f", seed sd {_fmt(v['noise']['mean_seed_sd'], 3)}, median gap "
+                        f"{_fmt(v['noise']['median_gap'], 3)})"
+                        for t, v in head["too_noisy"].items()) or "none") + ".", ""]
+    if reliable:
+        md += ["| method | targets | weighted tau | Spearman | Pearson | top-1 regret | "
+               "best-group hit rate | top-3 recall |", "|---|---|---|---|---|---|---|---|"]
+
+        def rate(x):
+            return (f"{x['rate']:.2f} [{x['interval'][0]:.2f}, {x['interval'][1]:.2f}]"
+                    if x["rate"] is not None else "–")
+
+        for m in main:
+            e = head["estimators"].get(m)
+            if e:
+                md.append(f"| `{m}` | {e['n_targets']} | {_fmt(e['weighted_tau'])} | "
+                          f"{_fmt(e['spearman'])} | {_fmt(e['pearson'])} | "
+                          f"{_fmt(e['regret'])} | {rate(e['best_group_hit'])} | "
+                          f"{rate(e['top3_recall'])} |")
+    targets = list(reports)
+    for stat, title in (("weighted_tau", "Weighted tau"), ("spearman", "Spearman"),
+                        ("regret", "Top-1 regret (Dice)")):
+        md += ["", f"### {title} per target, with 95% intervals (test cases and seeds "
+                   "resampled)", "", "| method | " + " | ".join(targets) + " |",
+               "|---|" + "---|" * len(targets)]
+        for m in main:
+            md.append(f"| `{m}` | " + " | ".join(
+                _iv(reports[t]["estimators"].get(m, {}).get(stat)) for t in targets) + " |")
+    md += ["", "### Best-group hit (top-1 in the best group) / top-3 recall per target", "",
+           "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    for m in main:
+        cells = []
+        for t in targets:
+            e = reports[t]["estimators"].get(m, {})
+            cells.append("–" if "best_group_hit" not in e else
+                         f"{'yes' if e['best_group_hit'] else 'no'} / "
+                         f"{'yes' if e['top3_recall'] else 'no'}")
+        md.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    versus = rel["paired"]["versus"]
+    if versus:
+        ref = rel["paired"]["reference"]
+        md += ["", f"### Paired: `{ref}` minus each method (weighted tau; 95% interval over "
+                   "the same replicates; across targets: sign test / permutation test p)", "",
+               "| method | " + " | ".join(targets) + " | reliable targets: mean, +/-, p "
+               "(sign, perm.) | all targets: mean, +/-, p (sign, perm.) |",
+               "|---|" + "---|" * (len(targets) + 2)]
+        for other, row in versus.items():
+            cells = []
+            for t in targets:
+                d = row["per_target"][t]["weighted_tau"]
+                cells.append(_iv({"value": d["difference"], "interval": d["interval"]}))
+
+            def across(a):
+                if not a["n"]:
+                    return "–"
+                return (f"{_fmt(a['mean'])}, {a['positive']}/{a['negative']}, "
+                        f"{_fmt(a['sign_test_p'], 2)} / {_fmt(a['permutation_p'], 2)}")
+
+            md.append(f"| `{other}` | " + " | ".join(cells) + " | "
+                      f"{across(row['across_reliable']['weighted_tau'])} | "
+                      f"{across(row['across_all']['weighted_tau'])} |")
+    return md
+
+
+def plot_fig2(target: str, models: dict, report: dict, methods: list[str],
+              path: str | Path) -> Path:
+    """Fig. 2 of the paper with the noise drawn in: per method, the standardised score
+    against each model's mean fine-tuned Dice with its 95% interval (test cases and seeds
+    resampled); marker = architecture, colour = source task, black edge = the best group, red
+    ring = the model the score ranks first. One legend for the figure instead of a label per
+    point (v1's labels overlapped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    truth, intervals = report["truth"], report["truth_interval"]
+    group = set(report["best_group"]["group"])
+    names = list(truth)
+    archs = list(dict.fromkeys(n.split("__")[0] for n in names))
+    sources = list(dict.fromkeys(n.split("__", 1)[1] for n in names))
+    markers = dict(zip(archs, "osD^vP*X"))
+    cmap = plt.get_cmap("tab10")
+    colours = {s: cmap(i % 10) for i, s in enumerate(sources)}
+    n = len(methods)
+    ncols = min(3, max(1, n))
+    nrows = math.ceil(n / ncols) if n else 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows + 1.0),
+                             squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        usable = [m for m in names if models[m].get("scores", {}).get(method) is not None
+                  and math.isfinite(models[m]["scores"][method])]
+        if len(usable) < 3:
+            ax.axis("off")
+            continue
+        x = np.array([models[m]["scores"][method] for m in usable], dtype=float)
+        sd = x.std()
+        z = (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+        pick = usable[int(np.argmax(x))]
+        for zi, m in zip(z, usable):
+            y = truth[m]
+            iv = intervals.get(m) or [y, y]
+            arch, source = m.split("__", 1)
+            ax.errorbar(zi, y, yerr=[[y - iv[0]], [iv[1] - y]], fmt="none",
+                        ecolor=colours[source], alpha=0.6, lw=1, zorder=2)
+            ax.scatter([zi], [y], marker=markers[arch], s=44, color=colours[source],
+                       edgecolors="black" if m in group else "none", linewidths=1.2, zorder=3)
+            if m == pick:
+                ax.scatter([zi], [y], s=170, facecolors="none", edgecolors="red", lw=1.4,
+                           zorder=4)
+        e = report["estimators"].get(method, {})
+        ax.set_title(f"{method}\nweighted tau {_iv(e.get('weighted_tau'))}", fontsize=8.5)
+        ax.set_xlabel("standardised score", fontsize=8)
+        ax.set_ylabel("fine-tuned Dice (95% interval)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles = [Line2D([], [], marker=markers[a], ls="", color="grey", label=a) for a in archs]
+    handles += [Line2D([], [], marker="o", ls="", color=colours[s], label=s) for s in sources]
+    handles += [Line2D([], [], marker="o", ls="", mfc="white", mec="black", label="best group"),
+                Line2D([], [], marker="o", ls="", mfc="none", mec="red", ms=10,
+                       label="ranked first")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7.5,
+               frameon=False)
+    fig.suptitle(f"{target}: score vs fine-tuned Dice", fontsize=10)
+    fig.tight_layout(rect=(0, 0.9 / (3.8 * nrows + 1.0) + 0.03, 1, 0.97))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def truth_of(models: dict) -> dict[str, float]:
@@ -110,8 +337,6 @@ def _table(per_target, avg, methods, stat, targets, multi=None) -> list[str]:
 
 def _class_section(summary: dict, per_class: dict, targets: list[str]) -> list[str]:
     """The per-class analysis (:mod:`ccfv.bench.per_class`) as markdown."""
-    from ccfv.bench.run import CLASS_CONSISTENCY
-
     md = ["", "## Per-class consistency against per-class Dice", "",
           "Class consistency score c_k = -mean over layers of log C_k (C_k: mean W2 between the "
           "cases' Gaussians of class k on the target-train cases; higher = more consistent), "
@@ -180,8 +405,6 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     multi = average({t: per_target[t] for t in multi_targets}) if multi_targets else None
     # the multi-class column only where it differs from the average over all targets
     multi_column = multi if multi_targets and len(multi_targets) < len(targets) else None
-    from ccfv.bench.run import CLASS_CONSISTENCY
-
     per_class = {t: class_statistics(summary["targets"][t], CLASS_CONSISTENCY) for t in targets
                  if any(m.get("class_consistency") for m in
                         summary["targets"][t]["models"].values())}
@@ -193,6 +416,8 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     summary["commit"] = _commit()
     methods = list(avg)
     main = [m for m in methods if not is_ablation(m)]
+    rel = reliability_statistics(summary, main)
+    summary["statistics"]["reliability"] = rel
     ablations = [m for m in methods if m.startswith("ccfv")]
     seeds = config["finetune"]["seeds"]
     n_models = {t: len(summary["targets"][t]["models"]) for t in targets}
@@ -224,6 +449,16 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
                  targets)
     md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
     md += _table(per_target, avg, ablations, "weighted_tau", targets, multi_column)
+    md += reliability_section(rel, main)
+    if summary.get("sources"):
+        md += ["", "## Source models: validation Dice on their own source task", "",
+               "A held-out share of each source task's cases (`pretrain.val_fraction`), the "
+               "checkpoint of best validation Dice kept (a source model that learned little is "
+               "not a pre-trained model).", "", "| source model | validation Dice | steps | "
+               "last loss |", "|---|---|---|---|"]
+        for name, src in summary["sources"].items():
+            md.append(f"| {name} | {_fmt(src.get('source_val_dice'), 4)} | "
+                      f"{src.get('steps') or '–'} | {_fmt(src.get('loss_last'), 3)} |")
     md += _class_section(summary, per_class, targets)
     md += ["", "## Ground truth and its noise", "",
            "| target | models | mean seed sd of Dice | median gap between adjacent models |",
@@ -247,7 +482,11 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
         models = summary["targets"][t]["models"]
         scores = {name: m["scores"] for name, m in models.items()}
         usable = [m for m in main if per_target[t].get(m, {}).get("n_models", 0) >= 3]
-        if usable:
+        if usable and t in rel["per_target"]:
+            paths[f"fig2_{t}"] = plot_fig2(t, models, rel["per_target"][t], usable,
+                                           out / f"fig2_{t}.png")
+            md += ["", f"![{t}](fig2_{t}.png)"]
+        elif usable:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CCFVWarning)
                 paths[f"fig2_{t}"] = plot_scores_vs_truth(scores, truth_of(models),
@@ -282,6 +521,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     merged = {"targets": {}, "tracks": {},
               "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
     within_per_target = {}
+    reliability: dict = {}  # per target, from the tracks that have it (protocol v2 reports)
     columns = []
     for folder in results:
         path = Path(folder) / "summary.json"
@@ -302,6 +542,8 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         for t, target in run["targets"].items():
             merged["targets"][t] = {**target, "track": track}
             merged["statistics"]["per_target"][t] = stats["per_target"][t]
+            if t in stats.get("reliability", {}).get("per_target", {}):
+                reliability[t] = stats["reliability"]["per_target"][t]
             within_per_target[t] = stats["within_architecture"]["per_target"][t]
         merged["statistics"]["per_track"][track] = {
             "targets": list(run["targets"]), "average": stats["average"],
@@ -333,9 +575,48 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     for method in methods:
         md.append(f"| `{method}` | " + " | ".join(_fmt(v) for v in headline[method].values())
                   + " |")
+    if reliability:
+        from ccfv.reliability import headline as reliable_headline
+
+        rel = {"per_target": reliability, "headline": reliable_headline(reliability),
+               "paired": {"reference": REFERENCE, "versus": {}}}
+        merged["statistics"]["reliability"] = rel
+        md += reliability_section(rel, [m for m in methods if not is_ablation(m)])
     out.mkdir(parents=True, exist_ok=True)
     (out / "headline.md").write_text("\n".join(md) + "\n")
     tmp = out / f".summary.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(merged, indent=1, default=str))
     os.replace(tmp, out / "summary.json")
     return merged
+
+
+def plot_convergence(target: str, entry: dict, path: str | Path) -> Path:
+    """Validation Dice against fine-tuning steps, one line per model and budget (the
+    convergence study of :func:`ccfv.bench.run.run_convergence`), each budget's test Dice
+    marked at its end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (model, budgets) in enumerate(sorted(entry.items())):
+        colour = colours[i % len(colours)]
+        for j, (steps, run) in enumerate(sorted(budgets.items(), key=lambda kv: int(kv[0]))):
+            if run.get("curve"):
+                curve = np.asarray(run["curve"], dtype=float)
+                ax.plot(curve[:, 0], curve[:, 1], color=colour, alpha=0.35 + 0.65 * (j + 1)
+                        / len(budgets), lw=1.2, label=model if j == len(budgets) - 1 else None)
+            if run.get("test_dice") is not None:
+                ax.plot([int(steps)], [run["test_dice"]], "x", color=colour, ms=7)
+    ax.set_xlabel("fine-tuning steps (one run per budget; x: test Dice at the end)")
+    ax.set_ylabel("validation Dice")
+    ax.set_title(f"convergence study: {target}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -4,22 +4,30 @@ Stages, each cached under ``work/`` and resumable (a killed run redoes at most t
 being trained or the model being scored):
 
 1. **tasks** (:mod:`ccfv.bench.tasks`): one input format, a fixed written-down split.
-2. **pre-training**: every architecture on every task (all its prepared cases), from a seeded
-   initialisation; plus each architecture's seeded initialisation itself ("no pre-train").
-   ``work/pretrain/<arch>__<task>-<digest>.pt``.
+2. **pre-training**: every architecture on every task (all its prepared cases; protocol v2:
+   less a held-out share, ``pretrain.val_fraction``, whose Dice is the source model's own
+   validation Dice), from a seeded initialisation; plus each architecture's seeded
+   initialisation itself ("no pre-train"). ``work/pretrain/<arch>__<task>-<digest>.pt``.
 3. **banks**: for target T, every architecture pre-trained on every OTHER task, plus every
    architecture from scratch (the paper's bank at CPU scale).
 4. **fine-tuning** (the ground truth): every bank model on T's train split, all weights loaded
    except the final convolution block (re-initialised), nothing frozen, the same steps,
-   optimiser and batch for all; Dice on T's test split (mean over foreground classes and per
-   class); one run per seed. ``work/finetune/<target>/<model>__<digest>__seed<s>.json``.
+   optimiser, schedule and batch for all; v2: the checkpoint of best Dice on a validation
+   split carved out of T's train split (``finetune.val_fraction``); Dice on T's test split
+   (mean over foreground classes, per class and per test case); one run per seed.
+   ``work/finetune/<target>/<model>__<digest>__seed<s>.json``.
 5. **scores**: ``ccfv rank`` on T's train split only (``scoring.cases`` of its cases, one
    sampling plan shared by all models), every method of ``scoring.methods`` (ablations are
    methods with options, ``ccfv[distance=kl]``), and ``scoring.proportional`` again with the
    proportional budget (columns ``<method>@proportional``). Features are cached in
-   ``work/features``.
-6. **statistics** (:mod:`ccfv.evaluation`): per target and averaged over targets; written by
+   ``work/features``; the scores of a target in ``work/scores/<target>/scores-<digest>.json``.
+6. **statistics** (:mod:`ccfv.evaluation`, :mod:`ccfv.reliability`): per target and averaged
+   over targets, the reliability of the ground truth and intervals; written by
    :mod:`ccfv.bench.report`.
+
+Several processes may share one ``work`` folder: each stage is claimed with a lock file first
+(:class:`_Claim`), so two ``--threads 1`` processes split the work. :func:`run_convergence` is
+the convergence study (``ccfv bench --convergence``) that chooses ``finetune.steps``.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ccfv.bench.config import BenchConfig
+from ccfv.bench.config import BenchConfig, digest_view
+from ccfv.bench.per_class import CLASS_CONSISTENCY  # the variants class_consistency records
 from ccfv.bench.tasks import PreparedTask, prepare_task
 from ccfv.errors import CCFVWarning, UserError
 
@@ -47,6 +56,76 @@ def _write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=float))
     os.replace(tmp, path)
+
+
+class _Claim:
+    """A lock file beside a stage's output, so that several ``ccfv bench`` processes sharing one
+    work folder split the stages instead of doing each twice. ``take()`` is True when this
+    process may compute the stage (it created the lock, or the lock's process is gone)."""
+
+    def __init__(self, output: Path):
+        self.path = output.with_name(f".{output.name}.lock")
+        self.held = False
+
+    def take(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    return False
+                self.path.unlink(missing_ok=True)  # left by a process that died
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            self.held = True
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_claimed(jobs: list, done, compute, wait_seconds: float = 5.0) -> None:
+    """Compute every job not ``done`` whose claim this process gets; wait for the jobs other
+    processes hold (re-checking every ``wait_seconds``) until all are done. ``done(job)`` and
+    ``compute(job)``; ``compute`` runs with the job's claim held."""
+    pending = [j for j in jobs if not done(j)]
+    while pending:
+        progressed = False
+        for job in list(pending):
+            if done(job):
+                pending.remove(job)
+                continue
+            claim = _Claim(job[0])
+            if not claim.take():
+                continue
+            try:
+                if not done(job):
+                    compute(job)
+            finally:
+                claim.release()
+            pending.remove(job)
+            progressed = True
+        if pending and not progressed:
+            time.sleep(wait_seconds)
 
 
 def model_name(arch: str, source: str) -> str:
@@ -77,23 +156,35 @@ def _device_digest(device: str) -> str:
     return "" if kind == "cpu" else BenchConfig.digest_of({"device": kind})
 
 
-def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
-             progress: bool, log, device: str = "cpu") -> Path:
-    """The checkpoint of ``arch`` pre-trained on ``task`` (None: the seeded initialisation),
-    trained on ``device`` (the weights are initialised on the CPU, so every device starts from
-    the same ones)."""
-    import torch
-
-    from ccfv.bench.train import ARCHITECTURES, save_checkpoint, set_seed, train
-
-    cfg = config["pretrain"]
+def pretrain_path(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
+                  device: str = "cpu") -> Path:
+    """Where :func:`pretrain` caches ``arch`` pre-trained on ``task`` (None: initialisation)."""
     source = task.name if task is not None else SCRATCH
-    n_out = task.n_classes if task is not None else 2
     digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed")
     digest += _cases_digest(config, source)
     if task is not None:
         digest += _device_digest(device)
-    path = work / "pretrain" / f"{model_name(arch, source)}-{digest}.pt"
+    return work / "pretrain" / f"{model_name(arch, source)}-{digest}.pt"
+
+
+def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
+             progress: bool, log, device: str = "cpu") -> Path:
+    """The checkpoint of ``arch`` pre-trained on ``task`` (None: the seeded initialisation),
+    trained on ``device`` (the weights are initialised on the CPU, so every device starts from
+    the same ones). With ``pretrain.val_fraction``, that fraction of the source's cases (by
+    group) is held out: the checkpoint is the one of best validation Dice (checked every
+    ``pretrain.eval_every`` steps and at the end) and its meta records ``source_val_dice``; a
+    source of a single case (group) has nothing to hold out and is trained on it, without."""
+    import torch
+
+    from ccfv.bench.tasks import _group_keys, carve_validation
+    from ccfv.bench.train import (ARCHITECTURES, dice_per_case, mean_dice, save_checkpoint,
+                                  set_seed, train)
+
+    cfg = config["pretrain"]
+    source = task.name if task is not None else SCRATCH
+    n_out = task.n_classes if task is not None else 2
+    path = pretrain_path(config, arch, task, work, device)
     if path.is_file():
         return path
     set_seed(cfg["seed"])
@@ -102,58 +193,125 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
     if task is not None:
         model.to(device)
         start = time.perf_counter()
-        info = train(model, task.images, task.labels, steps=cfg["steps"],
+        every = np.arange(len(task.case_ids), dtype=np.int64)
+        fit, val = every, np.zeros(0, dtype=np.int64)
+        folder = config.task_specs[source].parent or source
+        group = config["groups"].get(folder)
+        if cfg["val_fraction"] > 0 and len(set(_group_keys(task.case_ids, group, source))) < 2:
+            log(f"pre-training {arch} on {source}: {len(task.case_ids)} case(s), too few to "
+                "hold any out: no source validation Dice")
+        elif cfg["val_fraction"] > 0:
+            whole = PreparedTask(task.name, task.images, task.labels, task.case_ids, every,
+                                 np.zeros(0, dtype=np.int64), task.class_names,
+                                 task.train_folder)
+            fit, val = carve_validation(whole, cfg["val_fraction"], config["split_seed"], group)
+
+        def validate(net):
+            value = mean_dice(dice_per_case(net, task.images[val], task.labels[val],
+                                            n_classes=n_out))
+            return 0.0 if value is None else value
+
+        info = train(model, task.images[fit], task.labels[fit], steps=cfg["steps"],
                      batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
+                     schedule=cfg["schedule"], validate=validate if val.size else None,
+                     eval_every=cfg["eval_every"],
                      progress=f"pre-train {arch} on {source}" if progress else None)
         meta.update(info)
+        if val.size:
+            meta.update(source_val_dice=info["best_value"],
+                        source_val_cases=[task.case_ids[i] for i in val])
         log(f"pre-trained {arch} on {source}: loss {info['loss_first']:.3f} -> "
-            f"{info['loss_last']:.3f} in {time.perf_counter() - start:.0f} s")
+            f"{info['loss_last']:.3f} in {time.perf_counter() - start:.0f} s"
+            + (f", validation Dice {info['best_value']:.4f} (step {info['best_step']})"
+               if val.size else ""))
     with torch.no_grad():
         save_checkpoint(model, path, meta)
     return path
 
 
-def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
-             target: PreparedTask, seed: int, work: Path, progress: bool,
-             device: str = "cpu") -> dict:
-    """Fine-tune one bank model on the target's train split (on ``device``); Dice on its test
-    split."""
-    from ccfv.bank.checkpoint import load_torch_file
-    from ccfv.bench.train import (ARCHITECTURES, dice_per_class, head_module, load_pretrained,
-                                  set_seed, train)
-
-    cfg = config["finetune"]
+def finetune_path(config: BenchConfig, name: str, target: PreparedTask, seed: int,
+                  work: Path, device: str = "cpu", steps: int | None = None,
+                  folder: str = "finetune") -> Path:
+    """Where :func:`finetune` caches one run (``steps`` overrides ``finetune.steps``)."""
+    cfg = dict(config["finetune"])
+    if steps is not None:
+        cfg["steps"] = int(steps)
     # the seed is in the file name, not the digest: adding a seed keeps the runs already made
     digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed",
                            "test_fraction") + config.digest_of(
-        {k: v for k, v in cfg.items() if k != "seeds"})
+        digest_view("finetune", {k: v for k, v in cfg.items() if k != "seeds"}))
     if config["groups"].get(target.name):  # a split by patient is another split
         digest += config.digest_of(config["groups"][target.name])
+    if config.train_cases(target.name) is not None:
+        digest += config.digest_of({"train_cases": config.train_cases(target.name)})
     digest += _cases_digest(config, target.name) + _device_digest(device)
-    path = work / "finetune" / target.name / f"{name}__{digest}__seed{seed}.json"
+    return work / folder / target.name / f"{name}__{digest}__seed{seed}.json"
+
+
+def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
+             target: PreparedTask, seed: int, work: Path, progress: bool,
+             device: str = "cpu", steps: int | None = None,
+             folder: str = "finetune") -> dict:
+    """Fine-tune one bank model on the target's train split (on ``device``); Dice on its test
+    split, per class and per test case. With ``finetune.val_fraction``, a validation split
+    carved out of target-train (by group, the same for every model and seed) selects the
+    checkpoint (every ``finetune.eval_every`` steps and at the end); the test split never
+    does. ``steps`` overrides ``finetune.steps`` (the convergence study, cached in
+    ``folder``)."""
+    from ccfv.bank.checkpoint import load_torch_file
+
+    from ccfv.bench.tasks import carve_validation
+    from ccfv.bench.train import (ARCHITECTURES, dice_per_case, head_module, load_pretrained,
+                                  mean_dice, set_seed, train)
+
+    cfg = dict(config["finetune"])
+    if steps is not None:
+        cfg["steps"] = int(steps)
+    path = finetune_path(config, name, target, seed, work, device, steps, folder)
     if path.is_file():
         return json.loads(path.read_text())
+    fit, val = carve_validation(target, cfg["val_fraction"], config["split_seed"],
+                                config["groups"].get(target.name))
     set_seed(seed)
     model = ARCHITECTURES[arch](config["channels"], target.n_classes, config["size"])
     state = load_torch_file(checkpoint, f"benchmark checkpoint {checkpoint}")["state_dict"]
     loaded = load_pretrained(model, state, head_module(arch))
     model.to(device)
+
+    def validate(net):
+        value = mean_dice(dice_per_case(net, target.images[val], target.labels[val],
+                                        n_classes=target.n_classes))
+        return 0.0 if value is None else value
+
     start = time.perf_counter()
-    info = train(model, target.images[target.train], target.labels[target.train],
+    info = train(model, target.images[fit], target.labels[fit],
                  steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
+                 schedule=cfg["schedule"], validate=validate if val.size else None,
+                 eval_every=cfg["eval_every"],
                  progress=f"fine-tune {name} on {target.name} (seed {seed})" if progress
                  else None)
-    per_class = dice_per_class(model, target.images[target.test], target.labels[target.test],
-                               n_classes=target.n_classes)
-    finite = per_class[np.isfinite(per_class)]
+    per_case = dice_per_case(model, target.images[target.test], target.labels[target.test],
+                             n_classes=target.n_classes)
+    with np.errstate(all="ignore"):
+        counts = np.isfinite(per_case).sum(axis=0)
+        per_class = np.where(counts > 0, np.nansum(per_case, axis=0) / np.maximum(counts, 1),
+                             np.nan)
+    names = [target.class_names.get(k + 1, str(k + 1)) for k in range(per_case.shape[1])]
     result = {"model": name, "target": target.name, "seed": seed,
-              "dice": float(finite.mean()) if finite.size else None,
-              "dice_per_class": {target.class_names.get(k + 1, str(k + 1)): (
-                  float(v) if math.isfinite(v) else None) for k, v in enumerate(per_class)},
+              "dice": mean_dice(per_case),
+              "dice_per_class": {c: (float(v) if math.isfinite(v) else None)
+                                 for c, v in zip(names, per_class)},
+              "dice_per_case": {target.case_ids[i]: [float(v) if math.isfinite(v) else None
+                                                     for v in row]
+                                for i, row in zip(target.test, per_case)},
               "seconds": time.perf_counter() - start, "device": str(device),
-              "loss_first": info["loss_first"],
+              "steps": cfg["steps"], "loss_first": info["loss_first"],
               "loss_last": info["loss_last"], "loaded_tensors": loaded["loaded"],
               "reinitialised": loaded["reinitialised"]}
+    if val.size:
+        result["validation"] = {"cases": [target.case_ids[i] for i in val],
+                                "curve": info["curve"], "best_step": info["best_step"],
+                                "best_dice": info["best_value"]}
     _write_json(path, result)
     return result
 
@@ -162,6 +320,7 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
                work: Path) -> Path:
     """The bank YAML of one target: every model with its network, checkpoint, layers auto."""
     from ccfv.bank.checkpoint import load_torch_file
+
     from ccfv.bench.train import network_spec
 
     models = []
@@ -179,9 +338,6 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
     return path
 
 
-#: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
-#: layer), to set class consistency against the fine-tuned Dice of each class.
-CLASS_CONSISTENCY = {"ccfv": {"normalize_consistency": True}, "ccfv-paper": {}}
 
 
 def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
@@ -245,24 +401,9 @@ def _pretrain_seconds(paths) -> float:
                      .get("seconds", 0.0) for p in set(paths)))
 
 
-def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progress: bool = True,
-              log=print, device: str = "cpu") -> dict:
-    """Run (or resume) the whole benchmark; write results to ``out``; return the summary.
-
-    ``device`` (``cpu``, ``cuda``, ``cuda:1``) runs pre-training, fine-tuning and the feature
-    passes there; runs on a GPU are cached apart from CPU runs."""
-    from ccfv.bench.report import write_results
-
-    if str(device).startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu "
-                            "(the default) or install a CUDA build of torch")
-
-    work, out = Path(work), Path(out)
-    start = time.time()
+def _prepare_all(config: BenchConfig, work: Path, log) -> dict[str, PreparedTask]:
     tasks = {}
+    targets = set(config.targets)
     for name, spec in config.task_specs.items():
         folder = spec.parent or name
         tasks[name] = prepare_task(spec.path, work, size=config["size"],
@@ -271,7 +412,9 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
                                    split_seed=config["split_seed"],
                                    group=config["groups"].get(folder),
                                    reserve=config["source_cases"].get(folder, 0),
-                                   derived=spec.labels, name=name)
+                                   derived=spec.labels, name=name,
+                                   train_cases=(config.train_cases(name) if name in targets
+                                                else None))
         t = tasks[name]
         if spec.parent:
             role = f"source only ({len(t.train)} cases set aside from {spec.parent})"
@@ -282,50 +425,191 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
             if t.reserved:
                 role += f", {len(t.reserved)} set aside for derived source tasks"
         log(f"task {name}: {role}, {t.n_classes - 1} foreground class(es)")
-    archs = config["architectures"]
     for name in config.targets:
         if len(tasks[name].test) == 0 or len(tasks[name].train) < 2:
             raise UserError(f"{config.source}: target {name} has {len(tasks[name].train)} "
                             f"train and {len(tasks[name].test)} test case(s); a target needs at "
                             "least 2 train and 1 test case: make it a source only (`targets`)")
+    return tasks
+
+
+def _pretrain_all(config, tasks, jobs, work, progress, log, device) -> dict:
+    """Every (arch, source) checkpoint of ``jobs``, shared with other processes by claims."""
+    paths = {(arch, src): pretrain_path(config, arch, None if src == SCRATCH else tasks[src],
+                                        work, device) for arch, src in jobs}
+    _run_claimed([(paths[j], j) for j in jobs], lambda job: job[0].is_file(),
+                 lambda job: pretrain(config, job[1][0], None if job[1][1] == SCRATCH
+                                      else tasks[job[1][1]], work, progress, log, device))
+    return paths
+
+
+def _scores_path(config: BenchConfig, target: PreparedTask, work: Path, device: str) -> Path:
+    digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed",
+                           "test_fraction", "scoring", "architectures", "groups")
+    digest += config.digest_of({"train_cases": config.train_cases(target.name)})
+    digest += _cases_digest(config, target.name) + _device_digest(device)
+    return work / "scores" / target.name / f"scores-{digest}.json"
+
+
+def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progress: bool = True,
+              log=print, device: str = "cpu") -> dict:
+    """Run (or resume) the whole benchmark; write results to ``out``; return the summary.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:1``) runs pre-training, fine-tuning and the feature
+    passes there; runs on a GPU are cached apart from CPU runs. Several processes may share
+    one ``work`` folder (e.g. two ``--threads 1`` processes on two cores): each stage is
+    claimed by a lock file, so they split the pre-training, the fine-tuning runs of each target
+    (target after target) and the scoring; each writes the results when all are done."""
+    from ccfv.bench.report import write_results
+
+    _check_device(device)
+    work, out = Path(work), Path(out)
+    start = time.time()
+    tasks = _prepare_all(config, work, log)
+    archs = config["architectures"]
     targets = config.targets
-    checkpoints = {}
-    for arch in archs:
-        checkpoints[(arch, SCRATCH)] = pretrain(config, arch, None, work, progress, log,
-                                                device)
-        for name, task in tasks.items():
-            if any(t != name for t in targets):
-                checkpoints[(arch, name)] = pretrain(config, arch, task, work, progress, log,
-                                                     device)
-    summary = {"config": config.raw, "targets": {}}
+    jobs = [(arch, SCRATCH) for arch in archs] + [
+        (arch, name) for arch in archs for name in tasks if any(t != name for t in targets)]
+    checkpoints = _pretrain_all(config, tasks, jobs, work, progress, log, device)
+    sources = {f"{arch}__{src}": {k: meta.get(k) for k in ("source_val_dice", "loss_last",
+                                                              "steps", "seconds")}
+               for (arch, src), meta in ((j, _meta(checkpoints[j])) for j in jobs)
+               if src != SCRATCH}
+    summary = {"config": config.raw, "targets": {}, "sources": sources}
     for target_name in targets:
         target = tasks[target_name]
         bank = {model_name(arch, src): (arch, checkpoints[(arch, src)])
                 for arch in archs for src in [*(n for n in tasks if n != target_name), SCRATCH]}
+        seeds = config["finetune"]["seeds"]
+        runs_of = [(finetune_path(config, name, target, seed, work, device), (name, seed))
+                   for name in bank for seed in seeds]
+
+        def compute(job, target=target, bank=bank):
+            name, seed = job[1]
+            result = finetune(config, bank[name][0], bank[name][1], name, target, seed, work,
+                              progress, device)
+            log(f"{target.name}: {name}: seed {seed}: fine-tuned Dice "
+                + ("n/a" if result["dice"] is None else f"{result['dice']:.4f}")
+                + (f" (validation {result['validation']['best_dice']:.4f} at step "
+                   f"{result['validation']['best_step']})" if "validation" in result else ""))
+
+        _run_claimed(runs_of, lambda job: job[0].is_file(), compute)
         models = {}
-        for name, (arch, checkpoint) in bank.items():
-            runs = [finetune(config, arch, checkpoint, name, target, seed, work, progress,
-                             device)
-                    for seed in config["finetune"]["seeds"]]
+        for name in bank:
+            runs = [json.loads(finetune_path(config, name, target, seed, work, device)
+                               .read_text()) for seed in seeds]
             models[name] = {"dice": [r["dice"] for r in runs],
                             "dice_per_class": [r["dice_per_class"] for r in runs],
                             "finetune_seconds": [r["seconds"] for r in runs]}
+            if all("dice_per_case" in r for r in runs):
+                models[name]["dice_per_case"] = [r["dice_per_case"] for r in runs]
+            if all("validation" in r for r in runs):
+                models[name]["validation_dice"] = [r["validation"]["best_dice"] for r in runs]
             log(f"{target_name}: {name}: fine-tuned Dice "
                 + ", ".join("n/a" if d is None else f"{d:.4f}" for d in models[name]["dice"]))
-        bank_file = write_bank(config, target, bank, work)
-        scores, info = score_target(config, target, bank_file, work, progress, log, device)
-        for name in models:
-            models[name]["scores"] = scores.get(name, {})
-            models[name]["class_consistency"] = info["class_consistency"].get(name, {})
-        summary["targets"][target_name] = {"models": models, "scored_cases": info["cases"],
+        summary["targets"][target_name] = {"models": models,
                                            "classes": [target.class_names.get(k, str(k))
                                                        for k in range(1, target.n_classes)],
                                            "spatial_dims": len(config.spatial_size),
-                                           "failures": info["failures"],
                                            "train": [target.case_ids[i] for i in target.train],
                                            "test": [target.case_ids[i] for i in target.test]}
+        _write_json(work / "summary.partial.json", summary)
+    # scoring, target after target; a target another process is scoring is read at the end
+    def score(job):
+        target = tasks[job[1]]
+        bank = {model_name(arch, src): (arch, checkpoints[(arch, src)])
+                for arch in archs for src in [*(n for n in tasks if n != target.name), SCRATCH]}
+        bank_file = write_bank(config, target, bank, work)
+        scores, info = score_target(config, target, bank_file, work, progress, log, device)
+        _write_json(job[0], {"scores": scores, "info": info})
+
+    score_jobs = [(_scores_path(config, tasks[t], work, device), t) for t in targets]
+    _run_claimed(score_jobs, lambda job: job[0].is_file(), score)
+    for path, target_name in score_jobs:
+        cached = json.loads(path.read_text())
+        scores, info = cached["scores"], cached["info"]
+        entry = summary["targets"][target_name]
+        for name, model in entry["models"].items():
+            model["scores"] = scores.get(name, {})
+            model["class_consistency"] = info["class_consistency"].get(name, {})
+        entry.update(scored_cases=info["cases"], failures=info["failures"])
         _write_json(work / "summary.partial.json", summary)
     summary["wall_seconds"] = time.time() - start
     summary["pretrain_seconds"] = _pretrain_seconds(checkpoints.values())
     write_results(summary, config, out)
     return summary
+
+
+def _meta(path: Path) -> dict:
+    from ccfv.bank.checkpoint import load_torch_file
+
+    return load_torch_file(path, f"benchmark checkpoint {path}")["meta"]
+
+
+def _check_device(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu "
+                            "(the default) or install a CUDA build of torch")
+
+
+def run_convergence(config: BenchConfig, work: str | Path, out: str | Path, *,
+                    progress: bool = True, log=print, device: str = "cpu") -> dict:
+    """The convergence study that chooses ``finetune.steps``: per target, for each architecture
+    of ``convergence.architectures`` (default: the first), the scratch model and the model
+    pre-trained on the first other source task are fine-tuned with seed ``convergence.seed``
+    for every budget of ``convergence.budgets`` (each a full run of its own, the learning-rate
+    schedule spanning its budget), their validation Dice recorded every
+    ``convergence.eval_every`` steps. Written: ``out/convergence.json`` (per target, model and
+    budget: the curve, best and final validation Dice, test Dice) and
+    ``out/convergence_<target>.png``. Cached in ``work/convergence``; shares the pre-training
+    cache and the claims of :func:`run_bench`."""
+    _check_device(device)
+    work, out = Path(work), Path(out)
+    tasks = _prepare_all(config, work, log)
+    conv = config["convergence"]
+    archs = conv["architectures"] or config["architectures"][:1]
+    plan = {}
+    for target_name in config.targets:
+        source = next(n for n in tasks if n != target_name)
+        plan[target_name] = [(arch, SCRATCH) for arch in archs] + [(a, source) for a in archs]
+    jobs = list(dict.fromkeys(j for js in plan.values() for j in js))
+    checkpoints = _pretrain_all(config, tasks, jobs, work, progress, log, device)
+    study = {"budgets": conv["budgets"], "seed": conv["seed"], "targets": {}}
+    base = dict(config.raw)
+    base["finetune"] = {**config["finetune"], "eval_every": conv["eval_every"]}
+    study_config = BenchConfig(raw=base, source=config.source)
+    for target_name, models in plan.items():
+        target = tasks[target_name]
+        runs = [(finetune_path(study_config, model_name(a, s), target, conv["seed"], work,
+                               device, steps, "convergence"), (a, s, steps))
+                for a, s in models for steps in conv["budgets"]]
+
+        def compute(job, target=target):
+            arch, src, steps = job[1]
+            result = finetune(study_config, arch, checkpoints[(arch, src)],
+                              model_name(arch, src), target, conv["seed"], work, progress,
+                              device, steps=steps, folder="convergence")
+            log(f"convergence {target.name}: {model_name(arch, src)}: {steps} steps: test Dice "
+                f"{result['dice']}")
+
+        _run_claimed(runs, lambda job: job[0].is_file(), compute)
+        entry = {}
+        for path, (arch, src, steps) in runs:
+            r = json.loads(path.read_text())
+            v = r.get("validation", {})
+            entry.setdefault(model_name(arch, src), {})[str(steps)] = {
+                "curve": v.get("curve"), "best_validation_dice": v.get("best_dice"),
+                "best_step": v.get("best_step"),
+                "final_validation_dice": (v["curve"][-1][1] if v.get("curve") else None),
+                "test_dice": r["dice"], "seconds": r["seconds"]}
+        study["targets"][target_name] = entry
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "convergence.json", study)
+    from ccfv.bench.report import plot_convergence
+
+    for target_name, entry in study["targets"].items():
+        plot_convergence(target_name, entry, out / f"convergence_{target_name}.png")
+    return study

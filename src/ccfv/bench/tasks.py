@@ -15,6 +15,9 @@ model of the bank runs on every target:
   with a ``group`` pattern (a regular expression whose first group is, say, the patient id
   in the case id), by group instead: ``round(test_fraction * G)`` whole groups are test, so
   no patient has slices on both sides.
+- ``train_cases`` (protocol v2, the low-data regime): exactly that many cases (groups with a
+  ``group`` pattern) are target-train, seeded, and every other case is test, so that the test
+  split is as large as the task allows (``test_fraction`` is then not used).
 - ``reserve`` (``source_cases`` in the config): that many cases (or groups) of the folder,
   seeded, are set aside for source tasks derived from it and never enter its own split, so a
   target's subjects are split three ways: sources / target-train / target-test. A derived task
@@ -147,12 +150,19 @@ def _reserve(keys: list[str], n: int, split_seed: int, group: str | None,
 
 
 def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | None,
-           task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test indices, by case or (``group``) by the regex's first group."""
+           task: str, train_cases: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices, by case or (``group``) by the regex's first group; with
+    ``train_cases``, that many cases (groups) are train and all the others test."""
     n = len(ids)
     if group is None:
         order = np.random.default_rng([split_seed, 7]).permutation(n)
-        n_test = min(n - 2, max(1, round(test_fraction * n)))
+        if train_cases is not None:
+            if train_cases > n - 1:
+                raise UserError(f"task {task}: train_cases {train_cases} leaves no test case "
+                                f"among its {n} cases: lower train_cases")
+            n_test = n - train_cases
+        else:
+            n_test = min(n - 2, max(1, round(test_fraction * n)))
         return np.sort(order[n_test:]), np.sort(order[:n_test])
     keys = _group_keys(ids, group, task)
     names = sorted(set(keys))
@@ -160,7 +170,13 @@ def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | N
         raise UserError(f"task {task}: the group pattern {group!r} finds {len(names)} group(s) "
                         "among the chosen cases; a split by group needs at least 2")
     order = np.random.default_rng([split_seed, 7]).permutation(len(names))
-    n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))
+    if train_cases is not None:
+        if train_cases > len(names) - 1:
+            raise UserError(f"task {task}: train_cases {train_cases} leaves no test group "
+                            f"among its {len(names)} groups: lower train_cases")
+        n_test = len(names) - train_cases
+    else:
+        n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))
     test_groups = {names[i] for i in order[:n_test]}
     test = np.array([i for i, k in enumerate(keys) if k in test_groups], dtype=np.int64)
     train = np.array([i for i, k in enumerate(keys) if k not in test_groups], dtype=np.int64)
@@ -179,7 +195,7 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
                  max_cases: int, test_fraction: float, split_seed: int,
                  group: str | None = None, reserve: int = 0,
                  derived: dict[str, list[int]] | None = None,
-                 name: str | None = None) -> PreparedTask:
+                 name: str | None = None, train_cases: int | None = None) -> PreparedTask:
     """Read, normalise, resize and split one task, or load it from ``work`` (see module doc).
 
     ``size`` is an int (square 2D images) or one value per spatial axis (2D or 3D; the task's
@@ -206,6 +222,8 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
         settings["group"] = group
     if reserve:
         settings["reserve"] = reserve
+    if train_cases is not None:
+        settings["train_cases"] = int(train_cases)
     if derived is not None:
         settings.update(derived={k: [int(i) for i in v] for k, v in derived.items()}, name=name)
     import hashlib
@@ -268,7 +286,7 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
         # cases); the benchmark refuses it as a target
         train, test = np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
     else:
-        train, test = _split(ids, test_fraction, split_seed, group, path.name)
+        train, test = _split(ids, test_fraction, split_seed, group, path.name, train_cases)
     task = PreparedTask(name, np.stack(images), np.stack(labels), ids, train, test,
                         class_names, base / "train", reserved)
     _atomic_savez(npz, images=task.images, labels=task.labels, case_ids=np.array(ids),
@@ -283,3 +301,27 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
     (base / "split.json").write_text(json.dumps(split, indent=1))
     _write_train_folder(task.train_folder, task)
     return task
+
+
+def carve_validation(task: PreparedTask, fraction: float, split_seed: int,
+                     group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split a target's train indices into (fit, validation), seeded and by group when the task
+    has a ``group`` pattern: ``round(fraction * G)`` of its G train cases (groups), at least 1
+    and leaving at least 1, validate (checkpoint selection); the test split is never touched.
+    ``fraction`` 0 gives ``(train, empty)``."""
+    train = np.asarray(task.train, dtype=np.int64)
+    if fraction <= 0:
+        return train, np.zeros(0, dtype=np.int64)
+    ids = [task.case_ids[i] for i in train]
+    keys = _group_keys(ids, group, task.name)
+    names = sorted(set(keys))
+    if len(names) < 2:
+        raise UserError(f"task {task.name}: a validation split needs at least 2 train "
+                        f"{'groups' if group else 'cases'}, it has {len(names)}: raise "
+                        "train_cases or set finetune.val_fraction: 0")
+    n_val = min(len(names) - 1, max(1, round(fraction * len(names))))
+    order = np.random.default_rng([split_seed, 13]).permutation(len(names))
+    chosen = {names[i] for i in order[:n_val]}
+    val = np.array([i for i, k in zip(train, keys) if k in chosen], dtype=np.int64)
+    fit = np.array([i for i, k in zip(train, keys) if k not in chosen], dtype=np.int64)
+    return fit, val
