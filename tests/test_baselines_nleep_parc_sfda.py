@@ -56,6 +56,31 @@ def test_nleep_is_leep_of_the_gmm_posteriors(rng):
     assert nleep_score(features, seed=7) == nleep_score(features, seed=7)   # deterministic
 
 
+@pytest.mark.parametrize("d, per_class, relu", [(10, (12, 8, 10), False), (6, (300, 200, 250), True),
+                                             (24, (150, 90, 120), True)])
+def test_nleep_fast_em_matches_scikit_learns_mixture(rng, d, per_class, relu):
+    """The batched EM gives scikit-learn's GaussianMixture posteriors: the same score to 1e-10
+    relative, under one BLAS thread or the process's setting."""
+    from ccfv.estimators.nleep import _em_posteriors
+    features = make_features(rng, d=d, per_class=per_class)
+    if relu:   # skewed, clipped features, as after a ReLU: the EM needs more iterations
+        features = {"layer0": [(np.maximum(X, 0.3) + 0.01 * rng.normal(size=X.shape), y)
+                               for X, y in features["layer0"]]}
+    X, y = pooled(features)
+    reduced = PCA(n_components=0.8, svd_solver="full").fit_transform(X)
+    gmm = GaussianMixture(n_components=15, random_state=3).fit(reduced)
+    np.testing.assert_allclose(_em_posteriors(reduced, 15, 3), gmm.predict_proba(reduced),
+                               rtol=0, atol=1e-9)
+    reference = nleep_score(features, seed=3, mixture="sklearn", threads=None)
+    for threads in (1, None):
+        assert nleep_score(features, seed=3, threads=threads) == pytest.approx(reference,
+                                                                              rel=1e-10)
+    with pytest.raises(UserError, match="mixture="):
+        nleep_score(features, mixture="em")
+    with pytest.raises(UserError, match="threads="):
+        nleep_score(features, threads=0)
+
+
 def test_nleep_options_reach_the_pca_and_the_mixture(rng):
     features = make_features(rng, d=10)
     X, y = pooled(features)
