@@ -157,6 +157,19 @@ def test_parc_matches_reference_with_ties_and_class_ids(rng, pca_dim):
     assert parc_score({"l": [(X, y)]}, pca_dim=pca_dim) == pytest.approx(expected, rel=1e-8)
 
 
+def test_parc_one_sort_equals_the_two_sort_ranks(rng):
+    """The one-sort rank sum (default) and the earlier two sorts + binary searches give the
+    same PARC exactly, ties (duplicated samples) included."""
+    from ccfv.estimators.parc import _parc, _reduce
+    features = make_features(rng, n_cases=3, d=10, per_class=(40, 25, 30), separation=0.8)
+    X, y = pooled(features)
+    X = np.vstack([X, X[:20], X[:3]])
+    labels = np.unique(np.concatenate([y, y[:20], y[:3]]), return_inverse=True)[1]
+    for pca_dim in (5, None):
+        F = _reduce(X, pca_dim)
+        assert _parc(F, labels) == _parc(F, labels, ranks="two-sorts")
+
+
 def test_parc_subsamples_above_the_cap(rng):
     features = make_features(rng, n_cases=1, d=6, per_class=(140, 40, 4), separation=0.5)
     X, y = pooled(features)

@@ -154,7 +154,7 @@ def _reduce(X: np.ndarray, pca_dim: int | None) -> np.ndarray:
     return reduced
 
 
-def _parc(F: np.ndarray, labels: np.ndarray) -> float:
+def _parc(F: np.ndarray, labels: np.ndarray, ranks: str = "one-sort") -> float:
     """Spearman correlation of the sample-correlation RDM with the label RDM (not x 100)."""
     rows = F - F.mean(axis=1, keepdims=True)
     flat = np.linalg.norm(rows, axis=1) <= np.abs(F).max(axis=1) * F.shape[1] * 1e-12
@@ -170,6 +170,8 @@ def _parc(F: np.ndarray, labels: np.ndarray) -> float:
     np.multiply(dissimilarity, 10.0 ** DECIMALS, out=dissimilarity)
     grid = np.rint(dissimilarity).astype(np.int64)
     different = pdist(labels[:, None].astype(np.float64), "cityblock") > 0
+    if ranks == "two-sorts":
+        return _spearman_two_sorts(grid, different)
     m = grid.size
     m1 = int(np.count_nonzero(different))
     if m1 == 0 or m1 == m:
@@ -195,6 +197,37 @@ def _parc(F: np.ndarray, labels: np.ndarray) -> float:
         raise UserError(
             "parc: every pair of samples is equally (dis)similar, so the Spearman correlation "
             "is undefined: the features carry no pairwise structure; use another layer")
+    return _spearman(rank_sum, rank_var, m, m1)
+
+
+def _spearman_two_sorts(grid: np.ndarray, different: np.ndarray) -> float:
+    """The same Spearman correlation as :func:`_parc` computes, the earlier way: a sort of all
+    dissimilarities, a sort of the between-class ones and two binary searches (the reference
+    that ``benchmarks/bench_estimator.py`` times the one-sort path against)."""
+    m = grid.size
+    m1 = int(np.count_nonzero(different))
+    if m1 == 0 or m1 == m:
+        raise UserError(
+            "parc: no two samples share a class, so there is no within-class pair to compare "
+            "with the between-class pairs: sample at least 2 voxels of some class")
+    ordered = np.sort(grid)
+    group = np.sort(grid[different])
+    below = np.searchsorted(ordered, group, side="left")
+    upto = np.searchsorted(ordered, group, side="right")
+    rank_sum = float(np.sum(below + upto + 1)) / 2.0
+    edges = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1], [True])))
+    ties = np.diff(edges).astype(np.float64)
+    rank_var = (m * m - 1.0) / 12.0 - np.sum(ties ** 3 - ties) / (12.0 * m)
+    if rank_var <= 0:
+        raise UserError(
+            "parc: every pair of samples is equally (dis)similar, so the Spearman correlation "
+            "is undefined: the features carry no pairwise structure; use another layer")
+    return _spearman(rank_sum, rank_var, m, m1)
+
+
+def _spearman(rank_sum: float, rank_var: float, m: int, m1: int) -> float:
+    """Pearson correlation of tie-averaged ranks (rank sum ``rank_sum`` of the m1 pairs of one
+    group, rank variance ``rank_var``) with the 0/1 indicator of that group."""
     p = m1 / m
     covariance = rank_sum / m - (m + 1.0) / 2.0 * p
     # a Spearman correlation lies in [-1, 1]; the tie-corrected ratio can round just past
