@@ -167,11 +167,11 @@ def _parc(F: np.ndarray, labels: np.ndarray, ranks: str = "one-sort") -> float:
     # numerator of np.round(D, 12)), so that pairs equal in exact arithmetic (duplicated
     # samples) tie instead of being ordered by their round-off
     dissimilarity = pdist(F, "correlation")
-    np.multiply(dissimilarity, 10.0 ** DECIMALS, out=dissimilarity)
-    grid = np.rint(dissimilarity).astype(np.int64)
     different = pdist(labels[:, None].astype(np.float64), "cityblock") > 0
     if ranks == "two-sorts":
-        return _spearman_two_sorts(grid, different)
+        return _spearman_two_sorts(np.round(dissimilarity, DECIMALS), different)
+    np.multiply(dissimilarity, 10.0 ** DECIMALS, out=dissimilarity)
+    grid = np.rint(dissimilarity).astype(np.int64)
     m = grid.size
     m1 = int(np.count_nonzero(different))
     if m1 == 0 or m1 == m:
@@ -200,10 +200,11 @@ def _parc(F: np.ndarray, labels: np.ndarray, ranks: str = "one-sort") -> float:
     return _spearman(rank_sum, rank_var, m, m1)
 
 
-def _spearman_two_sorts(grid: np.ndarray, different: np.ndarray) -> float:
+def _spearman_two_sorts(dissimilarity: np.ndarray, different: np.ndarray) -> float:
     """The same Spearman correlation as :func:`_parc` computes, the earlier way: a sort of all
-    dissimilarities, a sort of the between-class ones and two binary searches (the reference
-    that ``benchmarks/bench_estimator.py`` times the one-sort path against)."""
+    (rounded) dissimilarities, a sort of the between-class ones and two binary searches (the
+    reference that ``benchmarks/bench_estimator.py`` times the one-sort path against)."""
+    grid = dissimilarity
     m = grid.size
     m1 = int(np.count_nonzero(different))
     if m1 == 0 or m1 == m:
