@@ -54,6 +54,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
+from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
 from ccfv.errors import UserError
@@ -143,8 +144,7 @@ def _em_posteriors(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
     (k-means initialisation, ``reg_covar`` 1e-6, ``tol`` 1e-3, 100 iterations, one init)."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
-    random_state = np.random.RandomState(seed) if not isinstance(seed, np.random.RandomState) \
-        else seed
+    random_state = check_random_state(seed)        # as GaussianMixture.fit_predict does
     label = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(X).labels_
     resp = np.zeros((n, n_components))
     resp[np.arange(n), label] = 1
