@@ -56,7 +56,8 @@ def test_nleep_is_leep_of_the_gmm_posteriors(rng):
     assert nleep_score(features, seed=7) == nleep_score(features, seed=7)   # deterministic
 
 
-@pytest.mark.parametrize("d, per_class, relu", [(10, (12, 8, 10), False), (6, (300, 200, 250), True),
+@pytest.mark.parametrize("d, per_class, relu", [(10, (12, 8, 10), False),
+                                             (6, (300, 200, 250), True),
                                              (24, (150, 90, 120), True)])
 def test_nleep_fast_em_matches_scikit_learns_mixture(rng, d, per_class, relu):
     """The batched EM gives scikit-learn's GaussianMixture posteriors: the same score to 1e-10

@@ -43,9 +43,8 @@ mixture's k-means initialisation uses ``random_state=seed``. Larger = more trans
 
 from __future__ import annotations
 
-import numbers
-
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -61,7 +60,6 @@ from ccfv.errors import UserError
 from ccfv.estimators._labelled import labelled_samples
 from ccfv.estimators.featureset import FeatureSet
 from ccfv.estimators.leep import _leep
-
 
 #: Ways to fit the mixture: this module's EM (default) or scikit-learn's ``GaussianMixture``.
 MIXTURES = ("fast", "sklearn")
