@@ -56,6 +56,32 @@ def test_nleep_is_leep_of_the_gmm_posteriors(rng):
     assert nleep_score(features, seed=7) == nleep_score(features, seed=7)   # deterministic
 
 
+@pytest.mark.parametrize("d, per_class, relu", [(10, (12, 8, 10), False),
+                                             (6, (300, 200, 250), True),
+                                             (24, (150, 90, 120), True)])
+def test_nleep_fast_em_matches_scikit_learns_mixture(rng, d, per_class, relu):
+    """The batched EM gives scikit-learn's GaussianMixture posteriors: the same score to 1e-10
+    relative, under one BLAS thread or the process's setting."""
+    from ccfv.estimators.nleep import _em_posteriors
+    features = make_features(rng, d=d, per_class=per_class)
+    if relu:   # skewed, clipped features, as after a ReLU: the EM needs more iterations
+        features = {"layer0": [(np.maximum(X, 0.3) + 0.01 * rng.normal(size=X.shape), y)
+                               for X, y in features["layer0"]]}
+    X, y = pooled(features)
+    reduced = PCA(n_components=0.8, svd_solver="full").fit_transform(X)
+    gmm = GaussianMixture(n_components=15, random_state=3).fit(reduced)
+    np.testing.assert_allclose(_em_posteriors(reduced, 15, 3), gmm.predict_proba(reduced),
+                               rtol=0, atol=1e-9)
+    reference = nleep_score(features, seed=3, mixture="sklearn", threads=None)
+    for threads in (1, None):
+        assert nleep_score(features, seed=3, threads=threads) == pytest.approx(reference,
+                                                                              rel=1e-10)
+    with pytest.raises(UserError, match="mixture="):
+        nleep_score(features, mixture="em")
+    with pytest.raises(UserError, match="threads="):
+        nleep_score(features, threads=0)
+
+
 def test_nleep_options_reach_the_pca_and_the_mixture(rng):
     features = make_features(rng, d=10)
     X, y = pooled(features)
@@ -130,6 +156,19 @@ def test_parc_matches_reference_with_ties_and_class_ids(rng, pca_dim):
     y = np.concatenate([y, y[:6], y[:1], y[:1]])
     expected = parc_reference(X, np.unique(y, return_inverse=True)[1], pca_dim)
     assert parc_score({"l": [(X, y)]}, pca_dim=pca_dim) == pytest.approx(expected, rel=1e-8)
+
+
+def test_parc_one_sort_equals_the_two_sort_ranks(rng):
+    """The one-sort rank sum (default) and the earlier two sorts + binary searches give the
+    same PARC exactly, ties (duplicated samples) included."""
+    from ccfv.estimators.parc import _parc, _reduce
+    features = make_features(rng, n_cases=3, d=10, per_class=(40, 25, 30), separation=0.8)
+    X, y = pooled(features)
+    X = np.vstack([X, X[:20], X[:3]])
+    labels = np.unique(np.concatenate([y, y[:20], y[:3]]), return_inverse=True)[1]
+    for pca_dim in (5, None):
+        F = _reduce(X, pca_dim)
+        assert _parc(F, labels) == _parc(F, labels, ranks="two-sorts")
 
 
 def test_parc_subsamples_above_the_cap(rng):

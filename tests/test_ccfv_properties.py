@@ -189,3 +189,18 @@ def test_bad_feature_sets(name):
 def test_bad_options(features, options, message):
     with pytest.raises(ccfv.UserError, match=message):
         ccfv.ccfv_score(features, **options)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_w2_threads_change_nothing(rng, variant):
+    """The pairwise W2 work shared over threads gives the serial values exactly."""
+    features = random_feature_set(rng, 9, (12, 30), (9, 20), 2, unequal=True)
+    serial = ccfv.ccfv_parts(features, variant, workers=1)
+    for workers in (2, 3):
+        parts = ccfv.ccfv_parts(features, variant, workers=workers)
+        assert parts.score == serial.score
+        assert [p.class_consistency for p in parts.layers] == \
+            [p.class_consistency for p in serial.layers]
+    assert "workers" not in serial.options
+    with pytest.raises(ccfv.UserError, match="workers"):
+        ccfv.ccfv_score(features, variant, workers=0)

@@ -40,12 +40,14 @@ of the variety term; each such skip is reported in ``CCFVResult.warnings`` and a
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
+from threadpoolctl import threadpool_limits
 
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators.featureset import FeatureSet, foreground_classes, validate_feature_set
@@ -102,11 +104,13 @@ class _Notes(list):
         warnings.warn(note, CCFVWarning, stacklevel=3)
 
 
-def _pair_distances(gaussians, distance: str, variant: str, ridge: float) -> np.ndarray:
+def _pair_distances(gaussians, distance: str, variant: str, ridge: float,
+                    workers: int | None = None) -> np.ndarray:
     if distance == "wasserstein":
         if variant == "official":
-            return np.sqrt(np.abs(w2_squared_pairs(gaussians)))
-        return np.sqrt(np.maximum(w2_squared_pairs(gaussians, round_off_to_zero=True), 0.0))
+            return np.sqrt(np.abs(w2_squared_pairs(gaussians, workers=workers)))
+        return np.sqrt(np.maximum(w2_squared_pairs(gaussians, round_off_to_zero=True,
+                                                   workers=workers), 0.0))
     if distance == "kl":
         return kl_pairs(gaussians, ridge)
     return bhattacharyya_pairs(gaussians, ridge)
@@ -191,7 +195,7 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
 
 
 def _consistency_tables(t: _LayerTables, cases, classes, variant, distance, ridge,
-                        sphere, notes) -> None:
+                        sphere, notes, workers=None) -> None:
     for k in classes:
         gaussians, kept = [], []
         for c, (X, y) in enumerate(cases):
@@ -205,7 +209,7 @@ def _consistency_tables(t: _LayerTables, cases, classes, variant, distance, ridg
         valid = np.zeros(len(cases), dtype=bool)
         valid[kept] = True
         t.class_valid[k] = valid
-        dist = (_pair_distances(gaussians, distance, variant, ridge) if len(kept) >= 2
+        dist = (_pair_distances(gaussians, distance, variant, ridge, workers) if len(kept) >= 2
                 else np.zeros(0))
         t.class_pairs[k] = _pair_matrix(len(cases), np.asarray(kept, dtype=np.int64), dist)
 
@@ -271,7 +275,7 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
                consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
                normalize: bool | None = None, eps: float | None = None,
                layers: Sequence[str] | None = None, ridge: float = 1e-3,
-               normalize_consistency: bool = False) -> CCFVTables:
+               normalize_consistency: bool = False, workers: int | None = None) -> CCFVTables:
     """The per-case and per-pair quantities of CC-FV, from which any subset of cases is scored.
 
     Every CC-FV term is a mean (or sum) of per-case values (paper variety) or per-case-pair
@@ -281,6 +285,10 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
     without fitting a Gaussian again).
 
     Parameters: those of :func:`ccfv_parts`, which is ``ccfv_tables(...).parts()``.
+    ``workers`` (threads for the pairwise W2 products, default the usable CPU cores, at most
+    8; 1 = serial) changes the time only, never the value, and is not one of the result's
+    ``options``. The tables are computed under one BLAS thread (``threadpoolctl``): the
+    matrices are small, and BLAS threads on top of the W2 workers oversubscribe the cores.
 
     Returns
     -------
@@ -296,6 +304,10 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
         raise UserError(f"energy exponent s={s!r}: use a finite s >= 0 (the paper uses s = 1)")
     if not ridge > 0:
         raise UserError(f"ridge={ridge!r}: use a positive ridge (default 1e-3)")
+    if workers is not None and (not isinstance(workers, numbers.Integral)
+                                or isinstance(workers, bool) or workers < 1):
+        raise UserError(f"workers={workers!r}: use an integer >= 1 (threads for the W2 pairs) "
+                        "or leave it unset for the usable CPU cores")
     normalise = (variant == "paper") if normalize is None else bool(normalize)
     eps = (0.0 if variant == "paper" else OFFICIAL_EPS) if eps is None else float(eps)
     if not (eps >= 0 and math.isfinite(eps)):
@@ -311,14 +323,17 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
                    normalize_consistency=bool(normalize_consistency))
     notes = _Notes()
     tables = []
-    for layer, cases in data.items():
-        t = _LayerTables(layer)
-        if not consistency_only:
-            _variety_tables(t, cases, variant, s, normalise, eps, notes)
-        if not variety_only:
-            _consistency_tables(t, cases, classes, variant, distance, ridge,
-                                normalize_consistency, notes)
-        tables.append(t)
+    # small matrices only (one Gaussian per case and class, d x d at most): one BLAS thread
+    # each is fastest, and more compete with the W2 worker threads for the same cores
+    with threadpool_limits(limits=1, user_api="blas"):
+        for layer, cases in data.items():
+            t = _LayerTables(layer)
+            if not consistency_only:
+                _variety_tables(t, cases, variant, s, normalise, eps, notes)
+            if not variety_only:
+                _consistency_tables(t, cases, classes, variant, distance, ridge,
+                                    normalize_consistency, notes, workers)
+            tables.append(t)
     n_cases = len(next(iter(data.values())))
     return CCFVTables(variant, options, tables, n_cases, list(notes))
 
@@ -368,7 +383,7 @@ def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = 
                consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
                normalize: bool | None = None, eps: float | None = None,
                layers: Sequence[str] | None = None, ridge: float = 1e-3,
-               normalize_consistency: bool = False) -> CCFVResult:
+               normalize_consistency: bool = False, workers: int | None = None) -> CCFVResult:
     """CC-FV score of one model's feature set, with its per-layer parts.
 
     Parameters
@@ -396,6 +411,8 @@ def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = 
         inconsistent, while the paper's variety term (on the unit sphere) ignores scale; with
         it both terms are invariant to rescaling a layer. Per sample, so subsets of cases
         (the bootstrap) still re-score exactly from the tables.
+    workers : threads sharing the pairwise W2 products (default: the usable CPU cores, at
+        most 8; 1 = serial). The time changes, the value does not.
 
     Returns
     -------
@@ -405,7 +422,7 @@ def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = 
     return ccfv_tables(features, variant, distance=distance, consistency_only=consistency_only,
                        variety_only=variety_only, s=s, normalize=normalize, eps=eps,
                        layers=layers, ridge=ridge,
-                       normalize_consistency=normalize_consistency).parts()
+                       normalize_consistency=normalize_consistency, workers=workers).parts()
 
 
 def ccfv_score(features: FeatureSet, variant: str = "paper", **options) -> float:

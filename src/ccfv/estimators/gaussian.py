@@ -22,9 +22,12 @@ covariances of n < d samples; they use ``S + ridge * (Tr S / d) * I`` and say so
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 #: Batches of pairwise d x d work are cut to keep their arrays under this many float64 values.
 _MAX_BATCH_VALUES = 2**25
@@ -65,7 +68,17 @@ def _stack(gaussians: list[Gaussian]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return means, factors, traces
 
 
-def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False) -> np.ndarray:
+def default_workers() -> int:
+    """Threads for the pairwise W2 work: the CPU cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                                   # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False,
+                     workers: int | None = None) -> np.ndarray:
     """Squared 2-Wasserstein distances of all pairs i < j, in ``scipy.spatial.distance.pdist`` order.
 
     ``W2^2 = |mu_i - mu_j|^2 + Tr S_i + Tr S_j - 2 || A_i^T A_j ||_*``, exact up to round-off;
@@ -73,25 +86,46 @@ def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False)
     ``round_off_to_zero`` every value below the round-off of its own terms,
     ``64 eps (|mu_i|^2 + |mu_j|^2 + Tr S_i + Tr S_j)``, is returned as exactly 0 (such pairs are
     numerically identical); otherwise the caller decides how to clip.
+
+    Case i's products with every later case are one matrix product, ``A_i^T [A_i+1 ... A_N]``;
+    the cases are shared out over ``workers`` threads (default :func:`default_workers`; NumPy
+    releases the GIL in its matrix products and eigensolvers), each pair computed the same way
+    whatever the number of threads, so the values do not depend on it. With more than one
+    worker, BLAS is held to one thread meanwhile, so that the two kinds of threads do not
+    compete for the same cores.
     """
     means, factors, traces = _stack(gaussians)
-    out = []
-    for i in range(len(gaussians) - 1):
-        r_i = gaussians[i].factor.shape[1]
-        rest = factors[i + 1:]
-        if r_i == 0:
-            nuclear = np.zeros(rest.shape[0])
+    n, d, r_max = factors.shape
+    # every factor's columns side by side, (d, N * r_max): case j's are columns j*r_max...
+    wide = np.ascontiguousarray(factors.transpose(1, 0, 2)).reshape(d, n * r_max)
+    tiny = 64 * np.finfo(np.float64).eps
+    squared_means = np.sum(means ** 2, axis=1)
+
+    def row(i: int) -> np.ndarray:
+        factor = gaussians[i].factor
+        m = n - 1 - i
+        if factor.shape[1] == 0:
+            nuclear = np.zeros(m)
         else:
-            cross = np.matmul(gaussians[i].factor.T, rest)  # (m, r_i, r_max)
-            nuclear = nuclear_norms(cross)
+            cross = (factor.T @ wide[:, (i + 1) * r_max:]).reshape(factor.shape[1], m, r_max)
+            nuclear = nuclear_norms(np.ascontiguousarray(cross.transpose(1, 0, 2)))
         mean_gap = np.sum((means[i + 1:] - means[i]) ** 2, axis=1)
         sq = mean_gap + traces[i] + traces[i + 1:] - 2.0 * nuclear
         if round_off_to_zero:
-            scale = np.sum(means[i] ** 2) + np.sum(means[i + 1:] ** 2, axis=1) + traces[i] \
-                + traces[i + 1:]
-            sq[sq <= 64 * np.finfo(np.float64).eps * scale] = 0.0
-        out.append(sq)
-    return np.concatenate(out) if out else np.zeros(0)
+            scale = squared_means[i] + squared_means[i + 1:] + traces[i] + traces[i + 1:]
+            sq[sq <= tiny * scale] = 0.0
+        return sq
+
+    if n < 2:
+        return np.zeros(0)
+    workers = default_workers() if workers is None else int(workers)
+    if workers <= 1 or n < 3:
+        rows = [row(i) for i in range(n - 1)]
+    else:
+        with threadpool_limits(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(row, range(n - 1)))
+    return np.concatenate(rows)
 
 
 def nuclear_norms(matrices: np.ndarray) -> np.ndarray:

@@ -30,8 +30,9 @@ Implementation notes (same value, different arithmetic or a decision the referen
 - D_Y takes two values, so its Spearman ranks are an increasing affine map of the indicator
   "different classes"; the Spearman correlation is therefore computed as the Pearson
   correlation between the (tie-averaged) ranks of D_F and that indicator, with the rank sum
-  of one group from one sort (the Mann-Whitney identity). This equals
-  ``scipy.stats.spearmanr`` to round-off and is ~3x faster; no n x n matrix is formed.
+  of one group (the Mann-Whitney identity) from one integer sort of the dissimilarities
+  (on their 1e-12 grid) tagged with the group. This equals ``scipy.stats.spearmanr`` to
+  round-off; no n x n matrix is formed.
 - Ranks see round-off as real differences. The reference's label RDM ``1 - corrcoef(Y)``
   holds 0 or 2e-16 for same-class pairs at random, which Spearman ranks apart (on 120 random
   samples this moved PARC from 11.52 to 11.80); here D_Y is exact. Duplicated samples (flat
@@ -153,7 +154,7 @@ def _reduce(X: np.ndarray, pca_dim: int | None) -> np.ndarray:
     return reduced
 
 
-def _parc(F: np.ndarray, labels: np.ndarray) -> float:
+def _parc(F: np.ndarray, labels: np.ndarray, ranks: str = "one-sort") -> float:
     """Spearman correlation of the sample-correlation RDM with the label RDM (not x 100)."""
     rows = F - F.mean(axis=1, keepdims=True)
     flat = np.linalg.norm(rows, axis=1) <= np.abs(F).max(axis=1) * F.shape[1] * 1e-12
@@ -162,21 +163,59 @@ def _parc(F: np.ndarray, labels: np.ndarray) -> float:
             f"parc: {int(flat.sum())} sample(s) (first: row {int(np.flatnonzero(flat)[0])}) "
             "have all reduced features equal, so their correlation with other samples is "
             "undefined: use another layer or pca_dim")
-    # 1 - Pearson in i < j order; snapped to 1e-12 so that pairs equal in exact arithmetic
-    # (duplicated samples) tie instead of being ordered by their round-off
-    dissimilarity = np.round(pdist(F, "correlation"), DECIMALS)
+    # 1 - Pearson in i < j order, on a grid of 1e-12 (as integers: rint(D * 1e12), the
+    # numerator of np.round(D, 12)), so that pairs equal in exact arithmetic (duplicated
+    # samples) tie instead of being ordered by their round-off
+    dissimilarity = pdist(F, "correlation")
     different = pdist(labels[:, None].astype(np.float64), "cityblock") > 0
-    m = dissimilarity.size
-    m1 = int(different.sum())
+    if ranks == "two-sorts":
+        return _spearman_two_sorts(np.round(dissimilarity, DECIMALS), different)
+    np.multiply(dissimilarity, 10.0 ** DECIMALS, out=dissimilarity)
+    grid = np.rint(dissimilarity).astype(np.int64)
+    m = grid.size
+    m1 = int(np.count_nonzero(different))
     if m1 == 0 or m1 == m:
         raise UserError(
             "parc: no two samples share a class, so there is no within-class pair to compare "
             "with the between-class pairs: sample at least 2 voxels of some class")
-    ordered = np.sort(dissimilarity)
-    group = np.sort(dissimilarity[different])
+    # one sort of (dissimilarity, group) keys gives the tie groups of the dissimilarities and
+    # how many between-class pairs each holds; a tie group starting at 0-based position a
+    # with t members has the tie-averaged 1-based rank a + (t + 1) / 2
+    grid <<= 1
+    grid |= different
+    grid.sort()
+    in_group = grid & 1
+    grid >>= 1
+    edges = np.flatnonzero(np.concatenate(([True], grid[1:] != grid[:-1], [True])))
+    starts = edges[:-1]
+    ties = np.diff(edges)
+    between = np.add.reduceat(in_group, starts)
+    rank_sum = float(np.sum(between * (2 * starts + ties + 1))) / 2.0
+    ties = ties.astype(np.float64)
+    rank_var = (m * m - 1.0) / 12.0 - np.sum(ties ** 3 - ties) / (12.0 * m)
+    if rank_var <= 0:
+        raise UserError(
+            "parc: every pair of samples is equally (dis)similar, so the Spearman correlation "
+            "is undefined: the features carry no pairwise structure; use another layer")
+    return _spearman(rank_sum, rank_var, m, m1)
+
+
+def _spearman_two_sorts(dissimilarity: np.ndarray, different: np.ndarray) -> float:
+    """The same Spearman correlation as :func:`_parc` computes, the earlier way: a sort of all
+    (rounded) dissimilarities, a sort of the between-class ones and two binary searches (the
+    reference that ``benchmarks/bench_estimator.py`` times the one-sort path against)."""
+    grid = dissimilarity
+    m = grid.size
+    m1 = int(np.count_nonzero(different))
+    if m1 == 0 or m1 == m:
+        raise UserError(
+            "parc: no two samples share a class, so there is no within-class pair to compare "
+            "with the between-class pairs: sample at least 2 voxels of some class")
+    ordered = np.sort(grid)
+    group = np.sort(grid[different])
     below = np.searchsorted(ordered, group, side="left")
     upto = np.searchsorted(ordered, group, side="right")
-    rank_sum = float(np.sum(below + upto + 1)) / 2.0             # tie-averaged ranks, 1-based
+    rank_sum = float(np.sum(below + upto + 1)) / 2.0
     edges = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1], [True])))
     ties = np.diff(edges).astype(np.float64)
     rank_var = (m * m - 1.0) / 12.0 - np.sum(ties ** 3 - ties) / (12.0 * m)
@@ -184,6 +223,12 @@ def _parc(F: np.ndarray, labels: np.ndarray) -> float:
         raise UserError(
             "parc: every pair of samples is equally (dis)similar, so the Spearman correlation "
             "is undefined: the features carry no pairwise structure; use another layer")
+    return _spearman(rank_sum, rank_var, m, m1)
+
+
+def _spearman(rank_sum: float, rank_var: float, m: int, m1: int) -> float:
+    """Pearson correlation of tie-averaged ranks (rank sum ``rank_sum`` of the m1 pairs of one
+    group, rank variance ``rank_var``) with the 0/1 indicator of that group."""
     p = m1 / m
     covariance = rank_sum / m - (m + 1.0) / 2.0 * p
     # a Spearman correlation lies in [-1, 1]; the tie-corrected ratio can round just past
