@@ -25,8 +25,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ccfv.bench.per_class import (CLASS_CONSISTENCY, class_statistics, mean_class_dice,
-                                  plot_class_consistency)
+from ccfv.bench.per_class import (
+    CLASS_CONSISTENCY,
+    class_statistics,
+    mean_class_dice,
+    plot_class_consistency,
+)
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 
@@ -42,8 +46,13 @@ def reliability_statistics(summary: dict, main: list[str]) -> dict:
     :func:`ccfv.reliability.headline`, and the paired comparisons of :data:`REFERENCE` with
     every other main method (per target: the difference in weighted tau and Spearman with
     its interval; across the reliable targets, and across all: sign and permutation tests)."""
-    from ccfv.reliability import (TargetRuns, across_targets, headline, paired_difference,
-                                  target_report)
+    from ccfv.reliability import (
+        TargetRuns,
+        across_targets,
+        headline,
+        paired_difference,
+        target_report,
+    )
 
     reports, runs_of = {}, {}
     for t, entry in summary["targets"].items():

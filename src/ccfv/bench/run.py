@@ -178,8 +178,14 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
     import torch
 
     from ccfv.bench.tasks import _group_keys, carve_validation
-    from ccfv.bench.train import (ARCHITECTURES, dice_per_case, mean_dice, save_checkpoint,
-                                  set_seed, train)
+    from ccfv.bench.train import (
+        ARCHITECTURES,
+        dice_per_case,
+        mean_dice,
+        save_checkpoint,
+        set_seed,
+        train,
+    )
 
     cfg = config["pretrain"]
     source = task.name if task is not None else SCRATCH
@@ -259,10 +265,16 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
     does. ``steps`` overrides ``finetune.steps`` (the convergence study, cached in
     ``folder``)."""
     from ccfv.bank.checkpoint import load_torch_file
-
     from ccfv.bench.tasks import carve_validation
-    from ccfv.bench.train import (ARCHITECTURES, dice_per_case, head_module, load_pretrained,
-                                  mean_dice, set_seed, train)
+    from ccfv.bench.train import (
+        ARCHITECTURES,
+        dice_per_case,
+        head_module,
+        load_pretrained,
+        mean_dice,
+        set_seed,
+        train,
+    )
 
     cfg = dict(config["finetune"])
     if steps is not None:
@@ -320,7 +332,6 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
                work: Path) -> Path:
     """The bank YAML of one target: every model with its network, checkpoint, layers auto."""
     from ccfv.bank.checkpoint import load_torch_file
-
     from ccfv.bench.train import network_spec
 
     models = []

@@ -126,7 +126,8 @@ def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = No
     return out
 
 
-def foreground_classes(features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> list[int]:
+def foreground_classes(
+        features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> list[int]:
     """Sorted foreground class ids (> 0) present anywhere in a validated feature set."""
     ids: set[int] = set()
     for cases in features.values():

@@ -79,7 +79,8 @@ def default_workers() -> int:
 
 def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False,
                      workers: int | None = None) -> np.ndarray:
-    """Squared 2-Wasserstein distances of all pairs i < j, in ``scipy.spatial.distance.pdist`` order.
+    """Squared 2-Wasserstein distances of all pairs i < j, in ``scipy.spatial.distance.pdist``
+    order.
 
     ``W2^2 = |mu_i - mu_j|^2 + Tr S_i + Tr S_j - 2 || A_i^T A_j ||_*``, exact up to round-off;
     the result can be slightly negative for (nearly) identical Gaussians. With
