@@ -205,7 +205,8 @@ def _synthetic_track(out, name, targets, spread):
                     "scores": {"ccfv": level, "logme": -level + 0.01 * j}}
         summary["targets"][t] = {"models": models, "classes": ["fg"], "train": [], "test": []}
     config = _Config(name=name, architectures=["unet", "segresnet"],
-                     finetune={"seeds": [0, 1, 2, 3]}, scoring={"cases": 4})
+                     finetune={"seeds": [0, 1, 2, 3]}, scoring={"cases": 4},
+                     statistics={"bootstrap": 200})
     write_results(summary, config, out)
     return out
 
@@ -233,3 +234,13 @@ def test_reliability_in_the_report_and_across_tracks(tmp_path):
     assert head["reliable"] == ["p", "q"] and list(head["too_noisy"]) == ["r"]
     assert "Ground truth too noisy (left out of the headline): r (split-half Spearman" in (
         tmp_path / "all" / "headline.md").read_text()
+
+
+def test_statistics_bootstrap_is_checked_and_quick_uses_fewer(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("statistics: {bootstrap: 5}\n")
+    with pytest.raises(ccfv.UserError, match=r"statistics.bootstrap: 5 must be an integer >= 10"):
+        load_config(bad)
+    config = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer2d-v2.yaml"
+    assert load_config(config)["statistics"]["bootstrap"] == 1000
+    assert load_config(config, quick=True)["statistics"]["bootstrap"] == 100

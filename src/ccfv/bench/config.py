@@ -83,10 +83,13 @@ DEFAULTS: dict = {
                     "reg-hscore", "nleep", "nce", "parc", "sfda"],
         "proportional": ["ccfv", "ccfv-official"],
     },
+    # bootstrap replicates of the ground truth behind every interval of the reliability section
+    "statistics": {"bootstrap": 1000},
     "quick": {
         "size": 32, "max_cases": 10, "test_fraction": 0.4,
         "pretrain": {"steps": 12}, "finetune": {"steps": 6},
         "scoring": {"cases": 4, "counts": [10, 20, 40]},
+        "statistics": {"bootstrap": 100},
     },
 }
 
@@ -267,6 +270,10 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
     if quick:
         config = _merge(config, config.get("quick") or {}, f"{path}: quick")
         config["name"] = f"{config['name']}-quick"
+    boot = config["statistics"]["bootstrap"]
+    if isinstance(boot, bool) or not isinstance(boot, Integral) or boot < 10:
+        raise UserError(f"{path}: statistics.bootstrap: {boot!r} must be an integer >= 10 (the "
+                        "bootstrap replicates behind every interval; 1000 for a full run)")
     root = Path(config["data_root"])
     config["data_root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
     if len(config["tasks"]) < 2:

@@ -35,13 +35,14 @@ from ccfv.errors import CCFVWarning, UserError
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 
 STATS = (*CORRELATIONS, "top1_relative", "regret")
-#: Bootstrap replicates of the ground truth behind every interval of the reliability section.
+#: Bootstrap replicates of the ground truth behind every interval of the reliability section
+#: (the config's ``statistics.bootstrap``; 100 under ``--quick``).
 BOOTSTRAP = 1000
 #: The estimator every other main method is compared with, pairwise (if it was run).
 REFERENCE = "ccfv"
 
 
-def reliability_statistics(summary: dict, main: list[str]) -> dict:
+def reliability_statistics(summary: dict, main: list[str], n_boot: int = BOOTSTRAP) -> dict:
     """Per target :func:`ccfv.reliability.target_report` (its replicates dropped), the
     :func:`ccfv.reliability.headline`, and the paired comparisons of :data:`REFERENCE` with
     every other main method (per target: the difference in weighted tau and Spearman with
@@ -63,7 +64,7 @@ def reliability_statistics(summary: dict, main: list[str]) -> dict:
         scores = {name: m.get("scores", {}) for name, m in models.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CCFVWarning)
-            reports[t] = target_report(runs, scores, n_boot=BOOTSTRAP)
+            reports[t] = target_report(runs, scores, n_boot=n_boot)
         runs_of[t] = (runs, scores)
     head = headline(reports)
     paired = {}
@@ -85,8 +86,8 @@ def reliability_statistics(summary: dict, main: list[str]) -> dict:
             paired[other] = row
     for r in reports.values():
         r.pop("replicates", None)
-    return {"per_target": reports, "headline": head, "paired": {"reference": REFERENCE,
-                                                                  "versus": paired}}
+    return {"per_target": reports, "headline": head, "n_boot": n_boot,
+            "paired": {"reference": REFERENCE, "versus": paired}}
 
 
 def _iv(entry: dict | None, digits: int = 2) -> str:
@@ -107,7 +108,8 @@ def reliability_section(rel: dict, main: list[str]) -> list[str]:
           "one seed against the mean of the others). Noise ceiling: what a perfect estimator "
           "would expect against this ground truth (parametric bootstrap from each model's mean "
           "and seed sd). Best group: the models whose difference to the best is not "
-          f"significant (95% bootstrap interval over test cases and seeds, {BOOTSTRAP} "
+          f"significant (95% bootstrap interval over test cases and seeds, "
+          f"{rel.get('n_boot', BOOTSTRAP)} "
           "replicates).", "",
           "| target | models | seeds | test cases | method | split-half wtau | split-half "
           "Spearman | split-half Kendall | Dice range | seed sd | median gap | noise ceiling "
@@ -425,7 +427,7 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     summary["commit"] = _commit()
     methods = list(avg)
     main = [m for m in methods if not is_ablation(m)]
-    rel = reliability_statistics(summary, main)
+    rel = reliability_statistics(summary, main, n_boot=config["statistics"]["bootstrap"])
     summary["statistics"]["reliability"] = rel
     ablations = [m for m in methods if m.startswith("ccfv")]
     seeds = config["finetune"]["seeds"]
@@ -531,6 +533,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
               "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
     within_per_target = {}
     reliability: dict = {}  # per target, from the tracks that have it (protocol v2 reports)
+    n_boots: set = set()  # their bootstrap replicates (statistics.bootstrap of each track)
     columns = []
     for folder in results:
         path = Path(folder) / "summary.json"
@@ -553,6 +556,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
             merged["statistics"]["per_target"][t] = stats["per_target"][t]
             if t in stats.get("reliability", {}).get("per_target", {}):
                 reliability[t] = stats["reliability"]["per_target"][t]
+                n_boots.add(stats["reliability"].get("n_boot", BOOTSTRAP))
             within_per_target[t] = stats["within_architecture"]["per_target"][t]
         merged["statistics"]["per_track"][track] = {
             "targets": list(run["targets"]), "average": stats["average"],
@@ -588,6 +592,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         from ccfv.reliability import headline as reliable_headline
 
         rel = {"per_target": reliability, "headline": reliable_headline(reliability),
+               "n_boot": "/".join(str(n) for n in sorted(n_boots)),
                "paired": {"reference": REFERENCE, "versus": {}}}
         merged["statistics"]["reliability"] = rel
         md += reliability_section(rel, [m for m in methods if not is_ablation(m)])
