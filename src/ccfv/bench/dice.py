@@ -45,14 +45,7 @@ def dice_per_class(
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
-    _check_data(images, labels)
-    if n_classes < 2:
-        raise ValueError(f"n_classes counts the background and must be >= 2, got {n_classes}")
-    if int(labels.max()) >= n_classes or int(labels.min()) < 0:
-        raise ValueError(
-            f"labels hold class ids {int(labels.min())}..{int(labels.max())}, outside "
-            f"0..{n_classes - 1}"
-        )
+    _check_data(images, labels, n_classes)
     metric = DiceMetric(
         include_background=False, reduction="mean_batch", get_not_nans=True, ignore_empty=True
     )
@@ -98,14 +91,7 @@ def dice_per_case(
     is the NaN-ignoring mean of this column). The model runs in eval mode without gradients
     (its mode is restored).
     """
-    _check_data(images, labels)
-    if n_classes < 2:
-        raise ValueError(f"n_classes counts the background and must be >= 2, got {n_classes}")
-    if int(labels.max()) >= n_classes or int(labels.min()) < 0:
-        raise ValueError(
-            f"labels hold class ids {int(labels.min())}..{int(labels.max())}, outside "
-            f"0..{n_classes - 1}"
-        )
+    _check_data(images, labels, n_classes)
     device = _device_of(model)
     was_training = model.training
     model.eval()

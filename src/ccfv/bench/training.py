@@ -69,7 +69,8 @@ def augment_batch(
     return np.ascontiguousarray(np.stack(out_images)), np.ascontiguousarray(np.stack(out_labels))
 
 
-def _check_data(images: np.ndarray, labels: np.ndarray) -> None:
+def _check_data(images: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> None:
+    """Shapes of a split's images and labels; with ``n_classes``, its labels' class ids too."""
     if images.ndim not in (4, 5) or labels.ndim != images.ndim - 1:
         raise ValueError(
             f"images must be (N, C, *spatial) and labels (N, *spatial) with 2 or 3 spatial "
@@ -79,6 +80,15 @@ def _check_data(images: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError(f"images {images.shape} and labels {labels.shape} do not match")
     if images.shape[0] == 0:
         raise ValueError("no images")
+    if n_classes is None:
+        return
+    if n_classes < 2:
+        raise ValueError(f"n_classes counts the background and must be >= 2, got {n_classes}")
+    if int(labels.max()) >= n_classes or int(labels.min()) < 0:
+        raise ValueError(
+            f"labels hold class ids {int(labels.min())}..{int(labels.max())}, outside "
+            f"0..{n_classes - 1}"
+        )
 
 
 def _to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
