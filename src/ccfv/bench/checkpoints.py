@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 
 from ccfv.errors import UserError
+from ccfv.files import atomic_write
 
 __all__ = ["load_checkpoint", "load_pretrained", "save_checkpoint"]
 
@@ -120,17 +119,8 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: Mapping[str,
     plain_meta = _plain(dict(meta))
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"state_dict": state, "meta": plain_meta}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: torch.save({"state_dict": state,
+                                                         "meta": plain_meta}, handle))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

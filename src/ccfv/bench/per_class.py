@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ccfv.evaluation import spearman, weighted_tau
+from ccfv.files import atomic_write
 
 #: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
 #: layer), to set class consistency against the fine-tuned Dice of each class.
@@ -108,8 +109,8 @@ def plot_class_consistency(target_name: str, target: dict, variants, path: str |
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
     return path

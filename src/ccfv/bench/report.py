@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ from ccfv.bench.per_class import (
 )
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
+from ccfv.files import atomic_write
 
 STATS = (*CORRELATIONS, "top1_relative", "regret")
 #: Bootstrap replicates of the ground truth behind every interval of the reliability section
@@ -261,12 +261,10 @@ def plot_fig2(target: str, models: dict, report: dict, methods: list[str],
     fig.suptitle(f"{target}: score vs fine-tuned Dice", fontsize=10)
     fig.tight_layout(rect=(0, 0.9 / (3.8 * nrows + 1.0) + 0.03, 1, 0.97))
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     finally:
         plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -509,9 +507,7 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
             md += ["", f"![per-class consistency, {t}](classes_{t}.png)"]
     (out / "tables.md").write_text("\n".join(md) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
-    tmp = out / f".summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, out / "summary.json")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))
     paths.update(summary=out / "summary.json", tables=out / "tables.md")
     return paths
 
@@ -598,9 +594,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         md += reliability_section(rel, [m for m in methods if not is_ablation(m)])
     out.mkdir(parents=True, exist_ok=True)
     (out / "headline.md").write_text("\n".join(md) + "\n")
-    tmp = out / f".summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(merged, indent=1, default=str))
-    os.replace(tmp, out / "summary.json")
+    atomic_write(out / "summary.json", json.dumps(merged, indent=1, default=str))
     return merged
 
 

@@ -46,6 +46,7 @@ from ccfv.bench.config import BenchConfig, digest_view
 from ccfv.bench.per_class import CLASS_CONSISTENCY  # the variants class_consistency records
 from ccfv.bench.tasks import PreparedTask, prepare_task
 from ccfv.errors import CCFVWarning, UserError
+from ccfv.files import atomic_write
 
 SCRATCH = "scratch"
 PROPORTIONAL = "@proportional"
@@ -53,9 +54,7 @@ PROPORTIONAL = "@proportional"
 
 def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, default=float))
 
 
 class _Claim:

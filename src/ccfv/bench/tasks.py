@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 
 from ccfv.bench.config import spatial_size
 from ccfv.errors import CCFVWarning, UserError
+from ccfv.files import atomic_write
 
 
 @dataclass
@@ -75,10 +75,7 @@ def _scale(image: np.ndarray) -> np.ndarray:
 
 def _atomic_savez(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def _write_case(tmp: Path, case: str, image: np.ndarray, label: np.ndarray) -> dict:
