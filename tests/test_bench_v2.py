@@ -108,6 +108,37 @@ def test_config_v2_keys_are_checked_and_v1_digests_are_kept(tmp_path):
     assert v2["finetune"]["seeds"] == [0, 1, 2, 3] and len(v2["architectures"]) == 3
 
 
+
+def test_finetune_steps_per_target_override_only_their_runs(tmp_path):
+    from ccfv.bench.run import finetune_path
+
+    with pytest.raises(ccfv.UserError, match="finetune_steps names task 'nowhere'"):
+        load_config(_config(tmp_path, finetune_steps={"nowhere": 10}))
+    with pytest.raises(ccfv.UserError, match=r"finetune_steps \(hc18_fetal_head\): 0"):
+        load_config(_config(tmp_path, finetune_steps={"hc18_fetal_head": 0}))
+    with pytest.raises(ccfv.UserError, match="finetune_steps 5: give a mapping"):
+        load_config(_config(tmp_path, finetune_steps=5))
+
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+    plain = load_config(_config(tmp_path))
+    (tmp_path / "b").mkdir()
+    over = load_config(_config(tmp_path / "b", finetune_steps={"hc18_fetal_head": 40}))
+    hc18, drive = Named("hc18_fetal_head"), Named("drive_retinal_vessels")
+    assert over.finetune_steps("hc18_fetal_head") == 40
+    assert over.finetune_steps("drive_retinal_vessels") is None
+    # a target left out keeps its runs' names (cached runs stay valid); a listed one is the run
+    # of that budget, as if steps were given explicitly
+    for seed in (0, 3):
+        assert finetune_path(over, "m", drive, seed, tmp_path).name == \
+            finetune_path(plain, "m", drive, seed, tmp_path).name
+        assert finetune_path(over, "m", hc18, seed, tmp_path).name == \
+            finetune_path(plain, "m", hc18, seed, tmp_path, steps=40).name
+        assert finetune_path(over, "m", hc18, seed, tmp_path).name != \
+            finetune_path(plain, "m", hc18, seed, tmp_path).name
+
 @needs_data
 def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     config = load_config(_config(

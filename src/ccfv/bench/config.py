@@ -70,6 +70,8 @@ DEFAULTS: dict = {
     "groups": {},
     "source_cases": {},
     "train_cases": None,
+    # per-target fine-tuning budget {task: steps}, overriding finetune.steps for those targets
+    "finetune_steps": {},
     "architectures": ["unet", "unetr"],
     "pretrain": {"steps": 600, "batch_size": 8, "lr": 1e-3, "seed": 0, "schedule": "constant",
                  "val_fraction": 0.0, "eval_every": 0},
@@ -95,7 +97,7 @@ DEFAULTS: dict = {
 
 
 #: Mapping-valued keys whose own keys are the user's (task names, profiles), not ours.
-FREE_FORM = ("quick", "groups", "source_cases", "train_cases")
+FREE_FORM = ("quick", "groups", "source_cases", "train_cases", "finetune_steps")
 
 #: Keys added by protocol v2 with the value that reproduces v1: left out of the cache digests
 #: while they keep it, so that v1 caches keep their names.
@@ -213,6 +215,11 @@ class BenchConfig:
             return value.get(task)
         return value
 
+    def finetune_steps(self, task: str) -> int | None:
+        """The fine-tuning budget of target ``task`` under ``finetune_steps`` ({task: steps});
+        None: ``finetune.steps``."""
+        return self.raw["finetune_steps"].get(task)
+
     @staticmethod
     def digest_of(value) -> str:
         """A short hash of any JSON-able value."""
@@ -326,6 +333,16 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
         if isinstance(count, bool) or not isinstance(count, int) or count < 2:
             raise UserError(f"{path}: train_cases ({task}): {count!r}; give a number of "
                             "target-train cases (groups) >= 2")
+    if not isinstance(config["finetune_steps"], dict):
+        raise UserError(f"{path}: finetune_steps {config['finetune_steps']!r}: give a mapping "
+                        "{task: steps}, e.g. finetune_steps: {acdc_cine_mri2d: 2000}")
+    for task, steps in config["finetune_steps"].items():
+        if task not in resolved.task_specs:
+            raise UserError(f"{path}: finetune_steps names task {task!r}, which is not among "
+                            f"the tasks {list(resolved.task_specs)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserError(f"{path}: finetune_steps ({task}): {steps!r}; give a number of "
+                            "fine-tuning steps >= 1")
     for stage in ("pretrain", "finetune"):
         cfg = config[stage]
         if cfg["schedule"] not in ("constant", "poly"):

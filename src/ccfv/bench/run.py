@@ -237,8 +237,11 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
 def finetune_path(config: BenchConfig, name: str, target: PreparedTask, seed: int,
                   work: Path, device: str = "cpu", steps: int | None = None,
                   folder: str = "finetune") -> Path:
-    """Where :func:`finetune` caches one run (``steps`` overrides ``finetune.steps``)."""
+    """Where :func:`finetune` caches one run (``steps`` overrides ``finetune.steps`` and the
+    target's ``finetune_steps``)."""
     cfg = dict(config["finetune"])
+    if steps is None:
+        steps = config.finetune_steps(target.name)
     if steps is not None:
         cfg["steps"] = int(steps)
     # the seed is in the file name, not the digest: adding a seed keeps the runs already made
@@ -276,6 +279,8 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
     )
 
     cfg = dict(config["finetune"])
+    if steps is None:
+        steps = config.finetune_steps(target.name)
     if steps is not None:
         cfg["steps"] = int(steps)
     path = finetune_path(config, name, target, seed, work, device, steps, folder)
@@ -521,6 +526,8 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
                                            "classes": [target.class_names.get(k, str(k))
                                                        for k in range(1, target.n_classes)],
                                            "spatial_dims": len(config.spatial_size),
+                                           "finetune_steps": config.finetune_steps(target_name)
+                                           or config["finetune"]["steps"],
                                            "train": [target.case_ids[i] for i in target.train],
                                            "test": [target.case_ids[i] for i in target.test]}
         _write_json(work / "summary.partial.json", summary)
