@@ -221,11 +221,14 @@ def _upper(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def _variety(t: _LayerTables, idx: np.ndarray, variant: str) -> float:
     if variant == "official":
+        # _variety_tables fills these two for the official variant, case_variety otherwise
+        assert t.variety_kept is not None and t.pair_variety is not None
         kept = idx[np.isin(idx, t.variety_kept)]
         if kept.size < 2:
             raise UserError(f"layer {t.layer!r}: fewer than 2 cases have samples; variety is "
                             "undefined: add cases")
         return float(np.mean(_upper(t.pair_variety, kept)))
+    assert t.case_variety is not None
     values = t.case_variety[idx]
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -363,10 +366,13 @@ class CCFVTables:
             consistency, per_class, pairs = (None, {}, {}) if variety_only else _consistency(
                 t, idx, self.variant, notes)
             if variety_only:
+                assert variety is not None  # ccfv_tables rejects variety_only with consistency_only
                 term = _log_ratio(t.layer, variety, 1.0, "variety")
             elif consistency_only:
+                assert consistency is not None
                 term = _log_ratio(t.layer, 1.0, consistency, "1/consistency")
             else:
+                assert variety is not None and consistency is not None
                 term = _log_ratio(t.layer, variety, consistency, "variety/consistency")
             parts.append(LayerParts(t.layer, variety, consistency, term, per_class, pairs))
         terms = [p.term for p in parts]

@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any, Protocol
 
 import yaml
 
@@ -40,6 +41,12 @@ from ccfv.estimators.sfda import sfda_score
 from ccfv.estimators.transrate import transrate_score
 
 
+class CaseTables(Protocol):
+    """What an estimator's ``tables`` returns: scores any subset of the cases."""
+
+    def score(self, cases: Sequence[int]) -> float: ...
+
+
 @dataclass(frozen=True)
 class Estimator:
     """A registered estimator.
@@ -52,7 +59,7 @@ class Estimator:
 
     func: Callable[..., float]
     needs_predictions: bool = False
-    tables: Callable[..., object] | None = None
+    tables: Callable[..., CaseTables] | None = None
     #: Options fixed by the method name (``ccfv[distance=kl]``), passed on every call.
     options: dict = field(default_factory=dict)
 
@@ -93,7 +100,7 @@ def subset_scorer(score: Callable, features, predictions=None) -> Callable[[Sequ
 #: a network can do without changing its function, does not change the score. The benchmark
 #: (README, "Which CC-FV") measured it above the paper's exact equations (``ccfv-paper``) on 6
 #: of 8 targets.
-DEFAULT_CCFV = {"variant": "paper", "normalize_consistency": True}
+DEFAULT_CCFV: dict[str, Any] = {"variant": "paper", "normalize_consistency": True}
 
 ESTIMATORS: dict[str, Estimator] = {
     "ccfv": Estimator(partial(ccfv_score, **DEFAULT_CCFV),
@@ -127,7 +134,7 @@ def get_estimator(name: str) -> Estimator:
         raise UserError(f"unknown method {name!r}: known methods are "
                         f"{', '.join(ESTIMATORS)} (options as in ccfv[distance=kl])")
     estimator = ESTIMATORS[base]
-    if not match.group(2):
+    if match is None or not match.group(2):
         return estimator
     signature = inspect.signature(estimator.func)
     if estimator.tables is not None and any(p.kind == p.VAR_KEYWORD
