@@ -50,7 +50,12 @@ from scipy.spatial.distance import pdist, squareform
 from threadpoolctl import threadpool_limits
 
 from ccfv.errors import CCFVWarning, UserError
-from ccfv.estimators.featureset import FeatureSet, foreground_classes, validate_feature_set
+from ccfv.estimators.featureset import (
+    CaseIndices,
+    FeatureSet,
+    foreground_classes,
+    validate_feature_set,
+)
 from ccfv.estimators.gaussian import (
     bhattacharyya_pairs,
     fit_gaussian,
@@ -351,7 +356,7 @@ class CCFVTables:
     n_cases: int
     notes: list[str]
 
-    def parts(self, cases: Sequence[int] | None = None) -> CCFVResult:
+    def parts(self, cases: CaseIndices | None = None) -> CCFVResult:
         """The CC-FV result over ``cases`` (indices of distinct cases; default all)."""
         idx = (np.arange(self.n_cases) if cases is None
                else np.unique(np.asarray(cases, dtype=np.int64)))
@@ -380,7 +385,7 @@ class CCFVTables:
         return CCFVResult(score=score, variant=self.variant, options=dict(self.options),
                           layers=parts, warnings=self.notes + list(notes))
 
-    def score(self, cases: Sequence[int] | None = None) -> float:
+    def score(self, cases: CaseIndices | None = None) -> float:
         """The CC-FV score over ``cases`` (default all)."""
         return self.parts(cases).score
 

@@ -20,6 +20,8 @@ import numpy as np
 from ccfv.errors import FeatureSetError
 
 FeatureSet = Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]
+#: Indices of a subset of the cases of a feature set (a bootstrap draw is an int array).
+CaseIndices = Sequence[int] | np.ndarray
 
 
 def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = None,

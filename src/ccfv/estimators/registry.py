@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
@@ -30,6 +30,7 @@ import yaml
 
 from ccfv.errors import UserError
 from ccfv.estimators.ccfv import ccfv_score, ccfv_tables
+from ccfv.estimators.featureset import CaseIndices
 from ccfv.estimators.gbc import gbc_score
 from ccfv.estimators.hscore import hscore, regularized_hscore
 from ccfv.estimators.leep import leep_score
@@ -44,7 +45,7 @@ from ccfv.estimators.transrate import transrate_score
 class CaseTables(Protocol):
     """What an estimator's ``tables`` returns: scores any subset of the cases."""
 
-    def score(self, cases: Sequence[int]) -> float: ...
+    def score(self, cases: CaseIndices) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Estimator:
             return self.func(features, predictions, **options)
         return self.func(features, **options)
 
-    def prepare(self, features, predictions=None, **options) -> Callable[[Sequence[int]], float]:
+    def prepare(self, features, predictions=None, **options) -> Callable[[CaseIndices], float]:
         """``scorer(case_indices) -> float``: the score on a subset of the cases."""
         if self.tables is not None:
             return self.tables(features, **self._options(features, options)).score
@@ -83,11 +84,11 @@ class Estimator:
                              predictions)
 
 
-def subset_scorer(score: Callable, features, predictions=None) -> Callable[[Sequence[int]], float]:
+def subset_scorer(score: Callable, features, predictions=None) -> Callable[[CaseIndices], float]:
     """``scorer(case_indices)``: ``score(features, predictions)`` re-run on those cases only
     (the generic way to score a subset; estimators with tables do it without re-running)."""
 
-    def scorer(cases: Sequence[int]) -> float:
+    def scorer(cases: CaseIndices) -> float:
         sub = {layer: [pairs[i] for i in cases] for layer, pairs in features.items()}
         preds = None if predictions is None else [predictions[i] for i in cases]
         return score(sub, preds)
