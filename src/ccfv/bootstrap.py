@@ -31,10 +31,14 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ccfv.errors import CCFVWarning, UserError
+
+if TYPE_CHECKING:
+    from ccfv.estimators.featureset import CaseIndices
 
 __all__ = ["BootstrapResult", "ModelInterval", "bootstrap_ranking", "replicate_scores",
            "resample_cases", "summarize"]
@@ -79,7 +83,7 @@ def resample_cases(n_cases: int, n_boot: int, seed: int = 0, min_cases: int = 2
         raise UserError(f"the bootstrap needs at least {min_cases} target cases, got "
                         f"{n_cases}: add cases or turn it off (--bootstrap 0)")
     rng = np.random.default_rng([int(seed), 0xB007])
-    draws = []
+    draws: list[np.ndarray] = []
     while len(draws) < n_boot:
         idx = np.unique(rng.integers(0, n_cases, n_cases))
         if idx.size >= min_cases:
@@ -90,7 +94,7 @@ def resample_cases(n_cases: int, n_boot: int, seed: int = 0, min_cases: int = 2
 def replicate_scores(features: Mapping, predictions: Sequence | None,
                      score: Callable[..., float], draws: Sequence[np.ndarray],
                      progress: str | None = None,
-                     scorer: Callable[[Sequence[int]], float] | None = None) -> np.ndarray:
+                     scorer: Callable[[CaseIndices], float] | None = None) -> np.ndarray:
     """One model's score on every draw of :func:`resample_cases` (NaN where it cannot be
     scored: the estimator raised a UserError or gave a non-finite value).
 
@@ -140,7 +144,7 @@ def summarize(method: str, replicates: Mapping[str, np.ndarray],
     table = np.stack([np.asarray(replicates[m], dtype=np.float64) for m in models])
     finite_full = {m: v for m, v in full_scores.items() if m in replicates and v is not None
                    and math.isfinite(v)}
-    top = max(finite_full, key=finite_full.get) if finite_full else None
+    top = max(finite_full, key=lambda m: finite_full[m]) if finite_full else None
     complete = np.all(np.isfinite(table), axis=0)
     winners = np.argmax(np.where(np.isfinite(table), table, -np.inf), axis=0)
     n_valid = int(complete.sum())

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ccfv.errors import UserError
 from ccfv.evaluation import kendall_tau, pearson, regret, spearman, weighted_tau
@@ -72,7 +74,7 @@ class TargetRuns:
         used only when every model has them for every seed, over the same cases."""
         dice = {name: list(m["dice"]) for name, m in models.items()}
         cases: dict[str, np.ndarray] = {}
-        per_case = {name: m.get("dice_per_case") for name, m in models.items()}
+        per_case: dict[str, Any] = {name: m.get("dice_per_case") for name, m in models.items()}
         if per_case and all(v and all(isinstance(s, Mapping) for s in v)
                             for v in per_case.values()):
             ids = sorted(next(iter(per_case.values()))[0])
@@ -241,7 +243,7 @@ def replicate_truth(runs: TargetRuns, models: Sequence[str], n_boot: int = 2000,
     return out
 
 
-def _interval(values: Sequence[float | None], level: float = 0.95) -> list[float] | None:
+def _interval(values: Iterable[float | None], level: float = 0.95) -> list[float] | None:
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if v.size < 2:
         return None
@@ -249,7 +251,7 @@ def _interval(values: Sequence[float | None], level: float = 0.95) -> list[float
     return [float(lo), float(hi)]
 
 
-def noise_ceiling(means: Sequence[float], sds: Sequence[float], n_seeds: int,
+def noise_ceiling(means: ArrayLike, sds: ArrayLike, n_seeds: int,
                   n_boot: int = 2000, seed: int = 0) -> dict:
     """What a perfect estimator would get against a ground truth of ``n_seeds`` seeds.
 
@@ -318,6 +320,16 @@ def _ranked(scores: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
+def _finite_scores(scores: Mapping[str, float | None], models: Sequence[str]) -> dict[str, float]:
+    """model -> score as a float, for the ``models`` whose score is given and finite."""
+    out = {}
+    for m in models:
+        s = scores.get(m)
+        if s is not None and math.isfinite(float(s)):
+            out[m] = float(s)
+    return out
+
+
 def estimator_statistics(scores: Mapping[str, float | None], runs: TargetRuns,
                          replicates: np.ndarray | None = None, group: Sequence[str] | None = None,
                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
@@ -335,13 +347,13 @@ def estimator_statistics(scores: Mapping[str, float | None], runs: TargetRuns,
     models = runs.usable()
     if replicates is None:
         replicates = replicate_truth(runs, models, n_boot, seed)
-    keep = [i for i, m in enumerate(models) if scores.get(m) is not None
-            and math.isfinite(float(scores[m]))]
+    finite = _finite_scores(scores, models)
+    keep = [i for i, m in enumerate(models) if m in finite]
     if len(keep) < 3:
         return {"n_models": len(keep), "note": f"{len(keep)} model(s) with a finite score: "
                                                "needs >= 3"}
     names = [models[i] for i in keep]
-    x = np.array([float(scores[m]) for m in names])
+    x = np.array([finite[m] for m in names])
     truth = _means(_matrix(runs, names))
     reps = replicates[:, keep]
     out: dict = {"n_models": len(keep)}
@@ -351,10 +363,10 @@ def estimator_statistics(scores: Mapping[str, float | None], runs: TargetRuns,
         out[name] = {"value": value, "interval": _interval(rep, level)}
     if group is None:
         group = best_group(runs, models, replicates=replicates, level=level)["group"]
-    group = set(group)
+    in_group = set(group)
     top = _ranked(x, 3)
-    out["best_group_hit"] = names[top[0]] in group
-    out["top3_recall"] = any(names[i] in group for i in top)
+    out["best_group_hit"] = names[top[0]] in in_group
+    out["top3_recall"] = any(names[i] in in_group for i in top)
     out["top1"] = names[top[0]]
     return out
 
@@ -374,16 +386,13 @@ def paired_difference(scores_a: Mapping[str, float | None], scores_b: Mapping[st
     models = runs.usable()
     if replicates is None:
         replicates = replicate_truth(runs, models, n_boot, seed)
-
-    def ok(s, m):
-        return s.get(m) is not None and math.isfinite(float(s[m]))
-
-    keep = [i for i, m in enumerate(models) if ok(scores_a, m) and ok(scores_b, m)]
+    finite_a, finite_b = _finite_scores(scores_a, models), _finite_scores(scores_b, models)
+    keep = [i for i, m in enumerate(models) if m in finite_a and m in finite_b]
     if len(keep) < 3:
         return {"difference": None, "interval": None, "n_models": len(keep)}
     names = [models[i] for i in keep]
-    a = np.array([float(scores_a[m]) for m in names])
-    b = np.array([float(scores_b[m]) for m in names])
+    a = np.array([finite_a[m] for m in names])
+    b = np.array([finite_b[m] for m in names])
     truth = _means(_matrix(runs, names))
     va, vb = fn(a, truth), fn(b, truth)
     diffs = []
@@ -452,7 +461,7 @@ def target_report(runs: TargetRuns, scores: Mapping[str, Mapping[str, float | No
     complete = matrix[:, np.isfinite(matrix).all(axis=0)]
     replicates = replicate_truth(runs, models, n_boot, seed)
     group = best_group(runs, models, replicates=replicates, level=level)
-    out = {"n_models": len(models), "n_seeds": int(complete.shape[1]),
+    out: dict[str, Any] = {"n_models": len(models), "n_seeds": int(complete.shape[1]),
            "n_test_cases": (int(runs.cases[models[0]].shape[1])
                             if models and all(m in runs.cases for m in models) else None),
            "reliability": split_half(complete), "noise": seed_noise(matrix),
@@ -489,7 +498,7 @@ def headline(reports: Mapping[str, Mapping], threshold: float = RELIABLE_SPEARMA
     for method in methods:
         rows = [reports[t]["estimators"].get(method, {}) for t in reliable]
         rows = [r for r in rows if "n_models" in r and r.get("weighted_tau")]
-        entry = {"n_targets": len(rows)}
+        entry: dict[str, Any] = {"n_targets": len(rows)}
         for s in stats:
             values = [r[s]["value"] for r in rows if r[s]["value"] is not None]
             entry[s] = float(np.mean(values)) if values else None

@@ -287,9 +287,9 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
         raise UserError(f"{path}: name at least 2 tasks (leave-one-task-out needs sources)")
     _check_tasks(config, path)
     resolved = BenchConfig(raw=config, source=str(path))
-    for name, task in resolved.task_paths.items():
-        if not (task / "dataset.json").is_file():
-            raise UserError(f"{path}: task {name!r}: {task / 'dataset.json'} not found; tasks "
+    for name, task_dir in resolved.task_paths.items():
+        if not (task_dir / "dataset.json").is_file():
+            raise UserError(f"{path}: task {name!r}: {task_dir / 'dataset.json'} not found; tasks "
                             "are Decathlon folders (dataset.json, imagesTr, labelsTr) under "
                             f"data_root ({root})")
     from ccfv.bench.train import ARCHITECTURES

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,8 @@ from ccfv.files import atomic_write
 
 #: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
 #: layer), to set class consistency against the fine-tuned Dice of each class.
-CLASS_CONSISTENCY = {"ccfv": {"normalize_consistency": True}, "ccfv-paper": {}}
+CLASS_CONSISTENCY: dict[str, dict[str, Any]] = {"ccfv": {"normalize_consistency": True},
+                                                "ccfv-paper": {}}
 
 
 def mean_class_dice(model: dict) -> dict[str, float]:

@@ -20,6 +20,7 @@ import math
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -70,7 +71,7 @@ def reliability_statistics(summary: dict, main: list[str], n_boot: int = BOOTSTR
     paired = {}
     if any(REFERENCE in r["estimators"] for r in reports.values()):
         for other in (m for m in main if m != REFERENCE):
-            row = {"per_target": {}}
+            row: dict[str, Any] = {"per_target": {}}
             for t, (runs, scores) in runs_of.items():
                 a = {m: scores[m].get(REFERENCE) for m in scores}
                 b = {m: scores[m].get(other) for m in scores}
@@ -525,8 +526,8 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     ``tracks`` records each run's config, commit and training times.
     """
     out = Path(out)
-    merged = {"targets": {}, "tracks": {},
-              "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
+    merged: dict[str, Any] = {"targets": {}, "tracks": {},
+                              "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
     within_per_target = {}
     reliability: dict = {}  # per target, from the tracks that have it (protocol v2 reports)
     n_boots: set = set()  # their bootstrap replicates (statistics.bootstrap of each track)

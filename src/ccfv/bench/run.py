@@ -38,6 +38,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -490,7 +491,7 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
                                                               "steps", "seconds")}
                for (arch, src), meta in ((j, _meta(checkpoints[j])) for j in jobs)
                if src != SCRATCH}
-    summary = {"config": config.raw, "targets": {}, "sources": sources}
+    summary: dict[str, Any] = {"config": config.raw, "targets": {}, "sources": sources}
     for target_name in targets:
         target = tasks[target_name]
         bank = {model_name(arch, src): (arch, checkpoints[(arch, src)])
@@ -613,7 +614,7 @@ def run_convergence(config: BenchConfig, work: str | Path, out: str | Path, *,
                 f"{result['dice']}")
 
         _run_claimed(runs, lambda job: job[0].is_file(), compute)
-        entry = {}
+        entry: dict[str, dict[str, Any]] = {}
         for path, (arch, src, steps) in runs:
             r = json.loads(path.read_text())
             v = r.get("validation", {})

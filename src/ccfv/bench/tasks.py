@@ -39,6 +39,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -211,9 +212,9 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
         raise UserError(f"task {name} is derived from {path.name}, which sets no cases aside "
                         f"for it: set source_cases: {{{path.name}: N}} in the benchmark config")
     grid = spatial_size(size)
-    settings = {"size": size, "channels": channels, "max_cases": max_cases,
-                "test_fraction": test_fraction, "split_seed": split_seed,
-                "source": str(path.resolve()), "format": 1}
+    settings: dict[str, Any] = {"size": size, "channels": channels, "max_cases": max_cases,
+                                "test_fraction": test_fraction, "split_seed": split_seed,
+                                "source": str(path.resolve()), "format": 1}
     # keys added only when used, so that plain tasks keep the digest they always had
     if group is not None:
         settings["group"] = group
@@ -289,8 +290,8 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
     _atomic_savez(npz, images=task.images, labels=task.labels, case_ids=np.array(ids),
                   train=train, test=test,
                   **({"reserved": np.array(reserved)} if reserved is not None else {}))
-    split = {"task": name, "settings": settings, "group": group,
-             "train": [ids[i] for i in train], "test": [ids[i] for i in test]}
+    split: dict[str, Any] = {"task": name, "settings": settings, "group": group,
+                             "train": [ids[i] for i in train], "test": [ids[i] for i in test]}
     if reserved is not None:
         split["sources" if derived is None else "from"] = (
             reserved if derived is None else {"task": path.name, "cases": ids})

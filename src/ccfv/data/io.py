@@ -22,10 +22,14 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from ccfv.errors import UserError
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 ITK_EXTS = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -161,9 +165,7 @@ def spatial_ndim(path: str | Path) -> int:
     if ext in PICTURE_EXTS:
         return 2
     if ext in NIFTI_EXTS:
-        import nibabel as nib
-
-        return min(len(nib.load(str(path)).shape), 3)
+        return min(len(_load_nifti(str(path)).shape), 3)
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -172,10 +174,16 @@ def spatial_ndim(path: str | Path) -> int:
     return min(reader.GetDimension(), 3)
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_nifti(path: str) -> SpatialImage:
+    """``nibabel.load`` of a NIfTI file (annotated as returning any ``FileBasedImage``; for a
+    NIfTI it is always a ``SpatialImage``, which has ``shape``, ``dataobj`` and ``affine``)."""
     import nibabel as nib
 
-    img = nib.load(str(path))
+    return cast("SpatialImage", nib.load(path))
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    img = _load_nifti(str(path))
     array = np.asanyarray(img.dataobj)
     if array.ndim == 5 and array.shape[3] == 1:  # ITK vector image: x, y, z, 1, c
         array = array[:, :, :, 0]
@@ -218,8 +226,9 @@ def _read_picture(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     with Image.open(path) as im:
-        if getattr(im, "n_frames", 1) > 1:
-            raise UserError(f"{path}: a picture with {im.n_frames} frames/pages is not supported; "
+        n_frames = getattr(im, "n_frames", 1)
+        if n_frames > 1:
+            raise UserError(f"{path}: a picture with {n_frames} frames/pages is not supported; "
                             "save one 2D picture per file, or a 3D stack as NIfTI")
         mode = im.mode
         if mode in ("1", "L", "I", "F") or mode.startswith("I;16") or (label and mode == "P"):

@@ -191,7 +191,7 @@ def _find_nnunet(root: Path, meta: dict, meta_file: Path) -> Dataset:
                             "images in imagesTr/ and its labels in labelsTr/")
     _check_ending(image_dir, ending, meta_file, _list(image_dir, ending))
     _check_ending(label_dir, ending, meta_file, _list(label_dir, ending))
-    files = {}
+    files: dict[str, dict[int, Path]] = {}
     for path in _list(image_dir, ending):
         match = _CHANNEL.match(path.name[: -len(ending)])
         if match is None:

@@ -65,8 +65,9 @@ def parse_labels(raw: object, source: str | Path) -> dict[int, str]:
     if bad:
         raise UserError(f"{source}: labels {bad} have no non-negative integer class id; use "
                         f'{{"0": "background", "1": "name", ...}} or {{"name": id, ...}}')
+    checked = [(i, name) for i, name in pairs if i is not None]  # all of them: none is bad
     out: dict[int, str] = {}
-    for i, name in pairs:
+    for i, name in checked:
         if i in out:
             raise UserError(f"{source}: class id {i} is given twice ({out[i]!r} and {name!r}); "
                             "give each class its own id")
@@ -281,7 +282,7 @@ def to_class_ids(array: np.ndarray, path: str | Path, labels: Mapping[int, str] 
         raise UserError(f"{path}: negative label value {values[0]}; class ids are 0 "
                         "(background), 1, 2, ...")
     ids = sorted(int(i) for i in labels) if labels else []
-    if ids:
+    if labels and ids:
         if set(values) <= set(ids):
             return out
         n = len(ids)
@@ -293,9 +294,9 @@ def to_class_ids(array: np.ndarray, path: str | Path, labels: Mapping[int, str] 
             f"(labels: {dict(labels)}); fix the label map or add the classes to dataset.json "
             "'labels'")
     if picture:
-        n = grey_levels(values)
-        if n is not None and max(values) > n - 1:
-            return _remap(out, values, n, np.arange(n), path)
+        levels = grey_levels(values)
+        if levels is not None and max(values) > levels - 1:
+            return _remap(out, values, levels, np.arange(levels), path)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from monai.networks.nets import SegResNet, UNet
 
@@ -25,7 +26,7 @@ PREPROCESSING = {"intensity": {"kind": "zscore"}, "roi": [48, 48, 40], "overlap"
 
 def bank_dict() -> dict:
     """The demo bank in the YAML schema of ``ccfv rank --bank`` (checkpoint paths absolute)."""
-    models = []
+    models: list[dict[str, Any]] = []
     for arch, task in SOURCES:
         network, args = ARCHITECTURES[arch]
         models.append({"name": f"{arch}_{task}",

@@ -50,7 +50,12 @@ from scipy.spatial.distance import pdist, squareform
 from threadpoolctl import threadpool_limits
 
 from ccfv.errors import CCFVWarning, UserError
-from ccfv.estimators.featureset import FeatureSet, foreground_classes, validate_feature_set
+from ccfv.estimators.featureset import (
+    CaseIndices,
+    FeatureSet,
+    foreground_classes,
+    validate_feature_set,
+)
 from ccfv.estimators.gaussian import (
     bhattacharyya_pairs,
     fit_gaussian,
@@ -221,11 +226,14 @@ def _upper(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def _variety(t: _LayerTables, idx: np.ndarray, variant: str) -> float:
     if variant == "official":
+        # _variety_tables fills these two for the official variant, case_variety otherwise
+        assert t.variety_kept is not None and t.pair_variety is not None
         kept = idx[np.isin(idx, t.variety_kept)]
         if kept.size < 2:
             raise UserError(f"layer {t.layer!r}: fewer than 2 cases have samples; variety is "
                             "undefined: add cases")
         return float(np.mean(_upper(t.pair_variety, kept)))
+    assert t.case_variety is not None
     values = t.case_variety[idx]
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -348,7 +356,7 @@ class CCFVTables:
     n_cases: int
     notes: list[str]
 
-    def parts(self, cases: Sequence[int] | None = None) -> CCFVResult:
+    def parts(self, cases: CaseIndices | None = None) -> CCFVResult:
         """The CC-FV result over ``cases`` (indices of distinct cases; default all)."""
         idx = (np.arange(self.n_cases) if cases is None
                else np.unique(np.asarray(cases, dtype=np.int64)))
@@ -363,10 +371,13 @@ class CCFVTables:
             consistency, per_class, pairs = (None, {}, {}) if variety_only else _consistency(
                 t, idx, self.variant, notes)
             if variety_only:
+                assert variety is not None  # ccfv_tables rejects variety_only with consistency_only
                 term = _log_ratio(t.layer, variety, 1.0, "variety")
             elif consistency_only:
+                assert consistency is not None
                 term = _log_ratio(t.layer, 1.0, consistency, "1/consistency")
             else:
+                assert variety is not None and consistency is not None
                 term = _log_ratio(t.layer, variety, consistency, "variety/consistency")
             parts.append(LayerParts(t.layer, variety, consistency, term, per_class, pairs))
         terms = [p.term for p in parts]
@@ -374,7 +385,7 @@ class CCFVTables:
         return CCFVResult(score=score, variant=self.variant, options=dict(self.options),
                           layers=parts, warnings=self.notes + list(notes))
 
-    def score(self, cases: Sequence[int] | None = None) -> float:
+    def score(self, cases: CaseIndices | None = None) -> float:
         """The CC-FV score over ``cases`` (default all)."""
         return self.parts(cases).score
 

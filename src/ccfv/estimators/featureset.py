@@ -20,6 +20,8 @@ import numpy as np
 from ccfv.errors import FeatureSetError
 
 FeatureSet = Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]
+#: Indices of a subset of the cases of a feature set (a bootstrap draw is an int array).
+CaseIndices = Sequence[int] | np.ndarray
 
 
 def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = None,
@@ -204,8 +206,9 @@ def validate_predictions(predictions: Predictions | None, features: FeatureSet,
             "classes at the sampled voxels), given as predictions=[P per case]; `ccfv rank` "
             "extracts them with the features")
     name = _chosen_layer(features, layer)
-    cases = validate_feature_set(features, layers=None if name is None else [name],
-                                 min_cases=1)[name]
+    checked = validate_feature_set(features, layers=None if name is None else [name],
+                                   min_cases=1)
+    cases = checked[name] if name is not None else []  # None: validation raised already
     if isinstance(predictions, np.ndarray) or len(predictions) != len(cases):
         n = "an array" if isinstance(predictions, np.ndarray) else f"{len(predictions)} case(s)"
         raise FeatureSetError(

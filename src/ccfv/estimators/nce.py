@@ -58,8 +58,8 @@ def _nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
     n = len(labels)
     _, z = np.unique(source_labels, return_inverse=True)  # only the source classes that occur
     n_classes, n_source = int(labels.max()) + 1, int(z.max()) + 1
-    joint = np.bincount(labels * n_source + z, minlength=n_classes * n_source)
-    joint = joint.reshape(n_classes, n_source) / n
+    counts = np.bincount(labels * n_source + z, minlength=n_classes * n_source)
+    joint = counts.reshape(n_classes, n_source) / n
     marginal = joint.sum(axis=0)                          # > 0 for every occurring z
     nonzero = joint > 0
     # joint <= marginal holds in floating point too (a rounded sum of non-negative terms is

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any, Protocol
 
 import yaml
 
 from ccfv.errors import UserError
 from ccfv.estimators.ccfv import ccfv_score, ccfv_tables
+from ccfv.estimators.featureset import CaseIndices
 from ccfv.estimators.gbc import gbc_score
 from ccfv.estimators.hscore import hscore, regularized_hscore
 from ccfv.estimators.leep import leep_score
@@ -38,6 +40,12 @@ from ccfv.estimators.nleep import nleep_score
 from ccfv.estimators.parc import parc_score
 from ccfv.estimators.sfda import sfda_score
 from ccfv.estimators.transrate import transrate_score
+
+
+class CaseTables(Protocol):
+    """What an estimator's ``tables`` returns: scores any subset of the cases."""
+
+    def score(self, cases: CaseIndices) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class Estimator:
 
     func: Callable[..., float]
     needs_predictions: bool = False
-    tables: Callable[..., object] | None = None
+    tables: Callable[..., CaseTables] | None = None
     #: Options fixed by the method name (``ccfv[distance=kl]``), passed on every call.
     options: dict = field(default_factory=dict)
 
@@ -68,7 +76,7 @@ class Estimator:
             return self.func(features, predictions, **options)
         return self.func(features, **options)
 
-    def prepare(self, features, predictions=None, **options) -> Callable[[Sequence[int]], float]:
+    def prepare(self, features, predictions=None, **options) -> Callable[[CaseIndices], float]:
         """``scorer(case_indices) -> float``: the score on a subset of the cases."""
         if self.tables is not None:
             return self.tables(features, **self._options(features, options)).score
@@ -76,11 +84,11 @@ class Estimator:
                              predictions)
 
 
-def subset_scorer(score: Callable, features, predictions=None) -> Callable[[Sequence[int]], float]:
+def subset_scorer(score: Callable, features, predictions=None) -> Callable[[CaseIndices], float]:
     """``scorer(case_indices)``: ``score(features, predictions)`` re-run on those cases only
     (the generic way to score a subset; estimators with tables do it without re-running)."""
 
-    def scorer(cases: Sequence[int]) -> float:
+    def scorer(cases: CaseIndices) -> float:
         sub = {layer: [pairs[i] for i in cases] for layer, pairs in features.items()}
         preds = None if predictions is None else [predictions[i] for i in cases]
         return score(sub, preds)
@@ -93,7 +101,7 @@ def subset_scorer(score: Callable, features, predictions=None) -> Callable[[Sequ
 #: a network can do without changing its function, does not change the score. The benchmark
 #: (README, "Which CC-FV") measured it above the paper's exact equations (``ccfv-paper``) on 6
 #: of 8 targets.
-DEFAULT_CCFV = {"variant": "paper", "normalize_consistency": True}
+DEFAULT_CCFV: dict[str, Any] = {"variant": "paper", "normalize_consistency": True}
 
 ESTIMATORS: dict[str, Estimator] = {
     "ccfv": Estimator(partial(ccfv_score, **DEFAULT_CCFV),
@@ -127,7 +135,7 @@ def get_estimator(name: str) -> Estimator:
         raise UserError(f"unknown method {name!r}: known methods are "
                         f"{', '.join(ESTIMATORS)} (options as in ccfv[distance=kl])")
     estimator = ESTIMATORS[base]
-    if not match.group(2):
+    if match is None or not match.group(2):
         return estimator
     signature = inspect.signature(estimator.func)
     if estimator.tables is not None and any(p.kind == p.VAR_KEYWORD

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ccfv.errors import CCFVWarning, UserError
 
@@ -41,7 +42,7 @@ MIN_MODELS = 3
 # statistics on two paired vectors
 # --------------------------------------------------------------------------------------------
 
-def _pair(scores: Sequence[float], truth: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(scores: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(scores, dtype=float).ravel()
     y = np.asarray(truth, dtype=float).ravel()
     if x.shape != y.shape:
@@ -66,7 +67,7 @@ def _statistic(result) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def weighted_tau(scores: Sequence[float], truth: Sequence[float]) -> float | None:
+def weighted_tau(scores: ArrayLike, truth: ArrayLike) -> float | None:
     r"""Weighted Kendall's tau between a score and the fine-tuned Dice (Vigna's :math:`\tau_h`).
 
     This is :func:`scipy.stats.weightedtau` called with its defaults, ``rank=True,
@@ -101,7 +102,7 @@ def weighted_tau(scores: Sequence[float], truth: Sequence[float]) -> float | Non
     return _statistic(weightedtau(x, y))
 
 
-def kendall_tau(scores: Sequence[float], truth: Sequence[float]) -> float | None:
+def kendall_tau(scores: ArrayLike, truth: ArrayLike) -> float | None:
     r"""Kendall's :math:`\tau_b` (:func:`scipy.stats.kendalltau`; Kendall, Biometrika 1938).
 
     :math:`\tau_b = (P - Q) / \sqrt{(P + Q + T_x)(P + Q + T_y)}` with P concordant and Q
@@ -116,7 +117,7 @@ def kendall_tau(scores: Sequence[float], truth: Sequence[float]) -> float | None
     return _statistic(kendalltau(x, y))
 
 
-def spearman(scores: Sequence[float], truth: Sequence[float]) -> float | None:
+def spearman(scores: ArrayLike, truth: ArrayLike) -> float | None:
     r"""Spearman's :math:`\rho` (:func:`scipy.stats.spearmanr`): Pearson's r of the ranks
     (ties get their average rank). ``None`` when undefined (a constant input)."""
     from scipy.stats import spearmanr
@@ -127,7 +128,7 @@ def spearman(scores: Sequence[float], truth: Sequence[float]) -> float | None:
     return _statistic(spearmanr(x, y))
 
 
-def pearson(scores: Sequence[float], truth: Sequence[float]) -> float | None:
+def pearson(scores: ArrayLike, truth: ArrayLike) -> float | None:
     r"""Pearson's r (:func:`scipy.stats.pearsonr`):
     :math:`\sum (x_i-\bar x)(y_i-\bar y) / \sqrt{\sum (x_i-\bar x)^2 \sum (y_i-\bar y)^2}`.
 
@@ -149,7 +150,7 @@ def _first_pick(x: np.ndarray, y: np.ndarray) -> int:
     return int(tied[np.argmin(y[tied])])
 
 
-def top1_relative(scores: Sequence[float], truth: Sequence[float]) -> float | None:
+def top1_relative(scores: ArrayLike, truth: ArrayLike) -> float | None:
     r"""Dice of the model ranked first by the score, relative to the best Dice:
     :math:`P_{\arg\max_i T_i} / \max_i P_i` (1 = the score picks the best model; "Rel@1" in
     SFDA, Shao et al., ECCV 2022).
@@ -166,7 +167,7 @@ def top1_relative(scores: Sequence[float], truth: Sequence[float]) -> float | No
     return float(y[_first_pick(x, y)]) / best
 
 
-def regret(scores: Sequence[float], truth: Sequence[float]) -> float:
+def regret(scores: ArrayLike, truth: ArrayLike) -> float:
     r"""Dice lost by fine-tuning the model ranked first by the score instead of the best one:
     :math:`\max_i P_i - P_{\arg\max_i T_i}` (0 = no loss), in the units of the truth file.
 

@@ -45,7 +45,8 @@ def plot_scores_vs_truth(scores: Mapping[str, Mapping[str, float | None]],
 
     for ax, row in zip(axes.flat, rows):
         models = row["models"]
-        x = np.array([float(scores[m][row["method"]]) for m in models])
+        # evaluate() lists in row["models"] only the models with a finite score
+        x = np.array([scores[m][row["method"]] for m in models], dtype=np.float64)
         y = np.array([float(truth[m]) for m in models])
         sd = x.std()
         z = (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)

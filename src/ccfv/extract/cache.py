@@ -249,8 +249,9 @@ class FeatureCache:
         with :meth:`put`, the parts are removed, and the set is returned (as :meth:`get`
         would); otherwise nothing changes and None is returned.
         """
-        parts = [self.get_case(key, c) for c in case_ids]
-        if not parts or any(p is None for p in parts):
+        found = [self.get_case(key, c) for c in case_ids]
+        parts = [p for p in found if p is not None]
+        if not parts or len(parts) != len(found):
             return None
         layers = list(parts[0])
         if any(list(p) != layers for p in parts):

@@ -36,6 +36,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -284,7 +285,8 @@ class SamplingPlan:
         """Write the plan to an ``.npz`` (arrays + a JSON header); see :meth:`load`."""
         header = {"format": PLAN_FORMAT, "settings": self.settings,
                   "cases": [[c.case_id, list(c.shape), c.label_sha256] for c in self.cases]}
-        arrays = {"header": np.array(json.dumps(header))}
+        # Any: mypy would match a **dict of arrays against savez_compressed's allow_pickle: bool
+        arrays: dict[str, Any] = {"header": np.array(json.dumps(header))}
         for i, c in enumerate(self.cases):
             for l, (idx, cls_) in enumerate(zip(c.indices, c.classes)):
                 arrays[f"case{i}_layer{l}_indices"] = idx
@@ -469,18 +471,18 @@ def make_plan(labels: Sequence[np.ndarray], case_ids: Sequence[str], layers: int
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed={seed!r}: give a non-negative integer")
     if budget == "fixed":
-        per_layer = [int(c) for c in _per_layer(counts, layers, "counts")]
-        if any(c < 1 for c in per_layer):
+        counts_per_layer = [int(c) for c in _per_layer(counts, layers, "counts")]
+        if any(c < 1 for c in counts_per_layer):
             raise UserError(f"counts={counts!r}: every count must be an integer >= 1")
-        settings = {"budget": "fixed", "counts": per_layer}
+        settings: dict[str, Any] = {"budget": "fixed", "counts": counts_per_layer}
     elif budget == "proportional":
-        per_layer = [float(f) for f in _per_layer(fraction, layers, "fraction")]
-        if any(not (0.0 < f <= 1.0) for f in per_layer):
+        fractions = [float(f) for f in _per_layer(fraction, layers, "fraction")]
+        if any(not (0.0 < f <= 1.0) for f in fractions):
             raise UserError(f"fraction={fraction!r}: every fraction must lie in (0, 1]")
         if not (1 <= int(min_per_class) <= int(max_per_class)):
             raise UserError(f"min_per_class={min_per_class}, max_per_class={max_per_class}: "
                             "need 1 <= min_per_class <= max_per_class")
-        settings = {"budget": "proportional", "fraction": per_layer,
+        settings = {"budget": "proportional", "fraction": fractions,
                     "min_per_class": int(min_per_class), "max_per_class": int(max_per_class)}
     else:
         raise UserError(f"budget={budget!r}: choose 'fixed' (released code: counts per class) "
@@ -499,17 +501,17 @@ def make_plan(labels: Sequence[np.ndarray], case_ids: Sequence[str], layers: int
             for k in present:
                 n_k = int(per_chunk[:, k].sum())
                 if budget == "fixed":
-                    m = per_layer[l]
+                    m = counts_per_layer[l]
                 else:
-                    m = int(np.clip(round(per_layer[l] * n_k), settings["min_per_class"],
+                    m = int(np.clip(round(fractions[l] * n_k), settings["min_per_class"],
                                     settings["max_per_class"]))
                 m = min(m, n_k)
                 rng = np.random.default_rng([int(seed), *words, layers - 1 - l, int(k)])
                 ranks = np.sort(rng.choice(n_k, size=m, replace=False))
                 flat_pos.append(_flat_positions(flat, per_chunk[:, k], int(k), ranks))
                 cls.append(np.full(m, k, dtype=np.int64))
-            flat_pos = np.concatenate(flat_pos) if flat_pos else np.empty(0, np.int64)
-            idx_layers.append(np.stack(np.unravel_index(flat_pos, arr.shape), axis=1)
+            positions = np.concatenate(flat_pos) if flat_pos else np.empty(0, np.int64)
+            idx_layers.append(np.stack(np.unravel_index(positions, arr.shape), axis=1)
                               .astype(np.int64).reshape(-1, arr.ndim))
             cls_layers.append(np.concatenate(cls) if cls else np.empty(0, np.int64))
         cases.append(CasePlan(case_id=case_id, shape=tuple(int(s) for s in arr.shape),

@@ -135,11 +135,11 @@ def _sample_grid(maps: torch.Tensor, local: list[np.ndarray], roi: tuple[int, ..
     """Interpolate ``maps`` at window-local points; ``local[b]`` is ``(P_b, ndim)``."""
     ndim = len(roi)
     pmax = max(len(q) for q in local)
-    grid = np.zeros((len(local), pmax, ndim), dtype=np.float64)  # pad rows: window centre
+    unit = np.zeros((len(local), pmax, ndim), dtype=np.float64)  # pad rows: window centre
     r = np.asarray(roi, dtype=np.float64)
     for b, q in enumerate(local):
-        grid[b, :len(q)] = (2.0 * q + 1.0) / r - 1.0
-    grid = torch.from_numpy(grid[..., ::-1].copy()).to(device=maps.device, dtype=torch.float32)
+        unit[b, :len(q)] = (2.0 * q + 1.0) / r - 1.0
+    grid = torch.from_numpy(unit[..., ::-1].copy()).to(device=maps.device, dtype=torch.float32)
     grid = grid.reshape(len(local), pmax, *([1] * (ndim - 1)), ndim)
     out = F.grid_sample(maps.float(), grid, mode="bilinear", padding_mode="border",
                         align_corners=False)
@@ -234,7 +234,11 @@ def _extract(forward, image, points, roi_size, overlap, sw_batch_size, device, a
     finally:
         if bar is not None:
             bar.close()
-    return {name: arr for name, arr in out.items()}
+    filled: dict[str, np.ndarray] = {}
+    for name, arr in out.items():
+        assert arr is not None  # todo is not empty: the first batch gave every layer its array
+        filled[name] = arr
+    return filled
 
 
 def _run_batch(forward, padded, layout: WindowLayout, windows, by_window, local, out,
