@@ -59,8 +59,16 @@ def _slow_default_ccfv(features):
     return paper_score({l: [(_unit(X), y) for X, y in cases] for l, cases in features.items()})
 
 
-def _slow_consistency(cases):
-    """C = sum_k mean_{i != j} W2(F_i^k, F_j^k) on the unit sphere."""
+def _slow_centre(cases):
+    mu = np.concatenate([X for X, _ in cases]).mean(axis=0)
+    return [(X - mu, y) for X, y in cases]
+
+
+def _slow_consistency(cases, centre=True):
+    """C = sum_k mean_{i != j} W2(F_i^k, F_j^k) on the unit sphere (of the features centred
+    on their pooled mean with ``centre``)."""
+    if centre:
+        cases = _slow_centre(cases)
     total = 0.0
     for k in sorted({int(v) for _, y in cases for v in y} - {0}):
         members = [_unit(X[y == k]) for X, y in cases if np.sum(y == k) >= 2]
@@ -134,9 +142,11 @@ def test_pca_bad_components():
 
 # --- ccfv-null ------------------------------------------------------------------------------
 
-def _slow_null(features, permutations, seed, statistic):
+def _slow_null(features, permutations, seed, statistic, centre=True):
     terms = []
     for layer, cases in features.items():
+        if centre:
+            cases = _slow_centre(cases)
         rngs = [np.random.default_rng([seed, zlib.crc32(layer.encode()),
                                        zlib.crc32(np.ascontiguousarray(
                                            y.astype(np.int64)).tobytes())])
@@ -144,8 +154,8 @@ def _slow_null(features, permutations, seed, statistic):
         null = []
         for _ in range(permutations):
             null.append(_slow_consistency([(X, rng.permutation(y))
-                                           for (X, y), rng in zip(cases, rngs)]))
-        observed = _slow_consistency(cases)
+                                           for (X, y), rng in zip(cases, rngs)], False))
+        observed = _slow_consistency(cases, False)
         if statistic == "log_ratio":
             terms.append(math.log(np.mean(null) / observed))
         else:
@@ -153,20 +163,22 @@ def _slow_null(features, permutations, seed, statistic):
     return float(np.mean(terms))
 
 
+@pytest.mark.parametrize("centre", [True, False])
 @pytest.mark.parametrize("statistic", ["log_ratio", "z"])
-def test_null_against_slow_reference(statistic):
+def test_null_against_slow_reference(statistic, centre):
     f = _features()
-    expected = _slow_null(f, 3, 7, statistic)
-    assert _quiet(ccfv_null_score, f, permutations=3, seed=7,
-                  statistic=statistic) == pytest.approx(expected, rel=1e-7)
+    expected = _slow_null(f, 3, 7, statistic, centre)
+    assert _quiet(ccfv_null_score, f, permutations=3, seed=7, statistic=statistic,
+                  centre=centre) == pytest.approx(expected, rel=1e-7)
 
 
 def test_null_subset_and_seed():
     f = _features()
     tables = _quiet(ccfv_null_tables, f, permutations=3, seed=1)
-    subset = {l: [cases[i] for i in (1, 2, 3)] for l, cases in f.items()}
+    # a subset is scored with the features centred on the mean of all cases, as fitted once
+    subset = {l: [_slow_centre(cases)[i] for i in (1, 2, 3)] for l, cases in f.items()}
     assert _quiet(tables.score, [1, 2, 3]) == pytest.approx(
-        _slow_null(subset, 3, 1, "log_ratio"), rel=1e-7)
+        _slow_null(subset, 3, 1, "log_ratio", centre=False), rel=1e-7)
     assert _quiet(ccfv_null_score, f, permutations=3, seed=1) != _quiet(
         ccfv_null_score, f, permutations=3, seed=2)
 
@@ -200,25 +212,30 @@ def _slow_hscore(X, y):
     return float(np.trace(np.linalg.pinv(S) @ B))
 
 
-def test_hscore_combination_against_slow_reference():
+@pytest.mark.parametrize("centre", [True, False])
+def test_hscore_combination_against_slow_reference(centre):
     f = _features()
     terms = []
     for cases in f.values():
         X = np.concatenate([X for X, _ in cases])
         y = np.concatenate([y for _, y in cases])
         K = np.unique(y).size
-        terms.append(math.log(_slow_hscore(X, y) / (K - 1)) - math.log(_slow_consistency(cases)))
+        terms.append(math.log(_slow_hscore(X, y) / (K - 1))
+                     - math.log(_slow_consistency(cases, centre)))
     expected = float(np.mean(terms))
-    assert _quiet(ccfv_hscore_score, f) == pytest.approx(expected, rel=1e-7)
-    assert _quiet(get_estimator("ccfv-hscore"), f) == pytest.approx(expected, rel=1e-7)
+    assert _quiet(ccfv_hscore_score, f, centre=centre) == pytest.approx(expected, rel=1e-7)
+    name = "ccfv-hscore" if centre else "ccfv-hscore[centre=false]"
+    assert _quiet(get_estimator(name), f) == pytest.approx(expected, rel=1e-7)
 
 
 def test_hscore_combination_subset():
     f = _features()
     tables = _quiet(ccfv_hscore_tables, f, discriminability="reg-hscore")
-    subset = {l: [cases[i] for i in (0, 1, 3)] for l, cases in f.items()}
+    # centred once on the mean of all cases (the H-score does not depend on the centre)
+    subset = {l: [_slow_centre(cases)[i] for i in (0, 1, 3)] for l, cases in f.items()}
     assert _quiet(tables.score, [3, 0, 1]) == pytest.approx(
-        _quiet(ccfv_hscore_score, subset, discriminability="reg-hscore"), rel=1e-12)
+        _quiet(ccfv_hscore_score, subset, discriminability="reg-hscore", centre=False),
+        rel=1e-10)
 
 
 def test_hscore_combination_bad_option():
@@ -263,14 +280,15 @@ def test_shrinking_within_class_spread_lowers_paper_consistency(seed):
     assert c[2] == pytest.approx(expected, rel=1e-9)
 
 
-def test_default_ccfv_depends_on_the_origin_and_pca_does_not():
+def test_default_ccfv_depends_on_the_origin_and_the_candidates_do_not():
     """Adding one vector to every feature (a bias before a ReLU, a normalisation's shift)
-    changes the default CC-FV, whose unit sphere is centred on the origin, and leaves
-    ccfv-pca (centred on the pooled target mean) unchanged."""
+    changes the default CC-FV, whose unit sphere is centred on the origin, and leaves the
+    candidates, which centre each layer on its pooled target mean, unchanged."""
     f = _features()
     moved = {l: [(X + 5.0, y) for X, y in cases] for l, cases in f.items()}
-    assert _quiet(get_estimator("ccfv"), moved) != pytest.approx(
-        _quiet(get_estimator("ccfv"), f), rel=1e-3)
-    for name in ("ccfv-pca", "ccfv-pca[whiten=true]"):
+    for name in ("ccfv", "ccfv-null[centre=false]", "ccfv-hscore[centre=false]"):
+        assert _quiet(get_estimator(name), moved) != pytest.approx(
+            _quiet(get_estimator(name), f), rel=1e-3)
+    for name in ("ccfv-pca", "ccfv-pca[whiten=true]", "ccfv-null", "ccfv-hscore"):
         assert _quiet(get_estimator(name), moved) == pytest.approx(
             _quiet(get_estimator(name), f), rel=1e-8)

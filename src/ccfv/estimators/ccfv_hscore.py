@@ -1,9 +1,11 @@
 """Class consistency with discriminability instead of feature variety (``ccfv-hscore``).
 
 Per layer l, with C_l the class consistency of the default CC-FV (mean pairwise W2 between the
-cases' class Gaussians, features on the unit sphere) and H_l the H-score of the layer's pooled
-samples (``tr(cov(f)^+ cov(E[f|y]))``, background a class, K classes present, in [0, K-1];
-:mod:`ccfv.estimators.hscore`)::
+cases' class Gaussians, features on the unit sphere) computed on the features centred on the
+layer's pooled mean (``centre=true``, the default, for the reason given in
+:mod:`ccfv.estimators.ccfv_null`; ``centre=false``: as the default CC-FV) and H_l the H-score
+of the layer's pooled samples (``tr(cov(f)^+ cov(E[f|y]))``, background a class, K classes
+present, in [0, K-1]; :mod:`ccfv.estimators.hscore`)::
 
     T = mean_l [ log( H_l / (K - 1) ) - log C_l ]       (= mean_l log(H_l / ((K - 1) C_l)))
 
@@ -21,11 +23,11 @@ its own: no bank-level normalisation, no rank average. Dividing H by its maximum
 summand <= -log C_l and does not change any ranking within a target.
 
 Plain H-score: with no more samples than channels it is K-1 whatever the features, and the
-score reduces to ``ccfv[consistency_only=true]``; the benchmark's sampling plans (12 cases,
+score reduces to its consistency term alone; the benchmark's sampling plans (12 cases,
 hundreds of samples per class) have many more samples than channels. Re-scoring a subset of
-cases (the bootstrap) reuses the consistency tables and recomputes H on that subset
-(:func:`ccfv_hscore_tables`). Invariant to rescaling, channel permutations, orthogonal maps and
-zero-padding (``reg-hscore``: not to zero-padding).
+cases (the bootstrap) reuses the consistency tables (centred on all the cases) and recomputes
+H on that subset (:func:`ccfv_hscore_tables`). Invariant to rescaling, channel permutations,
+orthogonal maps, zero-padding (``reg-hscore``: not to zero-padding) and, centred, translations.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 
 from ccfv.errors import UserError
 from ccfv.estimators.ccfv import CCFVTables, ccfv_tables
+from ccfv.estimators.ccfv_pca import centred
 from ccfv.estimators.featureset import FeatureSet, validate_feature_set
 from ccfv.estimators.hscore import hscore, regularized_hscore
 
@@ -78,7 +81,8 @@ class CCFVHScoreTables:
 
 
 def ccfv_hscore_tables(features: FeatureSet, *, discriminability: str = "hscore",
-                       distance: str = "wasserstein", layers: Sequence[str] | None = None,
+                       centre: bool = True, distance: str = "wasserstein",
+                       layers: Sequence[str] | None = None,
                        ridge: float = 1e-3, workers: int | None = None) -> CCFVHScoreTables:
     """The default CC-FV's consistency tables beside the features (see the module)."""
     if discriminability not in DISCRIMINABILITY:
@@ -87,13 +91,15 @@ def ccfv_hscore_tables(features: FeatureSet, *, discriminability: str = "hscore"
     data = validate_feature_set(features, layers=layers)
     for layer in data:                       # the class check first: a clear message
         DISCRIMINABILITY[discriminability](data, layer=layer)
-    tables = ccfv_tables(data, "paper", distance=distance, ridge=ridge, consistency_only=True,
+    tables = ccfv_tables(centred(data) if centre else data, "paper", distance=distance,
+                         ridge=ridge, consistency_only=True,
                          normalize_consistency=True, workers=workers)
     return CCFVHScoreTables(tables, data, discriminability)
 
 
 def ccfv_hscore_score(features: FeatureSet, *, discriminability: str = "hscore",
-                      distance: str = "wasserstein", layers: Sequence[str] | None = None,
+                      centre: bool = True, distance: str = "wasserstein",
+                      layers: Sequence[str] | None = None,
                       ridge: float = 1e-3, workers: int | None = None) -> float:
     """``ccfv-hscore``: ``mean_l log(H_l / ((K - 1) C_l))``, H-score over class consistency
     (larger = better).
@@ -102,7 +108,9 @@ def ccfv_hscore_score(features: FeatureSet, *, discriminability: str = "hscore",
     ----------
     features : feature set ``{layer: [(X, y) per case]}``.
     discriminability : ``"hscore"`` or ``"reg-hscore"`` (shrinkage H-score).
+    centre : compute C_l on the features centred on each layer's pooled mean.
     distance, layers, ridge, workers : as :func:`ccfv.ccfv_parts`.
     """
-    return ccfv_hscore_tables(features, discriminability=discriminability, distance=distance,
-                              layers=layers, ridge=ridge, workers=workers).score()
+    return ccfv_hscore_tables(features, discriminability=discriminability, centre=centre,
+                              distance=distance, layers=layers, ridge=ridge,
+                              workers=workers).score()

@@ -1,8 +1,10 @@
 """Class consistency standardised against a label-permutation null (``ccfv-null``).
 
 Per layer l, with C_l the class consistency of the default CC-FV (mean pairwise W2 between the
-cases' class Gaussians, features on the unit sphere) and C_l^(b) the same quantity after the
-labels of every case were permuted among that case's samples (permutation b = 1..B, seeded
+cases' class Gaussians, features on the unit sphere), computed on the features centred on the
+layer's mean pooled over all cases (``centre=true``, the default; ``centre=false``: as the
+default CC-FV, whose unit sphere is centred on the origin), and C_l^(b) the same quantity after
+the labels of every case were permuted among that case's samples (permutation b = 1..B, seeded
 by ``seed``, the layer's name and the case's labels, so the order of the cases does not
 matter)::
 
@@ -21,11 +23,20 @@ no class information the other cases share. CC-FV's feature-variety term does no
 labels (it is the same under every permutation), so it cancels from a standardised score and
 is not part of this one.
 
+Centring: the unit sphere of the default CC-FV is centred on the origin, and a ReLU or
+normalisation output lies in one orthant, so where the features sit relative to the origin
+(a property of the architecture's last operations, not of the target) changes C_l;
+``benchmarks/diagnose_ccfv.py`` measured the default score moving by -0.36 to +0.65 when the
+same features were centred (12 PH2 cases: down for all 8 UNets and the DynUNet, up for 5 of
+the 6 SegResNets of the benchmark's bank). Centred, the score is also
+invariant to adding a common vector to every feature.
+
 Cost: ``permutations + 1`` times the consistency term of CC-FV (B class-Gaussian fits and
 W2 pairs per class and layer; the variety term is not computed). Re-scoring a subset of cases
-(the bootstrap) reuses the permuted tables (:func:`ccfv_null_tables`). Invariant to
-rescaling, channel permutations, orthogonal maps and zero-padding (the permutations depend on
-the seed and the labels only).
+(the bootstrap) reuses the permuted tables (:func:`ccfv_null_tables`) and the centre of all
+the cases. Invariant to rescaling, channel permutations, orthogonal maps, zero-padding and
+(centred) translations (the permutations depend on the seed, the layer names and the labels
+only).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import numpy as np
 
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators.ccfv import CCFVTables, ccfv_tables
+from ccfv.estimators.ccfv_pca import centred
 from ccfv.estimators.featureset import FeatureSet, validate_feature_set
 
 STATISTICS = ("log_ratio", "z")
@@ -104,7 +116,8 @@ def _permutations(data, seed: int, permutations: int) -> list[dict]:
 
 
 def ccfv_null_tables(features: FeatureSet, *, permutations: int = 10, seed: int = 0,
-                     statistic: str = "log_ratio", distance: str = "wasserstein",
+                     statistic: str = "log_ratio", centre: bool = True,
+                     distance: str = "wasserstein",
                      layers: Sequence[str] | None = None, ridge: float = 1e-3,
                      workers: int | None = None) -> CCFVNullTables:
     """The observed and ``permutations`` label-permuted consistency tables of the default
@@ -118,6 +131,8 @@ def ccfv_null_tables(features: FeatureSet, *, permutations: int = 10, seed: int 
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise UserError(f"ccfv-null: seed={seed!r}: use an integer >= 0")
     data = validate_feature_set(features, layers=layers)
+    if centre:
+        data = centred(data)
     if not any(np.unique(y).size >= 2 for cases in data.values() for _, y in cases):
         raise UserError("ccfv-null: no case holds samples of two classes (background "
                         "included), so permuting the labels within a case changes nothing "
@@ -134,7 +149,8 @@ def ccfv_null_tables(features: FeatureSet, *, permutations: int = 10, seed: int 
 
 
 def ccfv_null_score(features: FeatureSet, *, permutations: int = 10, seed: int = 0,
-                    statistic: str = "log_ratio", distance: str = "wasserstein",
+                    statistic: str = "log_ratio", centre: bool = True,
+                    distance: str = "wasserstein",
                     layers: Sequence[str] | None = None, ridge: float = 1e-3,
                     workers: int | None = None) -> float:
     """``ccfv-null``: class consistency against its value with the labels permuted within each
@@ -147,8 +163,10 @@ def ccfv_null_score(features: FeatureSet, *, permutations: int = 10, seed: int =
     seed : seeds the permutations.
     statistic : ``"log_ratio"`` (``log(mean null / observed)``) or ``"z"``
         (``(mean null - observed) / sd null``), per layer, averaged over layers.
+    centre : centre each layer on its pooled mean first (see the module docstring).
     distance, layers, ridge, workers : as :func:`ccfv.ccfv_parts`.
     """
     return ccfv_null_tables(features, permutations=permutations, seed=seed,
-                            statistic=statistic, distance=distance, layers=layers,
+                            statistic=statistic, centre=centre, distance=distance,
+                            layers=layers,
                             ridge=ridge, workers=workers).score()

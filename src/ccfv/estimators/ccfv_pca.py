@@ -46,6 +46,17 @@ from ccfv.estimators.featureset import FeatureSet, validate_feature_set
 DEFAULT_COMPONENTS = 16
 
 
+def centred(data: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+            ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Every layer's features minus their mean pooled over all its cases (a validated feature
+    set in, labels unchanged)."""
+    out = {}
+    for layer, cases in data.items():
+        mu = np.concatenate([X for X, _ in cases]).mean(axis=0)
+        out[layer] = [(X - mu, y) for X, y in cases]
+    return out
+
+
 def principal_features(features: FeatureSet, components: int = DEFAULT_COMPONENTS, *,
                        whiten: bool = False, layers: Sequence[str] | None = None
                        ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
