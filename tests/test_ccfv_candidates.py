@@ -133,6 +133,11 @@ def test_pca_subset_uses_the_directions_of_all_cases():
                                                              rel=1e-7)
 
 
+def test_pca_warns_when_a_layer_has_fewer_directions():
+    with pytest.warns(ccfv.CCFVWarning, match="fewer than components=7"):
+        principal_features(_features(), 7)      # layer1 has 6 channels
+
+
 def test_pca_bad_components():
     with pytest.raises(ccfv.UserError, match="components"):
         ccfv_pca_score(_features(), components=0)

@@ -3,7 +3,8 @@
 Per layer l, with P_l all sampled features of that layer pooled over the cases (background
 included), mu_l their mean and V_l (d x k) the top-k eigenvectors of their covariance::
 
-    Z_j        = (X_j - mu_l) V_l              (k_l = min(components, rank of P_l))
+    Z_j        = (X_j - mu_l) V_l              (k_l = min(components, rank of P_l); default
+                                                components = 8; a warning where k_l < it)
     Z_j        = Z_j diag(lambda_1..k)^-1/2    (whiten=true only)
     ccfv-pca   = ccfv(Z)                       (the default CC-FV: paper formulas, class
                                                 Gaussians and variety on the unit sphere)
@@ -32,18 +33,20 @@ orthogonal maps of Z, which CC-FV on the unit sphere ignores).
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from ccfv.errors import UserError
+from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators._labelled import spectrum
 from ccfv.estimators.ccfv import CCFVTables, ccfv_tables
 from ccfv.estimators.featureset import FeatureSet, validate_feature_set
 
-#: Principal components kept per layer by default: the channel count of the smallest decoder
-#: layer the package hooks in its known MONAI networks is 16 or more.
-DEFAULT_COMPONENTS = 16
+#: Principal components kept per layer by default. A common number must not exceed the
+#: smallest hooked layer of the bank: MONAI's SegResNet and DynUNet with their default widths
+#: feed their final convolution with 8 channels (the benchmark's banks hook such layers).
+DEFAULT_COMPONENTS = 8
 
 
 def centred(data: dict[str, list[tuple[np.ndarray, np.ndarray]]]
@@ -67,6 +70,11 @@ def principal_features(features: FeatureSet, components: int = DEFAULT_COMPONENT
     ------
     UserError
         ``components`` not an integer >= 1, or a layer whose features are all equal.
+
+    Warns
+    -----
+    CCFVWarning
+        A layer with fewer principal directions than ``components`` (scored on those).
     """
     if isinstance(components, bool) or not isinstance(components, numbers.Integral) \
             or components < 1:
@@ -83,6 +91,12 @@ def principal_features(features: FeatureSet, components: int = DEFAULT_COMPONENT
             raise UserError(f"ccfv-pca: every sampled feature of layer {layer!r} is the same "
                             "vector, so it has no principal direction: check the layer")
         k = min(int(components), lam.size)
+        if k < components:
+            warnings.warn(f"ccfv-pca: layer {layer!r} has {lam.size} principal direction(s) "
+                          f"(dim {pooled.shape[1]}), fewer than components={components}; it is "
+                          "scored on those, so its terms are not on the common number of "
+                          "dimensions: lower components to the smallest layer of the bank",
+                          CCFVWarning, stacklevel=2)
         lam = lam[:k]
         V = W[:, :k] if right else Xc.T @ W[:, :k] / np.sqrt(lam)
         if whiten:
@@ -112,8 +126,8 @@ def ccfv_pca_score(features: FeatureSet, *, components: int = DEFAULT_COMPONENTS
     Parameters
     ----------
     features : feature set ``{layer: [(X, y) per case]}``.
-    components : principal directions kept per layer (fewer where a layer's pooled features
-        have lower rank).
+    components : principal directions kept per layer (fewer, with a warning, where a layer's
+        pooled features have lower rank).
     whiten : divide each component by its standard deviation.
     distance, s, layers, ridge, workers : as :func:`ccfv.ccfv_parts`.
     """
