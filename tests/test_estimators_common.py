@@ -117,9 +117,11 @@ def test_case_order(name, separable, base_scores):
 
 
 #: CC-FV compares each foreground class across cases and needs no second class, so a target
-#: whose samples hold one foreground class only is scored; every baseline counts background as
-#: a class like the others and needs at least two.
-SCORES_ONE_FOREGROUND_CLASS = {"ccfv", "ccfv-paper", "ccfv-official"}
+#: whose samples hold one foreground class only is scored (``ccfv-pca`` too: CC-FV on principal
+#: components); every baseline counts background as a class like the others and needs at least
+#: two, and so do ``ccfv-null`` (permuting one class's labels changes nothing) and
+#: ``ccfv-hscore`` (the H-score compares classes).
+SCORES_ONE_FOREGROUND_CLASS = {"ccfv", "ccfv-paper", "ccfv-official", "ccfv-pca"}
 
 
 @pytest.mark.parametrize("name", NAMES)

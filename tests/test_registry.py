@@ -10,7 +10,7 @@ from ccfv.estimators.registry import ESTIMATORS, get_estimator, split_methods
 def test_every_method_of_the_issue_is_registered():
     assert list(ESTIMATORS) == ["ccfv", "ccfv-paper", "ccfv-official", "logme", "transrate",
                                 "leep", "gbc", "hscore", "reg-hscore", "nleep", "nce", "parc",
-                                "sfda"]
+                                "sfda", "ccfv-pca", "ccfv-null", "ccfv-hscore"]
 
 
 def test_default_ccfv_is_the_paper_with_consistency_on_the_sphere(rng):

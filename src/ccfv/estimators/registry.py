@@ -30,6 +30,9 @@ import yaml
 
 from ccfv.errors import UserError
 from ccfv.estimators.ccfv import ccfv_score, ccfv_tables
+from ccfv.estimators.ccfv_hscore import ccfv_hscore_score, ccfv_hscore_tables
+from ccfv.estimators.ccfv_null import ccfv_null_score, ccfv_null_tables
+from ccfv.estimators.ccfv_pca import ccfv_pca_score, ccfv_pca_tables
 from ccfv.estimators.featureset import CaseIndices
 from ccfv.estimators.gbc import gbc_score
 from ccfv.estimators.hscore import hscore, regularized_hscore
@@ -120,6 +123,10 @@ ESTIMATORS: dict[str, Estimator] = {
     "nce": Estimator(nce_score, needs_predictions=True),
     "parc": Estimator(parc_score),
     "sfda": Estimator(sfda_score),
+    # candidates for the default (issue 16, docs/explanation/choosing-the-default.md)
+    "ccfv-pca": Estimator(ccfv_pca_score, tables=ccfv_pca_tables),
+    "ccfv-null": Estimator(ccfv_null_score, tables=ccfv_null_tables),
+    "ccfv-hscore": Estimator(ccfv_hscore_score, tables=ccfv_hscore_tables),
 }
 
 

@@ -1,0 +1,71 @@
+"""The pre-registered rule of docs/explanation/choosing-the-default.md
+(``benchmarks/apply_default_rule.py``) on synthetic benchmark summaries whose answer is known."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from apply_default_rule import (  # noqa: E402
+    BASELINES,
+    CANDIDATES,
+    apply_rule,
+    markdown,
+    within_architecture_tau,
+)
+
+ARCHS = ("unet", "segresnet")
+
+
+def _summary(rng, n_targets=2, seed_sd=0.002, good=(), bad=()):
+    """Targets of 10 models (2 architectures x 5 sources), 4 seeds; every method scores with
+    noise, the ``good`` ones exactly by the mean Dice, the ``bad`` ones by its negative."""
+    targets = {}
+    for t in range(n_targets):
+        truth = {f"{a}__s{i}": 0.5 + 0.03 * rng.normal() for a in ARCHS for i in range(5)}
+        models = {}
+        for name, mu in truth.items():
+            scores = {m: mu + 0.05 * rng.normal() for m in [*CANDIDATES, *BASELINES]}
+            scores.update({m: mu for m in good})
+            scores.update({m: -mu for m in bad})
+            models[name] = {"dice": [mu + seed_sd * rng.normal() for _ in range(4)],
+                            "scores": scores}
+        targets[f"t{t}"] = {"models": models}
+    return {"targets": targets}
+
+
+def test_a_perfect_candidate_becomes_the_default():
+    rng = np.random.default_rng(0)
+    result = apply_rule(_summary(rng, good=["ccfv-pca"]), n_boot=50)
+    assert result["reliable"] == ["t0", "t1"]
+    assert result["default"] == "ccfv-pca"
+    assert result["candidates"]["ccfv-pca"]["qualifies"]
+    assert "ccfv-pca" in markdown(result)
+
+
+def test_the_default_stays_when_a_baseline_is_better():
+    rng = np.random.default_rng(1)
+    result = apply_rule(_summary(rng, good=["nleep"], bad=CANDIDATES), n_boot=50)
+    assert result["best_baseline"] == "nleep"
+    assert result["qualified"] == []
+    assert result["default"] == "ccfv"
+
+
+def test_no_reliable_target_keeps_the_default():
+    rng = np.random.default_rng(2)
+    result = apply_rule(_summary(rng, seed_sd=0.5, good=["ccfv-null"]), n_boot=50)
+    assert result["reliable"] == []
+    assert result["default"] == "ccfv"
+
+
+def test_within_architecture_tau_against_scipy():
+    rng = np.random.default_rng(3)
+    truth = {f"{a}__s{i}": rng.normal() for a in ARCHS for i in range(6)}
+    scores = {m: v + rng.normal() for m, v in truth.items()}
+    expected = np.mean([stats.weightedtau([scores[m] for m in truth if m.startswith(a)],
+                                          [truth[m] for m in truth if m.startswith(a)])[0]
+                        for a in ARCHS])
+    assert within_architecture_tau(scores, truth) == pytest.approx(expected, rel=1e-12)
