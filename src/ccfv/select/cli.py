@@ -15,7 +15,16 @@ def _cmd_select(args) -> int:
         val_fraction=args.val_fraction, group=args.group, lr=args.lr,
         batch_size=args.batch_size, save_every=args.save_every, cache_dir=args.cache_dir,
         progress=not args.quiet)
-    result = select(args.bank, args.data, settings, args.out)
+    from ccfv.rank import Interrupted
+
+    try:
+        result = select(args.bank, args.data, settings, args.out)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"every candidate's training state saved so far is kept under "
+                          f"{settings.cache_dir}/select; the same command resumes there") \
+            from None
     print(f"wrote {args.out}/selection.json, report.md, curves.png and "
           f"winner/ ({result['winner']['model']})")
     return 0

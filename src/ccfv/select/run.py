@@ -377,8 +377,10 @@ def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: st
 
     write_outputs(result, out, runs[winner], entries[winner], prepared[winner], target)
     if tracebacks:
-        (out / "failures.log").write_text("".join(f"=== {k}\n{v}\n" for k, v in
-                                                  tracebacks.items()))
+        from ccfv.files import atomic_write
+
+        atomic_write(out / "failures.log", "".join(f"=== {k}\n{v}\n"
+                                                   for k, v in tracebacks.items()))
     log(f"winner: {winner} (validation Dice {result['winner']['val_dice']:.4f} after "
         f"{result['winner']['steps']} steps); weights in {out / 'winner'}")
     return result

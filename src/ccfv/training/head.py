@@ -38,12 +38,12 @@ def output_channels(model: nn.Module, channels: int, shape: Sequence[int]) -> in
 
 def _conv_like(conv: nn.Module, in_ch: int, out_ch: int) -> nn.Module:
     kind = type(conv)
-    kwargs = dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                  dilation=conv.dilation, groups=1, bias=conv.bias is not None,
-                  padding_mode=conv.padding_mode)
+    kwargs: dict = dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                        dilation=conv.dilation, groups=1, bias=conv.bias is not None,
+                        padding_mode=conv.padding_mode)
     if isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         kwargs["output_padding"] = conv.output_padding
-    return kind(in_ch, out_ch, **kwargs)  # type: ignore[call-arg]
+    return kind(in_ch, out_ch, **kwargs)
 
 
 def _norm_like(norm: nn.Module, width: int) -> nn.Module:

@@ -52,7 +52,7 @@ class TrainState:
     optimiser: dict[str, Any]
     rng: torch.Tensor
     losses: list[float] = field(default_factory=list)
-    curve: list[list[float]] = field(default_factory=list)
+    curve: list[list] = field(default_factory=list)
     scaler: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,7 +64,7 @@ class TrainState:
     def from_dict(cls, raw: dict[str, Any]) -> TrainState:
         return cls(step=int(raw["step"]), model=raw["model"], optimiser=raw["optimiser"],
                    rng=raw["rng"], losses=[float(v) for v in raw["losses"]],
-                   curve=[[float(a), float(b)] for a, b in raw["curve"]],
+                   curve=[[int(a), float(b)] for a, b in raw["curve"]],
                    scaler=raw.get("scaler"))
 
 
