@@ -135,9 +135,13 @@ def test_nnunet_winner_checkpoint_loads_in_nnunet(selected, tmp_path):
     alone.write_text(yaml.safe_dump({"models": [entry]}))
     out = tmp_path / "out"
     args = list(ARGS)
-    args[args.index("--top") + 1], args[args.index("--budget") + 1] = "1", "2"
+    args[args.index("--top") + 1], args[args.index("--budget") + 1] = "1", "2s"  # a time
     assert main(["select", "--bank", str(alone), *args, "--cache-dir", str(cache),
                  "--out", str(out)]) == 0
+    (budget,) = (cache / "select").glob("time-budget-*.json")  # measured once, kept
+    plan = json.loads((out / "selection.json").read_text())["plan"]
+    assert plan["budget"] == "2 s"
+    assert plan["total_steps"] == json.loads(budget.read_text())["steps"] >= 1
     ckpt = load_torch_file(out / "winner" / "checkpoint_final.pth", "nnU-Net checkpoint")
     init = ckpt["init_args"]
     assert init["dataset_json"]["labels"]["liver"] == 1

@@ -299,6 +299,34 @@ def _calibrate(prepared: Prepared, settings: SelectSettings, n: int = 3) -> floa
     return (time.perf_counter() - began) / n
 
 
+def _time_budget_steps(budget: Budget, names: list[str], entries, prepared, target: Target,
+                       settings: SelectSettings, log: Callable[[str], None]) -> int:
+    """A time budget as training steps: 80 % of it (20 % for validation) at the mean measured
+    seconds per step of the candidates; measured once and kept under ``cache_dir/select``,
+    so that a resumed run makes the same plan."""
+    import torch
+
+    from ccfv.bank import fingerprint
+    from ccfv.files import atomic_write
+
+    key = _digest({"models": [fingerprint(entries[n]) for n in names], "data": target.fingerprint,
+                   "train": target.train, "val": target.val, "budget": budget.seconds,
+                   "batch": settings.batch_size, "device": torch.device(settings.device).type})
+    path = Path(settings.cache_dir) / "select" / f"time-budget-{key[:16]}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+    else:
+        per = {n: _calibrate(prepared[n], settings) for n in names}
+        per_step = float(np.mean(list(per.values())))
+        saved = {"seconds_per_step": per, "steps": max(1, int(0.8 * float(budget.seconds or 0)
+                                                              / per_step))}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(saved, indent=2))
+    log(f"budget {budget}: {saved['steps']} training steps at the measured seconds per step "
+        f"{ {n: round(v, 4) for n, v in saved['seconds_per_step'].items()} } ({path})")
+    return int(saved["steps"])
+
+
 def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: str | Path,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``ccfv select`` and return what ``selection.json`` holds (written with
@@ -324,12 +352,9 @@ def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: st
     failures: dict[str, str] = {}
     tracebacks: dict[str, str] = {}
     prepared: dict[str, Prepared] = {}
-    seconds_per_step: dict[str, float] = {}
     for name in candidates:  # load every candidate once before training any
         try:
             prepared[name] = prepare_candidate(entries[name], target, settings, settings.seed)
-            if budget.steps is None:
-                seconds_per_step[name] = _calibrate(prepared[name], settings)
         except Exception as error:  # noqa: BLE001 - one candidate's failure is that candidate's
             failures[name] = _failure(error)
             tracebacks[name] = "".join(traceback.format_exception(error))
@@ -338,10 +363,8 @@ def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: st
     if not alive:
         raise UserError(f"every candidate failed: {failures}")
     total = budget.steps
-    if total is None:  # a time budget: 80 % of it for training steps, 20 % for validation
-        per_step = float(np.mean(list(seconds_per_step.values())))
-        total = max(1, int(0.8 * float(budget.seconds or 0) / per_step))
-        log(f"budget {budget}: {per_step:.3f} s per step measured, {total} training steps")
+    if total is None:
+        total = _time_budget_steps(budget, alive, entries, prepared, target, settings, log)
     plan = halving_plan(len(candidates), total)
     log(f"successive halving over {len(candidates)} candidate(s) {candidates}: rungs of "
         f"{list(plan.counts)} candidates ending at steps {list(plan.ends)} ({plan.total_steps} "
