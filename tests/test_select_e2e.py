@@ -121,16 +121,20 @@ def test_select_end_to_end_three_kinds(selected):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_nnunet_winner_checkpoint_loads_in_nnunet(selected, tmp_path):
-    """A select of the nnU-Net entry alone writes checkpoint_final.pth that nnU-Net's own
-    ``load_pretrained_weights`` reads into the network of its plans."""
+def test_nnunet_winner_checkpoint_loads_in_nnunet(tmp_path):
+    """A select of the nnU-Net entry alone, with a time budget, writes checkpoint_final.pth
+    that nnU-Net's own ``load_pretrained_weights`` reads into the network of its plans."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    bank, _, cache, _ = selected
-    (entry,) = [m for m in yaml.safe_load(bank.read_text())["models"]
-                if m["name"] == "nnunet_mr"]
+    from test_bank_nnunet import make_results_folder
+
+    nn = make_results_folder(tmp_path / "nn", config="3d_fullres", dims=3, patch=(8, 32, 32),
+                             spacing=(8.0, 4.0, 4.0), scheme="ZScoreNormalization", labels=5,
+                             reader="SimpleITKIO", seed=1)
+    entry = {"name": "nnunet_mr", "nnunet": str(nn)}
+    cache = tmp_path / "cache"
     alone = tmp_path / "alone.yaml"
     alone.write_text(yaml.safe_dump({"models": [entry]}))
     out = tmp_path / "out"
