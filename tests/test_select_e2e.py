@@ -127,7 +127,6 @@ def test_nnunet_winner_checkpoint_loads_in_nnunet(tmp_path):
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     from test_bank_nnunet import make_results_folder
 
     nn = make_results_folder(tmp_path / "nn", config="3d_fullres", dims=3, patch=(8, 32, 32),
