@@ -337,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, "ccfv-out")
     p.set_defaults(func=_cmd_rank)
 
+    from ccfv.select.cli import add_parser as add_select_parser
+
+    add_select_parser(sub)
+
     p = sub.add_parser("demo", help="rank a built-in bank on built-in data, offline",
                        description="Rank a built-in bank of small MONAI networks on a target "
                                    "made from the MNI152 template (inside nilearn), offline.")

@@ -15,7 +15,8 @@ on a target task and measures the test Dice; these are the building blocks::
     dice = dice_per_class(target, test_images, test_labels, n_classes=n_target_classes)
 
 The pieces live in :mod:`ccfv.bench.networks` (architectures), :mod:`ccfv.bench.training`
-(seeding, the training loop), :mod:`ccfv.bench.dice` (test Dice) and
+(the benchmark's batches and augmentation, trained by the package's one loop,
+:func:`ccfv.training.fit`, which ``ccfv select`` uses too), :mod:`ccfv.bench.dice` (test Dice) and
 :mod:`ccfv.bench.checkpoints` (checkpoint I/O); this module gathers them under one name.
 
 Data: images are ``uint8`` arrays ``(N, C, *spatial)`` (2 or 3 spatial axes), divided by 255

@@ -1,5 +1,6 @@
-"""Seeding and the training loop of the benchmark (Adam, MONAI's DiceCELoss, flips and turns,
-an optional polynomial learning-rate decay and checkpoint selection on a validation score).
+"""The benchmark's training: whole images drawn from in-memory arrays, flips and turns, fed to
+the package's one training loop (:func:`ccfv.training.fit`: Adam, MONAI's DiceCELoss, an optional
+polynomial learning-rate decay and checkpoint selection on a validation score).
 
 Images are ``uint8`` arrays ``(N, C, *spatial)`` divided by 255 into ``float32`` before they
 enter a network; labels ``int64`` arrays ``(N, *spatial)`` of class ids, 0 the background.
@@ -7,32 +8,15 @@ enter a network; labels ``int64`` arrays ``(N, *spatial)`` of class ids, 0 the b
 
 from __future__ import annotations
 
-import math
-import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from ccfv.training.loop import _device_of, fit, set_seed
 
 __all__ = ["augment_batch", "set_seed", "train"]
-
-def set_seed(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global generator and torch; ask torch for determinism.
-
-    Sets ``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide: an operation
-    without a deterministic implementation warns instead of failing) and turns cuDNN
-    benchmarking off. On the CPU, the same seed, inputs and thread count give identical results.
-    """
-    seed = int(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global state MONAI's random transforms draw
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
 
 def augment_batch(
@@ -94,11 +78,6 @@ def _check_data(images: np.ndarray, labels: np.ndarray, n_classes: int | None = 
 def _to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (B, C, *spatial) -> float32 in [0, 1] on ``device``."""
     return torch.from_numpy(np.asarray(images, dtype=np.float32) / np.float32(255.0)).to(device)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def train(
@@ -165,86 +144,23 @@ def train(
     The model is in train mode during and in eval mode after training. The same initial
     weights, data and seed give identical weights (CPU; see :func:`set_seed`).
     """
-    from monai.losses import DiceCELoss
-
     _check_data(images, labels)
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, "
                          f"{batch_size}, {lr}")
-    if schedule not in ("constant", "poly"):
-        raise ValueError(f"schedule must be 'constant' or 'poly', got {schedule!r}")
-    if eval_every < 0:
-        raise ValueError(f"eval_every must be >= 0, got {eval_every}")
     device = _device_of(model)
     batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
     batch_rng, augment_rng = np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    max_label = int(labels.max())
-    n_last = max(1, math.ceil(0.1 * steps))
-    losses: list[float] = []
-    curve: list[list[float]] = []
-    best: tuple[float, int, dict] | None = None
 
-    def check(step: int) -> None:
-        nonlocal best
-        value = float(validate(model))
-        model.train()
-        curve.append([step, value])
-        if best is None or value > best[0]:
-            best = (value, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = batch_rng.integers(0, images.shape[0], size=batch_size)
+        x, y = images[index], labels[index]
+        if augment:
+            x, y = augment_batch(x, y, augment_rng)
+        inputs = _to_input(x, device)
+        target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
+        return inputs, target
 
-    bar = tqdm(total=steps, desc=progress, leave=False) if isinstance(progress, str) else None
-    start = time.perf_counter()
-    model.train()
-    try:
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            torch.manual_seed(int(seed))
-            for step in range(steps):
-                if schedule == "poly":
-                    for group in optimiser.param_groups:
-                        group["lr"] = lr * (1.0 - step / steps) ** 0.9
-                index = batch_rng.integers(0, images.shape[0], size=batch_size)
-                x, y = images[index], labels[index]
-                if augment:
-                    x, y = augment_batch(x, y, augment_rng)
-                inputs = _to_input(x, device)
-                target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
-                logits = model(inputs)
-                if step == 0 and max_label >= logits.shape[1]:
-                    raise ValueError(
-                        f"labels contain class id {max_label} but the network has only "
-                        f"{logits.shape[1]} output channels"
-                    )
-                loss = loss_fn(logits, target)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"training loss is {value} at step {step + 1} of {steps} (lr {lr}); "
-                        "lower the learning rate"
-                    )
-                losses.append(value)
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0 or step == steps - 1:
-                        bar.set_postfix(loss=f"{value:.4f}")
-                if validate is not None and (
-                        step == steps - 1 or (eval_every and (step + 1) % eval_every == 0)):
-                    check(step + 1)
-    finally:
-        model.eval()
-        if bar is not None:
-            bar.close()
-    out: dict[str, Any] = {
-        "loss_first": losses[0],
-        "loss_last": float(np.mean(losses[-n_last:])),
-        "seconds": time.perf_counter() - start,
-        "steps": steps,
-    }
-    if best is not None:
-        model.load_state_dict(best[2])
-        out.update(curve=curve, best_value=best[0], best_step=best[1])
-    return out
+    return fit(model, batches, steps=steps, lr=lr, seed=seed, schedule=schedule,
+               validate=validate, eval_every=eval_every, progress=progress,
+               max_label=int(labels.max()))

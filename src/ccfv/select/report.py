@@ -1,0 +1,99 @@
+"""What ``ccfv select`` writes: ``selection.json``, ``report.md``, ``curves.png`` and the
+winner's weights (``winner/model.pt``, a plain state dict; for nnU-Net entries also
+``winner/checkpoint_final.pth`` in the format of nnU-Net's trainer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["report_text", "write_outputs"]
+
+
+def report_text(result: dict[str, Any]) -> str:
+    """The Markdown report of a selection."""
+    win = result["winner"]
+    lines = [f"# ccfv select on {Path(result['data']).name}", "",
+             f"Winner: **{win['model']}**, validation Dice {win['val_dice']:.4f} after "
+             f"{win['steps']} fine-tuning steps.", "",
+             "## Candidates", "",
+             "| model | training-free rank | CC-FV | validation Dice per rung | steps | "
+             "output head |", "|---|---|---|---|---|---|"]
+    for name, c in result["candidates"].items():
+        rungs = ", ".join("-" if v is None else f"{v:.4f}" for v in c["rungs"])
+        head = ("failed" if c["head_reinitialised"] is None else
+                "kept" if not c["head_reinitialised"] else
+                "re-initialised (" + ", ".join(c["head_reinitialised"]) + ")")
+        lines.append(f"| {name} | {c['rank']} | {c['ccfv']:.4f} | {rungs or '-'} | "
+                     f"{c['steps']} | {head} |")
+    failed = {n: c["failure"] for n, c in result["candidates"].items() if c["failure"]}
+    if failed:
+        lines += ["", "Failed candidates:", ""] + [f"- {n}: {m}" for n, m in failed.items()]
+    plan, split, comp = result["plan"], result["split"], result["compute"]
+    same = comp["all_models_same_budget"]
+    lines += ["", "## How", "",
+              f"- Successive halving, budget {plan['budget']}: rungs of {plan['counts']} "
+              f"candidates ending at steps {plan['rung_ends']} ({plan['total_steps']} steps in "
+              "all); the better half by validation Dice goes on with twice the steps.",
+              f"- Split ({split['grouping']}, seed {split['seed']}): train {split['train']}, "
+              f"validation {split['val']}.",
+              f"- Training: Adam lr {result['settings']['lr']}, poly schedule, DiceCE loss, "
+              f"{result['settings']['batch_size']} patches per step at the model's window "
+              "(RandCropByPosNegLabeld 2:1 foreground, random flips), device "
+              f"{result['settings']['device']}"
+              + (" with mixed precision" if result["settings"]["amp"] else "") + ".",
+              "- Validation: sliding-window inference at the model's window on each "
+              "validation case, Dice on the case's own label grid, mean over its classes.",
+              "", "## Compute", "",
+              f"- Ranking: {comp['ranking_seconds']:.1f} s.",
+              f"- Fine-tuning: {comp['training_steps']} steps, "
+              f"{comp['training_seconds']:.1f} s.",
+              f"- Fine-tuning all {same['models']} ranked models for {same['steps_each']} steps "
+              f"each: {same['steps']} steps, about {same['seconds_estimate']:.0f} s (estimate: "
+              f"{same['note']}); select used {100 * (comp['fraction_of_all'] or 0):.1f} % of "
+              "those steps.", "",
+              "![validation Dice against steps](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _nnunet_checkpoint(entry, state: dict, result: dict[str, Any]) -> dict[str, Any]:
+    """The winner's weights in the dict nnU-Net's ``nnUNetTrainer.save_checkpoint`` writes,
+    from the entry's own checkpoint (its ``init_args`` with the target's labels)."""
+    from ccfv.bank.checkpoint import load_torch_file
+
+    original = load_torch_file(entry.checkpoint, f"checkpoint {entry.checkpoint} of model "
+                                                 f"'{entry.name}'")
+    init = dict(original.get("init_args") or {})
+    dataset = dict(init.get("dataset_json") or {})
+    dataset["labels"] = {name: int(k) for k, name in result["classes"].items()}
+    init["dataset_json"] = dataset
+    return {"network_weights": state, "optimizer_state": None, "grad_scaler_state": None,
+            "logging": {}, "_best_ema": None, "current_epoch": 0, "init_args": init,
+            "trainer_name": original.get("trainer_name", "nnUNetTrainer"),
+            "inference_allowed_mirroring_axes": original.get(
+                "inference_allowed_mirroring_axes")}
+
+
+def write_outputs(result: dict[str, Any], out: Path, run, entry, prepared, target) -> None:
+    """Write everything into ``out`` (every file through :func:`ccfv.files.atomic_write`)."""
+    import torch
+
+    from ccfv.files import atomic_write
+    from ccfv.select.plot import plot_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    winner = out / "winner"
+    winner.mkdir(exist_ok=True)
+    state = run.load_state()
+    weights = {k: v.detach().cpu().clone() for k, v in state.model.items()}
+    atomic_write(winner / "model.pt", lambda fh: torch.save(weights, fh))
+    result["winner"]["weights"] = str(winner / "model.pt")
+    if getattr(entry, "nnunet", None) is not None:
+        ckpt = _nnunet_checkpoint(entry, weights, result)
+        atomic_write(winner / "checkpoint_final.pth", lambda fh: torch.save(ckpt, fh))
+        result["winner"]["nnunet_checkpoint"] = str(winner / "checkpoint_final.pth")
+    plot_curves(result["candidates"], out / "curves.png",
+                f"ccfv select on {Path(result['data']).name}")
+    atomic_write(out / "selection.json", json.dumps(result, indent=2, default=str))
+    atomic_write(out / "report.md", report_text(result))
