@@ -52,3 +52,15 @@ def test_bad_method_names():
 def test_split_methods():
     assert split_methods("ccfv, logme,ccfv[distance=kl; s=2],,gbc[covariance=spherical]") == [
         "ccfv", "logme", "ccfv[distance=kl; s=2]", "gbc[covariance=spherical]"]
+
+
+def test_the_bench_report_sets_apart_only_the_variant_study():
+    from ccfv.bench.report import is_ablation
+
+    for method in ("ccfv-paper[variety_only=true]", "ccfv[consistency_only=true]",
+                   "ccfv-official[layers=last]", "ccfv-paper[distance=kl]",
+                   "ccfv-paper[normalize=false]"):
+        assert is_ablation(method), method
+    for method in ("ccfv", "ccfv-paper", "ccfv-official", "ccfv-pca", "ccfv-pca[whiten=true]",
+                   "ccfv-null", "ccfv-hscore", "logme", "nleep[mixture=sklearn; threads=null]"):
+        assert not is_ablation(method), method

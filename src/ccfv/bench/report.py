@@ -389,8 +389,16 @@ def _finetune_seconds(summary: dict) -> float:
                      for t in summary["targets"].values() for m in t["models"].values()))
 
 
+#: The options of the variant study: a CC-FV method with one of them switches a part of the
+#: method off or swaps it, and is reported among the ablations, not as a method of its own.
+ABLATION_OPTIONS = ("variety_only", "consistency_only", "layers", "distance", "normalize")
+
+
 def is_ablation(method: str) -> bool:
-    return method.startswith("ccfv") and method not in ("ccfv", "ccfv-paper", "ccfv-official")
+    """A CC-FV variant of the variant study (``ccfv-paper[layers=last]``), reported apart; the
+    CC-FV estimators (``ccfv``, ``ccfv-pca[whiten=true]``, ...) are methods like the baselines."""
+    options = method.partition("[")[2]
+    return method.startswith("ccfv") and any(f"{o}=" in options for o in ABLATION_OPTIONS)
 
 
 def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
