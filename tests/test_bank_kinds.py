@@ -146,3 +146,16 @@ def test_registering_a_key_twice_or_a_common_key_is_refused():
         register(Again())
     with pytest.raises(ValueError, match="key of every bank entry"):
         register(Seed())
+
+
+def test_entries_pickle_and_read_their_kind_key(tmp_path):
+    import pickle
+
+    from ccfv.demo.bank import bank_dict
+
+    (entry, *_) = load_bank(write_bank(tmp_path / "demo.yaml", bank_dict()["models"]))
+    again = pickle.loads(pickle.dumps(entry))
+    assert again == entry and fingerprint(again) == fingerprint(entry)
+    assert again.network == "monai.networks.nets.UNet" and again.bundle is None
+    with pytest.raises(AttributeError, match="netwrk"):
+        _ = entry.netwrk

@@ -5,15 +5,13 @@ line below. Registration order matters twice: kinds that own their entry (``owns
 tried in it when an entry has several kind keys, and ``ccfv bank init`` asks the kinds in it
 whether a folder or a file is theirs.
 
-=============  ====================  =======================================================
-key            module                what the key gives
-=============  ====================  =======================================================
-``network``    :mod:`.network`       a class by dotted path, called with ``args``
-``factory``    :mod:`.factory`       a function ``pkg.module:function``, called with ``args``
-``torchscript``  :mod:`.torchscript`   a TorchScript file, hooked through what it returns
-``nnunet``     :mod:`.nnunet`        an nnU-Net v2 trained-model folder (one fold)
-``bundle``     :mod:`.bundle`        a MONAI bundle folder
-=============  ====================  =======================================================
+* ``network`` (:mod:`.network`): a class by dotted path, called with ``args``;
+* ``factory`` (:mod:`.factory`): a function ``pkg.module:function``, called with ``args``;
+* ``torchscript`` (:mod:`.torchscript`): a TorchScript file, hooked through what it returns;
+* ``nnunet`` (:mod:`.nnunet`): an nnU-Net v2 trained-model folder (one fold);
+* ``bundle`` (:mod:`.bundle`): a MONAI bundle folder.
+
+How to add one: ``docs/how-to/add-a-bank-kind.md``.
 """
 
 from __future__ import annotations
