@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import UNet
 
 from ccfv.bank import load_bank, load_model, resolve_layers
-from ccfv.bank.bundle import make_bundle_preprocess
+from ccfv.bank.kinds.bundle import make_bundle_preprocess
 from ccfv.data import find_cases, load_case
 from ccfv.errors import UserError
 from ccfv.rank import rank

@@ -28,7 +28,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
 
 from ccfv.bank import load_model, parse_bank, resolve_layers  # noqa: E402
-from ccfv.bank.nnunet import make_nnunet_preprocess  # noqa: E402
+from ccfv.bank.kinds.nnunet import make_nnunet_preprocess  # noqa: E402
 from ccfv.data import find_cases, load_case  # noqa: E402
 from ccfv.errors import UserError  # noqa: E402
 from ccfv.rank import rank  # noqa: E402
@@ -347,7 +347,7 @@ def test_nnunet_path_never_imports_torchvision_or_timm(folders):
         warnings.simplefilter("ignore")
         import numpy as np, torch
         import ccfv.bank as B
-        from ccfv.bank.nnunet import make_nnunet_preprocess
+        from ccfv.bank.kinds.nnunet import make_nnunet_preprocess
         raw = {{"name": "nn", "nnunet": {str(folders["2d"])!r}}}
         e = B.parse_bank({{"models": [raw]}}, ".")[0]
         m = B.build_model(e)

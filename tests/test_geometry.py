@@ -309,7 +309,7 @@ def bundle_entry(tmp_path, transforms, name="b"):
 
 @pytest.mark.parametrize("geometry", ["oblique", "anisotropic", "flipped"])
 def test_bundle_orientation_spacing_and_pad(tmp_path, geometry):
-    from ccfv.bank.bundle import make_bundle_preprocess
+    from ccfv.bank.kinds.bundle import make_bundle_preprocess
 
     entry = bundle_entry(tmp_path, [
         {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
@@ -324,7 +324,7 @@ def test_bundle_orientation_spacing_and_pad(tmp_path, geometry):
 
 
 def test_bundle_crop_drops_exactly_the_cropped_voxels(tmp_path):
-    from ccfv.bank.bundle import make_bundle_preprocess
+    from ccfv.bank.kinds.bundle import make_bundle_preprocess
 
     entry = bundle_entry(tmp_path, [
         {"_target_": "CenterSpatialCropd", "keys": "image", "roi_size": [24, -1, -1]}])
@@ -350,7 +350,7 @@ def test_nnunet_preprocessing(tmp_path, geometry):
     pytest.importorskip("nnunetv2")
     from test_bank_nnunet import entry_of, make_results_folder
 
-    from ccfv.bank.nnunet import make_nnunet_preprocess
+    from ccfv.bank.kinds.nnunet import make_nnunet_preprocess
 
     folder = make_results_folder(tmp_path, config="3d_fullres", dims=3, patch=(16, 16, 16),
                                  spacing=(3.0, 1.6, 1.4), scheme="NoNormalization", labels=2,

@@ -217,7 +217,7 @@ def extract_model(entry, loaded_cases, plan_for, cache, data_fp: str, device: st
     ndim = loaded_cases[0].label.ndim
     check_dimensionality(entry, model, loaded_cases[0])
     model = model.to(device)
-    preprocess = entry_preprocess(entry, ndim)  # its own, a bundle's or nnU-Net's
+    preprocess = entry_preprocess(entry, ndim)  # the one of the entry's kind
     described = describe_preprocessing(entry)
     taps = {spec.key: spec for spec in layers}
     taps[PREDICTIONS] = LayerSpec("", "output")  # the root module's output: the logits

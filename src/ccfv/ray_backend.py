@@ -74,14 +74,9 @@ class RemoteReport:
 
 def entry_paths(entry) -> list[tuple[str, str]]:
     """The files and folders a bank entry reads: ``[(what, absolute path)]``."""
-    out = []
-    for attribute, what in (("checkpoint", "checkpoint"), ("torchscript", "TorchScript file"),
-                            ("bundle", "MONAI bundle folder"),
-                            ("nnunet", "nnU-Net result folder")):
-        value = getattr(entry, attribute, None)
-        if value is not None:
-            out.append((f"{what} of model '{entry.name}'", str(Path(value).resolve())))
-    return out
+    from ccfv.bank import entry_files  # the checkpoint, then what the entry's kind reads
+
+    return entry_files(entry)
 
 
 def task_spec(entry, *, bank, data, cases, seed, case_ids, data_fp, budget, counts,

@@ -12,10 +12,17 @@
             model(window)
         key = fingerprint(entry)                     # cache key
 
+Every step that depends on how the entry gives its model (a MONAI class, a factory, a
+TorchScript file, a MONAI bundle, an nnU-Net folder) asks the entry's kind, registered in
+:mod:`ccfv.bank.kinds` (one module per kind, one :class:`ModelKind` interface). Modules, from
+the bottom: ``entry`` (the dataclasses), ``validate``, ``hashing``, ``callables``,
+``checkpoint``, ``transforms``, ``hooks``; then ``kinds``; then ``schema``, ``build``,
+``layers``, ``preprocess``, ``fingerprint``, ``check``, ``init``, which dispatch through it.
+
 May import torch, MONAI, yaml, numpy and :mod:`ccfv.errors`; nothing above it.
 """
 
-from ccfv.bank.build import TorchScriptModel, build_model, load_model
+from ccfv.bank.build import build_model, load_model
 from ccfv.bank.checkpoint import (
     MIN_MATCH_FRACTION,
     LoadReport,
@@ -24,6 +31,8 @@ from ccfv.bank.checkpoint import (
     strip_prefixes,
 )
 from ccfv.bank.fingerprint import file_sha256, fingerprint
+from ccfv.bank.kinds import KINDS, ModelKind, entry_files, kind_of, register
+from ccfv.bank.kinds.torchscript import TorchScriptModel  # public since before the kinds
 from ccfv.bank.layers import (
     AUTO_ARCHITECTURES,
     LayerInfo,
@@ -47,19 +56,23 @@ from ccfv.bank.schema import (
 __all__ = [
     "AUTO_ARCHITECTURES",
     "BankEntry",
+    "KINDS",
     "Intensity",
     "LayerInfo",
     "LayerSpec",
     "LoadReport",
     "MIN_MATCH_FRACTION",
+    "ModelKind",
     "Preprocessing",
     "TorchScriptModel",
     "apply_state_dict",
     "auto_layers",
     "build_model",
+    "entry_files",
     "file_sha256",
     "fingerprint",
     "hooked",
+    "kind_of",
     "list_layers",
     "load_bank",
     "load_model",
@@ -67,6 +80,7 @@ __all__ = [
     "parse_bank",
     "parse_layer",
     "read_state_dict",
+    "register",
     "register_hooks",
     "resolve_layers",
     "strip_prefixes",

@@ -11,8 +11,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import torch
+
+from ccfv.bank.build import load_model
+from ccfv.bank.entry import BankEntry
+from ccfv.bank.hooks import hooked
+from ccfv.bank.kinds import kind_of, raw_kind
+from ccfv.bank.layers import resolve_layers
+from ccfv.bank.schema import parse_bank, read_bank_file
 from ccfv.errors import UserError, first_line
 
 __all__ = [
@@ -20,6 +27,7 @@ __all__ = [
     "check_bank",
     "check_entries",
     "format_check_table",
+    "preprocessing_summary",
 ]
 
 
@@ -47,8 +55,6 @@ def check_bank(path: str | Path) -> list[CheckRow]:
     UserError
         The file is missing, not YAML, or has no ``models`` list.
     """
-    from ccfv.bank.schema import parse_bank, read_bank_file
-
     path, data = read_bank_file(path)
     models = data.get("models") if isinstance(data, Mapping) else None
     if not isinstance(models, list) or not models:
@@ -63,7 +69,7 @@ def check_bank(path: str | Path) -> list[CheckRow]:
         try:
             (entry,) = parse_bank({"models": [raw]}, base, source=str(path))
         except UserError as error:
-            rows.append(CheckRow(name=name, source_format=_raw_format(raw), error=str(error)))
+            rows.append(CheckRow(name=name, source_format=raw_kind(raw), error=str(error)))
             continue
         if entry.name in seen:
             rows.append(CheckRow(name=name, source_format=entry.kind, error=(
@@ -74,21 +80,8 @@ def check_bank(path: str | Path) -> list[CheckRow]:
     return rows
 
 
-def _raw_format(raw: Any) -> str:
-    if isinstance(raw, Mapping):
-        for key in ("bundle", "nnunet", "network", "factory", "torchscript"):
-            if raw.get(key) is not None:
-                return key
-    return "?"
-
-
-def check_entries(entries: Sequence) -> list[CheckRow]:
+def check_entries(entries: Sequence[BankEntry]) -> list[CheckRow]:
     """Load each entry and run one zero window ``(1, in_channels, *roi)`` through it."""
-    import torch
-
-    from ccfv.bank.build import load_model
-    from ccfv.bank.layers import hooked, resolve_layers
-
     rows = []
     for entry in entries:
         row = CheckRow(name=entry.name, source_format=entry.kind)
@@ -114,8 +107,7 @@ def check_entries(entries: Sequence) -> list[CheckRow]:
         if pre.roi is None:
             row.layers = [(s.key, None) for s in layers]
             row.error = (f"model '{entry.name}': the window size is unknown (no "
-                         "preprocessing.roi" + (", and the bundle's inferer is no "
-                                                "SlidingWindowInferer" if entry.bundle else "")
+                         "preprocessing.roi" + kind_of(entry).window_note(entry)
                          + "); add preprocessing: {roi: [96, 96, 96]} (the patch size it was "
                          "trained with) to its entry")
             continue
@@ -141,46 +133,9 @@ def check_entries(entries: Sequence) -> list[CheckRow]:
     return rows
 
 
-def preprocessing_summary(entry) -> str:
-    """One line: what the entry's preprocessing does and its window."""
-    pre = entry.preprocessing
-    window = (f"roi {'x'.join(map(str, pre.roi))}" if pre.roi else "roi ?") + \
-        f", overlap {pre.overlap:g}"
-    if entry.kind == "bundle":
-        from ccfv.bank.bundle import SKIPPED_TRANSFORMS, bundle_parser
-
-        cfg = bundle_parser(entry.bundle, entry.name).get("preprocessing")
-        steps = cfg.get("transforms", []) if isinstance(cfg, Mapping) else []
-        names = [str(t.get("_target_", "?")).rsplit(".", 1)[-1] for t in steps
-                 if isinstance(t, Mapping)]
-        names = [n for n in names if n not in SKIPPED_TRANSFORMS]
-        return f"bundle transforms: {', '.join(names) or 'none'}; {window}"
-    if entry.kind == "nnunet":
-        import json
-
-        from ccfv.bank.nnunet import _configuration
-
-        plans = json.loads((Path(entry.nnunet) / "plans.json").read_text(encoding="utf-8"))
-        cfg = _configuration(plans, entry.args["configuration"])
-        spacing = "x".join(f"{v:g}" for v in cfg.get("spacing", []))
-        schemes = ", ".join(cfg.get("normalization_schemes", []))
-        return (f"nnU-Net {entry.args['configuration']}: {schemes or '?'}, spacing "
-                f"{spacing or '?'}; {window}")
-    parts = []
-    if pre.orientation:
-        parts.append(pre.orientation)
-    if pre.spacing:
-        parts.append("spacing " + "x".join(f"{v:g}" for v in pre.spacing))
-    it = pre.intensity
-    if it.kind != "none":
-        detail = ""
-        if it.kind == "ct" and isinstance(it.clip, tuple):
-            detail = f" [{it.clip[0]:g}, {it.clip[1]:g}]"
-        elif it.kind == "range":
-            detail = f" [{it.a_min:g}, {it.a_max:g}]"
-        parts.append(f"intensity {it.kind}{detail}")
-    parts.append(window)
-    return ", ".join(parts)
+def preprocessing_summary(entry: BankEntry) -> str:
+    """One line: what the entry's preprocessing does and its window (from its kind)."""
+    return kind_of(entry).summary(entry)
 
 
 def format_check_table(rows: Sequence[CheckRow]) -> str:

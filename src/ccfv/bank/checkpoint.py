@@ -67,6 +67,9 @@ class LoadReport:
         Keys in both with different shapes: (key, checkpoint shape, model shape); not loaded.
     stripped : tuple of str
         Prefixes removed from the checkpoint's keys.
+    weights_from : str or None
+        Where the weights are when the model file holds them (no checkpoint), for the
+        summary: ``"the TorchScript file"``.
     """
 
     entry: str
@@ -81,6 +84,7 @@ class LoadReport:
     unexpected: tuple[str, ...] = ()
     shape_mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     stripped: tuple[str, ...] = ()
+    weights_from: str | None = None
 
     @property
     def fraction_matched(self) -> float:
@@ -106,8 +110,8 @@ class LoadReport:
                 f"{self.entry}: no checkpoint, random initialisation with seed {self.seed} "
                 "(the 'no pre-training' baseline)"
             )
-        if self.initialisation == "torchscript" and self.checkpoint is None:
-            return f"{self.entry}: weights from the TorchScript file"
+        if self.weights_from is not None and self.checkpoint is None:
+            return f"{self.entry}: weights from {self.weights_from}"
         return (
             f"{self.entry}: checkpoint {self.checkpoint}"
             + (f" [key '{self.key}']" if self.key else "")
@@ -296,7 +300,7 @@ def _numpy_globals() -> list:
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray
+        from numpy.core import multiarray  # type: ignore[no-redef]
     dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUV"}
     dtypes.add(type(np.dtype("M8[s]")))
     dtypes.add(type(np.dtype("m8[s]")))

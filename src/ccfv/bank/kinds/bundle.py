@@ -23,7 +23,7 @@ A bundle folder holds ``configs/inference.json`` (or ``.yaml``/``.yml``), usuall
   is a ``SlidingWindowInferer``) become the entry's window settings; the bank entry's own
   ``preprocessing: {roi, overlap, sw_batch_size}`` overrides them.
 * layers: ``layers: auto`` works when ``network_def`` is one of the MONAI classes ``auto``
-  knows (:data:`ccfv.bank.layers.AUTO_ARCHITECTURES`); otherwise the error lists the network's
+  knows (:data:`ccfv.bank.AUTO_ARCHITECTURES`); otherwise the error lists the network's
   modules and output shapes (what ``ccfv layers`` prints) to pick from.
 
 Bank entry keys for a bundle: ``name``, ``bundle``, ``layers`` and optionally
@@ -38,11 +38,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
 
+from ccfv.bank.checkpoint import LoadReport, load_torch_file
+from ccfv.bank.entry import BankEntry, LayerSpec, Preprocessing
+from ccfv.bank.hashing import file_sha256
+from ccfv.bank.hooks import auto_layers, list_layers
+from ccfv.bank.kinds.base import Candidate, ModelKind, Skipped, clean_name, relative_path
+from ccfv.bank.transforms import PreprocessFn, as_meta_tensor, window_summary
+from ccfv.bank.validate import (
+    ParseContext,
+    check_keys,
+    parse_layers,
+    parse_preprocessing,
+    resolve_folder,
+    string,
+)
 from ccfv.errors import UserError, first_line
 
 __all__ = [
     "BUNDLE_ENTRY_KEYS",
+    "Bundle",
     "SKIPPED_TRANSFORMS",
     "bundle_auto_layers",
     "bundle_files",
@@ -111,20 +129,19 @@ def bundle_parser(folder: Path, where: str = "bundle"):
 # bank entry
 
 
-def parse_bundle_entry(raw: Mapping[str, Any], name: str, base: Path, source: str, where: str):
-    """Validate a ``bundle:`` bank entry and return its :class:`BankEntry` (called by schema)."""
-    from ccfv.bank.schema import BankEntry, Preprocessing, _check_keys, _parse_layers, _string
-
+def parse_bundle_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
+    """Validate a ``bundle:`` bank entry and return its :class:`BankEntry`."""
+    where, base = ctx.where, ctx.base
+    check_keys(raw, ctx.entry_keys, where)
     extra = [k for k in raw if k not in BUNDLE_ENTRY_KEYS]
     if extra:
         raise UserError(
             f"{where}: '{extra[0]}' is not used with 'bundle' (the bundle's configs give the "
             f"network, weights and preprocessing); allowed keys: {', '.join(BUNDLE_ENTRY_KEYS)}"
         )
-    text = _string(str(raw["bundle"]) if isinstance(raw["bundle"], Path) else raw["bundle"],
-                   f"{where}: 'bundle'")
-    folder = Path(text).expanduser()
-    folder = (folder if folder.is_absolute() else base / folder).resolve()
+    text = string(str(raw["bundle"]) if isinstance(raw["bundle"], Path) else raw["bundle"],
+                  f"{where}: 'bundle'")
+    folder = resolve_folder(text, base)
     if not folder.is_dir():
         raise UserError(
             f"{where}: bundle folder {folder} does not exist (relative paths are read from "
@@ -161,17 +178,15 @@ def parse_bundle_entry(raw: Mapping[str, Any], name: str, base: Path, source: st
     user = raw.get("preprocessing") or {}
     if not isinstance(user, Mapping):
         raise UserError(f"{where}: 'preprocessing' must be a mapping, got {user!r}")
-    _check_keys(user, BUNDLE_PREPROCESSING_KEYS,
-                f"{where}: 'preprocessing' (a bundle brings its own transforms)")
+    check_keys(user, BUNDLE_PREPROCESSING_KEYS,
+               f"{where}: 'preprocessing' (a bundle brings its own transforms)")
     window = _inferer_window(parser, config, where)
     window.update({k: v for k, v in user.items() if v is not None})
     args: dict[str, Any] = {}
     net_cfg = parser.get("network_def")
     if isinstance(net_cfg, Mapping):
         args = {k: v for k, v in net_cfg.items() if not str(k).startswith("_")}
-    from ccfv.bank.schema import _parse_preprocessing
-
-    checked = _parse_preprocessing(window, {}, where)
+    checked = parse_preprocessing(window, {}, where)
     in_channels = args.get("in_channels")
     pre = Preprocessing(
         roi=checked.roi,
@@ -180,11 +195,12 @@ def parse_bundle_entry(raw: Mapping[str, Any], name: str, base: Path, source: st
         in_channels=in_channels if isinstance(in_channels, int) else None,
     )
     return BankEntry(
-        name=name,
-        layers=_parse_layers(raw.get("layers", "auto"), where),
+        name=ctx.name,
+        kind="bundle",
+        location=folder,
+        layers=parse_layers(raw.get("layers", "auto"), where),
         preprocessing=pre,
-        source=source,
-        bundle=folder,
+        source=ctx.source,
     )
 
 
@@ -203,7 +219,7 @@ def _inferer_window(parser, config: Path, where: str) -> dict[str, Any]:
 
     if not isinstance(inferer, SlidingWindowInferer):
         return {}
-    out: dict[str, Any] = {"overlap": float(inferer.overlap),
+    out: dict[str, Any] = {"overlap": float(inferer.overlap),  # type: ignore[arg-type]
                            "sw_batch_size": int(inferer.sw_batch_size)}
     roi = inferer.roi_size
     roi = [int(roi)] * 3 if isinstance(roi, (int, np.integer)) else [int(r) for r in roi]
@@ -218,11 +234,7 @@ def _inferer_window(parser, config: Path, where: str) -> dict[str, Any]:
 
 def load_bundle_model(entry):
     """Instantiate ``network_def`` and load ``models/model.pt`` strictly; eval mode, CPU."""
-    import torch
-
-    from ccfv.bank.checkpoint import LoadReport, load_torch_file
-
-    folder: Path = entry.bundle
+    folder = Path(entry.location)
     where = f"model '{entry.name}' in {entry.source}"
     parser = bundle_parser(folder, where)
     config = inference_config(folder)
@@ -290,13 +302,7 @@ def make_bundle_preprocess(entry, ndim: int):
     See the module docstring for which transforms run. Same contract as
     :func:`ccfv.bank.preprocess.make_preprocess`.
     """
-    import torch
-    from monai.data import MetaTensor
-    from monai.transforms import Compose
-
-    from ccfv.bank.preprocess import as_meta_tensor
-
-    folder: Path = entry.bundle
+    folder = Path(entry.location)
     where = f"model '{entry.name}' in {entry.source}"
     parser = bundle_parser(folder, where)
     config = inference_config(folder)
@@ -351,8 +357,6 @@ def make_bundle_preprocess(entry, ndim: int):
 
 def bundle_auto_layers(model, entry) -> list:
     """``layers: auto`` for a bundle; an unknown network gets the ``ccfv layers`` listing."""
-    from ccfv.bank.layers import auto_layers, list_layers
-
     try:
         return auto_layers(model, entry=entry.name)
     except UserError as error:
@@ -366,14 +370,79 @@ def bundle_auto_layers(model, entry) -> list:
         except Exception as exc:  # the dummy forward failed
             listing = f"(could not list: {first_line(exc)})"
         raise UserError(
-            f"{error}. Bundle {entry.bundle} network modules and output shapes (ccfv layers): "
+            f"{error}. Bundle {entry.location} network modules and output shapes (ccfv layers): "
             f"{listing}"
         ) from None
 
 
 def bundle_fingerprint(entry) -> dict[str, Any]:
     """Content hashes of the bundle's configs and weights (for :mod:`ccfv.bank.fingerprint`)."""
-    from ccfv.bank.fingerprint import file_sha256
-
-    folder: Path = entry.bundle
+    folder = Path(entry.location)
     return {str(p.relative_to(folder)): file_sha256(p) for p in bundle_files(folder)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the kind
+
+
+class Bundle(ModelKind):
+    """A MONAI bundle folder: its network_def, models/model.pt and preprocessing transforms."""
+
+    key = "bundle"
+    key_hint = "a MONAI bundle folder"
+    owns_entry = True
+
+    def parse(self, raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
+        return parse_bundle_entry(raw, ctx)
+
+    def files(self, entry: BankEntry) -> list[tuple[str, Path]]:
+        return [("MONAI bundle folder", Path(entry.location))]
+
+    def load(self, entry: BankEntry) -> tuple[torch.nn.Module, LoadReport]:
+        return load_bundle_model(entry)
+
+    def fingerprint(self, entry: BankEntry) -> dict[str, Any]:
+        import monai
+
+        return {"bundle": bundle_fingerprint(entry), "monai": monai.__version__}
+
+    def auto_layers(self, model: torch.nn.Module, entry: BankEntry) -> list[LayerSpec]:
+        return bundle_auto_layers(model, entry)
+
+    def preprocess(self, entry: BankEntry, ndim: int) -> PreprocessFn:
+        return make_bundle_preprocess(entry, ndim)
+
+    def describe_preprocessing(self, entry: BankEntry) -> str:
+        return f"the bundle's own preprocessing transforms ({entry.location})"
+
+    def summary(self, entry: BankEntry) -> str:
+        cfg = bundle_parser(Path(entry.location), entry.name).get("preprocessing")
+        steps = cfg.get("transforms", []) if isinstance(cfg, Mapping) else []
+        names = [str(t.get("_target_", "?")).rsplit(".", 1)[-1] for t in steps
+                 if isinstance(t, Mapping)]
+        names = [n for n in names if n not in SKIPPED_TRANSFORMS]
+        return (f"bundle transforms: {', '.join(names) or 'none'}; "
+                f"{window_summary(entry.preprocessing)}")
+
+    def window_note(self, entry: BankEntry) -> str:
+        return ", and the bundle's inferer is no SlidingWindowInferer"
+
+    def scan_folder(self, folder: Path, base: Path) -> list[Candidate | Skipped] | None:
+        configs, models = folder / "configs", folder / "models"
+        has_config = any((configs / n).is_file() for n in _CONFIG_NAMES)
+        has_weights = (models / "model.pt").is_file() or (models / "model.ts").is_file()
+        if not (has_config or (configs.is_dir() and has_weights)):
+            return None
+        if not (models / "model.pt").is_file():
+            if (models / "model.ts").is_file():
+                return [Skipped(folder, (
+                    "MONAI bundle with only models/model.ts (TorchScript): its layers cannot be "
+                    "hooked (TorchScript runs no Python hooks); add the state dict as "
+                    "models/model.pt (the bundle's model.pt from the model zoo)"))]
+            return [Skipped(folder, "MONAI bundle without weights models/model.pt; put "
+                                    "the network's state dict there")]
+        config = next((n for n in _CONFIG_NAMES if (configs / n).is_file()), "?")
+        return [Candidate(
+            raw={"name": clean_name(folder.name), "bundle": relative_path(folder, base)},
+            source_format="bundle", path=folder,
+            comment=f"MONAI bundle: {folder} (configs/{config} + models/model.pt)")]

@@ -44,11 +44,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ccfv.bank.checkpoint import LoadReport, load_torch_file
+from ccfv.bank.entry import BankEntry, LayerSpec, Preprocessing
+from ccfv.bank.hashing import file_sha256
+from ccfv.bank.kinds.base import Candidate, ModelKind, Skipped, clean_name, relative_path
+from ccfv.bank.transforms import PreprocessFn, window_summary
+from ccfv.bank.validate import (
+    ParseContext,
+    check_keys,
+    parse_layers,
+    parse_preprocessing,
+    resolve_folder,
+)
 from ccfv.errors import UserError
 
 __all__ = [
     "NNUNET_ENTRY_KEYS",
+    "NnUNet",
     "load_nnunet_model",
     "make_nnunet_preprocess",
     "nnunet_auto_layers",
@@ -79,24 +93,20 @@ def _require_nnunet(what: str) -> None:
 # bank entry
 
 
-def parse_nnunet_entry(raw: Mapping[str, Any], name: str, base: Path, source: str, where: str):
-    """Validate an ``nnunet:`` bank entry into a :class:`~ccfv.bank.schema.BankEntry`.
+def parse_nnunet_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
+    """Validate an ``nnunet:`` bank entry into a :class:`~ccfv.bank.entry.BankEntry`.
 
     The folder, its ``plans.json`` / ``dataset.json``, the fold folder, the checkpoint file and
     the configuration are checked here (JSON only; nnunetv2 is imported when the model is
     built).
     """
-    from ccfv.bank.schema import BankEntry, Preprocessing, _check_keys, _parse_layers
-
-    _check_keys(raw, NNUNET_ENTRY_KEYS, f"{where} (an nnunet entry)")
+    where, base = ctx.where, ctx.base
+    check_keys(raw, NNUNET_ENTRY_KEYS, f"{where} (an nnunet entry)")
     text = raw["nnunet"]
     if not isinstance(text, (str, Path)) or not str(text).strip():
         raise UserError(f"{where}: 'nnunet' must be the path of an nnU-Net v2 trained-model "
                         f"folder, got {text!r}")
-    folder = Path(str(text).strip()).expanduser()
-    if not folder.is_absolute():
-        folder = base / folder
-    folder = folder.resolve()
+    folder = resolve_folder(text, base)
     if not folder.is_dir():
         raise UserError(f"{where}: nnU-Net folder {folder} does not exist (relative paths are "
                         f"read from {base}); give the trained-model folder, e.g. "
@@ -126,18 +136,18 @@ def parse_nnunet_entry(raw: Mapping[str, Any], name: str, base: Path, source: st
                         f"{fold!r}")
     fold_dir = folder / f"fold_{fold}"
     if not fold_dir.is_dir():
-        have = sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
+        folds = sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
         raise UserError(f"{where}: fold folder {fold_dir} does not exist (found: "
-                        f"{', '.join(have) or 'no fold_* folder'}); set 'fold' to a trained fold")
+                        f"{', '.join(folds) or 'no fold_* folder'}); set 'fold' to a trained fold")
     ckpt = raw.get("checkpoint", "checkpoint_final.pth")
     if not isinstance(ckpt, str) or not ckpt.strip():
         raise UserError(f"{where}: 'checkpoint' must be a file name in {fold_dir} such as "
                         f"checkpoint_final.pth, got {ckpt!r}")
     checkpoint = (fold_dir / ckpt.strip()).resolve()
     if not checkpoint.is_file():
-        have = sorted(p.name for p in fold_dir.glob("*.pth"))
+        found = sorted(p.name for p in fold_dir.glob("*.pth"))
         raise UserError(f"{where}: checkpoint {checkpoint} does not exist (found: "
-                        f"{', '.join(have) or 'no .pth file'}); set 'checkpoint' to one of them")
+                        f"{', '.join(found) or 'no .pth file'}); set 'checkpoint' to one of them")
 
     cfg = _configuration(plans, configuration)
     patch = cfg.get("patch_size")
@@ -147,11 +157,9 @@ def parse_nnunet_entry(raw: Mapping[str, Any], name: str, base: Path, source: st
     pre = raw.get("preprocessing") or {}
     if not isinstance(pre, Mapping):
         raise UserError(f"{where}: 'preprocessing' must be a mapping, got {pre!r}")
-    _check_keys(pre, NNUNET_PREPROCESSING_KEYS,
+    check_keys(pre, NNUNET_PREPROCESSING_KEYS,
                 f"{where}: 'preprocessing' (nnU-Net preprocessing comes from plans.json)")
-    from ccfv.bank.schema import _parse_preprocessing
-
-    given = _parse_preprocessing(dict(pre), {}, where)
+    given = parse_preprocessing(dict(pre), {}, where)
     channels = dataset.get("channel_names", dataset.get("modality", {}))
     preprocessing = Preprocessing(
         roi=given.roi if given.roi is not None else tuple(int(v) for v in patch),
@@ -159,18 +167,21 @@ def parse_nnunet_entry(raw: Mapping[str, Any], name: str, base: Path, source: st
         sw_batch_size=given.sw_batch_size,
         in_channels=len(channels) if isinstance(channels, Mapping) and channels else None,
     )
-    if len(preprocessing.roi) != len(patch):  # type: ignore[arg-type]
-        raise UserError(f"{where}: preprocessing.roi {list(preprocessing.roi)} must have "
+    roi = preprocessing.roi
+    assert roi is not None
+    if len(roi) != len(patch):
+        raise UserError(f"{where}: preprocessing.roi {list(roi)} must have "
                         f"{len(patch)} values like the configuration's patch_size {patch}")
     return BankEntry(
-        name=name,
+        name=ctx.name,
+        kind="nnunet",
+        location=folder,
         args={"configuration": configuration, "fold": fold},
         checkpoint=checkpoint,
         checkpoint_key="network_weights",
-        layers=_parse_layers(raw.get("layers", "auto"), where),
+        layers=parse_layers(raw.get("layers", "auto"), where),
         preprocessing=preprocessing,
-        source=source,
-        nnunet=folder,
+        source=ctx.source,
     )
 
 
@@ -202,13 +213,11 @@ def _configuration(plans: Mapping, name: str) -> dict:
 
 
 def _paths(entry) -> tuple[Path, Path]:
-    return Path(entry.nnunet) / "plans.json", Path(entry.nnunet) / "dataset.json"
+    return Path(entry.location) / "plans.json", Path(entry.location) / "dataset.json"
 
 
 def nnunet_fingerprint(entry) -> dict:
     """What changes an nnU-Net entry's features besides the checkpoint (for the cache key)."""
-    from ccfv.bank.fingerprint import file_sha256
-
     plans, dataset = _paths(entry)
     try:
         from importlib.metadata import version
@@ -225,7 +234,7 @@ def nnunet_fingerprint(entry) -> dict:
 
 
 def _managers(entry):
-    _require_nnunet(f"model '{entry.name}' ({entry.nnunet})")
+    _require_nnunet(f"model '{entry.name}' ({entry.location})")
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_path, dataset_path = _paths(entry)
@@ -273,10 +282,6 @@ def load_nnunet_model(entry):
 
     Returns ``(model, LoadReport)`` like :func:`ccfv.bank.build.load_model`.
     """
-    import torch
-
-    from ccfv.bank.checkpoint import LoadReport, load_torch_file
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(entry.seed)
         network, *_ = build_nnunet_network(entry)
@@ -322,8 +327,6 @@ def load_nnunet_model(entry):
 
 def nnunet_auto_layers(model, entry):
     """``decoder.stages`` outputs and the last ``decoder.seg_layers`` input, deepest first."""
-    from ccfv.bank.schema import LayerSpec
-
     mods = dict(model.named_modules())
     n = sum(1 for k in mods if k.startswith("decoder.stages.") and k.count(".") == 2)
     heads = sum(1 for k in mods if k.startswith("decoder.seg_layers.") and k.count(".") == 2)
@@ -423,3 +426,99 @@ def make_nnunet_preprocess(entry, ndim: int):
         return np.ascontiguousarray(out, dtype=np.float32), out_affine
 
     return preprocess
+
+
+# ------------------------------------------------------------------------------------------------
+# the kind
+
+_CHECKPOINT_ORDER = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+
+
+class NnUNet(ModelKind):
+    """An nnU-Net v2 trained-model folder: its plans, one fold's checkpoint, its preprocessing."""
+
+    key = "nnunet"
+    key_hint = "an nnU-Net v2 trained-model folder"
+    owns_entry = True
+
+    def parse(self, raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
+        return parse_nnunet_entry(raw, ctx)
+
+    def files(self, entry: BankEntry) -> list[tuple[str, Path]]:
+        return [("nnU-Net result folder", Path(entry.location))]
+
+    def load(self, entry: BankEntry) -> tuple[torch.nn.Module, LoadReport]:
+        return load_nnunet_model(entry)
+
+    def fingerprint(self, entry: BankEntry) -> dict[str, Any]:
+        return {"nnunet": nnunet_fingerprint(entry)}
+
+    def auto_layers(self, model: torch.nn.Module, entry: BankEntry) -> list[LayerSpec]:
+        return nnunet_auto_layers(model, entry)
+
+    def preprocess(self, entry: BankEntry, ndim: int) -> PreprocessFn:
+        return make_nnunet_preprocess(entry, ndim)
+
+    def describe_preprocessing(self, entry: BankEntry) -> str:
+        config = (entry.args or {}).get("configuration", "?")
+        return f"nnU-Net's preprocessing of configuration '{config}'"
+
+    def summary(self, entry: BankEntry) -> str:
+        plans = json.loads(_paths(entry)[0].read_text(encoding="utf-8"))
+        cfg = _configuration(plans, entry.args["configuration"])
+        spacing = "x".join(f"{v:g}" for v in cfg.get("spacing", []))
+        schemes = ", ".join(cfg.get("normalization_schemes", []))
+        return (f"nnU-Net {entry.args['configuration']}: {schemes or '?'}, spacing "
+                f"{spacing or '?'}; {window_summary(entry.preprocessing)}")
+
+    def scan_folder(self, folder: Path, base: Path) -> list[Candidate | Skipped] | None:
+        if not ((folder / "plans.json").is_file() and (folder / "dataset.json").is_file()):
+            return None
+        out: list[Candidate | Skipped] = []
+        folds = sorted((p for p in folder.glob("fold_*") if p.is_dir()), key=_fold_key)
+        for fold_dir in folds:
+            fold_text = fold_dir.name[len("fold_"):]
+            if not (fold_text.isdigit() or fold_text == "all"):
+                continue
+            ckpt = next((n for n in _CHECKPOINT_ORDER if (fold_dir / n).is_file()), None)
+            if ckpt is None:
+                others = sorted(p.name for p in fold_dir.glob("*.pth"))
+                ckpt = others[0] if others else None
+            if ckpt is None:
+                out.append(Skipped(fold_dir, "nnU-Net fold folder without a checkpoint "
+                                             "(checkpoint_final.pth); finish or copy the "
+                                             "training"))
+                continue
+            fold: int | str = int(fold_text) if fold_text.isdigit() else "all"
+            trainer, plans, config = _folder_parts(folder.name)
+            name_parts = [folder.parent.name]
+            if trainer and trainer != "nnUNetTrainer":
+                name_parts.append(trainer)
+            if plans and plans != "nnUNetPlans":
+                name_parts.append(plans)
+            name_parts += [config or folder.name, f"fold{fold}"]
+            raw: dict[str, Any] = {"name": clean_name("_".join(name_parts)),
+                                   "nnunet": relative_path(folder, base), "fold": fold}
+            if ckpt != "checkpoint_final.pth":
+                raw["checkpoint"] = ckpt
+            out.append(Candidate(
+                raw=raw, source_format="nnunet", path=fold_dir,
+                comment=f"nnU-Net v2 results folder: {folder} (fold {fold}, {ckpt})"))
+        if not folds:
+            out.append(Skipped(folder, "has plans.json and dataset.json but no fold_* folder "
+                                       "with a checkpoint; point the scan at a trained-model "
+                                       "folder of nnUNet_results"))
+        return out
+
+
+def _folder_parts(name: str) -> tuple[str, str, str]:
+    """``(trainer, plans, configuration)`` of ``Trainer__Plans__Configuration``."""
+    parts = name.split("__")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    return "", "", ""
+
+
+def _fold_key(path: Path) -> tuple[int, int | str]:
+    text = path.name[len("fold_"):]
+    return (0, int(text)) if text.isdigit() else (1, text)
