@@ -238,6 +238,8 @@ def load_bundle_model(entry):
     where = f"model '{entry.name}' in {entry.source}"
     parser = bundle_parser(folder, where)
     config = inference_config(folder)
+    if config is None:  # bundle_parser has refused a folder without one already
+        raise UserError(f"{where}: {folder} has no configs/inference.json; it is not a bundle")
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
