@@ -57,28 +57,11 @@ def report_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _nnunet_checkpoint(entry, state: dict, result: dict[str, Any]) -> dict[str, Any]:
-    """The winner's weights in the dict nnU-Net's ``nnUNetTrainer.save_checkpoint`` writes,
-    from the entry's own checkpoint (its ``init_args`` with the target's labels)."""
-    from ccfv.bank.checkpoint import load_torch_file
-
-    original = load_torch_file(entry.checkpoint, f"checkpoint {entry.checkpoint} of model "
-                                                 f"'{entry.name}'")
-    init = dict(original.get("init_args") or {})
-    dataset = dict(init.get("dataset_json") or {})
-    dataset["labels"] = {name: int(k) for k, name in result["classes"].items()}
-    init["dataset_json"] = dataset
-    return {"network_weights": state, "optimizer_state": None, "grad_scaler_state": None,
-            "logging": {}, "_best_ema": None, "current_epoch": 0, "init_args": init,
-            "trainer_name": original.get("trainer_name", "nnUNetTrainer"),
-            "inference_allowed_mirroring_axes": original.get(
-                "inference_allowed_mirroring_axes")}
-
-
 def write_outputs(result: dict[str, Any], out: Path, run, entry, prepared, target) -> None:
     """Write everything into ``out`` (every file through :func:`ccfv.files.atomic_write`)."""
     import torch
 
+    from ccfv.bank import kind_of
     from ccfv.files import atomic_write
     from ccfv.select.plot import plot_curves
 
@@ -89,10 +72,11 @@ def write_outputs(result: dict[str, Any], out: Path, run, entry, prepared, targe
     weights = {k: v.detach().cpu().clone() for k, v in state.model.items()}
     atomic_write(winner / "model.pt", lambda fh: torch.save(weights, fh))
     result["winner"]["weights"] = str(winner / "model.pt")
-    if getattr(entry, "nnunet", None) is not None:
-        ckpt = _nnunet_checkpoint(entry, weights, result)
-        atomic_write(winner / "checkpoint_final.pth", lambda fh: torch.save(ckpt, fh))
-        result["winner"]["nnunet_checkpoint"] = str(winner / "checkpoint_final.pth")
+    handover = kind_of(entry).trainer_checkpoint(entry, weights, result["classes"])
+    if handover is not None:  # e.g. nnU-Net's checkpoint_final.pth
+        name, ckpt = handover
+        atomic_write(winner / name, lambda fh: torch.save(ckpt, fh))
+        result["winner"]["trainer_checkpoint"] = str(winner / name)
     plot_curves(result["candidates"], out / "curves.png",
                 f"ccfv select on {Path(result['data']).name}")
     atomic_write(out / "selection.json", json.dumps(result, indent=2, default=str))

@@ -459,6 +459,24 @@ class NnUNet(ModelKind):
     def preprocess(self, entry: BankEntry, ndim: int) -> PreprocessFn:
         return make_nnunet_preprocess(entry, ndim)
 
+    def trainer_checkpoint(self, entry: BankEntry, state: Mapping[str, Any],
+                           classes: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+        """The dict nnU-Net's ``nnUNetTrainer.save_checkpoint`` writes, built from the entry's
+        own checkpoint (its ``init_args``, with the target's labels in ``dataset_json``)."""
+        if entry.checkpoint is None:  # parse_nnunet_entry always sets it
+            return None
+        original = load_torch_file(entry.checkpoint, f"checkpoint {entry.checkpoint} of model "
+                                                     f"'{entry.name}'")
+        init = dict(original.get("init_args") or {})
+        dataset = dict(init.get("dataset_json") or {})
+        dataset["labels"] = {name: int(k) for k, name in classes.items()}
+        init["dataset_json"] = dataset
+        return "checkpoint_final.pth", {
+            "network_weights": dict(state), "optimizer_state": None, "grad_scaler_state": None,
+            "logging": {}, "_best_ema": None, "current_epoch": 0, "init_args": init,
+            "trainer_name": original.get("trainer_name", "nnUNetTrainer"),
+            "inference_allowed_mirroring_axes": original.get("inference_allowed_mirroring_axes")}
+
     def describe_preprocessing(self, entry: BankEntry) -> str:
         config = (entry.args or {}).get("configuration", "?")
         return f"nnU-Net's preprocessing of configuration '{config}'"
