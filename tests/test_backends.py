@@ -180,3 +180,30 @@ def test_a_failed_pass_is_a_value_not_an_exception():
     got = ModelFeatures("m", error=UserError("no"))
     assert not got.ok and ModelFeatures("m", {"l": []}).ok
     assert isinstance(ListedPasses([], "cpu"), FeaturePasses)
+
+
+checkpoint = e2e.checkpoint  # a seeded UNet's state dict
+
+
+def test_cli_prints_run_lines_on_stdout_and_library_warnings_on_stderr(
+        tmp_path, generated_data, checkpoint, capsys):
+    """The CLI's logging: rank's lines on stdout as before (print), the bank's INFO lines
+    (a checkpoint that fits) not shown, its warnings (no checkpoint) on stderr, as Python
+    shows a library's warnings without a handler; nothing is left configured afterwards."""
+    from ccfv.cli import main
+
+    bank = e2e.write_bank(tmp_path / "bank.yaml", [
+        e2e.unet_entry("loaded", checkpoint=str(checkpoint), roi=(32, 32, 16)),
+        e2e.unet_entry("seeded", seed=3, roi=(32, 32, 16))])
+    before = logging.getLogger("ccfv").handlers[:]
+    rc = main(["rank", "--bank", str(bank), "--data", str(generated_data), "--bootstrap", "0",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+               "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    out_lines = captured.out.splitlines()
+    assert any(line.startswith("loaded: ccfv ") for line in out_lines)
+    assert any(line.startswith("seeded: ccfv ") for line in out_lines)
+    assert "parameter tensors" not in captured.out + captured.err  # the checkpoint's INFO line
+    assert "seeded: no checkpoint, random initialisation with seed 3" in captured.err
+    assert logging.getLogger("ccfv").handlers == before

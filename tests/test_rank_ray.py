@@ -25,9 +25,9 @@ from conftest import NO_TORCHVISION
 from ccfv.bank import load_bank
 from ccfv.cli import main
 from ccfv.data import find_cases
+from ccfv.data.fingerprint import data_fingerprint
 from ccfv.errors import UserError
 from ccfv.extract import FeatureCache
-from ccfv.data.fingerprint import data_fingerprint
 from ccfv.rank import rank
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None

@@ -21,21 +21,37 @@ METHODS_HELP = ("estimators to compute, comma-separated; the first one ranks (de
 FAILURE_LOG = "failures.log"
 
 
+#: Loggers whose messages are the run's own lines (printed on stdout, INFO and up): a note on
+#: the data, one line per model, failures, warnings. Every other ``ccfv.*`` logger is printed
+#: on stderr from WARNING up, as Python prints a library's warnings without a handler.
+RUN_LOGGERS = ("ccfv.rank", "ccfv.backends")
+
+
 @contextmanager
-def _messages_on_stdout() -> Iterator[None]:
-    """While a command runs, the package's log messages (``ccfv.*`` loggers, INFO and up)
-    are printed on stdout as they are: notes, one line per model, failures, warnings.
-    ``--quiet`` turns off the progress bars only."""
+def _messages() -> Iterator[None]:
+    """While a command runs: the messages of :data:`RUN_LOGGERS` on stdout (INFO and up),
+    the other ``ccfv.*`` loggers' warnings on stderr, each as its bare message. ``--quiet``
+    turns off the progress bars only."""
     logger = logging.getLogger("ccfv")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def handler(stream: Any, level: int, run: bool) -> logging.Handler:
+        made = logging.StreamHandler(stream)
+        made.setLevel(level)
+        made.setFormatter(logging.Formatter("%(message)s"))
+        made.addFilter(lambda record: record.name.startswith(RUN_LOGGERS) == run)
+        return made
+
+    handlers = [handler(sys.stdout, logging.INFO, True),
+                handler(sys.stderr, logging.WARNING, False)]
     level = logger.level
-    logger.addHandler(handler)
+    for made in handlers:
+        logger.addHandler(made)
     logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for made in handlers:
+            logger.removeHandler(made)
         logger.setLevel(level)
 
 
@@ -454,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with _messages_on_stdout():
+        with _messages():
             return int(args.func(args))
     except UserError as error:
         print(f"ccfv {args.command}: error: {error}", file=sys.stderr)
