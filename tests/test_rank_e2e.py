@@ -178,7 +178,7 @@ def test_source_predictions_ride_along(tmp_path, generated_data, checkpoint):
     """The model's own softmax is cached at the last layer's voxels and read by LEEP/NCE."""
     from ccfv.bank import LayerSpec
     from ccfv.extract import FeatureCache, LayerTap
-    from ccfv.rank import PREDICTIONS, output_probabilities, split_predictions
+    from ccfv.passes import PREDICTIONS, output_probabilities, split_predictions
 
     model = UNet(**UNET3D).eval()
     x = torch.randn(1, 1, 32, 32, 16)

@@ -25,10 +25,10 @@ from conftest import NO_TORCHVISION
 from ccfv.bank import load_bank
 from ccfv.cli import main
 from ccfv.data import find_cases
+from ccfv.data.fingerprint import data_fingerprint
 from ccfv.errors import UserError
 from ccfv.extract import FeatureCache
-from ccfv.rank import data_fingerprint, rank
-from ccfv.ray_backend import feature_pass, task_spec
+from ccfv.rank import rank
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed: pip install "
@@ -36,6 +36,13 @@ needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed: pip i
 TESTS = Path(__file__).resolve().parent
 generated_data = e2e.generated_data  # four small 3D cases, two foreground classes
 QUIET = {"progress": False, "log": lambda *_: None}
+
+
+def ray_backend(**options):
+    """The Ray backend (imported here: the test module also runs where Ray is missing)."""
+    from ccfv.backends.ray import RayBackend
+
+    return RayBackend(**options)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +95,7 @@ def test_ray_scores_equal_local_scores(tmp_path, ray_cluster, one_thread):
     methods = ["ccfv", "ccfv-official", "logme", "leep", "nce"]
     settings = dict(methods=methods, cases=4, seed=0, bootstrap=10, **QUIET)
     local = rank(bank, data, cache_dir=tmp_path / "local", **settings)
-    remote = rank(bank, data, cache_dir=tmp_path / "ray", backend="ray", **settings)
+    remote = rank(bank, data, cache_dir=tmp_path / "ray", backend=ray_backend(), **settings)
     assert not local.failures and not remote.failures
     assert list(remote.scores) == names  # bank order, as the local backend
     for model in names:
@@ -123,7 +130,7 @@ def test_killed_task_is_retried_and_a_dead_one_is_reported(tmp_path, ray_cluster
          "network": None, "factory": "ray_factories:unet_always_crash"},
     ])
     result = rank(bank, generated_data, methods=["ccfv", "ccfv-official"], bootstrap=0,
-                  cache_dir=tmp_path / "cache", backend="ray", retries=1, **QUIET)
+                  cache_dir=tmp_path / "cache", backend=ray_backend(retries=1), **QUIET)
     # the first attempt of crash_once died in its 6th forward pass, in its second case with
     # the first one cached, and left the marker; Ray ran it again, the retry resumed from the
     # cached case, and the features are those of the same UNet run in one go
@@ -178,7 +185,7 @@ def test_without_ray_a_message_and_no_import(tmp_path, generated_data):
     bank = e2e.write_bank(tmp_path / "bank.yaml", [e2e.unet_entry("m", roi=(32, 32, 16))])
     blocked = NO_TORCHVISION.replace('("torchvision", "timm")', '("torchvision", "timm", "ray")')
     code = blocked + f"""
-import ccfv, ccfv.rank, ccfv.cli, ccfv.ray_backend
+import ccfv, ccfv.rank, ccfv.cli, ccfv.backends.ray
 assert "ray" not in sys.modules
 from ccfv.cli import main
 sys.exit(main(["rank", "--bank", {str(bank)!r}, "--data", {str(generated_data)!r},
@@ -211,6 +218,8 @@ def test_task_body_writes_the_local_cache_and_names_unseen_paths(tmp_path, gener
                     budget="fixed", counts=(100, 200, 400), cache_dir=cache_dir, device="cpu",
                     autocast=False)
         return task_spec(entry, **{**args, **changes})
+
+    from ccfv.backends.ray import feature_pass, task_spec
 
     done = feature_pass(spec())
     assert not done["hit"] and done["layers"] and "checkpoint" in done["report"]
@@ -248,7 +257,7 @@ def test_ray_failures_are_said_as_locally(tmp_path, ray_cluster, generated_data)
         e2e.unet_entry("two", args={**args, "in_channels": 2}, roi=(32, 32, 16), seed=0)])
     log = tmp_path / "out" / "failures.log"
     result = rank(bank, generated_data, bootstrap=0, cache_dir=tmp_path / "cache",
-                  backend="ray", retries=0, failure_log=log, **QUIET)
+                  backend=ray_backend(retries=0), failure_log=log, **QUIET)
     assert set(result.failures) == {"odd", "two"}
     assert np.isfinite(result.scores["good"]["ccfv"])
     assert ("UNet with strides 2,2 needs a window divisible by 4; roi 18x18x10 is not: use "

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ccfv import __version__
 from ccfv.errors import UserError
@@ -14,62 +18,91 @@ METHODS_HELP = ("estimators to compute, comma-separated; the first one ranks (de
                 "equations exactly; options in brackets, e.g. ccfv-paper[distance=kl])")
 
 
-def _methods(text: str) -> list[str]:
-    from ccfv.estimators.registry import get_estimator, split_methods
-
-    names = split_methods(text)
-    if not names:
-        raise UserError("--methods names no method: give e.g. --methods ccfv,ccfv-official")
-    for name in names:
-        get_estimator(name)
-    return names
-
-
 FAILURE_LOG = "failures.log"
 
 
-def _check_run_args(args) -> str:
-    """Check the options of ``rank`` and ``demo`` before any work; return the device."""
-    from ccfv.rank import check_bootstrap, check_cases, check_device, check_folder
+#: Loggers whose messages are the run's own lines (printed on stdout, INFO and up): a note on
+#: the data, one line per model, failures, warnings. Every other ``ccfv.*`` logger is printed
+#: on stderr from WARNING up, as Python prints a library's warnings without a handler.
+RUN_LOGGERS = ("ccfv.rank", "ccfv.backends")
+
+
+@contextmanager
+def _messages() -> Iterator[None]:
+    """While a command runs: the messages of :data:`RUN_LOGGERS` on stdout (INFO and up),
+    the other ``ccfv.*`` loggers' warnings on stderr, each as its bare message. ``--quiet``
+    turns off the progress bars only."""
+    logger = logging.getLogger("ccfv")
+
+    def handler(stream: Any, level: int, run: bool) -> logging.Handler:
+        made = logging.StreamHandler(stream)
+        made.setLevel(level)
+        made.setFormatter(logging.Formatter("%(message)s"))
+        made.addFilter(lambda record: record.name.startswith(RUN_LOGGERS) == run)
+        return made
+
+    handlers = [handler(sys.stdout, logging.INFO, True),
+                handler(sys.stderr, logging.WARNING, False)]
+    level = logger.level
+    for made in handlers:
+        logger.addHandler(made)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for made in handlers:
+            logger.removeHandler(made)
+        logger.setLevel(level)
+
+
+def _backend(args: argparse.Namespace) -> Any:
+    """The feature backend of ``--backend``, ``--address`` and ``--retries``."""
+    from ccfv.backends import LocalBackend, check_retries
 
     if args.address is not None and args.backend != "ray":
         raise UserError(f"--address {args.address} is for --backend ray: add --backend ray "
                         "or drop --address")
-    if args.retries < 0:
-        raise UserError(f"--retries {args.retries}: give 0 or more")
-    check_cases(args.cases)
-    check_bootstrap(args.bootstrap)
-    if args.cases == 1 and args.bootstrap:
-        raise UserError(f"--cases 1 with --bootstrap {args.bootstrap}: the bootstrap resamples "
-                        "target cases and needs at least 2: give --cases 2 or more, or "
-                        "--bootstrap 0")
-    device = args.device or ("auto" if args.backend == "ray" else "cpu")
-    check_device(device, args.backend)
+    if args.backend == "ray":
+        from ccfv.backends.ray import RayBackend
+
+        return RayBackend(address=args.address, retries=args.retries)
+    check_retries(args.retries)
+    return LocalBackend()
+
+
+def _run_setup(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The settings and the backend of ``rank`` and ``demo``, every option checked before
+    any work (the device by the backend, --out and --cache-dir writable)."""
+    from ccfv.rank import RankSettings, check_folder
+
+    backend = _backend(args)
+    settings = RankSettings(methods=args.methods, cases=args.cases, seed=args.seed,
+                            device=args.device, cache_dir=args.cache_dir, budget=args.budget,
+                            autocast=args.autocast, bootstrap=args.bootstrap,
+                            progress=not args.quiet,
+                            failure_log=Path(args.out) / FAILURE_LOG)
+    backend.check_device(settings.device)
     check_folder(args.out, "--out")
     check_folder(args.cache_dir, "--cache-dir")
-    return device
+    return settings, backend
 
 
-def _run_rank(bank, data, args, methods, title, device=None) -> int:
+def _run_rank(bank: str | Path, data: str | Path, args: argparse.Namespace, settings: Any,
+              backend: Any, title: str) -> int:
     from ccfv.rank import rank
     from ccfv.report import ranking_table, write_report
 
-    device = device or _check_run_args(args)
-    failure_log = Path(args.out) / FAILURE_LOG
+    failure_log = settings.failure_log
     failure_log.unlink(missing_ok=True)  # this run's failures only
-    result = rank(bank, data, methods=methods, cases=args.cases, seed=args.seed,
-                  device=device, cache_dir=args.cache_dir, budget=args.budget,
-                  autocast=args.autocast, bootstrap=args.bootstrap,
-                  progress=not args.quiet, backend=args.backend, address=args.address,
-                  retries=args.retries, failure_log=failure_log)
+    result = rank(bank, data, settings, backend=backend)
+    details = result.details
     print()
-    print(ranking_table(result.scores, result.methods, result.details.get("bootstrap")))
-    details = dict(result.details)
+    print(ranking_table(result.scores, result.methods, details.get("bootstrap")))
     if result.failures:
         details["failures"] = result.failures
     paths = write_report(args.out, result.scores, result.methods, details, title=title)
     print(f"\nwrote {paths['csv']}, {paths['json']}, {paths['md']} and {paths['png']}")
-    method_failures = result.details.get("method_failures") or {}
+    method_failures = result.method_failures
     if result.failures or method_failures:
         if result.failures:
             print(f"{len(result.failures)} model(s) failed: {', '.join(result.failures)} "
@@ -83,24 +116,22 @@ def _run_rank(bank, data, args, methods, title, device=None) -> int:
     return 0
 
 
-def _cmd_rank(args) -> int:
-    methods = _methods(args.methods)
-    device = _check_run_args(args)
-    return _run_rank(args.bank, args.data, args, methods,
-                     f"ccfv ranking on {Path(args.data).name}", device)
+def _cmd_rank(args: argparse.Namespace) -> int:
+    settings, backend = _run_setup(args)
+    return _run_rank(args.bank, args.data, args, settings, backend,
+                     f"ccfv ranking on {Path(args.data).name}")
 
 
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from ccfv.demo import prepare
 
-    device = _check_run_args(args)
-    methods = _methods(args.methods)
+    settings, backend = _run_setup(args)
     print("ccfv demo: ranking 7 small MONAI 3D networks (UNet, SegResNet), pre-trained on "
           "source tasks made from\nthe MNI152 template (brain mask, white matter, an intensity "
           "band) or not pre-trained at all, on a\ngrey/white-matter target of 8 template crops "
           "with simulated scanner variation. Offline.\n")
     bank, data = prepare(Path(args.cache_dir) / "demo")
-    return _run_rank(bank, data, args, methods, "ccfv demo ranking", device)
+    return _run_rank(bank, data, args, settings, backend, "ccfv demo ranking")
 
 
 def _shape(text: str) -> list[int]:
@@ -117,7 +148,7 @@ def _shape(text: str) -> list[int]:
 def _cmd_layers(args) -> int:
     from ccfv.bank import list_layers, load_bank, load_model, resolve_layers
     from ccfv.errors import first_line
-    from ccfv.rank import window_hint
+    from ccfv.passes import window_hint
 
     shape_arg = _shape(args.shape) if args.shape else None
     entries = load_bank(args.bank)
@@ -169,10 +200,8 @@ def _cmd_layers(args) -> int:
     return 0
 
 
-def _cmd_evaluate(args) -> int:
-    import warnings
-
-    from ccfv.errors import CCFVWarning
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ccfv.errors import collect_ccfv_warnings
     from ccfv.evaluation import (
         evaluate,
         format_table,
@@ -191,10 +220,11 @@ def _cmd_evaluate(args) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:
             raise UserError("--methods names no method: give e.g. --methods ccfv,ccfv-official")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CCFVWarning)
+    with collect_ccfv_warnings() as caught:  # evaluate() says what matters in rows.warnings
         rows = evaluate(scores, truth, methods=methods, scores_name=str(args.scores),
                         truth_name=str(args.truth))
+    for text in dict.fromkeys(caught):
+        logging.getLogger(__name__).debug("estimator warning: %s", text)
     for message in rows.warnings:
         print(f"warning: {message}", file=sys.stderr)
     print(format_table(rows))
@@ -444,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with _messages():
+            return int(args.func(args))
     except UserError as error:
         print(f"ccfv {args.command}: error: {error}", file=sys.stderr)
         return 2

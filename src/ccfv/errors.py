@@ -9,6 +9,10 @@ and keeps its traceback.
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
 
 class UserError(ValueError):
@@ -21,6 +25,36 @@ class FeatureSetError(UserError):
 
 class CCFVWarning(UserWarning):
     """Something in the data made an estimator skip or adjust part of its computation."""
+
+
+@contextmanager
+def collect_ccfv_warnings(*, everything: bool = False) -> Iterator[list[str]]:
+    """The one place where the estimators' :class:`CCFVWarning` s are taken out of the output.
+
+    Inside the block every CCFVWarning is collected, not shown: the list this yields gets
+    each one's message, in order. Ranking, the bootstrap and ``ccfv evaluate`` score many
+    models and subsets whose adjustments (a class left out of a case, a near-singular
+    covariance) would otherwise repeat on every one; their callers log what they collected
+    (at DEBUG level: ``logging.getLogger("ccfv").setLevel("DEBUG")`` shows it). Other
+    warnings are shown as usual, unless ``everything`` (a probe on made-up data, whose
+    warnings say nothing about the user's data): then they are dropped as well.
+    """
+    collected: list[str] = []
+    with warnings.catch_warnings():
+        if everything:
+            warnings.simplefilter("ignore")
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            if issubclass(category, CCFVWarning):
+                collected.append(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", CCFVWarning)
+        yield collected
 
 
 def first_line(error: BaseException, *, printable: bool = False) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ccfv.files import atomic_write
 
 
-def ranking_table(scores: dict[str, dict[str, float]], methods: list[str],
+def ranking_table(scores: dict[str, dict[str, float | None]], methods: list[str],
                   bootstrap: dict | None = None) -> str:
     """A plain-text table of models ranked by the first method (best first).
 
@@ -128,8 +128,9 @@ def plot_scores(path: Path, scores: dict, methods: list[str], order: list[str],
     plt.close(fig)
 
 
-def write_report(out_dir: str | Path, scores: dict[str, dict[str, float]], methods: list[str],
-                 details: dict | None = None, title: str = "ccfv ranking") -> dict[str, Path]:
+def write_report(out_dir: str | Path, scores: dict[str, dict[str, float | None]],
+                 methods: list[str], details: dict | None = None,
+                 title: str = "ccfv ranking") -> dict[str, Path]:
     """Write ``scores.csv`` (``model`` + one column per method), ``scores.json``,
     ``scores.png`` (the first method's score per model as a dot with its bootstrap interval,
     :func:`plot_scores`) and ``report.md`` into ``out_dir``.

@@ -175,7 +175,7 @@ def dropped_voxels(plan: SamplingPlan, features: dict, layer_names: Sequence[str
     ----------
     plan : the sampling plan the features were extracted with.
     features : ``{layer: [(X, y) per case]}`` in the plan's case order, as
-        :func:`ccfv.rank.extract_model` returns (other keys are ignored).
+        :func:`ccfv.passes.extract_model` returns (other keys are ignored).
     layer_names : the plan's layers in ``features``, bottleneck -> output.
 
     Returns

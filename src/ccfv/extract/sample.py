@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.extract.windows import WindowLayout, window_layout
+from ccfv.progress import progress_bar
 
 __all__ = ["extract_at_points", "extract_at_points_naive", "Forward"]
 
@@ -205,10 +206,7 @@ def _extract(forward, image, points, roi_size, overlap, sw_batch_size, device, a
         padded = F.pad(image, pad, mode="constant", value=float(padding_value))
 
     use_autocast = bool(autocast) and device.type == "cuda"
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="windows", unit="win")
+    bar = progress_bar(len(todo), desc="windows", unit="win", enabled=progress)
     batch_size, pos = int(sw_batch_size), 0
     try:
         with torch.no_grad():

@@ -1,8 +1,10 @@
-"""The Ray backend of ``ccfv rank``: every (model, dataset) feature pass as one Ray task.
+"""The Ray feature backend (``ccfv rank --backend ray``): every (model, dataset) feature pass
+as one Ray task.
 
-:class:`RayFeaturePasses` submits one task per bank entry when it is built and, called with an
-entry, waits for that task and hands back what :func:`ccfv.rank.extract_model` returns, read
-from the feature cache. Scoring, the bootstrap and the reports stay on the driver
+:class:`RayBackend` implements :class:`ccfv.backends.FeatureBackend`: its :meth:`~RayBackend.run`
+joins (or starts) a Ray cluster and submits one task per bank entry at once; iterating what it
+returns waits for each task in bank order and hands back a :class:`ccfv.passes.ModelFeatures`
+read from the feature cache. Scoring, the bootstrap and the reports stay on the driver
 (:func:`ccfv.rank.rank`), so a Ray run gives the scores of a local run on the same features.
 
 What travels to a task is a small dict of paths and settings (:func:`task_spec`), never a
@@ -17,25 +19,33 @@ Ray retries a task whose worker process or node died, and a task that failed wit
 resumes from the cases already in the cache. A task that still fails is reported for its
 (model, dataset) pair and the other models are scored.
 
-``ray`` is imported here only, and only when a Ray run starts, so ``import ccfv`` never needs
-it; without it, :func:`require_ray` raises a :class:`ccfv.errors.UserError` with the install
-command.
+``ray`` is imported here only, and only when a Ray backend is built, so ``import ccfv`` (and
+``import ccfv.rank``) never needs it; without it, :func:`require_ray` raises a
+:class:`ccfv.errors.UserError` with the install command.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ccfv.backends.base import check_retries
 from ccfv.errors import UserError, first_line
+from ccfv.passes import ModelFeatures, extract_model, plan_maker, target_cases
 
-__all__ = ["INSTALL", "RayFeaturePasses", "RemoteReport", "entry_paths", "feature_pass",
-           "require_ray", "task_spec"]
+if TYPE_CHECKING:
+    from ccfv.passes import FeatureTarget
+
+__all__ = ["INSTALL", "RayBackend", "RayPasses", "entry_paths", "feature_pass", "remote_summary",
+           "require_ray", "task_device", "task_spec"]
+
+log = logging.getLogger(__name__)
 
 #: How to install the optional dependency.
 INSTALL = "pip install 'ccfv[ray]'"
@@ -44,7 +54,7 @@ SHARED_HINT = ("bank, checkpoints, data and --cache-dir must lie on a file syste
                "node of the Ray cluster sees under the same path")
 
 
-def require_ray():
+def require_ray() -> Any:
     """The ``ray`` module; a UserError with the install command when it is not installed."""
     try:
         import ray
@@ -55,21 +65,11 @@ def require_ray():
     return ray
 
 
-@dataclass(frozen=True)
-class RemoteReport:
-    """How a model's weights were set, as the task reported it (``LoadReport.summary()``),
-    plus where and how long its feature pass ran."""
-
-    text: str
-    host: str
-    seconds: float
-    hit: bool
-
-    def summary(self) -> str:
-        """The task's LoadReport summary and where the features were made or found."""
-        where = ("features found in the cache by" if self.hit
-                 else f"feature pass of {self.seconds:.1f} s on")
-        return f"{self.text}; {where} Ray worker {self.host}"
+def remote_summary(report: str, host: str, seconds: float, hit: bool) -> str:
+    """A task's LoadReport summary and where its features were made or found."""
+    where = ("features found in the cache by" if hit
+             else f"feature pass of {seconds:.1f} s on")
+    return f"{report}; {where} Ray worker {host}"
 
 
 def entry_paths(entry) -> list[tuple[str, str]]:
@@ -79,8 +79,9 @@ def entry_paths(entry) -> list[tuple[str, str]]:
     return entry_files(entry)
 
 
-def task_spec(entry, *, bank, data, cases, seed, case_ids, data_fp, budget, counts,
-              cache_dir, device, autocast) -> dict:
+def task_spec(entry: Any, *, bank: str | Path, data: str | Path, cases: int | None, seed: int,
+              case_ids: list[str], data_fp: str, budget: str, counts: tuple[int, ...] | list[int],
+              cache_dir: str | Path, device: str, autocast: bool) -> dict[str, Any]:
     """The plain, small dict a task needs to redo one model's feature pass: absolute paths
     (resolved on the driver, so the worker's working folder does not matter) and settings."""
     return {"bank": str(Path(bank).resolve()), "model": entry.name,
@@ -94,13 +95,13 @@ def _cannot_see(host: str, what: str, path: str) -> UserError:
     return UserError(f"Ray worker {host} cannot see the {what} {path}: {SHARED_HINT}")
 
 
-def feature_pass(spec: dict) -> dict:
+def feature_pass(spec: dict[str, Any]) -> dict[str, Any]:
     """One model's feature pass on one dataset, as a Ray task runs it (callable without Ray).
 
     Checks that this process sees the bank file, the data folder, the feature cache (and can
     write to it) and every file of the entry, reads them from their paths, selects the cases
     as the driver did (same ids, same data fingerprint), and runs
-    :func:`ccfv.rank.extract_model` into the feature cache of ``spec["cache_dir"]``.
+    :func:`ccfv.passes.extract_model` into the feature cache of ``spec["cache_dir"]``.
 
     Returns ``{"key", "layers", "report", "hit", "seconds", "host"}``: the cache key of the
     feature set, the hooked layers (as text), the LoadReport summary, whether the features were
@@ -114,8 +115,8 @@ def feature_pass(spec: dict) -> dict:
     """
     from ccfv.bank import fingerprint, load_bank
     from ccfv.data import load_case
+    from ccfv.data.fingerprint import data_fingerprint
     from ccfv.extract import FeatureCache, cache_key
-    from ccfv.rank import data_fingerprint, extract_model, plan_maker, target_cases
 
     host = socket.gethostname()
     needed = [("bank file", spec["bank"]), ("data folder", spec["data"]),
@@ -142,16 +143,15 @@ def feature_pass(spec: dict) -> dict:
     loaded = [load_case(case, dataset.labels) for case in chosen]
     plan_for = plan_maker(loaded, spec["budget"], spec["counts"], spec["seed"])
     cache = FeatureCache(spec["cache_dir"])
-    _, report, layers, hit = extract_model(entry, loaded, plan_for, cache, data_fp,
-                                           spec["device"], spec["autocast"], progress=False,
-                                           case_files={c.case_id: str(c.images[0])
-                                                       for c in chosen})
-    key = cache_key(fingerprint(entry), data_fp, plan_for(len(layers)).fingerprint())
-    return {"key": key, "layers": [str(spec_) for spec_ in layers], "report": report.summary(),
-            "hit": bool(hit), "seconds": time.perf_counter() - start, "host": host}
+    done = extract_model(entry, loaded, plan_for, cache, data_fp, spec["device"],
+                         spec["autocast"], progress=False,
+                         case_files={c.case_id: str(c.images[0]) for c in chosen})
+    key = cache_key(fingerprint(entry), data_fp, plan_for(len(done.layers)).fingerprint())
+    return {"key": key, "layers": list(done.layers), "report": done.summary,
+            "hit": bool(done.hit), "seconds": time.perf_counter() - start, "host": host}
 
 
-def task_device(ray, device: str) -> tuple[str, dict]:
+def task_device(ray: Any, device: str) -> tuple[str, dict[str, int]]:
     """The torch device a task uses and its Ray resource request, for ``device``.
 
     ``auto``: one GPU per task when the cluster has GPUs, else one CPU. ``cuda``: one GPU per
@@ -171,34 +171,68 @@ def task_device(ray, device: str) -> tuple[str, dict]:
     return device, {"num_cpus": 1}
 
 
-class RayFeaturePasses:
-    """Every entry's feature pass as a Ray task, submitted when this object is built.
+class RayBackend:
+    """Feature passes as Ray tasks (``--backend ray``), one per bank entry.
 
     Parameters
     ----------
-    entries : the bank entries (parsed on the driver; only their names and paths travel).
-    bank, data, cases, seed, case_ids, data_fp, budget, counts, cache_dir, autocast :
-        as in :func:`ccfv.rank.rank`, with the driver's case selection and data fingerprint.
-    device : ``auto`` (a GPU per task when the cluster has GPUs), ``cuda`` or ``cpu``.
     address : the Ray cluster to join (``ray.init(address=...)``); None: ``$RAY_ADDRESS``,
         else a cluster started with ``ray start`` on this machine, else a new local one. When
         Ray is already initialised in this process, that connection is used as it is.
-    retries : how often Ray retries a task whose worker died or that raised ``OSError``.
-    cache : the driver's FeatureCache over the same folder, from which results are read.
+    retries : how often Ray retries a task whose worker died or that raised ``OSError``
+        before its model counts as failed (0 or more).
 
-    Calling the object with an entry waits for its task and returns ``(features, report,
-    layers, hit)`` as :func:`ccfv.rank.extract_model` does, or raises a UserError naming the
-    (model, dataset) pair when the task failed. A Ray instance started here is shut down once
-    every entry has been collected.
+    Building one checks both and that Ray is installed (a UserError with the install command
+    otherwise); nothing connects to a cluster before :meth:`run`.
     """
 
-    def __init__(self, entries: Sequence, *, bank, data, cases, seed, case_ids, data_fp,
-                 budget, counts, cache_dir, device: str, autocast: bool, cache,
-                 address: str | None = None, retries: int = 3, log: Callable = print):
+    name = "ray"
+
+    def __init__(self, address: str | None = None, retries: int = 3):
+        check_retries(retries)
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise UserError(f"--address {address!r}: give the cluster's HOST:PORT as "
+                            "`ray start --head` prints it, or leave it out")
+        require_ray()
+        self.address, self.retries = address, retries
+
+    def check_device(self, device: str | None) -> str:
+        """``auto`` (the default: a GPU per task when the cluster has GPUs, else a CPU),
+        ``cpu`` or ``cuda``; the cluster's GPUs are checked when it is joined."""
+        device = "auto" if device is None else device
+        if device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device {device} with --backend ray: give cpu, cuda (one GPU "
+                            "per task, Ray assigns it) or leave it out (a GPU per task when "
+                            "the cluster has GPUs)")
+        return device
+
+    def run(self, target: FeatureTarget, device: str) -> RayPasses:
+        """Join or start the cluster and submit every entry's task."""
+        return RayPasses(target, device, address=self.address, retries=self.retries)
+
+    def __repr__(self) -> str:
+        return f"RayBackend(address={self.address!r}, retries={self.retries})"
+
+
+class RayPasses:
+    """Every entry's feature pass as a Ray task, submitted when this object is built.
+
+    ``target`` is the driver's prepared target (its case selection, data fingerprint and
+    feature cache; only names and paths travel); ``device`` ``auto``, ``cuda`` or ``cpu``
+    (:meth:`RayBackend.check_device`), resolved here against the cluster into ``self.device``.
+
+    Iterating waits for each task in bank order and yields its ModelFeatures, read from the
+    cache (a failed task: ``error`` a UserError naming the (model, dataset) pair). A Ray
+    instance started here is shut down once every entry has been collected, or on
+    :meth:`close`.
+    """
+
+    def __init__(self, target: FeatureTarget, device: str, *, address: str | None = None,
+                 retries: int = 3):
         ray = require_ray()
-        if retries < 0:
-            raise UserError(f"retries must be 0 or more, got {retries}")
-        self._ray, self._cache, self._data, self._retries = ray, cache, str(data), retries
+        self._ray, self._cache, self._data, self._retries = ray, target.cache, str(target.data), \
+            retries
+        self._entries = list(target.entries)
         self._started = False
         if not ray.is_initialized():
             try:
@@ -212,23 +246,33 @@ class RayFeaturePasses:
                                 "RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token "
                                 "or RAY_AUTH_TOKEN") from None
             self._started = True
+        cache_dir = target.cache_dir
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         self.device, resources = task_device(ray, device)
         remote = ray.remote(feature_pass).options(
             max_retries=retries, retry_exceptions=[OSError], **resources)
-        self._pending = {}
-        for entry in entries:
-            spec = task_spec(entry, bank=bank, data=data, cases=cases, seed=seed,
-                             case_ids=case_ids, data_fp=data_fp, budget=budget, counts=counts,
-                             cache_dir=cache_dir, device=self.device, autocast=autocast)
+        self._pending: dict[str, Any] = {}
+        for entry in self._entries:
+            spec = task_spec(entry, bank=target.bank, data=target.data, cases=target.cases,
+                             seed=target.seed, case_ids=target.case_ids,
+                             data_fp=target.data_fp, budget=target.budget,
+                             counts=target.counts, cache_dir=cache_dir, device=self.device,
+                             autocast=target.autocast)
             self._pending[entry.name] = remote.remote(spec)
         resources_text = ", ".join(f"{v:g} {k}" for k, v in sorted(
             ray.cluster_resources().items()) if k in ("CPU", "GPU"))
-        log(f"ray: {len(self._pending)} feature pass(es) submitted to a cluster of "
-            f"{resources_text} ({'1 GPU' if 'num_gpus' in resources else '1 CPU'} each); "
-            f"features land in {Path(cache_dir).resolve()}")
+        log.info(f"ray: {len(self._pending)} feature pass(es) submitted to a cluster of "
+                 f"{resources_text} ({'1 GPU' if 'num_gpus' in resources else '1 CPU'} each); "
+                 f"features land in {Path(cache_dir).resolve()}")
 
-    def __call__(self, entry):
+    def __iter__(self) -> Iterator[ModelFeatures]:
+        for entry in self._entries:
+            try:
+                yield self._collect(entry)
+            except Exception as error:  # noqa: BLE001 - one model's failure is that model's
+                yield ModelFeatures(entry.name, error=error)
+
+    def _collect(self, entry: Any) -> ModelFeatures:
         ray = self._ray
         pair = f"({entry.name}, {self._data})"
         try:
@@ -241,7 +285,8 @@ class RayFeaturePasses:
             failure = UserError(f"feature pass of {pair} failed on the Ray cluster: "
                                 f"{type(cause).__name__}: {first_line(cause)}")
             # the worker's traceback, for the run's failure log (ccfv.rank names the file)
-            failure.traceback_text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # no colours
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # no colours
+            failure.traceback_text = text  # type: ignore[attr-defined]
             raise failure from None
         except ray.exceptions.RayError as error:  # worker or node died, all retries spent
             raise UserError(f"feature pass of {pair} failed on the Ray cluster after "
@@ -255,8 +300,9 @@ class RayFeaturePasses:
             path = self._cache.path(out["key"])
             raise UserError(f"feature pass of {pair} finished on Ray worker {out['host']}, but "
                             f"its features {path} are not readable here: {SHARED_HINT}")
-        report = RemoteReport(out["report"], out["host"], out["seconds"], out["hit"])
-        return features, report, out["layers"], out["hit"]
+        summary = remote_summary(out["report"], out["host"], out["seconds"], out["hit"])
+        return ModelFeatures(entry.name, features, tuple(out["layers"]), summary,
+                             hit=bool(out["hit"]))
 
     def close(self) -> None:
         """Cancel the tasks not collected yet and shut down a Ray instance started here."""
