@@ -19,15 +19,7 @@ SRC = Path(ccfv.__file__).resolve().parent
 ROOT = SRC.parent
 
 #: Import edges of cycles that other parts of issue 15 remove, ignored until then.
-KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {
-    # issue 15 item 2 (feature-pass seam, helper B): rank imports the Ray backend, which
-    # imports rank's helpers back; remove once rank no longer imports ray_backend
-    ("ccfv.ray_backend", "ccfv.rank"): "issue 15 item 2",
-    # issue 15 item 3 (files with one job each; the bench/ part waits for issue 13's protocol):
-    # bench.config looks up bench.train's architectures, which import bench.networks, which
-    # imports bench.config
-    ("ccfv.bench.config", "ccfv.bench.train"): "issue 15 item 3",
-}
+KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 #: Places outside a kind's own file that name a kind key, each with its reason:
 #: (module, the key) -> why.

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import yaml
 
+from ccfv.bench.sizes import spatial_size
 from ccfv.errors import UserError
 
 DEFAULTS: dict = {
@@ -126,12 +127,6 @@ def _merge(base: dict, override: dict, where: str) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def spatial_size(size) -> list[int]:
-    """A benchmark ``size`` as one value per spatial axis: an int is a square 2D image
-    (``64`` -> ``[64, 64]``), a list is kept (``[48, 48, 24]``)."""
-    return [int(size)] * 2 if isinstance(size, Integral) else [int(v) for v in size]
 
 
 @dataclass(frozen=True)
@@ -292,7 +287,7 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
             raise UserError(f"{path}: task {name!r}: {task_dir / 'dataset.json'} not found; tasks "
                             "are Decathlon folders (dataset.json, imagesTr, labelsTr) under "
                             f"data_root ({root})")
-    from ccfv.bench.train import ARCHITECTURES
+    from ccfv.bench.networks import ARCHITECTURES
     from ccfv.estimators.registry import get_estimator
 
     for arch in config["architectures"]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ccfv.bank.build import resolve_callable
-from ccfv.bench.config import spatial_size
+from ccfv.bench.sizes import spatial_size
 from ccfv.errors import UserError
 
 __all__ = ["ARCHITECTURES", "build_network", "head_module", "network_spec"]

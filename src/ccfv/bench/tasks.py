@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ccfv.bench.config import spatial_size
+from ccfv.bench.sizes import spatial_size
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.files import atomic_write
 

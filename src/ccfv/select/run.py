@@ -91,10 +91,12 @@ def check_inputs(bank: str | Path, data: str | Path, settings: SelectSettings,
                  out: str | Path) -> tuple[Budget, Target]:
     """Every option, the output and cache folders, the bank file and the target's split,
     checked before any model runs. Returns the budget and the split target."""
+    from ccfv.backends import check_torch_device
     from ccfv.bank import load_bank
     from ccfv.data import load_case
     from ccfv.data.fingerprint import data_fingerprint
-    from ccfv.rank import check_cases, check_device, check_folder, target_cases
+    from ccfv.passes import target_cases
+    from ccfv.rank import check_cases, check_folder
 
     s = settings
     if isinstance(s.top, bool) or not isinstance(s.top, int) or s.top < 1:
@@ -107,7 +109,7 @@ def check_inputs(bank: str | Path, data: str | Path, settings: SelectSettings,
     if s.save_every < 1:
         raise UserError(f"--save-every {s.save_every}: give 1 or more steps")
     check_cases(s.cases)
-    check_device(s.device)
+    check_torch_device(s.device)
     check_folder(out, "--out")
     check_folder(s.cache_dir, "--cache-dir")
     entries = load_bank(bank)
@@ -141,7 +143,7 @@ def prepare_candidate(entry, target: Target, settings: SelectSettings, seed: int
     training labels onto its grid and re-initialise its head for the target's classes."""
     from ccfv.bank import load_model
     from ccfv.bank.preprocess import entry_preprocess  # the entry's own (bundle, nnU-Net, yaml)
-    from ccfv.rank import check_dimensionality
+    from ccfv.passes import check_dimensionality
     from ccfv.training import PatchSampler, TrainCase, label_on_grid, replace_head
     from ccfv.training.validate import ValCase
 
