@@ -59,7 +59,8 @@ def test_the_bench_report_sets_apart_only_the_variant_study():
 
     for method in ("ccfv-paper[variety_only=true]", "ccfv[consistency_only=true]",
                    "ccfv-official[layers=last]", "ccfv-paper[distance=kl]",
-                   "ccfv-paper[normalize=false]"):
+                   "ccfv-paper[normalize=false]", "ccfv@proportional",
+                   "ccfv-official@proportional"):
         assert is_ablation(method), method
     for method in ("ccfv", "ccfv-paper", "ccfv-official", "ccfv-pca", "ccfv-pca[whiten=true]",
                    "ccfv-null", "ccfv-hscore", "logme", "nleep[mixture=sklearn; threads=null]"):

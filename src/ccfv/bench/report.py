@@ -395,10 +395,12 @@ ABLATION_OPTIONS = ("variety_only", "consistency_only", "layers", "distance", "n
 
 
 def is_ablation(method: str) -> bool:
-    """A CC-FV variant of the variant study (``ccfv-paper[layers=last]``), reported apart; the
-    CC-FV estimators (``ccfv``, ``ccfv-pca[whiten=true]``, ...) are methods like the baselines."""
+    """A CC-FV variant of the variant study (``ccfv-paper[layers=last]``) or under the
+    proportional sampling budget (``ccfv@proportional``), reported apart; the CC-FV estimators
+    (``ccfv``, ``ccfv-pca[whiten=true]``, ...) are methods like the baselines."""
     options = method.partition("[")[2]
-    return method.startswith("ccfv") and any(f"{o}=" in options for o in ABLATION_OPTIONS)
+    return method.startswith("ccfv") and (
+        "@" in method or any(f"{o}=" in options for o in ABLATION_OPTIONS))
 
 
 def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
