@@ -28,11 +28,28 @@ from ccfv.errors import CCFVWarning, UserError
 #: The incumbent: the default stays this unless a candidate qualifies.
 INCUMBENT = "ccfv"
 #: CC-FV-family estimators that may become the default (exact registry strings).
-CANDIDATES = ["ccfv", "ccfv-paper", "ccfv-official", "ccfv-pca", "ccfv-pca[whiten=true]",
-              "ccfv-null", "ccfv-hscore"]
+CANDIDATES = [
+    "ccfv",
+    "ccfv-paper",
+    "ccfv-official",
+    "ccfv-pca",
+    "ccfv-pca[whiten=true]",
+    "ccfv-null",
+    "ccfv-hscore",
+]
 #: The baselines a candidate must beat.
-BASELINES = ["logme", "transrate", "leep", "gbc", "hscore", "reg-hscore", "nleep", "nce",
-             "parc", "sfda"]
+BASELINES = [
+    "logme",
+    "transrate",
+    "leep",
+    "gbc",
+    "hscore",
+    "reg-hscore",
+    "nleep",
+    "nce",
+    "parc",
+    "sfda",
+]
 #: Reliable targets: split-half Spearman of the fine-tuned Dice >= this (issue 13).
 THRESHOLD = 0.8
 #: Bootstrap replicates of the ground truth and their seed (as the benchmark report).
@@ -50,8 +67,9 @@ def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def within_architecture_tau(scores: Mapping[str, float | None], truth: Mapping[str, float]
-                            ) -> float | None:
+def within_architecture_tau(
+    scores: Mapping[str, float | None], truth: Mapping[str, float]
+) -> float | None:
     """Mean over architectures (the model name's part before ``__``) with >= 3 scored models
     of the weighted tau between the scores and the mean Dice among that architecture's
     models; None when no architecture has 3."""
@@ -70,8 +88,9 @@ def within_architecture_tau(scores: Mapping[str, float | None], truth: Mapping[s
     return float(np.mean(taus)) if taus else None
 
 
-def target_tables(summary: Mapping, methods: Sequence[str], n_boot: int = N_BOOT,
-                  seed: int = SEED) -> dict:
+def target_tables(
+    summary: Mapping, methods: Sequence[str], n_boot: int = N_BOOT, seed: int = SEED
+) -> dict:
     """Per target: the reliability, each method's statistics (``estimator_statistics``), its
     within-architecture tau, the runs and the replicates (for paired comparisons)."""
     from ccfv.reliability import TargetRuns, target_report
@@ -82,15 +101,19 @@ def target_tables(summary: Mapping, methods: Sequence[str], n_boot: int = N_BOOT
         runs = TargetRuns.from_models(models)
         if len(runs.usable()) < 3:
             continue
-        scores = {name: {k: v for k, v in m.get("scores", {}).items() if k in methods}
-                  for name, m in models.items()}
+        scores = {
+            name: {k: v for k, v in m.get("scores", {}).items() if k in methods}
+            for name, m in models.items()
+        }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CCFVWarning)
             report = target_report(runs, scores, n_boot=n_boot, seed=seed)
         report["within"] = {
-            method: within_architecture_tau({m: scores[m].get(method) for m in scores},
-                                            report["truth"])
-            for method in methods}
+            method: within_architecture_tau(
+                {m: scores[m].get(method) for m in scores}, report["truth"]
+            )
+            for method in methods
+        }
         out[t] = {"report": report, "runs": runs, "scores": scores}
     return out
 
@@ -106,48 +129,74 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def apply_rule(summary: Mapping, candidates: Sequence[str] = tuple(CANDIDATES),
-               baselines: Sequence[str] = tuple(BASELINES), threshold: float = THRESHOLD,
-               n_boot: int = N_BOOT, seed: int = SEED) -> dict:
+def apply_rule(
+    summary: Mapping,
+    candidates: Sequence[str] = tuple(CANDIDATES),
+    baselines: Sequence[str] = tuple(BASELINES),
+    threshold: float = THRESHOLD,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> dict:
     """The decision: ``default`` (the method chosen), ``qualified``, per candidate the checks,
     the best baseline, the reliable targets and every figure the README reports."""
     from ccfv.reliability import across_targets, paired_difference
 
     methods = list(dict.fromkeys([*candidates, *baselines]))
     tables = target_tables(summary, methods, n_boot, seed)
-    reliable = [t for t, tab in tables.items()
-                if ((tab["report"]["reliability"] or {}).get("spearman") or -2) >= threshold]
-    result: dict = {"threshold": threshold, "reliable": reliable, "n_boot": n_boot,
-                    "seed": seed, "incumbent": INCUMBENT,
-                    "targets": {t: {"reliability": tables[t]["report"]["reliability"]}
-                                for t in tables}}
+    reliable = [
+        t
+        for t, tab in tables.items()
+        if ((tab["report"]["reliability"] or {}).get("spearman") or -2) >= threshold
+    ]
+    result: dict = {
+        "threshold": threshold,
+        "reliable": reliable,
+        "n_boot": n_boot,
+        "seed": seed,
+        "incumbent": INCUMBENT,
+        "targets": {t: {"reliability": tables[t]["report"]["reliability"]} for t in tables},
+    }
     if not reliable:
-        result.update(default=INCUMBENT, qualified=[], best_baseline=None, candidates={},
-                      decision="no reliable target: the default stays " + INCUMBENT)
+        result.update(
+            default=INCUMBENT,
+            qualified=[],
+            best_baseline=None,
+            candidates={},
+            decision="no reliable target: the default stays " + INCUMBENT,
+        )
         return result
 
     def summary_of(method: str) -> dict:
         per = {t: _wtau(tables[t], method) for t in reliable}
         stats = [tables[t]["report"]["estimators"].get(method, {}) for t in reliable]
         top3 = [s.get("top3_recall") for s in stats if "top3_recall" in s]
-        return {"scored_on_all": all(v is not None for v in per.values()),
-                "weighted_tau": _mean(per.values()),
-                "weighted_tau_per_target": {
-                    t: tables[t]["report"]["estimators"].get(method, {}).get("weighted_tau")
-                    for t in reliable},
-                "within_architecture_tau": _mean(tables[t]["report"]["within"].get(method)
-                                                 for t in reliable),
-                "top3_recall": float(np.mean(top3)) if top3 else None}
+        return {
+            "scored_on_all": all(v is not None for v in per.values()),
+            "weighted_tau": _mean(per.values()),
+            "weighted_tau_per_target": {
+                t: tables[t]["report"]["estimators"].get(method, {}).get("weighted_tau")
+                for t in reliable
+            },
+            "within_architecture_tau": _mean(
+                tables[t]["report"]["within"].get(method) for t in reliable
+            ),
+            "top3_recall": float(np.mean(top3)) if top3 else None,
+        }
 
     figures = {m: summary_of(m) for m in methods}
     scored = [b for b in baselines if figures[b]["scored_on_all"]]
     if not scored:
-        raise UserError("no baseline is scored on every reliable target: the rule compares "
-                        "with the best baseline; run the benchmark with the baselines")
+        raise UserError(
+            "no baseline is scored on every reliable target: the rule compares "
+            "with the best baseline; run the benchmark with the baselines"
+        )
 
-    def order(m):   # higher mean weighted tau first; within TIE: within-architecture tau
-        return (-(figures[m]["weighted_tau"] or -math.inf),
-                -(figures[m]["within_architecture_tau"] or -math.inf), m)
+    def order(m):  # higher mean weighted tau first; within TIE: within-architecture tau
+        return (
+            -(figures[m]["weighted_tau"] or -math.inf),
+            -(figures[m]["within_architecture_tau"] or -math.inf),
+            m,
+        )
 
     best_wtau = max(figures[b]["weighted_tau"] for b in scored)
     tied = [b for b in scored if figures[b]["weighted_tau"] >= best_wtau - TIE]
@@ -167,48 +216,61 @@ def apply_rule(summary: Mapping, candidates: Sequence[str] = tuple(CANDIDATES),
             tab = tables[t]
             a = {m: tab["scores"][m].get(c) for m in tab["scores"]}
             b = {m: tab["scores"][m].get(best) for m in tab["scores"]}
-            paired[t] = paired_difference(a, b, tab["runs"], "weighted_tau",
-                                          replicates=tab["report"]["replicates"])
+            paired[t] = paired_difference(
+                a, b, tab["runs"], "weighted_tau", replicates=tab["report"]["replicates"]
+            )
         diffs = [paired[t]["difference"] for t in reliable]
         across = across_targets(diffs, seed=seed)
         row["paired"] = paired
         row["across"] = across
         row["beats_mean"] = f["weighted_tau"] > figures[best]["weighted_tau"]
         row["no_interval_below_zero"] = all(
-            paired[t]["interval"] is not None and paired[t]["interval"][1] >= 0
-            for t in reliable)
+            paired[t]["interval"] is not None and paired[t]["interval"][1] >= 0 for t in reliable
+        )
         if len(reliable) >= MIN_TARGETS_FOR_TEST:
             row["test"] = f"sign-flip permutation p < {LEVEL} and mean difference > 0"
-            row["passes_test"] = bool(across["permutation_p"] is not None
-                                      and across["permutation_p"] < LEVEL
-                                      and (across["mean"] or 0) > 0)
+            row["passes_test"] = bool(
+                across["permutation_p"] is not None
+                and across["permutation_p"] < LEVEL
+                and (across["mean"] or 0) > 0
+            )
         else:
-            row["test"] = (f"{len(reliable)} reliable target(s) < {MIN_TARGETS_FOR_TEST}: the "
-                           "difference must be > 0 on every reliable target")
+            row["test"] = (
+                f"{len(reliable)} reliable target(s) < {MIN_TARGETS_FOR_TEST}: the "
+                "difference must be > 0 on every reliable target"
+            )
             row["passes_test"] = all(_finite(d) and d > 0 for d in diffs)
-        row["qualifies"] = bool(row["beats_mean"] and row["no_interval_below_zero"]
-                                and row["passes_test"])
+        row["qualifies"] = bool(
+            row["beats_mean"] and row["no_interval_below_zero"] and row["passes_test"]
+        )
         checks[c] = row
     result["candidates"] = checks
     qualified = [c for c in candidates if checks[c]["qualifies"]]
     result["qualified"] = qualified
     if not qualified:
         result["default"] = INCUMBENT
-        result["decision"] = (f"no candidate beats the best baseline {best}: the default "
-                              f"stays {INCUMBENT}")
+        result["decision"] = (
+            f"no candidate beats the best baseline {best}: the default stays {INCUMBENT}"
+        )
         return result
     top = max(figures[c]["weighted_tau"] for c in qualified)
     tied = [c for c in qualified if figures[c]["weighted_tau"] >= top - TIE]
     if INCUMBENT in tied and len(tied) > 1:
         # the incumbent keeps its place unless beaten on within-architecture tau too
-        others = [c for c in tied if c != INCUMBENT and (
-            figures[c]["within_architecture_tau"] or -math.inf)
-            > (figures[INCUMBENT]["within_architecture_tau"] or -math.inf)]
+        others = [
+            c
+            for c in tied
+            if c != INCUMBENT
+            and (figures[c]["within_architecture_tau"] or -math.inf)
+            > (figures[INCUMBENT]["within_architecture_tau"] or -math.inf)
+        ]
         tied = [INCUMBENT] if not others else others
     chosen = sorted(tied, key=lambda c: order(c)[1:])[0]
     result["default"] = chosen
-    result["decision"] = (f"{chosen} qualifies (beats {best}) with the highest mean weighted "
-                          f"tau over the reliable targets: it is the default")
+    result["decision"] = (
+        f"{chosen} qualifies (beats {best}) with the highest mean weighted "
+        f"tau over the reliable targets: it is the default"
+    )
     return result
 
 
@@ -217,17 +279,25 @@ def _f(x, digits=3) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# The default by the pre-registered rule", "",
-             f"Reliable targets (split-half Spearman >= {result['threshold']}): "
-             f"{', '.join(result['reliable']) or 'none'}", "",
-             f"**Decision: {result['decision']}.**", ""]
+    lines = [
+        "# The default by the pre-registered rule",
+        "",
+        f"Reliable targets (split-half Spearman >= {result['threshold']}): "
+        f"{', '.join(result['reliable']) or 'none'}",
+        "",
+        f"**Decision: {result['decision']}.**",
+        "",
+    ]
     if not result.get("figures"):
         return "\n".join(lines) + "\n"
     best = result["best_baseline"]
-    lines += [f"Best baseline: `{best}`.", "",
-              "| method | mean weighted tau | within-architecture tau | top-3 recall | "
-              "d vs best baseline (mean) | positive targets | permutation p | qualifies |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"Best baseline: `{best}`.",
+        "",
+        "| method | mean weighted tau | within-architecture tau | top-3 recall | "
+        "d vs best baseline (mean) | positive targets | permutation p | qualifies |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m, f in result["figures"].items():
         c = result["candidates"].get(m, {})
         across = c.get("across", {})
@@ -236,7 +306,8 @@ def markdown(result: dict) -> str:
             f"{_f(f['top3_recall'], 2)} | {_f(across.get('mean'))} | "
             f"{across.get('positive', '-')}/{across.get('n', '-')} | "
             f"{_f(across.get('permutation_p'))} | "
-            f"{'yes' if c.get('qualifies') else ('no' if c else 'baseline')} |")
+            f"{'yes' if c.get('qualifies') else ('no' if c else 'baseline')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -247,12 +318,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if not args.summary.is_file():
-            raise UserError(f"--summary {args.summary}: no such file; pass the summary.json "
-                            "that ccfv bench wrote")
+            raise UserError(
+                f"--summary {args.summary}: no such file; pass the summary.json "
+                "that ccfv bench wrote"
+            )
         summary = json.loads(args.summary.read_text())
         if "targets" not in summary:
-            raise UserError(f"--summary {args.summary}: no 'targets' key; is it a ccfv bench "
-                            "summary.json?")
+            raise UserError(
+                f"--summary {args.summary}: no 'targets' key; is it a ccfv bench summary.json?"
+            )
         result = apply_rule(summary)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -49,15 +49,20 @@ def make_features(rng, n_cases, dims, samples, classes):
     for layer, (d, n) in enumerate(zip(dims, samples)):
         cases = []
         for _ in range(n_cases):
-            X = np.concatenate([rng.normal(size=(n, d)) * rng.uniform(0.5, 1.5) + 0.5 * k
-                                for k in range(classes + 1)])
+            X = np.concatenate(
+                [
+                    rng.normal(size=(n, d)) * rng.uniform(0.5, 1.5) + 0.5 * k
+                    for k in range(classes + 1)
+                ]
+            )
             cases.append((X, np.repeat(np.arange(classes + 1), n)))
         features[f"layer{layer}"] = cases
     return features
 
 
-def baseline_features(seed=0, n_cases=20, per_class=400, d=32, classes=3, latent=8,
-                      source_classes=5):
+def baseline_features(
+    seed=0, n_cases=20, per_class=400, d=32, classes=3, latent=8, source_classes=5
+):
     """The 24,000 x 32 set of part 1 and its source predictions (see the module docstring)."""
     rng = np.random.default_rng(seed)
     W = rng.normal(size=(latent, d)) / np.sqrt(latent)
@@ -66,8 +71,11 @@ def baseline_features(seed=0, n_cases=20, per_class=400, d=32, classes=3, latent
     cases, predictions = [], []
     for _ in range(n_cases):
         y = np.repeat(np.arange(classes), per_class)
-        Z = (centres[y] + rng.normal(size=latent) * 0.3
-             + rng.normal(size=(y.size, latent)) * rng.uniform(0.5, 1.5, size=latent))
+        Z = (
+            centres[y]
+            + rng.normal(size=latent) * 0.3
+            + rng.normal(size=(y.size, latent)) * rng.uniform(0.5, 1.5, size=latent)
+        )
         X = np.maximum(Z @ W, 0) + 0.05 * rng.normal(size=(y.size, d))
         logits = X @ head + rng.normal(size=(y.size, source_classes))
         P = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -114,29 +122,33 @@ def timed_cpu(fn, repeats=1):
 def compare(label, fast, t_fast, slow, t_slow):
     rel = abs(fast - slow) / max(abs(slow), np.finfo(float).tiny)
     print(f"   {label:40s} {t_slow:7.2f} s   value {slow:.12g}")
-    print(f"   {'':40s} -> {t_slow / t_fast:5.2f}x faster now, values differ by {rel:.1e} "
-          "relative")
+    print(f"   {'':40s} -> {t_slow / t_fast:5.2f}x faster now, values differ by {rel:.1e} relative")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N=50 instead of 200 in part 2")
-    parser.add_argument("--sqrtm", action="store_true",
-                        help="also part 3, the comparison with the sqrtm reference (minutes)")
+    parser.add_argument(
+        "--sqrtm",
+        action="store_true",
+        help="also part 3, the comparison with the sqrtm reference (minutes)",
+    )
     args = parser.parse_args()
     blas = sorted({(i.get("internal_api"), i.get("num_threads")) for i in threadpool_info()})
-    print(f"BLAS/OpenMP threads {blas}; CC-FV W2 workers by default {default_workers()}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"BLAS/OpenMP threads {blas}; CC-FV W2 workers by default {default_workers()}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
     features, predictions = baseline_features()
     n = sum(len(y) for _, y in features["layer"])
     d = features["layer"][0][0].shape[1]
-    print(f"1) every estimator, one call on {n} samples x {d} channels, 3 classes "
-          "(target <= 2 s)")
+    print(f"1) every estimator, one call on {n} samples x {d} channels, 3 classes (target <= 2 s)")
     times = {}
     for name, estimator in ESTIMATORS.items():
-        value, seconds = timed(lambda e=estimator: e(features, predictions
-                                                     if e.needs_predictions else None), 2)
+        value, seconds = timed(
+            lambda e=estimator: e(features, predictions if e.needs_predictions else None), 2
+        )
         times[name] = (value, seconds)
         print(f"   {name:40s} {seconds:7.2f} s   value {value:.12g}")
         if name == "nleep":
@@ -152,16 +164,22 @@ def main():
     rng = np.random.default_rng(0)
     n_cases = 50 if args.quick else 200
     features = make_features(rng, n_cases, [256, 128, 64], [100, 200, 400], 1)
-    print(f"2) ccfv, N={n_cases}, 3 layers (dims 256/128/64, samples 100/200/400 per class) "
-          "(target < 30 s at N=200)")
+    print(
+        f"2) ccfv, N={n_cases}, 3 layers (dims 256/128/64, samples 100/200/400 per class) "
+        "(target < 30 s at N=200)"
+    )
     score = get_estimator("ccfv")
     fast, t_fast, cpu_fast = timed_cpu(lambda: score(features))
-    print(f"   {f'ccfv (W2 pairs on {default_workers()} threads)':40s} {t_fast:7.2f} s   "
-          f"value {fast:.12f}   CPU {cpu_fast:.2f} s")
+    print(
+        f"   {f'ccfv (W2 pairs on {default_workers()} threads)':40s} {t_fast:7.2f} s   "
+        f"value {fast:.12f}   CPU {cpu_fast:.2f} s"
+    )
     slow, t_slow, cpu_slow = timed_cpu(lambda: score(features, workers=1))
     compare("ccfv[workers=1] (serial, before)", fast, t_fast, slow, t_slow)
-    print(f"   {'':40s}    CPU time serial {cpu_slow:.2f} s, {cpu_slow / t_slow:.2f} of a core "
-          "on average (1.00 = a core to itself)")
+    print(
+        f"   {'':40s}    CPU time serial {cpu_slow:.2f} s, {cpu_slow / t_slow:.2f} of a core "
+        "on average (1.00 = a core to itself)"
+    )
 
     if args.sqrtm:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -169,8 +187,7 @@ def main():
 
         features = make_features(np.random.default_rng(0), 20, [256], [100], 2)
         fast, t_fast = timed(lambda: ccfv_score(features))
-        ref, t_ref = timed(lambda: slow_reference.paper_score(features,
-                                                              energy=vectorised_energy))
+        ref, t_ref = timed(lambda: slow_reference.paper_score(features, energy=vectorised_energy))
         print("3) N=20, dim 256, 100 samples/class, 2 foreground classes + background")
         print(f"   ccfv_score      {t_fast:8.2f} s   value {fast:.12f}")
         compare("sqrtm reference (target >= 30x, <= 1e-6)", fast, t_fast, ref, t_ref)

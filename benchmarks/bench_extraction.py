@@ -49,10 +49,12 @@ def _load_volume():
     """(image (1, *spatial) float32 tensor scaled to [0, 1], label int array, source name)."""
     import numpy as np
     import torch
+
     img_path = DATA / "imagesTr" / "spleen2.nii.gz"
     lab_path = DATA / "labelsTr" / "spleen2.nii.gz"
     if img_path.is_file() and lab_path.is_file():
         import nibabel as nib
+
         img = np.asarray(nib.load(str(img_path)).dataobj, dtype=np.float32)
         lab = np.asarray(nib.load(str(lab_path)).dataobj).astype(np.int64)
         source = f"spleen_ct_crop_3d/spleen2 {img.shape}"
@@ -61,8 +63,9 @@ def _load_volume():
         shape = (160, 160, 48)
         grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
         centre = np.array([80, 70, 24])[:, None, None, None]
-        lab = (np.sum(((grid - centre) / np.array([30, 20, 10])[:, None, None, None]) ** 2, 0)
-               < 1).astype(np.int64)
+        lab = (
+            np.sum(((grid - centre) / np.array([30, 20, 10])[:, None, None, None]) ** 2, 0) < 1
+        ).astype(np.int64)
         img = (rng.normal(0, 30, shape) + 100 * lab).astype(np.float32)
         source = f"generated {shape}"
     img = np.clip((img + 57.0) / (164.0 + 57.0), 0.0, 1.0)  # MONAI spleen tutorial CT window
@@ -75,8 +78,13 @@ def _setup(device: str, threads: int) -> dict:
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import BasicUNet
 
-    from ccfv.extract import (LayerTap, extract_at_points, extract_at_points_naive, make_plan,
-                              window_layout)
+    from ccfv.extract import (
+        LayerTap,
+        extract_at_points,
+        extract_at_points_naive,
+        make_plan,
+        window_layout,
+    )
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -87,8 +95,13 @@ def _setup(device: str, threads: int) -> dict:
     layout = window_layout(image.shape[1:], ROI, 0.25)
     used = sorted(set().union(*(layout.assign(p)[0].tolist() for p in points.values())))
     padded = torch.nn.functional.pad(
-        image, [p for b, a in zip(reversed(layout.pad_before), reversed(layout.pad_after))
-                for p in (b, a)])
+        image,
+        [
+            p
+            for b, a in zip(reversed(layout.pad_before), reversed(layout.pad_after))
+            for p in (b, a)
+        ],
+    )
 
     def sync():
         if device.startswith("cuda"):
@@ -96,8 +109,9 @@ def _setup(device: str, threads: int) -> dict:
 
     def batches():
         for i in range(0, len(used), 2):
-            yield torch.stack([padded[(slice(None), *layout.slices(w))]
-                               for w in used[i:i + 2]]).to(device)
+            yield torch.stack(
+                [padded[(slice(None), *layout.slices(w))] for w in used[i : i + 2]]
+            ).to(device)
 
     def floor():
         with torch.no_grad():
@@ -110,6 +124,7 @@ def _setup(device: str, threads: int) -> dict:
             with LayerTap(model, LAYERS) as tap:
                 fn(tap, image, points, ROI, 0.25, 2, device)
             sync()
+
         return run
 
     def monai():
@@ -122,16 +137,27 @@ def _setup(device: str, threads: int) -> dict:
             model(next(batches()))
         sync()
 
-    return {"runners": {"floor": floor, "points": with_tap(extract_at_points),
-                        "naive": with_tap(extract_at_points_naive), "monai": monai},
-            "warm_up": warm_up,
-            "info": {"source": source, "windows_run": len(used), "windows_all": len(layout),
-                     "points": {k: len(v) for k, v in points.items()}}}
+    return {
+        "runners": {
+            "floor": floor,
+            "points": with_tap(extract_at_points),
+            "naive": with_tap(extract_at_points_naive),
+            "monai": monai,
+        },
+        "warm_up": warm_up,
+        "info": {
+            "source": source,
+            "windows_run": len(used),
+            "windows_all": len(layout),
+            "points": {k: len(v) for k, v in points.items()},
+        },
+    }
 
 
 def memory_worker(method: str, device: str, threads: int) -> dict:
     """Peak memory of one method, alone in this fresh process (one warm-up batch, one run)."""
     import torch
+
     bench = _setup(device, threads)
     setup_rss = _rss_mib()  # imports, model, volume, plan: before any forward pass
     bench["warm_up"]()
@@ -178,9 +204,20 @@ def main() -> None:
         return
 
     def call(worker):
-        cmd = [sys.executable, __file__, "--worker", worker, "--rounds", str(args.rounds),
-               "--device", args.device, "--threads", str(args.threads),
-               "--methods", args.methods]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            worker,
+            "--rounds",
+            str(args.rounds),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+            "--methods",
+            args.methods,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"worker {worker!r} failed:\n{proc.stderr}")
@@ -189,17 +226,21 @@ def main() -> None:
     memory = {m: call(m) for m in methods}
     times = call("timing")
     info = memory[methods[0]]
-    print(f"volume: {info['source']}, ROI {ROI}, BasicUNet 3D (random weights), layers "
-          f"{LAYERS}, points per layer {info['points']}, windows run {info['windows_run']} of "
-          f"{info['windows_all']}, device {args.device}, {args.threads} thread(s), "
-          f"{args.rounds} interleaved timing rounds, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"volume: {info['source']}, ROI {ROI}, BasicUNet 3D (random weights), layers "
+        f"{LAYERS}, points per layer {info['points']}, windows run {info['windows_run']} of "
+        f"{info['windows_all']}, device {args.device}, {args.threads} thread(s), "
+        f"{args.rounds} interleaved timing rounds, load average {os.getloadavg()[0]:.1f}"
+    )
     mem = "cuda_peak_mib" if args.device.startswith("cuda") else "peak_rss_mib"
     print(f"{'method':8s} {'min s':>7s} {'median s':>9s} {'peak MiB':>9s} {'above setup':>12s}")
     for m in methods:
         r = memory[m]
         added = r[mem] - (0 if mem == "cuda_peak_mib" else r["setup_rss_mib"])
-        print(f"{m:8s} {min(times[m]):7.2f} {sorted(times[m])[len(times[m]) // 2]:9.2f} "
-              f"{r[mem]:9.0f} {added:12.0f}")
+        print(
+            f"{m:8s} {min(times[m]):7.2f} {sorted(times[m])[len(times[m]) // 2]:9.2f} "
+            f"{r[mem]:9.0f} {added:12.0f}"
+        )
     if "floor" in methods:
         a = memory["floor"]
         for m in ("points", "naive"):
@@ -207,12 +248,16 @@ def main() -> None:
                 continue
             r = memory[m]
             paired = sorted(t / f for t, f in zip(times[m], times["floor"]))
-            line = (f"{m}/floor: time {min(times[m]) / min(times['floor']):.3f}x (ratio of "
-                    f"minima; per-round ratios {', '.join(f'{x:.3f}' for x in paired)}), "
-                    f"peak memory {r[mem] / a[mem]:.3f}x")
+            line = (
+                f"{m}/floor: time {min(times[m]) / min(times['floor']):.3f}x (ratio of "
+                f"minima; per-round ratios {', '.join(f'{x:.3f}' for x in paired)}), "
+                f"peak memory {r[mem] / a[mem]:.3f}x"
+            )
             if mem == "peak_rss_mib":
-                line += (", above setup "
-                         f"{(r[mem] - r['setup_rss_mib']) / (a[mem] - a['setup_rss_mib']):.3f}x")
+                line += (
+                    ", above setup "
+                    f"{(r[mem] - r['setup_rss_mib']) / (a[mem] - a['setup_rss_mib']):.3f}x"
+                )
             print(line)
 
 

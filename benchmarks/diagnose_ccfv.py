@@ -48,11 +48,20 @@ from ccfv.errors import CCFVWarning, UserError
 NORM_TYPES = ("BatchNorm", "InstanceNorm", "GroupNorm", "LayerNorm")
 
 #: Candidate estimators whose scores are reported beside the diagnosis.
-CANDIDATES = ["ccfv", "ccfv-paper", "ccfv-pca", "ccfv-pca[whiten=true]", "ccfv-null",
-              "ccfv-hscore", "hscore", "logme"]
+CANDIDATES = [
+    "ccfv",
+    "ccfv-paper",
+    "ccfv-pca",
+    "ccfv-pca[whiten=true]",
+    "ccfv-null",
+    "ccfv-hscore",
+    "hscore",
+    "logme",
+]
 
 
 # --- features ------------------------------------------------------------------------------
+
 
 def _spectrum(X: np.ndarray) -> np.ndarray:
     """Eigenvalues (descending, >= 0) of the centred covariance of the rows of X."""
@@ -87,14 +96,18 @@ def ccfv_terms(features) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
-        parts = ccfv_parts(features, "paper", normalize_consistency=True)   # = DEFAULT_CCFV
-    return {"score": parts.score,
-            "log_variety": {p.layer: math.log(p.variety or math.nan) for p in parts.layers},
-            "neg_log_consistency": {p.layer: -math.log(p.consistency or math.nan)
-                                    for p in parts.layers}}
+        parts = ccfv_parts(features, "paper", normalize_consistency=True)  # = DEFAULT_CCFV
+    return {
+        "score": parts.score,
+        "log_variety": {p.layer: math.log(p.variety or math.nan) for p in parts.layers},
+        "neg_log_consistency": {
+            p.layer: -math.log(p.consistency or math.nan) for p in parts.layers
+        },
+    }
 
 
 # --- perturbations (each maps one layer's cases to new cases; seeded) ----------------------
+
 
 def _shrink(cases, rng, a=0.5):
     """Each sample pulled half way to its class mean within its case: the within-class spread
@@ -161,6 +174,7 @@ def perturbed(features, name, seed=0):
 
 # --- the networks ---------------------------------------------------------------------------
 
+
 def network_facts(bank_file: Path) -> dict:
     """Per model: hooked layers, each one's map size against the input, the norm layers."""
     import torch
@@ -174,19 +188,32 @@ def network_facts(bank_file: Path) -> dict:
         model = build_model(entry).eval()
         specs = resolve_layers(model, entry)
         roi = list(entry.preprocessing.roi or ())
-        norms = sorted({type(m).__name__ for m in model.modules()
-                        if any(t in type(m).__name__ for t in NORM_TYPES)})
+        norms = sorted(
+            {
+                type(m).__name__
+                for m in model.modules()
+                if any(t in type(m).__name__ for t in NORM_TYPES)
+            }
+        )
         in_channels = int(entry.args.get("in_channels", 1))
         with torch.no_grad(), hooked(model, specs) as store:
             model(torch.zeros(1, in_channels, *roi))
             shapes = {key: list(t.shape[2:]) for key, t in store.items()}
         mods = dict(model.named_modules())
         facts[entry.name] = {
-            "input": roi, "norm_layers": norms, "n_layers": len(specs),
-            "layers": [{"key": s.key, "module": type(mods[s.name]).__name__,
-                        "map": shapes.get(s.key), "resolution": (
-                            shapes[s.key][0] / roi[0] if s.key in shapes else None)}
-                       for s in specs]}
+            "input": roi,
+            "norm_layers": norms,
+            "n_layers": len(specs),
+            "layers": [
+                {
+                    "key": s.key,
+                    "module": type(mods[s.name]).__name__,
+                    "map": shapes.get(s.key),
+                    "resolution": (shapes[s.key][0] / roi[0] if s.key in shapes else None),
+                }
+                for s in specs
+            ],
+        }
     return facts
 
 
@@ -202,11 +229,24 @@ def bank_from_checkpoints(folder: Path, size: int, channels: int, out: Path) -> 
         arch, source = path.stem.split("__", 1)
         meta = load_torch_file(path, f"benchmark checkpoint {path}")["meta"]
         spec = network_spec(arch, channels, meta["out_channels"], size)
-        models.append({"name": f"{arch}__{source.rsplit('-', 1)[0]}", **spec,
-                       "checkpoint": str(path.resolve()), "layers": "auto",
-                       "preprocessing": {"intensity": {"kind": "range", "a_min": 0,
-                                                       "a_max": 255, "b_min": 0, "b_max": 1},
-                                         "roi": [size, size]}})
+        models.append(
+            {
+                "name": f"{arch}__{source.rsplit('-', 1)[0]}",
+                **spec,
+                "checkpoint": str(path.resolve()),
+                "layers": "auto",
+                "preprocessing": {
+                    "intensity": {
+                        "kind": "range",
+                        "a_min": 0,
+                        "a_max": 255,
+                        "b_min": 0,
+                        "b_max": 1,
+                    },
+                    "roi": [size, size],
+                },
+            }
+        )
     if not models:
         raise UserError(f"--checkpoints {folder}: no file named ARCH__SOURCE-HASH.pt there")
     bank = out / "bank.yaml"
@@ -216,21 +256,35 @@ def bank_from_checkpoints(folder: Path, size: int, channels: int, out: Path) -> 
 
 # --- the run --------------------------------------------------------------------------------
 
-def read_features(bank: Path, data: Path, out: Path, cases: int, seed: int,
-                  counts: list[int]) -> dict:
+
+def read_features(
+    bank: Path, data: Path, out: Path, cases: int, seed: int, counts: list[int]
+) -> dict:
     from ccfv.rank import rank
 
     features = {}
 
     def keep(model, feats, _predictions):
-        features[model] = {layer: [(np.asarray(X, dtype=np.float64), np.asarray(y))
-                                   for X, y in pairs] for layer, pairs in feats.items()}
+        features[model] = {
+            layer: [(np.asarray(X, dtype=np.float64), np.asarray(y)) for X, y in pairs]
+            for layer, pairs in feats.items()
+        }
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
-        rank(bank, data, methods=["ccfv"], cases=cases, seed=seed, counts=counts,
-             cache_dir=out / "features", bootstrap=0, progress=False, log=lambda *_: None,
-             on_model=keep)
+        rank(
+            bank,
+            data,
+            methods=["ccfv"],
+            cases=cases,
+            seed=seed,
+            counts=counts,
+            cache_dir=out / "features",
+            bootstrap=0,
+            progress=False,
+            log=lambda *_: None,
+            on_model=keep,
+        )
     return features
 
 
@@ -247,25 +301,36 @@ def diagnose(features: dict, facts: dict) -> dict:
             er_raw, an_raw = effective_rank(P)
             er_unit, an_unit = effective_rank(_unit(P))
             fact = facts.get(model, {}).get("layers", [])
-            layers.append({
-                "layer": layer, "dim": int(P.shape[1]), "samples": int(P.shape[0]),
-                "map": fact[l]["map"] if l < len(fact) else None,
-                "resolution": fact[l]["resolution"] if l < len(fact) else None,
-                "erank_raw": er_raw, "anisotropy_raw": an_raw,
-                "erank_unit": er_unit, "anisotropy_unit": an_unit,
-                "mean_unit_norm": float(np.linalg.norm(_unit(P).mean(axis=0))),
-                "log_variety": terms["log_variety"][layer],
-                "neg_log_consistency": terms["neg_log_consistency"][layer]})
+            layers.append(
+                {
+                    "layer": layer,
+                    "dim": int(P.shape[1]),
+                    "samples": int(P.shape[0]),
+                    "map": fact[l]["map"] if l < len(fact) else None,
+                    "resolution": fact[l]["resolution"] if l < len(fact) else None,
+                    "erank_raw": er_raw,
+                    "anisotropy_raw": an_raw,
+                    "erank_unit": er_unit,
+                    "anisotropy_unit": an_unit,
+                    "mean_unit_norm": float(np.linalg.norm(_unit(P).mean(axis=0))),
+                    "log_variety": terms["log_variety"][layer],
+                    "neg_log_consistency": terms["neg_log_consistency"][layer],
+                }
+            )
         moved = {}
         for name in PERTURBATIONS:
             t = ccfv_terms(perturbed(feats, name))
             moved[name] = {
                 "score": t["score"] - terms["score"],
-                "log_variety": float(np.mean(list(t["log_variety"].values()))
-                                     - np.mean(list(terms["log_variety"].values()))),
+                "log_variety": float(
+                    np.mean(list(t["log_variety"].values()))
+                    - np.mean(list(terms["log_variety"].values()))
+                ),
                 "neg_log_consistency": float(
                     np.mean(list(t["neg_log_consistency"].values()))
-                    - np.mean(list(terms["neg_log_consistency"].values())))}
+                    - np.mean(list(terms["neg_log_consistency"].values()))
+                ),
+            }
         candidates: dict[str, float | str] = {}
         for name in CANDIDATES:
             with warnings.catch_warnings():
@@ -274,11 +339,15 @@ def diagnose(features: dict, facts: dict) -> dict:
                     candidates[name] = get_estimator(name)(feats)
                 except (UserError, KeyError) as exc:
                     candidates[name] = f"failed: {exc}"
-        report[model] = {"architecture": model.split("__")[0],
-                         **{k: v for k, v in facts.get(model, {}).items() if k != "layers"},
-                         "score": terms["score"], "layers": layers, "perturbations": moved,
-                         "candidates": candidates,
-                         "seconds": time.perf_counter() - t0}
+        report[model] = {
+            "architecture": model.split("__")[0],
+            **{k: v for k, v in facts.get(model, {}).items() if k != "layers"},
+            "score": terms["score"],
+            "layers": layers,
+            "perturbations": moved,
+            "candidates": candidates,
+            "seconds": time.perf_counter() - t0,
+        }
         print(f"{model}: done in {report[model]['seconds']:.1f} s", flush=True)
     return report
 
@@ -296,24 +365,37 @@ def architecture_split(report: dict) -> dict:
     archs = sorted({r["architecture"] for r in report.values()})
     out: dict = {}
     for name in CANDIDATES:
-        values = {m: r["candidates"][name] for m, r in report.items()
-                  if isinstance(r["candidates"][name], float)}
+        values = {
+            m: r["candidates"][name]
+            for m, r in report.items()
+            if isinstance(r["candidates"][name], float)
+        }
         for i, a in enumerate(archs):
-            for b in archs[i + 1:]:
-                pairs = [(values[x], values[y]) for x in values for y in values
-                         if report[x]["architecture"] == a and report[y]["architecture"] == b]
+            for b in archs[i + 1 :]:
+                pairs = [
+                    (values[x], values[y])
+                    for x in values
+                    for y in values
+                    if report[x]["architecture"] == a and report[y]["architecture"] == b
+                ]
                 if pairs:
                     out.setdefault(name, {})[f"{a} > {b}"] = (
-                        sum(u > v for u, v in pairs) / len(pairs), len(pairs))
+                        sum(u > v for u, v in pairs) / len(pairs),
+                        len(pairs),
+                    )
     return out
 
 
 def markdown(report: dict, header: str) -> str:
-    lines = [f"# CC-FV diagnosis: {header}", "",
-             "## Per model and hooked layer (default `ccfv` terms)", "",
-             "| model | norm layers | layer | dim | map / input | erank raw | aniso raw | "
-             "erank unit | aniso unit | mean unit | log F_v | -log C |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# CC-FV diagnosis: {header}",
+        "",
+        "## Per model and hooked layer (default `ccfv` terms)",
+        "",
+        "| model | norm layers | layer | dim | map / input | erank raw | aniso raw | "
+        "erank unit | aniso unit | mean unit | log F_v | -log C |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, r in report.items():
         for layer in r["layers"]:
             res = layer["resolution"]
@@ -323,30 +405,51 @@ def markdown(report: dict, header: str) -> str:
                 f"{_f(layer['erank_raw'], 1)} | {_f(layer['anisotropy_raw'])} | "
                 f"{_f(layer['erank_unit'], 1)} | {_f(layer['anisotropy_unit'])} | "
                 f"{_f(layer['mean_unit_norm'])} | {_f(layer['log_variety'])} | "
-                f"{_f(layer['neg_log_consistency'])} |")
-    lines += ["", "## Change of the layer-mean terms under each perturbation", "",
-              "| model | perturbation | d score | d log F_v | d (-log C) |",
-              "|---|---|---|---|---|"]
+                f"{_f(layer['neg_log_consistency'])} |"
+            )
+    lines += [
+        "",
+        "## Change of the layer-mean terms under each perturbation",
+        "",
+        "| model | perturbation | d score | d log F_v | d (-log C) |",
+        "|---|---|---|---|---|",
+    ]
     for model, r in report.items():
         for name, d in r["perturbations"].items():
-            lines.append(f"| {model} | {name} | {_f(d['score'])} | {_f(d['log_variety'])} | "
-                         f"{_f(d['neg_log_consistency'])} |")
-    lines += ["", "## Candidate scores", "",
-              "| model | " + " | ".join(f"`{c}`" for c in CANDIDATES) + " |",
-              "|---|" + "---|" * len(CANDIDATES)]
+            lines.append(
+                f"| {model} | {name} | {_f(d['score'])} | {_f(d['log_variety'])} | "
+                f"{_f(d['neg_log_consistency'])} |"
+            )
+    lines += [
+        "",
+        "## Candidate scores",
+        "",
+        "| model | " + " | ".join(f"`{c}`" for c in CANDIDATES) + " |",
+        "|---|" + "---|" * len(CANDIDATES),
+    ]
     for model, r in report.items():
-        lines.append(f"| {model} | " + " | ".join(_f(r["candidates"][c]) for c in CANDIDATES)
-                     + " |")
+        lines.append(
+            f"| {model} | " + " | ".join(_f(r["candidates"][c]) for c in CANDIDATES) + " |"
+        )
     split = architecture_split(report)
     if split:
         keys = sorted({k for v in split.values() for k in v})
-        lines += ["", "## Architecture split: share of cross-family model pairs ordered A > B",
-                  "", "(1.000 or 0.000: every model of one family above every model of the "
-                  "other, whatever its source task; model pairs in brackets)", "",
-                  "| candidate | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        lines += [
+            "",
+            "## Architecture split: share of cross-family model pairs ordered A > B",
+            "",
+            "(1.000 or 0.000: every model of one family above every model of the "
+            "other, whatever its source task; model pairs in brackets)",
+            "",
+            "| candidate | " + " | ".join(keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
         for name, row in split.items():
-            lines.append(f"| `{name}` | " + " | ".join(
-                f"{row[k][0]:.3f} ({row[k][1]})" if k in row else "-" for k in keys) + " |")
+            lines.append(
+                f"| `{name}` | "
+                + " | ".join(f"{row[k][0]:.3f} ({row[k][1]})" if k in row else "-" for k in keys)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -354,8 +457,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bank", type=Path, help="bank YAML file")
-    source.add_argument("--checkpoints", type=Path,
-                        help="folder of benchmark checkpoints ARCH__SOURCE-HASH.pt")
+    source.add_argument(
+        "--checkpoints", type=Path, help="folder of benchmark checkpoints ARCH__SOURCE-HASH.pt"
+    )
     parser.add_argument("--size", type=int, default=64, help="image size (--checkpoints)")
     parser.add_argument("--channels", type=int, default=3, help="image channels (--checkpoints)")
     parser.add_argument("--data", type=Path, required=True, help="target dataset folder")
@@ -368,21 +472,33 @@ def main(argv=None) -> int:
         if not args.data.is_dir():
             raise UserError(f"--data {args.data}: not a folder")
         args.out.mkdir(parents=True, exist_ok=True)
-        bank = (args.bank if args.bank is not None else
-                bank_from_checkpoints(args.checkpoints, args.size, args.channels, args.out))
+        bank = (
+            args.bank
+            if args.bank is not None
+            else bank_from_checkpoints(args.checkpoints, args.size, args.channels, args.out)
+        )
         t0 = time.perf_counter()
         facts = network_facts(bank)
         features = read_features(bank, args.data, args.out, args.cases, args.seed, args.counts)
-        print(f"features of {len(features)} models in {time.perf_counter() - t0:.1f} s",
-              flush=True)
+        print(f"features of {len(features)} models in {time.perf_counter() - t0:.1f} s", flush=True)
         report = diagnose(features, facts)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     header = f"{args.data} ({args.cases} cases, counts {args.counts}, seed {args.seed})"
-    (args.out / "diagnosis.json").write_text(json.dumps(
-        {"data": str(args.data), "cases": args.cases, "counts": args.counts, "seed": args.seed,
-         "models": report, "architecture_split": architecture_split(report)}, indent=1))
+    (args.out / "diagnosis.json").write_text(
+        json.dumps(
+            {
+                "data": str(args.data),
+                "cases": args.cases,
+                "counts": args.counts,
+                "seed": args.seed,
+                "models": report,
+                "architecture_split": architecture_split(report),
+            },
+            indent=1,
+        )
+    )
     (args.out / "diagnosis.md").write_text(markdown(report, header))
     print(f"wrote {args.out / 'diagnosis.md'} and diagnosis.json", flush=True)
     return 0

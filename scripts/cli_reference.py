@@ -59,14 +59,17 @@ def render(parser: argparse.ArgumentParser) -> str:
     out = [INTRO.rstrip("\n")]
     for path, sub in _commands(parser):
         formatter = sub._get_formatter()
-        out.append(f"\n## `{path}`\n\n{_cell(sub.description or '')}\n\n"
-                   "| flag | | meaning |\n|---|---|---|")
+        out.append(
+            f"\n## `{path}`\n\n{_cell(sub.description or '')}\n\n"
+            "| flag | | meaning |\n|---|---|---|"
+        )
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
                 continue
             required = "required" if action.option_strings and action.required else ""
-            out.append(f"| `{_flag(action, formatter)}` | {required} | "
-                       f"{_cell(action.help or '')} |")
+            out.append(
+                f"| `{_flag(action, formatter)}` | {required} | {_cell(action.help or '')} |"
+            )
     return "\n".join(out) + "\n"
 
 

@@ -50,10 +50,16 @@ def expected_runs(config) -> dict[str, list[Path]]:
     names = list(config.task_specs)
     out = {}
     for target in config.targets:
-        models = [model_name(a, s) for a in config["architectures"]
-                  for s in [*(n for n in names if n != target), SCRATCH]]
-        out[target] = [finetune_path(config, m, _Named(target), seed, Path("."))
-                       for m in models for seed in config["finetune"]["seeds"]]
+        models = [
+            model_name(a, s)
+            for a in config["architectures"]
+            for s in [*(n for n in names if n != target), SCRATCH]
+        ]
+        out[target] = [
+            finetune_path(config, m, _Named(target), seed, Path("."))
+            for m in models
+            for seed in config["finetune"]["seeds"]
+        ]
     return out
 
 
@@ -72,15 +78,28 @@ def export(config, work: Path, dest: Path) -> dict:
         meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
         if meta.get("source") == SCRATCH:
             continue
-        sources[path.stem] = {k: meta.get(k) for k in ("arch", "source", "source_val_dice",
-                                                        "best_step", "curve", "loss_last",
-                                                        "steps", "seconds")}
+        sources[path.stem] = {
+            k: meta.get(k)
+            for k in (
+                "arch",
+                "source",
+                "source_val_dice",
+                "best_step",
+                "curve",
+                "loss_last",
+                "steps",
+                "seconds",
+            )
+        }
     (dest / "sources.json").write_text(json.dumps(sources, indent=1))
     progress = {}
     for target, paths in expected_runs(config).items():
         done = [p for p in paths if (work / p).is_file()]
-        progress[target] = {"done": len(done), "expected": len(paths),
-                            "missing": [p.name for p in paths if not (work / p).is_file()]}
+        progress[target] = {
+            "done": len(done),
+            "expected": len(paths),
+            "missing": [p.name for p in paths if not (work / p).is_file()],
+        }
     (dest / "progress.json").write_text(json.dumps(progress, indent=1))
     return progress
 
@@ -103,8 +122,11 @@ def main(argv=None) -> int:
     parser.add_argument("--work", help="its work folder (default .ccfv_bench/NAME)")
     parser.add_argument("--dest", help="the exported runs (default benchmarks/results/v2/NAME)")
     parser.add_argument("--quick", action="store_true", help="the config's quick profile")
-    parser.add_argument("--restore", action="store_true",
-                        help="copy the exported runs back into the work folder instead")
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="copy the exported runs back into the work folder instead",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, quick=args.quick)

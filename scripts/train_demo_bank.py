@@ -58,8 +58,11 @@ def train(arch: str, task: str, data_root: Path, steps: int, seed: int = 0):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "src/ccfv/demo/checkpoints")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "src/ccfv/demo/checkpoints",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
@@ -70,8 +73,10 @@ def main():
                 print(f"{target.name} exists, skipped")
                 continue
             model = train(arch, task, Path(tmp), args.steps)
-            state = {k: v.to(torch.float16) if v.is_floating_point() else v
-                     for k, v in model.state_dict().items()}
+            state = {
+                k: v.to(torch.float16) if v.is_floating_point() else v
+                for k, v in model.state_dict().items()
+            }
             torch.save({"state_dict": state, "task": task, "steps": args.steps}, target)
             print(f"wrote {target} ({target.stat().st_size / 1e3:.0f} kB)")
 

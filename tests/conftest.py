@@ -31,8 +31,9 @@ def feature_set_from_npz(path):
     return features
 
 
-def random_feature_set(rng, n_cases=4, dims=(8,), samples=(12,), classes=1, shift=1.0,
-                       unequal=False):
+def random_feature_set(
+    rng, n_cases=4, dims=(8,), samples=(12,), classes=1, shift=1.0, unequal=False
+):
     """Class-conditional Gaussian features: class k has mean k * shift, per-case jitter."""
     features = {}
     for l, (d, n) in enumerate(zip(dims, samples)):
@@ -41,8 +42,11 @@ def random_feature_set(rng, n_cases=4, dims=(8,), samples=(12,), classes=1, shif
             Xs, ys = [], []
             for k in range(classes + 1):
                 m = n + (int(rng.integers(0, n)) if unequal else 0)
-                Xs.append(rng.normal(size=(m, d)) * rng.uniform(0.5, 1.5)
-                          + k * shift + 0.3 * rng.normal(size=d))
+                Xs.append(
+                    rng.normal(size=(m, d)) * rng.uniform(0.5, 1.5)
+                    + k * shift
+                    + 0.3 * rng.normal(size=d)
+                )
                 ys.append(np.full(m, k))
             cases.append((np.concatenate(Xs), np.concatenate(ys)))
         features[f"layer{l}"] = cases

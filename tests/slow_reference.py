@@ -42,8 +42,13 @@ def kl_sym(Xi, Xj, ridge):
 
     def kl(m0, S0, m1, S1):
         inv1 = np.linalg.inv(S1)
-        return 0.5 * (np.trace(inv1 @ S0) + (m1 - m0) @ inv1 @ (m1 - m0) - d
-                      + np.linalg.slogdet(S1)[1] - np.linalg.slogdet(S0)[1])
+        return 0.5 * (
+            np.trace(inv1 @ S0)
+            + (m1 - m0) @ inv1 @ (m1 - m0)
+            - d
+            + np.linalg.slogdet(S1)[1]
+            - np.linalg.slogdet(S0)[1]
+        )
 
     return 0.5 * (kl(mi, Si, mj, Sj) + kl(mj, Sj, mi, Si))
 
@@ -56,8 +61,9 @@ def bhattacharyya(Xi, Xj, ridge):
     (mi, Si), (mj, Sj) = reg(Xi), reg(Xj)
     S = (Si + Sj) / 2
     gap = mi - mj
-    return (gap @ np.linalg.inv(S) @ gap / 8 + 0.5 * (
-        np.linalg.slogdet(S)[1] - 0.5 * np.linalg.slogdet(Si)[1] - 0.5 * np.linalg.slogdet(Sj)[1]))
+    return gap @ np.linalg.inv(S) @ gap / 8 + 0.5 * (
+        np.linalg.slogdet(S)[1] - 0.5 * np.linalg.slogdet(Si)[1] - 0.5 * np.linalg.slogdet(Sj)[1]
+    )
 
 
 def energy(V, s=1.0, normalize=True):
@@ -82,8 +88,12 @@ def paper_score(features, distance=w2_paper, s=1.0, normalize=True, parts=False,
             members = [X[y == k] for X, y in cases if np.sum(y == k) >= 2]
             if len(members) < 2:
                 continue
-            dists = [distance(members[i], members[j])
-                     for i in range(len(members)) for j in range(len(members)) if i != j]
+            dists = [
+                distance(members[i], members[j])
+                for i in range(len(members))
+                for j in range(len(members))
+                if i != j
+            ]
             c_cons += np.sum(dists) / (len(members) * (len(members) - 1))
         f_v = np.mean([1 / energy(X, s, normalize) for X, _ in cases])
         terms.append(np.log(f_v / c_cons))
@@ -96,8 +106,11 @@ def official_score(features, parts=False):
     for cases in features.values():
         means = np.array([X.mean(axis=0) for X, _ in cases])
         n = len(means)
-        inv = [1 / np.sqrt(np.sum((means[i] - means[j]) ** 2) + 1e-3)
-               for i in range(n) for j in range(i + 1, n)]
+        inv = [
+            1 / np.sqrt(np.sum((means[i] - means[j]) ** 2) + 1e-3)
+            for i in range(n)
+            for j in range(i + 1, n)
+        ]
         variety = np.sum(inv) / n / (n - 1) * 2
         classes = sorted({int(k) for _, y in cases for k in y} - {0})
         w = 0.0

@@ -62,8 +62,7 @@ def import_edges(name: str, path: Path, known: set[str]) -> set[str]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod
-                       for a in node.names]
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
         else:
             continue
         for target in targets:
@@ -90,7 +89,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -122,7 +121,8 @@ def test_import_graph_has_no_cycle():
     assert "ccfv.bank.kinds.bundle" in graph["ccfv.bank.kinds"]
     for (a, b), why in KNOWN_CYCLE_EDGES.items():
         assert b in graph.get(a, set()), (
-            f"the import {a} -> {b} ({why}) is gone: remove it from KNOWN_CYCLE_EDGES")
+            f"the import {a} -> {b} ({why}) is gone: remove it from KNOWN_CYCLE_EDGES"
+        )
         graph[a] = graph[a] - {b}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
@@ -172,14 +172,17 @@ def test_no_module_outside_a_kind_names_a_kind():
             problems.append(f"{path.relative_to(ROOT)}:{line}: {what}")
     assert not problems, "kind named outside its kind module:\n" + "\n".join(problems)
     assert used == set(KIND_NAME_EXCEPTIONS), (
-        f"exceptions no longer needed, remove them: {set(KIND_NAME_EXCEPTIONS) - used}")
+        f"exceptions no longer needed, remove them: {set(KIND_NAME_EXCEPTIONS) - used}"
+    )
 
 
 def test_kind_mentions_are_found(tmp_path):
     path = tmp_path / "m.py"
-    path.write_text('if entry.kind == "bundle" or entry.nnunet:\n'
-                    '    from ccfv.bank.kinds.bundle import Bundle\n'
-                    'text = "a bundle folder"\n')
+    path.write_text(
+        'if entry.kind == "bundle" or entry.nnunet:\n'
+        "    from ccfv.bank.kinds.bundle import Bundle\n"
+        'text = "a bundle folder"\n'
+    )
     found = kind_mentions(path, {"bundle", "nnunet"}, {"ccfv.bank.kinds.bundle"})
     assert sorted(found) == [(1, "bundle"), (1, "nnunet"), (2, "ccfv.bank.kinds.bundle")]
 

@@ -28,16 +28,23 @@ generated_data = e2e.generated_data
 def test_importing_rank_imports_no_ray_code():
     """A fresh interpreter: ``import ccfv.rank`` (and the CLI) loads neither the Ray backend
     module nor ray; importing the backend module itself still does not import ray."""
-    code = ("import sys\n"
-            "import ccfv.rank, ccfv.cli\n"
-            "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')\n"
-            "             or m == 'ccfv.backends.ray')\n"
-            "assert not bad, bad\n"
-            "import ccfv.backends.ray\n"
-            "assert 'ray' not in sys.modules\n"
-            "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys\n"
+        "import ccfv.rank, ccfv.cli\n"
+        "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')\n"
+        "             or m == 'ccfv.backends.ray')\n"
+        "assert not bad, bad\n"
+        "import ccfv.backends.ray\n"
+        "assert 'ray' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
@@ -57,13 +64,24 @@ def _imported_modules(path: Path) -> set[str]:
 def test_rank_and_the_passes_name_no_ray_module():
     """Not even lazily: rank.py, passes.py and the local backend import nothing of Ray, and
     the Ray backend imports nothing of rank.py (the former cycle rank <-> ray_backend)."""
-    for name in ("rank.py", "passes.py", "backends/local.py", "backends/base.py",
-                 "backends/__init__.py"):
+    for name in (
+        "rank.py",
+        "passes.py",
+        "backends/local.py",
+        "backends/base.py",
+        "backends/__init__.py",
+    ):
         imported = _imported_modules(SRC / "ccfv" / name)
-        assert not {m for m in imported if m == "ray" or m.startswith("ray.")
-                    or m.startswith("ccfv.backends.ray")}, name
-    assert not {m for m in _imported_modules(SRC / "ccfv" / "backends" / "ray.py")
-                if m.startswith("ccfv.rank") or m.startswith("ccfv.cli")}
+        assert not {
+            m
+            for m in imported
+            if m == "ray" or m.startswith("ray.") or m.startswith("ccfv.backends.ray")
+        }, name
+    assert not {
+        m
+        for m in _imported_modules(SRC / "ccfv" / "backends" / "ray.py")
+        if m.startswith("ccfv.rank") or m.startswith("ccfv.cli")
+    }
 
 
 def test_both_backends_implement_the_interface():
@@ -84,20 +102,26 @@ def test_both_backends_implement_the_interface():
 
 
 def test_settings_check_every_value_once_when_built():
-    settings = RankSettings(methods="ccfv,ccfv-paper[distance=kl; s=2],logme", cases=3,
-                            counts=[10, 20], cache_dir="somewhere")
+    settings = RankSettings(
+        methods="ccfv,ccfv-paper[distance=kl; s=2],logme",
+        cases=3,
+        counts=[10, 20],
+        cache_dir="somewhere",
+    )
     assert settings.methods == ("ccfv", "ccfv-paper[distance=kl; s=2]", "logme")
     assert settings.counts == (10, 20) and settings.cache_dir == Path("somewhere")
     assert RankSettings.from_options({"seed": 3}, settings).methods == settings.methods
-    bad = [({"methods": ""}, "names no method"),
-           ({"methods": ["nope"]}, "unknown method 'nope'"),
-           ({"cases": 0}, "--cases 0"),
-           ({"seed": -1}, "--seed -1"),
-           ({"budget": "some"}, "--budget 'some': give fixed or proportional"),
-           ({"counts": (100, 0)}, "integers >= 1"),
-           ({"bootstrap": -5}, "--bootstrap -5"),
-           ({"cases": 1, "bootstrap": 10}, "--cases 1 with --bootstrap 10"),
-           ({"level": 1.5}, "between 0 and 1")]
+    bad = [
+        ({"methods": ""}, "names no method"),
+        ({"methods": ["nope"]}, "unknown method 'nope'"),
+        ({"cases": 0}, "--cases 0"),
+        ({"seed": -1}, "--seed -1"),
+        ({"budget": "some"}, "--budget 'some': give fixed or proportional"),
+        ({"counts": (100, 0)}, "integers >= 1"),
+        ({"bootstrap": -5}, "--bootstrap -5"),
+        ({"cases": 1, "bootstrap": 10}, "--cases 1 with --bootstrap 10"),
+        ({"level": 1.5}, "between 0 and 1"),
+    ]
     for options, text in bad:
         with pytest.raises(UserError, match=text.replace("[", r"\[")):
             RankSettings(**options)
@@ -145,12 +169,17 @@ class ListedPasses(list):
 def test_any_backend_gives_the_local_scores_and_logging(tmp_path, generated_data, caplog):
     """A backend written in the test gives exactly the local scores; the run's messages go
     to the ``ccfv.rank`` logger (one line per model), or only to ``log`` when given."""
-    bank = e2e.write_bank(tmp_path / "bank.yaml", [
-        e2e.unet_entry("a", seed=0, roi=(32, 32, 16)),
-        e2e.unet_entry("bad", seed=0, roi=(32, 32, 16), args={**e2e.UNET3D, "in_channels": 2}),
-        e2e.unet_entry("b", seed=1, roi=(32, 32, 16))])
-    settings = RankSettings(methods=("ccfv", "logme"), bootstrap=5, progress=False,
-                            cache_dir=tmp_path / "cache")
+    bank = e2e.write_bank(
+        tmp_path / "bank.yaml",
+        [
+            e2e.unet_entry("a", seed=0, roi=(32, 32, 16)),
+            e2e.unet_entry("bad", seed=0, roi=(32, 32, 16), args={**e2e.UNET3D, "in_channels": 2}),
+            e2e.unet_entry("b", seed=1, roi=(32, 32, 16)),
+        ],
+    )
+    settings = RankSettings(
+        methods=("ccfv", "logme"), bootstrap=5, progress=False, cache_dir=tmp_path / "cache"
+    )
     with caplog.at_level(logging.INFO, logger="ccfv"):
         local = rank(bank, generated_data, settings)
     assert isinstance(local, RankResult) and set(local.failures) == {"bad"}
@@ -158,11 +187,20 @@ def test_any_backend_gives_the_local_scores_and_logging(tmp_path, generated_data
     assert [line.split(":")[0] for line in lines] == ["a", "bad", "b"]
     assert "bad: FAILED: RuntimeError" in lines[1]
     assert [r.levelno for r in caplog.records if r.name == "ccfv.rank"] == [
-        logging.INFO, logging.WARNING, logging.INFO]
+        logging.INFO,
+        logging.WARNING,
+        logging.INFO,
+    ]
     caplog.clear()
     said: list[str] = []
-    other = rank(bank, generated_data, settings, backend=Reversed(),
-                 cache_dir=tmp_path / "other", log=said.append)
+    other = rank(
+        bank,
+        generated_data,
+        settings,
+        backend=Reversed(),
+        cache_dir=tmp_path / "other",
+        log=said.append,
+    )
     assert isinstance(Reversed(), FeatureBackend)
     assert not [r for r in caplog.records if r.name == "ccfv.rank"]
     assert [line.split(":")[0] for line in said] == ["a", "bad", "b"]
@@ -171,9 +209,20 @@ def test_any_backend_gives_the_local_scores_and_logging(tmp_path, generated_data
         assert all(np.isfinite(v) for v in other.scores[model].values())
     assert other.bootstrap.to_dict() == local.bootstrap.to_dict()
     assert other.details["backend"] == "reversed" and "backend" not in local.details
-    assert list(local.details) == ["data", "bank", "cases", "classes", "label_rule", "seed",
-                                   "budget", "counts", "device", "per_model", "dropped",
-                                   "bootstrap"]
+    assert list(local.details) == [
+        "data",
+        "bank",
+        "cases",
+        "classes",
+        "label_rule",
+        "seed",
+        "budget",
+        "counts",
+        "device",
+        "per_model",
+        "dropped",
+        "bootstrap",
+    ]
 
 
 def test_a_failed_pass_is_a_value_not_an_exception():
@@ -186,19 +235,37 @@ checkpoint = e2e.checkpoint  # a seeded UNet's state dict
 
 
 def test_cli_prints_run_lines_on_stdout_and_library_warnings_on_stderr(
-        tmp_path, generated_data, checkpoint, capsys):
+    tmp_path, generated_data, checkpoint, capsys
+):
     """The CLI's logging: rank's lines on stdout as before (print), the bank's INFO lines
     (a checkpoint that fits) not shown, its warnings (no checkpoint) on stderr, as Python
     shows a library's warnings without a handler; nothing is left configured afterwards."""
     from ccfv.cli import main
 
-    bank = e2e.write_bank(tmp_path / "bank.yaml", [
-        e2e.unet_entry("loaded", checkpoint=str(checkpoint), roi=(32, 32, 16)),
-        e2e.unet_entry("seeded", seed=3, roi=(32, 32, 16))])
+    bank = e2e.write_bank(
+        tmp_path / "bank.yaml",
+        [
+            e2e.unet_entry("loaded", checkpoint=str(checkpoint), roi=(32, 32, 16)),
+            e2e.unet_entry("seeded", seed=3, roi=(32, 32, 16)),
+        ],
+    )
     before = logging.getLogger("ccfv").handlers[:]
-    rc = main(["rank", "--bank", str(bank), "--data", str(generated_data), "--bootstrap", "0",
-               "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-               "--quiet"])
+    rc = main(
+        [
+            "rank",
+            "--bank",
+            str(bank),
+            "--data",
+            str(generated_data),
+            "--bootstrap",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     out_lines = captured.out.splitlines()

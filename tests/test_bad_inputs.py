@@ -34,8 +34,13 @@ import torch
 import yaml
 from PIL import Image
 
-UNET2D = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
-          "strides": [2]}
+UNET2D = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+}
 SIZE = (24, 20)
 
 
@@ -44,7 +49,7 @@ SIZE = (24, 20)
 
 def _square(c: int) -> np.ndarray:
     label = np.zeros(SIZE, np.uint8)
-    label[4 + c:14 + c, 5:15] = 1
+    label[4 + c : 14 + c, 5:15] = 1
     return label
 
 
@@ -66,9 +71,15 @@ def msd(root: Path, n: int = 3, edit=None, ext: str = ".nii") -> Path:
         nib.save(nib.Nifti1Image(image, np.eye(4)), root / f"imagesTr/c{c}{ext}")
         nib.save(nib.Nifti1Image(label, np.eye(4)), root / f"labelsTr/c{c}{ext}")
         training.append({"image": f"./imagesTr/c{c}{ext}", "label": f"./labelsTr/c{c}{ext}"})
-    (root / "dataset.json").write_text(json.dumps(
-        {"labels": {"0": "background", "1": "square"}, "tensorImageSize": "2D",
-         "training": training}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "labels": {"0": "background", "1": "square"},
+                "tensorImageSize": "2D",
+                "training": training,
+            }
+        )
+    )
     return root
 
 
@@ -84,18 +95,35 @@ def png_folder(root: Path, masks: list[np.ndarray]) -> Path:
 
 
 def bank(tmp_path: Path, roi=(16, 16), **extra) -> Path:
-    entry = {"name": "u", "network": "monai.networks.nets.UNet", "args": UNET2D, "seed": 0,
-             "layers": "auto", "preprocessing": {"intensity": {"kind": "zscore"},
-                                                 "roi": list(roi)}, **extra}
+    entry = {
+        "name": "u",
+        "network": "monai.networks.nets.UNet",
+        "args": UNET2D,
+        "seed": 0,
+        "layers": "auto",
+        "preprocessing": {"intensity": {"kind": "zscore"}, "roi": list(roi)},
+        **extra,
+    }
     path = tmp_path / "bank.yaml"
     path.write_text(yaml.safe_dump({"models": [entry]}, sort_keys=False))
     return path
 
 
 def rank_args(tmp_path: Path, data: Path, bank_file: Path | None = None) -> list[str]:
-    return ["rank", "--bank", str(bank_file or bank(tmp_path)), "--data", str(data),
-            "--bootstrap", "0", "--quiet", "--cache-dir", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "out")]
+    return [
+        "rank",
+        "--bank",
+        str(bank_file or bank(tmp_path)),
+        "--data",
+        str(data),
+        "--bootstrap",
+        "0",
+        "--quiet",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
 
 
 def smoothed(size=SIZE) -> np.ndarray:
@@ -139,6 +167,7 @@ def nan_in_image(tmp_path):
             image[2, 3] = np.nan
             image[5, 5:8] = np.nan
         return image
+
     return rank_args(tmp_path, msd(tmp_path / "d", edit=edit))
 
 
@@ -147,12 +176,12 @@ def inf_in_image(tmp_path):
         if c == 2:
             image[0, 0] = -np.inf
         return image
+
     return rank_args(tmp_path, msd(tmp_path / "d", edit=edit))
 
 
 def constant_image(tmp_path):
-    return rank_args(tmp_path, msd(tmp_path / "d", edit=lambda c, im: im * 0 + 7 if c == 0
-                                   else im))
+    return rank_args(tmp_path, msd(tmp_path / "d", edit=lambda c, im: im * 0 + 7 if c == 0 else im))
 
 
 def window_far_larger(tmp_path):
@@ -161,8 +190,9 @@ def window_far_larger(tmp_path):
 
 def _checkpoint_bank(tmp_path, obj) -> list[str]:
     torch.save(obj, tmp_path / "model.pt")
-    return rank_args(tmp_path, msd(tmp_path / "d"),
-                     bank(tmp_path, checkpoint=str(tmp_path / "model.pt")))
+    return rank_args(
+        tmp_path, msd(tmp_path / "d"), bank(tmp_path, checkpoint=str(tmp_path / "model.pt"))
+    )
 
 
 def pickled_module(tmp_path):
@@ -183,8 +213,9 @@ def code_running_file_in_bank_init(tmp_path):
 
 def not_a_checkpoint(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"not a torch file")
-    return rank_args(tmp_path, msd(tmp_path / "d"),
-                     bank(tmp_path, checkpoint=str(tmp_path / "model.pt")))
+    return rank_args(
+        tmp_path, msd(tmp_path / "d"), bank(tmp_path, checkpoint=str(tmp_path / "model.pt"))
+    )
 
 
 def old_cache_format(tmp_path):
@@ -200,9 +231,16 @@ def nnunet_file_ending(tmp_path):
     for c in range(2):
         Image.fromarray(_square(c) * 100).save(root / "imagesTr" / f"c{c}_0000.png")
         Image.fromarray(_square(c)).save(root / "labelsTr" / f"c{c}.png")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "x": 1},
-        "numTraining": 2, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": {"background": 0, "x": 1},
+                "numTraining": 2,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return rank_args(tmp_path, root)
 
 
@@ -227,6 +265,7 @@ def image_is_symlink_loop(tmp_path):
     def loop(path):
         os.symlink(path.with_name("other.nii"), path)
         os.symlink(path, path.with_name("other.nii"))
+
     return _replace_image(tmp_path, loop)
 
 
@@ -272,8 +311,7 @@ def label_value_unknown(tmp_path):
 
 def shape_mismatch(tmp_path):
     root = msd(tmp_path / "d")
-    nib.save(nib.Nifti1Image(np.zeros((10, 10), np.uint8), np.eye(4)),
-             root / "labelsTr" / "c1.nii")
+    nib.save(nib.Nifti1Image(np.zeros((10, 10), np.uint8), np.eye(4)), root / "labelsTr" / "c1.nii")
     return rank_args(tmp_path, root)
 
 
@@ -290,76 +328,170 @@ def image_without_label(tmp_path):
 
 
 CASES_DATA = [
-    pytest.param(mixed_01_0255, 0, ["values [0, 255] read as 8-bit grey levels of 2 classes",
-                                    "class ids [0, 1]", "wrote"],
-                 id="folder masks 0/1 and 0/255 mixed: classes {0,1}"),
-    pytest.param(antialiased_masks, 2, ["masks/c1.png", "a mask with values {0, ",
-                                        "interpolation or anti-aliasing", "nearest-neighbour",
-                                        "dataset.json with 'labels'"],
-                 id="folder masks anti-aliased"),
-    pytest.param(ids_beside_0255, 2, ["masks/c1.png", "0/255 binary mask", "class ids",
-                                      "the same way"],
-                 id="folder masks class ids beside 0/255"),
-    pytest.param(nan_in_image, 2, ["imagesTr/c1.nii", "4 NaN and 0 Inf", "of 480",
-                                   "channel 0, voxel (2, 3)", "nan_to_num"],
-                 id="NaN in an image"),
-    pytest.param(inf_in_image, 2, ["imagesTr/c2.nii", "0 NaN and 1 Inf"],
-                 id="Inf in an image"),
-    pytest.param(constant_image, 0, ["imagesTr/c0.nii", "one value (7.0) in all 480 voxels",
-                                     "constant image", "wrote"],
-                 id="constant image: warning"),
-    pytest.param(window_far_larger, 0, ["window (roi) 96x96", "times the size of the image",
-                                        "zero padding", "wrote"],
-                 id="window far larger than the image: warning"),
-    pytest.param(pickled_module, 1, ["u: FAILED", "model.pt", "a whole pickled nn.Module",
-                                     "monai.networks", "weights_only=True",
-                                     "torch.save(model.state_dict(), path)"],
-                 id="checkpoint is a pickled nn.Module"),
-    pytest.param(code_running_checkpoint, 1, ["u: FAILED", "pickled Python objects", "mkdir",
-                                              "never unpickles"],
-                 id="checkpoint whose unpickling runs code: nothing runs"),
-    pytest.param(code_running_file_in_bank_init, 2, ["skipped 1", "evil.pt", "never unpickles",
-                                                      "nothing written"],
-                 id="bank init on a file whose unpickling runs code: nothing runs"),
-    pytest.param(not_a_checkpoint, 1, ["u: FAILED", "not a readable torch checkpoint",
-                                       "not a torch.save file or a damaged one"],
-                 id="checkpoint not a torch file"),
-    pytest.param(old_cache_format, 0, ["holds files of cache format ccfv-features-2 or older",
-                                       "delete", "wrote"],
-                 id="cache of an older format: warning"),
-    pytest.param(nnunet_file_ending, 2, ["imagesTr", "2 file(s) end with '.png'",
-                                         '"file_ending": \'.nii.gz\'',
-                                         'set "file_ending": \'.png\''],
-                 id="nnU-Net file_ending mismatch"),
-    pytest.param(image_is_directory, 2, ["imagesTr/c1.nii", "a directory, not a file"],
-                 id="image is a directory"),
-    pytest.param(image_is_fifo, 2, ["imagesTr/c1.nii", "a FIFO (named pipe), not a file"],
-                 id="image is a FIFO"),
-    pytest.param(image_is_symlink_loop, 2, ["imagesTr/c1.nii", "a symbolic link loop"],
-                 id="image is a symlink loop"),
-    pytest.param(image_is_broken_link, 2, ["imagesTr/c1.nii", "a broken symbolic link",
-                                           "gone.nii"],
-                 id="image is a broken symlink"),
-    pytest.param(folder_image_is_fifo, 2, ["images/c1.png", "a FIFO (named pipe), not an image"],
-                 id="plain-folder image is a FIFO"),
-    pytest.param(data_is_a_file, 2, ["data.nii: a file, not a folder", "dataset folder"],
-                 id="--data is a file"),
+    pytest.param(
+        mixed_01_0255,
+        0,
+        ["values [0, 255] read as 8-bit grey levels of 2 classes", "class ids [0, 1]", "wrote"],
+        id="folder masks 0/1 and 0/255 mixed: classes {0,1}",
+    ),
+    pytest.param(
+        antialiased_masks,
+        2,
+        [
+            "masks/c1.png",
+            "a mask with values {0, ",
+            "interpolation or anti-aliasing",
+            "nearest-neighbour",
+            "dataset.json with 'labels'",
+        ],
+        id="folder masks anti-aliased",
+    ),
+    pytest.param(
+        ids_beside_0255,
+        2,
+        ["masks/c1.png", "0/255 binary mask", "class ids", "the same way"],
+        id="folder masks class ids beside 0/255",
+    ),
+    pytest.param(
+        nan_in_image,
+        2,
+        ["imagesTr/c1.nii", "4 NaN and 0 Inf", "of 480", "channel 0, voxel (2, 3)", "nan_to_num"],
+        id="NaN in an image",
+    ),
+    pytest.param(inf_in_image, 2, ["imagesTr/c2.nii", "0 NaN and 1 Inf"], id="Inf in an image"),
+    pytest.param(
+        constant_image,
+        0,
+        ["imagesTr/c0.nii", "one value (7.0) in all 480 voxels", "constant image", "wrote"],
+        id="constant image: warning",
+    ),
+    pytest.param(
+        window_far_larger,
+        0,
+        ["window (roi) 96x96", "times the size of the image", "zero padding", "wrote"],
+        id="window far larger than the image: warning",
+    ),
+    pytest.param(
+        pickled_module,
+        1,
+        [
+            "u: FAILED",
+            "model.pt",
+            "a whole pickled nn.Module",
+            "monai.networks",
+            "weights_only=True",
+            "torch.save(model.state_dict(), path)",
+        ],
+        id="checkpoint is a pickled nn.Module",
+    ),
+    pytest.param(
+        code_running_checkpoint,
+        1,
+        ["u: FAILED", "pickled Python objects", "mkdir", "never unpickles"],
+        id="checkpoint whose unpickling runs code: nothing runs",
+    ),
+    pytest.param(
+        code_running_file_in_bank_init,
+        2,
+        ["skipped 1", "evil.pt", "never unpickles", "nothing written"],
+        id="bank init on a file whose unpickling runs code: nothing runs",
+    ),
+    pytest.param(
+        not_a_checkpoint,
+        1,
+        ["u: FAILED", "not a readable torch checkpoint", "not a torch.save file or a damaged one"],
+        id="checkpoint not a torch file",
+    ),
+    pytest.param(
+        old_cache_format,
+        0,
+        ["holds files of cache format ccfv-features-2 or older", "delete", "wrote"],
+        id="cache of an older format: warning",
+    ),
+    pytest.param(
+        nnunet_file_ending,
+        2,
+        [
+            "imagesTr",
+            "2 file(s) end with '.png'",
+            "\"file_ending\": '.nii.gz'",
+            "set \"file_ending\": '.png'",
+        ],
+        id="nnU-Net file_ending mismatch",
+    ),
+    pytest.param(
+        image_is_directory,
+        2,
+        ["imagesTr/c1.nii", "a directory, not a file"],
+        id="image is a directory",
+    ),
+    pytest.param(
+        image_is_fifo,
+        2,
+        ["imagesTr/c1.nii", "a FIFO (named pipe), not a file"],
+        id="image is a FIFO",
+    ),
+    pytest.param(
+        image_is_symlink_loop,
+        2,
+        ["imagesTr/c1.nii", "a symbolic link loop"],
+        id="image is a symlink loop",
+    ),
+    pytest.param(
+        image_is_broken_link,
+        2,
+        ["imagesTr/c1.nii", "a broken symbolic link", "gone.nii"],
+        id="image is a broken symlink",
+    ),
+    pytest.param(
+        folder_image_is_fifo,
+        2,
+        ["images/c1.png", "a FIFO (named pipe), not an image"],
+        id="plain-folder image is a FIFO",
+    ),
+    pytest.param(
+        data_is_a_file,
+        2,
+        ["data.nii: a file, not a folder", "dataset folder"],
+        id="--data is a file",
+    ),
     pytest.param(data_missing, 2, ["nowhere: no such folder"], id="--data missing"),
-    pytest.param(listed_image_missing, 2, ["imagesTr/c2.nii", "listed in", "but missing"],
-                 id="listed image missing"),
-    pytest.param(interpolated_nifti_label, 2, ["labelsTr/c0.nii", "must be integer class ids",
-                                               "found 0.5", "not interpolated"],
-                 id="NIfTI label with interpolated values"),
-    pytest.param(label_value_unknown, 2, ["labelsTr/c0.nii", "label values [3]",
-                                          "class ids [0, 1]"],
-                 id="label value not in dataset.json labels"),
-    pytest.param(shape_mismatch, 2, ["labelsTr/c1.nii", "spatial shape (10, 10) differs",
-                                     "same voxel grid"],
-                 id="image and label shapes differ"),
-    pytest.param(dataset_json_invalid, 2, ["dataset.json: not valid JSON", "line 1"],
-                 id="dataset.json not JSON"),
-    pytest.param(image_without_label, 2, ["images/c1.png", "an image without label"],
-                 id="plain-folder image without label"),
+    pytest.param(
+        listed_image_missing,
+        2,
+        ["imagesTr/c2.nii", "listed in", "but missing"],
+        id="listed image missing",
+    ),
+    pytest.param(
+        interpolated_nifti_label,
+        2,
+        ["labelsTr/c0.nii", "must be integer class ids", "found 0.5", "not interpolated"],
+        id="NIfTI label with interpolated values",
+    ),
+    pytest.param(
+        label_value_unknown,
+        2,
+        ["labelsTr/c0.nii", "label values [3]", "class ids [0, 1]"],
+        id="label value not in dataset.json labels",
+    ),
+    pytest.param(
+        shape_mismatch,
+        2,
+        ["labelsTr/c1.nii", "spatial shape (10, 10) differs", "same voxel grid"],
+        id="image and label shapes differ",
+    ),
+    pytest.param(
+        dataset_json_invalid,
+        2,
+        ["dataset.json: not valid JSON", "line 1"],
+        id="dataset.json not JSON",
+    ),
+    pytest.param(
+        image_without_label,
+        2,
+        ["images/c1.png", "an image without label"],
+        id="plain-folder image without label",
+    ),
 ]
 
 
@@ -370,13 +502,24 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def ccfv(args, cwd, **kwargs):
     """Run ``python -m ccfv.cli ARGS`` (this checkout's ccfv first on the path)."""
-    env = {**os.environ, "PYTHONWARNINGS": "default", "PYTHONPATH": os.pathsep.join(
-        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, "-m", "ccfv.cli", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600, **kwargs)
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "default",
+        "PYTHONPATH": os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ccfv.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
 
 
 # --- tiny data and banks ------------------------------------------------------------------------
+
 
 def volumes(root: Path) -> Path:
     """Three 24x24x16 volumes in Decathlon layout, classes 1 and 2 (boxes)."""
@@ -389,16 +532,24 @@ def volumes(root: Path) -> Path:
     training = []
     for c in range(3):
         label = np.zeros((24, 24, 16), np.uint8)
-        label[4 + c:12 + c, 4:12, 4:10] = 1
+        label[4 + c : 12 + c, 4:12, 4:10] = 1
         label[14:20, 12:20, 6:12] = 2
         image = 100.0 * label + rng.normal(0, 20, label.shape)
-        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)),
-                 data / f"imagesTr/c{c}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(image.astype(np.float32), np.eye(4)), data / f"imagesTr/c{c}.nii.gz"
+        )
         nib.save(nib.Nifti1Image(label, np.eye(4)), data / f"labelsTr/c{c}.nii.gz")
         training.append({"image": f"./imagesTr/c{c}.nii.gz", "label": f"./labelsTr/c{c}.nii.gz"})
-    (data / "dataset.json").write_text(json.dumps({
-        "name": "boxes", "labels": {"0": "background", "1": "a", "2": "b"},
-        "tensorImageSize": "3D", "training": training}))
+    (data / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "boxes",
+                "labels": {"0": "background", "1": "a", "2": "b"},
+                "tensorImageSize": "3D",
+                "training": training,
+            }
+        )
+    )
     return data
 
 
@@ -412,7 +563,7 @@ def pictures(root: Path) -> Path:
     rng = np.random.default_rng(1)
     for c in range(3):
         label = np.zeros((32, 32), np.uint8)
-        label[8 + c:20 + c, 8:20] = 1
+        label[8 + c : 20 + c, 8:20] = 1
         image = (120 * label + rng.normal(60, 10, label.shape)).clip(0, 255).astype(np.uint8)
         Image.fromarray(image).save(data / f"images/c{c}.png")
         Image.fromarray(label).save(data / f"labels/c{c}.png")
@@ -420,10 +571,20 @@ def pictures(root: Path) -> Path:
 
 
 def unet(name, dims=3, roi=(16, 16, 16), in_channels=1, seed=0):
-    entry = {"name": name, "network": "monai.networks.nets.UNet",
-             "args": {"spatial_dims": dims, "in_channels": in_channels, "out_channels": 2,
-                      "channels": [4, 8, 16], "strides": [2, 2]},
-             "seed": seed, "layers": "auto", "preprocessing": {"intensity": {"kind": "zscore"}}}
+    entry = {
+        "name": name,
+        "network": "monai.networks.nets.UNet",
+        "args": {
+            "spatial_dims": dims,
+            "in_channels": in_channels,
+            "out_channels": 2,
+            "channels": [4, 8, 16],
+            "strides": [2, 2],
+        },
+        "seed": seed,
+        "layers": "auto",
+        "preprocessing": {"intensity": {"kind": "zscore"}},
+    }
     if roi:
         entry["preprocessing"]["roi"] = list(roi)
     return entry
@@ -442,8 +603,21 @@ def good_bank(root):
 def run_rank_args(root, *extra, models=None, data=None):
     """``rank`` of the good bank (or ``models``) on the volumes, output and cache in root."""
     bank_file = run_bank(root, *models) if models else good_bank(root)
-    return ["rank", "--bank", bank_file, "--data", data or volumes(root), "--out", root / "out",
-            "--cache-dir", root / "cache", "--quiet", "--bootstrap", "0", *extra]
+    return [
+        "rank",
+        "--bank",
+        bank_file,
+        "--data",
+        data or volumes(root),
+        "--out",
+        root / "out",
+        "--cache-dir",
+        root / "cache",
+        "--quiet",
+        "--bootstrap",
+        "0",
+        *extra,
+    ]
 
 
 def a_file(root, name="taken"):
@@ -470,106 +644,265 @@ ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
 CASES_RUN = [
     # --- refused before any work (exit 2), rank -------------------------------------------------
-    pytest.param(lambda t: run_rank_args(t, "--out", a_file(t)), 2,
-                 ["ccfv rank: error", "--out", "is a file"], id="rank-out-is-a-file"),
-    pytest.param(lambda t: run_rank_args(t, "--cache-dir", a_file(t)), 2,
-                 ["--cache-dir", "is a file"], id="rank-cache-dir-is-a-file"),
-    pytest.param(lambda t: run_rank_args(t, "--cache-dir", a_file(t) / "sub"), 2,
-                 ["--cache-dir", "cannot write there"], id="rank-cache-dir-below-a-file"),
-    pytest.param(lambda t: (os.chmod(t, 0o555), run_rank_args(t, "--cache-dir", t / "ro"))[1], 2,
-                 ["--cache-dir", "cannot write there", "Permission denied"],
-                 id="rank-cache-dir-unwritable",
-                 marks=pytest.mark.skipif(ROOT, reason="root may write anywhere")),
-    pytest.param(lambda t: run_rank_args(t, "--device", "cuda"), 2,
-                 ["--device cuda", "no CUDA GPU", "--device cpu"], id="rank-cuda-without-cuda",
-                 marks=pytest.mark.skipif("cuda_available()", reason="this machine has CUDA")),
-    pytest.param(lambda t: run_rank_args(t, "--device", "gpu"), 2,
-                 ["--device 'gpu'", "not a torch device", "cuda:N"], id="rank-device-gpu"),
-    pytest.param(lambda t: run_rank_args(t, "--cases", "0"), 2,
-                 ["--cases 0", ">= 1"], id="rank-cases-0"),
-    pytest.param(lambda t: run_rank_args(t, "--cases", "-2"), 2,
-                 ["--cases -2", ">= 1"], id="rank-cases-negative"),
-    pytest.param(lambda t: run_rank_args(t, "--bootstrap", "-5"), 2,
-                 ["--bootstrap -5", "0 to turn the bootstrap off"], id="rank-bootstrap-negative"),
-    pytest.param(lambda t: run_rank_args(t, "--methods", "ccfv[distance=foo]"), 2,
-                 ["ccfv[distance=foo]", "unknown distance 'foo'", "wasserstein",
-                  "before any model runs"], id="rank-method-option-bad-value"),
-    pytest.param(lambda t: run_rank_args(t, "--methods", "ccfv,logme,ccfv[distance=foo]"), 2,
-                 ["ccfv[distance=foo]", "before any model runs"],
-                 id="rank-one-method-of-three-bad-value"),
-    pytest.param(lambda t: run_rank_args(t, "--methods", "ccfv[s=foo]"), 2,
-                 ["ccfv[s=foo]", "TypeError", "before any model runs"],
-                 id="rank-method-option-wrong-type"),
-    pytest.param(lambda t: run_rank_args(t, "--cases", "1"), 2,
-                 ["--methods ccfv on 1 target case(s)", "at least 2", "before any model runs"],
-                 id="rank-one-case-ccfv-without-bootstrap"),
-    pytest.param(lambda t: run_rank_args(t, "--cases", "1", "--bootstrap", "100"), 2,
-                 ["--cases 1 with --bootstrap 100", "--bootstrap 0"],
-                 id="rank-one-case-with-bootstrap"),
+    pytest.param(
+        lambda t: run_rank_args(t, "--out", a_file(t)),
+        2,
+        ["ccfv rank: error", "--out", "is a file"],
+        id="rank-out-is-a-file",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--cache-dir", a_file(t)),
+        2,
+        ["--cache-dir", "is a file"],
+        id="rank-cache-dir-is-a-file",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--cache-dir", a_file(t) / "sub"),
+        2,
+        ["--cache-dir", "cannot write there"],
+        id="rank-cache-dir-below-a-file",
+    ),
+    pytest.param(
+        lambda t: (os.chmod(t, 0o555), run_rank_args(t, "--cache-dir", t / "ro"))[1],
+        2,
+        ["--cache-dir", "cannot write there", "Permission denied"],
+        id="rank-cache-dir-unwritable",
+        marks=pytest.mark.skipif(ROOT, reason="root may write anywhere"),
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--device", "cuda"),
+        2,
+        ["--device cuda", "no CUDA GPU", "--device cpu"],
+        id="rank-cuda-without-cuda",
+        marks=pytest.mark.skipif("cuda_available()", reason="this machine has CUDA"),
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--device", "gpu"),
+        2,
+        ["--device 'gpu'", "not a torch device", "cuda:N"],
+        id="rank-device-gpu",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--cases", "0"), 2, ["--cases 0", ">= 1"], id="rank-cases-0"
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--cases", "-2"),
+        2,
+        ["--cases -2", ">= 1"],
+        id="rank-cases-negative",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--bootstrap", "-5"),
+        2,
+        ["--bootstrap -5", "0 to turn the bootstrap off"],
+        id="rank-bootstrap-negative",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--methods", "ccfv[distance=foo]"),
+        2,
+        ["ccfv[distance=foo]", "unknown distance 'foo'", "wasserstein", "before any model runs"],
+        id="rank-method-option-bad-value",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--methods", "ccfv,logme,ccfv[distance=foo]"),
+        2,
+        ["ccfv[distance=foo]", "before any model runs"],
+        id="rank-one-method-of-three-bad-value",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--methods", "ccfv[s=foo]"),
+        2,
+        ["ccfv[s=foo]", "TypeError", "before any model runs"],
+        id="rank-method-option-wrong-type",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--cases", "1"),
+        2,
+        ["--methods ccfv on 1 target case(s)", "at least 2", "before any model runs"],
+        id="rank-one-case-ccfv-without-bootstrap",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--cases", "1", "--bootstrap", "100"),
+        2,
+        ["--cases 1 with --bootstrap 100", "--bootstrap 0"],
+        id="rank-one-case-with-bootstrap",
+    ),
     # already refused before this issue: kept in the matrix
-    pytest.param(lambda t: ["rank", "--bank", t / "missing.yaml", "--data", volumes(t)], 2,
-                 ["missing.yaml"], id="rank-bank-missing"),
-    pytest.param(lambda t: run_rank_args(t, "--methods", "nope"), 2,
-                 ["unknown method 'nope'", "known methods are"], id="rank-unknown-method"),
-    pytest.param(lambda t: run_rank_args(t, "--methods", "ccfv[foo=1]"), 2,
-                 ["'foo=1' is not an option of ccfv"], id="rank-unknown-method-option"),
-    pytest.param(lambda t: run_rank_args(t, "--retries", "-1"), 2,
-                 ["--retries -1"], id="rank-retries-negative"),
-    pytest.param(lambda t: run_rank_args(t, "--address", "1.2.3.4:6379"), 2,
-                 ["--address", "--backend ray"], id="rank-address-without-ray"),
-    pytest.param(lambda t: run_rank_args(t, "--backend", "ray", "--device", "cuda:1"), 2,
-                 ["--device cuda:1 with --backend ray"], id="rank-ray-device-index"),
+    pytest.param(
+        lambda t: ["rank", "--bank", t / "missing.yaml", "--data", volumes(t)],
+        2,
+        ["missing.yaml"],
+        id="rank-bank-missing",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--methods", "nope"),
+        2,
+        ["unknown method 'nope'", "known methods are"],
+        id="rank-unknown-method",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--methods", "ccfv[foo=1]"),
+        2,
+        ["'foo=1' is not an option of ccfv"],
+        id="rank-unknown-method-option",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--retries", "-1"),
+        2,
+        ["--retries -1"],
+        id="rank-retries-negative",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--address", "1.2.3.4:6379"),
+        2,
+        ["--address", "--backend ray"],
+        id="rank-address-without-ray",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, "--backend", "ray", "--device", "cuda:1"),
+        2,
+        ["--device cuda:1 with --backend ray"],
+        id="rank-ray-device-index",
+    ),
     # --- refused before any work, demo (before its data are written) ------------------------------
-    pytest.param(lambda t: ["demo", "--out", a_file(t), "--cache-dir", t / "cache"], 2,
-                 ["ccfv demo: error", "--out", "is a file"], id="demo-out-is-a-file"),
-    pytest.param(lambda t: ["demo", "--cache-dir", a_file(t)], 2,
-                 ["ccfv demo: error", "--cache-dir", "is a file"], id="demo-cache-dir-is-a-file"),
-    pytest.param(lambda t: ["demo", "--cache-dir", t / "cache", "--device", "gpu"], 2,
-                 ["ccfv demo: error", "not a torch device"], id="demo-device-gpu"),
-    pytest.param(lambda t: ["demo", "--cache-dir", t / "cache", "--cases", "0"], 2,
-                 ["ccfv demo: error", "--cases 0"], id="demo-cases-0"),
-    pytest.param(lambda t: ["demo", "--cache-dir", t / "cache", "--bootstrap", "-5"], 2,
-                 ["ccfv demo: error", "--bootstrap -5"], id="demo-bootstrap-negative"),
-    pytest.param(lambda t: ["demo", "--cache-dir", t / "cache", "--methods",
-                            "ccfv,ccfv[distance=foo]"], 2,
-                 ["ccfv demo: error", "unknown distance 'foo'"], id="demo-method-option-bad-value"),
+    pytest.param(
+        lambda t: ["demo", "--out", a_file(t), "--cache-dir", t / "cache"],
+        2,
+        ["ccfv demo: error", "--out", "is a file"],
+        id="demo-out-is-a-file",
+    ),
+    pytest.param(
+        lambda t: ["demo", "--cache-dir", a_file(t)],
+        2,
+        ["ccfv demo: error", "--cache-dir", "is a file"],
+        id="demo-cache-dir-is-a-file",
+    ),
+    pytest.param(
+        lambda t: ["demo", "--cache-dir", t / "cache", "--device", "gpu"],
+        2,
+        ["ccfv demo: error", "not a torch device"],
+        id="demo-device-gpu",
+    ),
+    pytest.param(
+        lambda t: ["demo", "--cache-dir", t / "cache", "--cases", "0"],
+        2,
+        ["ccfv demo: error", "--cases 0"],
+        id="demo-cases-0",
+    ),
+    pytest.param(
+        lambda t: ["demo", "--cache-dir", t / "cache", "--bootstrap", "-5"],
+        2,
+        ["ccfv demo: error", "--bootstrap -5"],
+        id="demo-bootstrap-negative",
+    ),
+    pytest.param(
+        lambda t: ["demo", "--cache-dir", t / "cache", "--methods", "ccfv,ccfv[distance=foo]"],
+        2,
+        ["ccfv demo: error", "unknown distance 'foo'"],
+        id="demo-method-option-bad-value",
+    ),
     # --- evaluate and layers ---------------------------------------------------------------------
-    pytest.param(lambda t: ["evaluate", *sum(zip(("--scores", "--truth"), scores_and_truth(t)), ()),
-                            "--out", a_file(t)], 2,
-                 ["ccfv evaluate: error", "--out", "is a file"], id="evaluate-out-is-a-file"),
-    pytest.param(lambda t: ["evaluate", "--scores", t / "none.csv", "--truth",
-                            scores_and_truth(t)[1], "--out", t / "ev"], 2,
-                 ["none.csv"], id="evaluate-scores-missing"),
-    pytest.param(lambda t: ["layers", "--bank", good_bank(t), "--shape", "1,a,16"], 2,
-                 ["ccfv layers: error", "--shape 1,a,16", "C,X,Y"], id="layers-shape-not-numbers"),
-    pytest.param(lambda t: ["layers", "--bank", good_bank(t), "--model", "nope"], 2,
-                 ["no model named 'nope'", "a, b"], id="layers-model-missing"),
-    pytest.param(lambda t: ["layers", "--bank",
-                            run_bank(t, unet("a"), unet("odd", roi=(18, 18, 10)))],
-                 1, ["odd: FAILED", "needs a window divisible by 4", "use 20x20x12",
-                     "RuntimeError", "1 of 2 model(s) failed", "layers used"],
-                 id="layers-one-model-fails"),
+    pytest.param(
+        lambda t: [
+            "evaluate",
+            *sum(zip(("--scores", "--truth"), scores_and_truth(t)), ()),
+            "--out",
+            a_file(t),
+        ],
+        2,
+        ["ccfv evaluate: error", "--out", "is a file"],
+        id="evaluate-out-is-a-file",
+    ),
+    pytest.param(
+        lambda t: [
+            "evaluate",
+            "--scores",
+            t / "none.csv",
+            "--truth",
+            scores_and_truth(t)[1],
+            "--out",
+            t / "ev",
+        ],
+        2,
+        ["none.csv"],
+        id="evaluate-scores-missing",
+    ),
+    pytest.param(
+        lambda t: ["layers", "--bank", good_bank(t), "--shape", "1,a,16"],
+        2,
+        ["ccfv layers: error", "--shape 1,a,16", "C,X,Y"],
+        id="layers-shape-not-numbers",
+    ),
+    pytest.param(
+        lambda t: ["layers", "--bank", good_bank(t), "--model", "nope"],
+        2,
+        ["no model named 'nope'", "a, b"],
+        id="layers-model-missing",
+    ),
+    pytest.param(
+        lambda t: ["layers", "--bank", run_bank(t, unet("a"), unet("odd", roi=(18, 18, 10)))],
+        1,
+        [
+            "odd: FAILED",
+            "needs a window divisible by 4",
+            "use 20x20x12",
+            "RuntimeError",
+            "1 of 2 model(s) failed",
+            "layers used",
+        ],
+        id="layers-one-model-fails",
+    ),
     # --- one model's failure is that model's failure (exit 1, the others scored and written) ------
-    pytest.param(lambda t: run_rank_args(t, models=[unet("a"), unet("odd", roi=(18, 18, 10)),
-                                                unet("c", roi=(16, 16, 8))]), 1,
-                 ["odd: FAILED", "UNet with strides 2,2 needs a window divisible by 4",
-                  "roi 18x18x10 is not: use 20x20x12", "a: ccfv", "c: ccfv", "wrote",
-                  "1 model(s) failed: odd"], id="rank-window-not-divisible-by-stride"),
-    pytest.param(lambda t: run_rank_args(t, models=[unet("u3"), unet("u2", dims=2, roi=(16, 16))],
-                                     data=pictures(t)), 1,
-                 ["u3: FAILED", "a 3D network (Conv3d layers) on 2D target data",
-                  "spatial_dims: 2", "u2: ccfv", "wrote"], id="rank-3d-network-on-2d-data"),
-    pytest.param(lambda t: run_rank_args(t, models=[unet("u3", roi=None),
-                                                unet("u2", dims=2, roi=(16, 16))],
-                                     data=pictures(t)), 1,
-                 ["u3: FAILED", "a 3D network (Conv3d layers) on 2D target data", "u2: ccfv"],
-                 id="rank-3d-network-without-roi-on-2d-data"),
-    pytest.param(lambda t: run_rank_args(t, models=[unet("a"), unet("two", in_channels=2)]), 1,
-                 ["two: FAILED: RuntimeError", "traceback in", "failures.log", "a: ccfv",
-                  "wrote"], id="rank-unexpected-error-in-one-model"),
-    pytest.param(lambda t: run_rank_args(t, models=[unet("u3"), unet("v3", seed=1)],
-                                     data=pictures(t)), 1,
-                 ["2 model(s) failed: u3, v3", "wrote"], id="rank-every-model-fails"),
+    pytest.param(
+        lambda t: run_rank_args(
+            t, models=[unet("a"), unet("odd", roi=(18, 18, 10)), unet("c", roi=(16, 16, 8))]
+        ),
+        1,
+        [
+            "odd: FAILED",
+            "UNet with strides 2,2 needs a window divisible by 4",
+            "roi 18x18x10 is not: use 20x20x12",
+            "a: ccfv",
+            "c: ccfv",
+            "wrote",
+            "1 model(s) failed: odd",
+        ],
+        id="rank-window-not-divisible-by-stride",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(
+            t, models=[unet("u3"), unet("u2", dims=2, roi=(16, 16))], data=pictures(t)
+        ),
+        1,
+        [
+            "u3: FAILED",
+            "a 3D network (Conv3d layers) on 2D target data",
+            "spatial_dims: 2",
+            "u2: ccfv",
+            "wrote",
+        ],
+        id="rank-3d-network-on-2d-data",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(
+            t, models=[unet("u3", roi=None), unet("u2", dims=2, roi=(16, 16))], data=pictures(t)
+        ),
+        1,
+        ["u3: FAILED", "a 3D network (Conv3d layers) on 2D target data", "u2: ccfv"],
+        id="rank-3d-network-without-roi-on-2d-data",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, models=[unet("a"), unet("two", in_channels=2)]),
+        1,
+        ["two: FAILED: RuntimeError", "traceback in", "failures.log", "a: ccfv", "wrote"],
+        id="rank-unexpected-error-in-one-model",
+    ),
+    pytest.param(
+        lambda t: run_rank_args(t, models=[unet("u3"), unet("v3", seed=1)], data=pictures(t)),
+        1,
+        ["2 model(s) failed: u3, v3", "wrote"],
+        id="rank-every-model-fails",
+    ),
 ]
 
 
@@ -597,12 +930,17 @@ def test_bad_input(build, exit_code, keywords, tmp_path):
 
 # --- what the matrix's exit-1 cases leave behind --------------------------------------------------
 
+
 def test_failed_models_lose_no_scores_and_get_no_rank(tmp_path):
     """A model failing in the middle of the bank: the others are scored and written, its
     traceback (an unexpected error) is in failures.log, it has no rank number; when every
     model fails there is no rank 1 at all."""
-    models = [unet("a"), unet("two", in_channels=2), unet("odd", roi=(18, 18, 10)),
-              unet("c", roi=(16, 16, 8))]
+    models = [
+        unet("a"),
+        unet("two", in_channels=2),
+        unet("odd", roi=(18, 18, 10)),
+        unet("c", roi=(16, 16, 8)),
+    ]
     done = ccfv(run_rank_args(tmp_path, "--methods", "ccfv,logme", models=models), cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     out = tmp_path / "out"
@@ -620,8 +958,10 @@ def test_failed_models_lose_no_scores_and_get_no_rank(tmp_path):
     assert [r[0] for r in rows] == ["1", "2", "-", "-"]
     assert {r[1] for r in rows[2:]} == {"two", "odd"}
 
-    done = ccfv(run_rank_args(tmp_path, models=[unet("u3"), unet("v3", seed=1)],
-                          data=pictures(tmp_path)), cwd=tmp_path)
+    done = ccfv(
+        run_rank_args(tmp_path, models=[unet("u3"), unet("v3", seed=1)], data=pictures(tmp_path)),
+        cwd=tmp_path,
+    )
     table = (tmp_path / "out" / "report.md").read_text().split("```")[1]
     assert done.returncode == 1
     assert [line.split()[0] for line in table.splitlines()[3:]] == ["-", "-"]
@@ -634,9 +974,14 @@ def test_ctrl_c_says_what_is_cached(tmp_path):
     models = [unet(f"m{i}", roi=(8, 8, 8), seed=i) for i in range(8)]
     args = run_rank_args(tmp_path, models=models)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "ccfv.cli", *map(str, args)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "ccfv.cli", *map(str, args)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("m0: ccfv"):
             proc.send_signal(signal.SIGINT)

@@ -190,8 +190,11 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"this is not a torch checkpoint" * 20)
     (tmp_path / "text.pt").write_text("models: []\n")
     for name in ("junk.pt", "text.pt"):
-        with pytest.raises(UserError, match=rf"{name}.*'m'.*not a readable torch checkpoint"
-                                            r".*written by torch\.save") as error:
+        with pytest.raises(
+            UserError,
+            match=rf"{name}.*'m'.*not a readable torch checkpoint"
+            r".*written by torch\.save",
+        ) as error:
             build_model(entry_of(tmp_path, checkpoint=name))
         assert "weights_only=False" not in str(error.value)  # torch's advice is not passed on
     torch.save([1, 2, 3], tmp_path / "list.pt")
@@ -203,9 +206,12 @@ def test_checkpoint_with_numpy_values_loads_without_unpickling(tmp_path):
     """nnU-Net-like checkpoints hold numpy arrays and scalars: read with weights_only=True."""
     ref = reference_model()
     torch.save(
-        {"network_weights": ref.state_dict(), "init_args": {"plans": np.arange(3)},
-         "logging": {"ema_fg_dice": [np.float64(0.5), np.float32(0.25)]},
-         "device": torch.device("cpu")},
+        {
+            "network_weights": ref.state_dict(),
+            "init_args": {"plans": np.arange(3)},
+            "logging": {"ema_fg_dice": [np.float64(0.5), np.float32(0.25)]},
+            "device": torch.device("cpu"),
+        },
         tmp_path / "nnunet_like.pt",
     )
     with warnings.catch_warnings():
@@ -231,11 +237,17 @@ class _CreatesFile:
 def test_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, layout):
     marker = tmp_path / "code_ran"
     evil = _CreatesFile(marker)
-    obj = {"bare": evil, "under_state_dict": {"state_dict": evil},
-           "beside_weights": {"state_dict": reference_model().state_dict(), "extra": evil}}[layout]
+    obj = {
+        "bare": evil,
+        "under_state_dict": {"state_dict": evil},
+        "beside_weights": {"state_dict": reference_model().state_dict(), "extra": evil},
+    }[layout]
     torch.save(obj, tmp_path / "evil.pt")
-    with pytest.raises(UserError, match=r"evil\.pt.*pickled Python objects.*mkdir.*"
-                                        r"weights_only=True.*state_dict"):
+    with pytest.raises(
+        UserError,
+        match=r"evil\.pt.*pickled Python objects.*mkdir.*"
+        r"weights_only=True.*state_dict",
+    ):
         read_state_dict(tmp_path / "evil.pt", entry="m")
     assert not marker.exists()
     with pytest.raises(UserError, match="never unpickles"):
@@ -245,9 +257,12 @@ def test_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, la
 
 def test_pickled_module_is_refused_with_the_fix(tmp_path):
     torch.save(reference_model(), tmp_path / "whole.pt")
-    with pytest.raises(UserError, match=r"whole\.pt.*a whole pickled nn\.Module "
-                                        r"\(monai\.networks\..*"
-                                        r"torch\.save\(model\.state_dict\(\), path\)"):
+    with pytest.raises(
+        UserError,
+        match=r"whole\.pt.*a whole pickled nn\.Module "
+        r"\(monai\.networks\..*"
+        r"torch\.save\(model\.state_dict\(\), path\)",
+    ):
         read_state_dict(tmp_path / "whole.pt", entry="m")
 
 
@@ -263,8 +278,9 @@ def test_every_torch_load_goes_through_load_torch_file():
             if re.search(r"^[^\"'`]*\btorch\.load\(", code):  # a call, not text
                 calls.append((path.relative_to(src).as_posix(), line.strip()))
             assert "weights_only=False" not in code or "``" in code, (path, number, line)
-    assert calls == [("bank/checkpoint.py",
-                      'return torch.load(path, map_location="cpu", weights_only=True)')]
+    assert calls == [
+        ("bank/checkpoint.py", 'return torch.load(path, map_location="cpu", weights_only=True)')
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,8 +308,14 @@ def test_missing_einops_is_a_user_error(tmp_path):
                 {
                     "name": "swin",
                     "network": "monai.networks.nets.SwinUNETR",
-                    "args": {"in_channels": 1, "out_channels": 2, "feature_size": 12,
-                             "spatial_dims": 2, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]},
+                    "args": {
+                        "in_channels": 1,
+                        "out_channels": 2,
+                        "feature_size": 12,
+                        "spatial_dims": 2,
+                        "depths": [1, 1, 1, 1],
+                        "num_heads": [1, 1, 1, 1],
+                    },
                 }
             ]
         },
@@ -348,6 +370,7 @@ def test_factory_entry(tmp_path, monkeypatch):
     assert torch.equal(feats["head:input"], torch.relu(feats["dec:output"]))
     with pytest.raises(UserError, match="ccfv layers"):
         resolve_layers(model, parse_bank({"models": [dict(raw, layers="auto")]}, tmp_path)[0])
+
     def variant(**kv):
         return parse_bank({"models": [dict(raw, **kv)]}, tmp_path)[0]
 
@@ -446,6 +469,7 @@ def test_bank_never_imports_torchvision_or_timm():
         print(sorted(k for k in sys.modules if k.split(".")[0] in ("torchvision", "timm")))
         """
     )
-    done = subprocess.run([sys.executable, "-c", NO_TORCHVISION + code], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCHVISION + code], capture_output=True, text=True, check=True
+    )
     assert done.stdout.strip().splitlines()[-1] == "[]"

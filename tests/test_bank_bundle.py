@@ -22,23 +22,51 @@ from ccfv.rank import rank
 
 DATA = SHARED / "data"
 SPLEEN = DATA / "spleen_ct_crop_3d"
-NET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16],
-       "strides": [2, 2], "num_res_units": 1, "norm": "batch"}
+NET = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+    "norm": "batch",
+}
 
 METADATA = {
     "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
-              "0.8.1/meta_schema_20220324.json",
-    "version": "0.1.0", "monai_version": "1.3.0", "pytorch_version": "2.0.0",
-    "name": "Spleen CT segmentation (test copy)", "task": "Spleen segmentation",
+    "0.8.1/meta_schema_20220324.json",
+    "version": "0.1.0",
+    "monai_version": "1.3.0",
+    "pytorch_version": "2.0.0",
+    "name": "Spleen CT segmentation (test copy)",
+    "task": "Spleen segmentation",
     "network_data_format": {
-        "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT",
-                             "num_channels": 1, "spatial_shape": [32, 32, 32],
-                             "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
-                             "channel_def": {"0": "image"}}},
-        "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
-                             "spatial_shape": [32, 32, 32], "dtype": "float32",
-                             "value_range": [0, 1], "is_patch_data": True,
-                             "channel_def": {"0": "background", "1": "spleen"}}}},
+        "inputs": {
+            "image": {
+                "type": "image",
+                "format": "hounsfield",
+                "modality": "CT",
+                "num_channels": 1,
+                "spatial_shape": [32, 32, 32],
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "is_patch_data": True,
+                "channel_def": {"0": "image"},
+            }
+        },
+        "outputs": {
+            "pred": {
+                "type": "image",
+                "format": "segmentation",
+                "num_channels": 2,
+                "spatial_shape": [32, 32, 32],
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "is_patch_data": True,
+                "channel_def": {"0": "background", "1": "spleen"},
+            }
+        },
+    },
 }
 
 
@@ -59,23 +87,49 @@ def inference_config(net=None, pixdim=(1.5, 1.5, 2.0), roi=(32, 32, 32)):
                 {"_target_": "LoadImaged", "keys": "image"},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
                 {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-                {"_target_": "Spacingd", "keys": "image", "pixdim": list(pixdim),
-                 "mode": "bilinear"},
-                {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57,
-                 "a_max": 164, "b_min": 0, "b_max": 1, "clip": True},
+                {
+                    "_target_": "Spacingd",
+                    "keys": "image",
+                    "pixdim": list(pixdim),
+                    "mode": "bilinear",
+                },
+                {
+                    "_target_": "ScaleIntensityRanged",
+                    "keys": "image",
+                    "a_min": -57,
+                    "a_max": 164,
+                    "b_min": 0,
+                    "b_max": 1,
+                    "clip": True,
+                },
                 {"_target_": "EnsureTyped", "keys": "image"},
             ],
         },
-        "dataset": {"_target_": "Dataset",
-                    "data": "$[{'image': i} for i in @datalist]",
-                    "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1,
-                       "shuffle": False, "num_workers": 0},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(roi),
-                    "sw_batch_size": 4, "overlap": 0.5},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]},
+        "dataset": {
+            "_target_": "Dataset",
+            "data": "$[{'image': i} for i in @datalist]",
+            "transform": "@preprocessing",
+        },
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": 0,
+        },
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": list(roi),
+            "sw_batch_size": 4,
+            "overlap": 0.5,
+        },
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            ],
+        },
     }
 
 
@@ -114,8 +168,10 @@ def spleen_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def entry(spleen_bundle, tmp_path_factory):
-    bank = bank_file(tmp_path_factory.mktemp("bank") / "bank.yaml",
-                     [{"name": "spleen", "bundle": str(spleen_bundle)}])
+    bank = bank_file(
+        tmp_path_factory.mktemp("bank") / "bank.yaml",
+        [{"name": "spleen", "bundle": str(spleen_bundle)}],
+    )
     (e,) = load_bank(bank)
     return e
 
@@ -171,8 +227,9 @@ def test_logits_equal_bundle_network_and_inferer(entry, spleen_bundle):
 
     model, _ = load_model(entry)
     pre = entry.preprocessing
-    inferer = SlidingWindowInferer(roi_size=pre.roi, overlap=pre.overlap,
-                                   sw_batch_size=pre.sw_batch_size)
+    inferer = SlidingWindowInferer(
+        roi_size=pre.roi, overlap=pre.overlap, sw_batch_size=pre.sw_batch_size
+    )
     with torch.no_grad():
         got = inferer(x, model)
     assert got.shape == ref.shape == (1, 2, *image.shape[1:])
@@ -180,17 +237,39 @@ def test_logits_equal_bundle_network_and_inferer(entry, spleen_bundle):
 
 
 def test_rank_mixes_yaml_entry_and_bundle(tmp_path):
-    make_bundle(tmp_path / "mri_bundle",
-                config=inference_config(pixdim=(3.0, 3.0, 6.0), roi=(48, 48, 16)))
-    bank = bank_file(tmp_path / "bank.yaml", [
-        {"name": "yaml_unet", "network": "monai.networks.nets.UNet",
-         "args": {k: v for k, v in NET.items()}, "seed": 1, "layers": "auto",
-         "preprocessing": {"orientation": "RAS", "spacing": [3.0, 3.0, 6.0],
-                           "intensity": {"kind": "zscore"}, "roi": [48, 48, 16]}},
-        {"name": "bundle_unet", "bundle": "mri_bundle"},
-    ])
-    result = rank(bank, DATA / "chaos_t2spir_abdomen3d", methods=["ccfv"], cases=2, seed=0,
-                  cache_dir=tmp_path / "cache", bootstrap=0, progress=False, log=lambda *_: None)
+    make_bundle(
+        tmp_path / "mri_bundle", config=inference_config(pixdim=(3.0, 3.0, 6.0), roi=(48, 48, 16))
+    )
+    bank = bank_file(
+        tmp_path / "bank.yaml",
+        [
+            {
+                "name": "yaml_unet",
+                "network": "monai.networks.nets.UNet",
+                "args": {k: v for k, v in NET.items()},
+                "seed": 1,
+                "layers": "auto",
+                "preprocessing": {
+                    "orientation": "RAS",
+                    "spacing": [3.0, 3.0, 6.0],
+                    "intensity": {"kind": "zscore"},
+                    "roi": [48, 48, 16],
+                },
+            },
+            {"name": "bundle_unet", "bundle": "mri_bundle"},
+        ],
+    )
+    result = rank(
+        bank,
+        DATA / "chaos_t2spir_abdomen3d",
+        methods=["ccfv"],
+        cases=2,
+        seed=0,
+        cache_dir=tmp_path / "cache",
+        bootstrap=0,
+        progress=False,
+        log=lambda *_: None,
+    )
     assert not result.failures
     assert set(result.ranking()) == {"yaml_unet", "bundle_unet"}
     for name in ("yaml_unet", "bundle_unet"):
@@ -242,9 +321,13 @@ def test_weights_that_do_not_fit(tmp_path):
 
 def test_auto_layers_unknown_network_lists_modules(tmp_path):
     net = {"_target_": "HighResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2}
-    folder = make_bundle(tmp_path / "b", config=inference_config(net=net, roi=(16, 16, 16)),
-                         state=__import__("monai").networks.nets.HighResNet(
-                             spatial_dims=3, in_channels=1, out_channels=2).state_dict())
+    folder = make_bundle(
+        tmp_path / "b",
+        config=inference_config(net=net, roi=(16, 16, 16)),
+        state=__import__("monai")
+        .networks.nets.HighResNet(spatial_dims=3, in_channels=1, out_channels=2)
+        .state_dict(),
+    )
     (entry,) = load_bank(bank_file(tmp_path / "bank.yaml", [{"name": "h", "bundle": str(folder)}]))
     model, _ = load_model(entry)
     with pytest.raises(UserError) as info:
@@ -255,15 +338,20 @@ def test_auto_layers_unknown_network_lists_modules(tmp_path):
 
 
 def test_bundle_entry_rejects_other_keys(tmp_path, spleen_bundle):
-    bank = bank_file(tmp_path / "bank.yaml", [{"name": "b", "bundle": str(spleen_bundle),
-                                               "checkpoint": "x.pt"}])
+    bank = bank_file(
+        tmp_path / "bank.yaml", [{"name": "b", "bundle": str(spleen_bundle), "checkpoint": "x.pt"}]
+    )
     with pytest.raises(UserError, match="'checkpoint' is not used with 'bundle'"):
         load_bank(bank)
-    bank = bank_file(tmp_path / "bank.yaml", [{"name": "b", "bundle": str(spleen_bundle),
-                                               "preprocessing": {"spacing": [1, 1, 1]}}])
+    bank = bank_file(
+        tmp_path / "bank.yaml",
+        [{"name": "b", "bundle": str(spleen_bundle), "preprocessing": {"spacing": [1, 1, 1]}}],
+    )
     with pytest.raises(UserError, match="unknown key 'spacing'"):
         load_bank(bank)
-    bank = bank_file(tmp_path / "bank.yaml", [{"name": "b", "bundle": str(spleen_bundle),
-                                               "preprocessing": {"roi": [16, 16, 8]}}])
+    bank = bank_file(
+        tmp_path / "bank.yaml",
+        [{"name": "b", "bundle": str(spleen_bundle), "preprocessing": {"roi": [16, 16, 8]}}],
+    )
     pre = load_bank(bank)[0].preprocessing  # the entry overrides the inferer's window
     assert pre.roi == (16, 16, 8) and pre.overlap == 0.5 and pre.sw_batch_size == 4

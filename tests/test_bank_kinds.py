@@ -54,8 +54,9 @@ class TinyNet(ModelKind):
     def parse(self, raw: Mapping[str, Any], ctx) -> Any:
         width = raw[self.key]
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise UserError(f"{ctx.where}: 'tinynet' must be a positive integer (the width), "
-                            f"got {width!r}")
+            raise UserError(
+                f"{ctx.where}: 'tinynet' must be a positive integer (the width), got {width!r}"
+            )
         return parse_built_entry(raw, ctx, self.key, str(width))
 
     def load(self, entry):
@@ -68,10 +69,20 @@ class TinyNet(ModelKind):
         return [LayerSpec("conv1", "output"), LayerSpec("conv2", "input")]
 
 
-PRE = {"orientation": "RAS", "spacing": [3.0, 3.0, 6.0], "intensity": {"kind": "zscore"},
-       "roi": [48, 48, 16]}
-UNET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16],
-        "strides": [2, 2], "num_res_units": 1}
+PRE = {
+    "orientation": "RAS",
+    "spacing": [3.0, 3.0, 6.0],
+    "intensity": {"kind": "zscore"},
+    "roi": [48, 48, 16],
+}
+UNET = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+}
 
 
 def write_bank(path, models):
@@ -80,9 +91,16 @@ def write_bank(path, models):
 
 
 def test_registered_kind_builds_and_ranks_a_bank(tmp_path):
-    models = [{"name": "tiny", "tinynet": 4, "seed": 3, "preprocessing": PRE},
-              {"name": "unet", "network": "monai.networks.nets.UNet", "args": UNET, "seed": 1,
-               "preprocessing": PRE}]
+    models = [
+        {"name": "tiny", "tinynet": 4, "seed": 3, "preprocessing": PRE},
+        {
+            "name": "unet",
+            "network": "monai.networks.nets.UNet",
+            "args": UNET,
+            "seed": 1,
+            "preprocessing": PRE,
+        },
+    ]
     bank = write_bank(tmp_path / "bank.yaml", models)
     with registered(TinyNet()):
         tiny, unet = load_bank(bank)
@@ -94,8 +112,10 @@ def test_registered_kind_builds_and_ranks_a_bank(tmp_path):
         assert report.initialisation == "seeded-random" and report.seed == 3
         torch.manual_seed(3)
         reference = Tiny(4)
-        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                      reference.state_dict().values()))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(model.state_dict().values(), reference.state_dict().values())
+        )
         assert [s.key for s in resolve_layers(model, tiny)] == ["conv1:output", "conv2:input"]
         assert describe_preprocessing(tiny).startswith("preprocessing {orientation: RAS")
         assert entry_files(tiny) == []
@@ -106,22 +126,40 @@ def test_registered_kind_builds_and_ranks_a_bank(tmp_path):
 
         rows = check_entries([tiny, unet])
         assert [(r.name, r.source_format, r.ok) for r in rows] == [
-            ("tiny", "tinynet", True), ("unet", "network", True)]
-        assert rows[0].layers == [("conv1:output", (1, 4, 48, 48, 16)),
-                                  ("conv2:input", (1, 4, 48, 48, 16))]
+            ("tiny", "tinynet", True),
+            ("unet", "network", True),
+        ]
+        assert rows[0].layers == [
+            ("conv1:output", (1, 4, 48, 48, 16)),
+            ("conv2:input", (1, 4, 48, 48, 16)),
+        ]
 
-        result = rank(bank, DATA / "chaos_t2spir_abdomen3d", methods=["ccfv"], cases=2, seed=0,
-                      cache_dir=tmp_path / "cache", bootstrap=0, progress=False,
-                      log=lambda *_: None)
+        result = rank(
+            bank,
+            DATA / "chaos_t2spir_abdomen3d",
+            methods=["ccfv"],
+            cases=2,
+            seed=0,
+            cache_dir=tmp_path / "cache",
+            bootstrap=0,
+            progress=False,
+            log=lambda *_: None,
+        )
         assert not result.failures
         assert set(result.ranking()) == {"tiny", "unet"}
         assert all(np.isfinite(result.scores[n]["ccfv"]) for n in ("tiny", "unet"))
 
-        with pytest.raises(UserError, match=r"bank\.yaml: model 'tiny': 'tinynet' must be a "
-                                            r"positive integer.*got 0"):
+        with pytest.raises(
+            UserError,
+            match=r"bank\.yaml: model 'tiny': 'tinynet' must be a "
+            r"positive integer.*got 0",
+        ):
             load_bank(write_bank(tmp_path / "bank.yaml", [{**models[0], "tinynet": 0}]))
-        with pytest.raises(UserError, match=r"exactly one of .*'tinynet' \(the width of a "
-                                            r"two-layer 3D conv net\); got network and tinynet"):
+        with pytest.raises(
+            UserError,
+            match=r"exactly one of .*'tinynet' \(the width of a "
+            r"two-layer 3D conv net\); got network and tinynet",
+        ):
             load_bank(write_bank(tmp_path / "bank.yaml", [{**models[0], "network": "UNet"}]))
     assert "tinynet" not in KINDS
     with pytest.raises(UserError, match="unknown key 'tinynet'"):

@@ -85,24 +85,52 @@ def build_entries(tmp_path, monkeypatch):
     # torch.jit.save is not byte-reproducible: the TorchScript file is a committed fixture
     shutil.copy(SCRIPTED, tmp_path / "model.ts")
     make_bundle(tmp_path / "bundle")
-    make_results_folder(tmp_path / "nnunet", config="3d_fullres", dims=3, patch=(16, 32, 32),
-                        spacing=(6.0, 2.0, 2.0), scheme="CTNormalization", labels=2,
-                        reader="SimpleITKIO", transpose=(0, 2, 1))
+    make_results_folder(
+        tmp_path / "nnunet",
+        config="3d_fullres",
+        dims=3,
+        patch=(16, 32, 32),
+        spacing=(6.0, 2.0, 2.0),
+        scheme="CTNormalization",
+        labels=2,
+        reader="SimpleITKIO",
+        transpose=(0, 2, 1),
+    )
     nn_folder = next((tmp_path / "nnunet").rglob("plans.json")).parent
     models = [
-        {"name": "factory", "factory": "fp_factory_mod:make_net", "args": {"width": 4},
-         "checkpoint": str(ck), "layers": ["0", "1:input"],
-         "preprocessing": {"spacing": [1.5, 1.5, 2.0], "roi": [32, 32, 16],
-                           "intensity": {"kind": "ct", "clip": [-175, 250]}}},
+        {
+            "name": "factory",
+            "factory": "fp_factory_mod:make_net",
+            "args": {"width": 4},
+            "checkpoint": str(ck),
+            "layers": ["0", "1:input"],
+            "preprocessing": {
+                "spacing": [1.5, 1.5, 2.0],
+                "roi": [32, 32, 16],
+                "intensity": {"kind": "ct", "clip": [-175, 250]},
+            },
+        },
         {"name": "factory_seeded", "factory": "fp_factory_mod:make_net", "seed": 4},
-        {"name": "torchscript", "torchscript": "model.ts", "layers": ["outputs.1"],
-         "preprocessing": {"roi": [16, 16, 16], "orientation": "LPS"}},
+        {
+            "name": "torchscript",
+            "torchscript": "model.ts",
+            "layers": ["outputs.1"],
+            "preprocessing": {"roi": [16, 16, 16], "orientation": "LPS"},
+        },
         {"name": "bundle", "bundle": "bundle"},
-        {"name": "bundle_roi", "bundle": "bundle", "layers": ["model.2:input"],
-         "preprocessing": {"roi": [48, 48, 48]}},
+        {
+            "name": "bundle_roi",
+            "bundle": "bundle",
+            "layers": ["model.2:input"],
+            "preprocessing": {"roi": [48, 48, 48]},
+        },
         {"name": "nnunet", "nnunet": str(nn_folder)},
-        {"name": "nnunet_layers", "nnunet": str(nn_folder), "layers": ["decoder.stages.0"],
-         "preprocessing": {"overlap": 0.25}},
+        {
+            "name": "nnunet_layers",
+            "nnunet": str(nn_folder),
+            "layers": ["decoder.stages.0"],
+            "preprocessing": {"overlap": 0.25},
+        },
     ]
     bank = tmp_path / "bank.yaml"
     bank.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
@@ -111,15 +139,15 @@ def build_entries(tmp_path, monkeypatch):
 
 
 def installed_versions():
-    return {"monai": version("monai"), "nnunetv2": version("nnunetv2"),
-            "torch": torch.__version__}
+    return {"monai": version("monai"), "nnunetv2": version("nnunetv2"), "torch": torch.__version__}
 
 
 def test_fingerprints_equal_mains(tmp_path, monkeypatch):
     pytest.importorskip("nnunetv2")
     if installed_versions() != VERSIONS:
-        pytest.skip(f"the pinned fingerprints are for {VERSIONS}, installed are "
-                    f"{installed_versions()}")
+        pytest.skip(
+            f"the pinned fingerprints are for {VERSIONS}, installed are {installed_versions()}"
+        )
     entries = build_entries(tmp_path, monkeypatch)
     got = {name: fingerprint(entry) for name, entry in entries.items()}
     assert got == EXPECTED

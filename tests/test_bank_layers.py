@@ -28,8 +28,13 @@ needs_einops = pytest.mark.skipif(not HAS_EINOPS, reason="MONAI's UNETR/SwinUNET
 ARCHS = [
     (
         "UNet",
-        {"in_channels": 1, "out_channels": 2, "channels": [4, 8, 16, 32], "strides": [2, 2, 2],
-         "num_res_units": 1},
+        {
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": [4, 8, 16, 32],
+            "strides": [2, 2, 2],
+            "num_res_units": 1,
+        },
         32,
         False,
         [
@@ -47,25 +52,44 @@ ARCHS = [
     ),
     (
         "DynUNet",
-        {"in_channels": 1, "out_channels": 2, "kernel_size": [3, 3, 3, 3], "strides": [1, 2, 2, 2],
-         "upsample_kernel_size": [2, 2, 2], "filters": [4, 8, 16, 32], "deep_supervision": True,
-         "deep_supr_num": 2},
+        {
+            "in_channels": 1,
+            "out_channels": 2,
+            "kernel_size": [3, 3, 3, 3],
+            "strides": [1, 2, 2, 2],
+            "upsample_kernel_size": [2, 2, 2],
+            "filters": [4, 8, 16, 32],
+            "deep_supervision": True,
+            "deep_supr_num": 2,
+        },
         32,
         False,
         [("upsamples.0:output", 16, 4), ("upsamples.1:output", 8, 2), ("output_block:input", 4, 1)],
     ),
     (
         "UNETR",
-        {"in_channels": 1, "out_channels": 2, "img_size": None, "feature_size": 4,
-         "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
+        {
+            "in_channels": 1,
+            "out_channels": 2,
+            "img_size": None,
+            "feature_size": 4,
+            "hidden_size": 48,
+            "mlp_dim": 96,
+            "num_heads": 4,
+        },
         32,
         True,
         [("decoder3:input", 16, 4), ("decoder2:input", 8, 2), ("out:input", 4, 1)],
     ),
     (
         "SwinUNETR",
-        {"in_channels": 1, "out_channels": 2, "feature_size": 12, "depths": [1, 1, 1, 1],
-         "num_heads": [1, 1, 1, 1]},
+        {
+            "in_channels": 1,
+            "out_channels": 2,
+            "feature_size": 12,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 1, 1, 1],
+        },
         64,
         True,
         [("decoder2:input", 24, 4), ("decoder1:input", 12, 2), ("out:input", 12, 1)],
@@ -139,15 +163,28 @@ def test_auto_layers_give_the_decoder_pyramid(network, args, size, einops, expec
 
 
 def test_auto_layers_follow_the_depth_of_unet():
-    shallow = make_entry("UNet", {"in_channels": 1, "out_channels": 2, "channels": [4, 8, 16],
-                                  "strides": [2, 2]}, 2, 16)
+    shallow = make_entry(
+        "UNet",
+        {"in_channels": 1, "out_channels": 2, "channels": [4, 8, 16], "strides": [2, 2]},
+        2,
+        16,
+    )
     model = build_model(shallow)
     assert auto_layers(model) == [
         LayerSpec("model.1.submodule.2", "input"),
         LayerSpec("model.2", "input"),
     ]
-    deep = make_entry("UNet", {"in_channels": 1, "out_channels": 2, "channels": [2, 2, 2, 2, 2, 2],
-                               "strides": [2, 2, 2, 2, 2]}, 2, 32)
+    deep = make_entry(
+        "UNet",
+        {
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": [2, 2, 2, 2, 2, 2],
+            "strides": [2, 2, 2, 2, 2],
+        },
+        2,
+        32,
+    )
     assert [s.name for s in auto_layers(build_model(deep))] == [
         "model.1.submodule.1.submodule.2",
         "model.1.submodule.2",
@@ -265,8 +302,9 @@ def test_list_layers():
 
 
 def test_list_layers_of_a_monai_network():
-    entry = make_entry("BasicUNet", {"in_channels": 1, "out_channels": 2,
-                                     "features": [4, 4, 8, 8, 16, 4]}, 2, 32)
+    entry = make_entry(
+        "BasicUNet", {"in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 8, 16, 4]}, 2, 32
+    )
     rows = {r.name: r for r in list_layers(build_model(entry), (1, 1, 32, 32))}
     assert rows["upcat_2"].type_name == "UpCat" and rows["upcat_2"].output_shape == (1, 4, 16, 16)
     assert rows["final_conv"].output_shape == (1, 2, 32, 32)

@@ -9,8 +9,13 @@ from test_bank_bundle import NET, make_bundle
 from ccfv.bank import load_bank
 from ccfv.cli import main
 
-SMALL_2D = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
-            "strides": [2]}
+SMALL_2D = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +75,35 @@ def test_check_reports_broken_entries(models, tmp_path, capsys):
     bad_ts = tmp_path / "broken.ts"
     bad_ts.write_bytes(b"not a torchscript file")
     bank = tmp_path / "bank.yaml"
-    bank.write_text(yaml.safe_dump({"models": [
-        {"name": "good", "network": "monai.networks.nets.UNet", "args": NET,
-         "preprocessing": {"roi": [16, 16, 16]}},
-        {"name": "broken", "torchscript": str(bad_ts)},
-        {"name": "no_roi", "network": "monai.networks.nets.UNet", "args": NET},
-        {"name": "missing_ckpt", "network": "monai.networks.nets.UNet", "args": NET,
-         "checkpoint": "nowhere.pt"},
-    ]}))
+    bank.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": "good",
+                        "network": "monai.networks.nets.UNet",
+                        "args": NET,
+                        "preprocessing": {"roi": [16, 16, 16]},
+                    },
+                    {"name": "broken", "torchscript": str(bad_ts)},
+                    {"name": "no_roi", "network": "monai.networks.nets.UNet", "args": NET},
+                    {
+                        "name": "missing_ckpt",
+                        "network": "monai.networks.nets.UNet",
+                        "args": NET,
+                        "checkpoint": "nowhere.pt",
+                    },
+                ]
+            }
+        )
+    )
     assert main(["bank", "check", str(bank)]) == 1
     captured = capsys.readouterr()
-    lines = {ln.split("|")[1].strip(): ln for ln in captured.out.splitlines()
-             if ln.startswith("| ") and not ln.startswith("| name")}
+    lines = {
+        ln.split("|")[1].strip(): ln
+        for ln in captured.out.splitlines()
+        if ln.startswith("| ") and not ln.startswith("| name")
+    }
     assert lines["good"].rstrip().endswith("| ok |")
     assert "is not a TorchScript file" in lines["broken"]
     assert "preprocessing: {roi:" in lines["no_roi"]
@@ -96,19 +118,29 @@ def test_init_nnunet_folder_one_entry_per_fold(tmp_path, capsys):
 
     from test_bank_nnunet import make_results_folder
 
-    folder = make_results_folder(tmp_path / "nnUNet_results", config="3d_fullres", dims=3,
-                                 patch=(16, 32, 32), spacing=(2.0, 2.0, 2.0),
-                                 scheme="CTNormalization", labels=2, reader="SimpleITKIO")
+    folder = make_results_folder(
+        tmp_path / "nnUNet_results",
+        config="3d_fullres",
+        dims=3,
+        patch=(16, 32, 32),
+        spacing=(2.0, 2.0, 2.0),
+        scheme="CTNormalization",
+        labels=2,
+        reader="SimpleITKIO",
+    )
     (folder / "fold_1").mkdir()
-    shutil.copy(folder / "fold_0" / "checkpoint_final.pth",
-                folder / "fold_1" / "checkpoint_best.pth")
+    shutil.copy(
+        folder / "fold_0" / "checkpoint_final.pth", folder / "fold_1" / "checkpoint_best.pth"
+    )
     (folder / "fold_2").mkdir()  # no checkpoint: skipped
     bank = tmp_path / "bank.yaml"
     assert main(["bank", "init", str(tmp_path / "nnUNet_results"), "--out", str(bank)]) == 0
     out = capsys.readouterr().out
     raw = yaml.safe_load(bank.read_text())["models"]
-    assert [m["name"] for m in raw] == ["Dataset001_Test_3d_fullres_fold0",
-                                        "Dataset001_Test_3d_fullres_fold1"]
+    assert [m["name"] for m in raw] == [
+        "Dataset001_Test_3d_fullres_fold0",
+        "Dataset001_Test_3d_fullres_fold1",
+    ]
     assert raw[1]["fold"] == 1 and raw[1]["checkpoint"] == "checkpoint_best.pth"
     assert [e.kind for e in load_bank(bank)] == ["nnunet", "nnunet"]
     assert "fold_2" in out.split("skipped")[1]

@@ -12,8 +12,10 @@ from ccfv.estimators.hscore import _ledoit_wolf_shrinkage, hscore, regularized_h
 
 def as_features(X, y, n_cases=3):
     parts = np.array_split(np.arange(len(y)), n_cases)
-    return {"early": [(np.ones((len(p), 2)), y[p]) for p in parts],
-            "last": [(X[p], y[p]) for p in parts]}
+    return {
+        "early": [(np.ones((len(p), 2)), y[p]) for p in parts],
+        "last": [(X[p], y[p]) for p in parts],
+    }
 
 
 def blobs(rng, n_per_class, d, shift, n_classes=3, mixing=None):
@@ -32,6 +34,7 @@ def blobs(rng, n_per_class, d, shift, n_classes=3, mixing=None):
 # GBC
 # --------------------------------------------------------------------------------------------
 
+
 def naive_gbc(X, y, covariance="diagonal"):
     """Ordered pairs, full d x d covariance matrices, det and inv: the paper's Eq. as written."""
     n, d = X.shape
@@ -41,8 +44,9 @@ def naive_gbc(X, y, covariance="diagonal"):
     for k in classes:
         rows = X[y == k]
         mu = rows.mean(axis=0)
-        v = np.array([max(np.mean((rows[:, j] - mu[j]) ** 2), VARIANCE_FLOOR * pooled[j])
-                      for j in range(d)])
+        v = np.array(
+            [max(np.mean((rows[:, j] - mu[j]) ** 2), VARIANCE_FLOOR * pooled[j]) for j in range(d)]
+        )
         if covariance == "spherical":
             v = np.full(d, v.mean())
         gauss[k] = (mu, np.diag(v))
@@ -55,8 +59,9 @@ def naive_gbc(X, y, covariance="diagonal"):
             S = (Si + Sj) / 2
             diff = mi - mj
             dets = np.linalg.det(Si) * np.linalg.det(Sj)
-            db = (diff @ np.linalg.inv(S) @ diff / 8
-                  + 0.5 * math.log(np.linalg.det(S) / math.sqrt(dets)))
+            db = diff @ np.linalg.inv(S) @ diff / 8 + 0.5 * math.log(
+                np.linalg.det(S) / math.sqrt(dets)
+            )
             total += math.exp(-db)
     return -total
 
@@ -72,7 +77,7 @@ def test_gbc_matches_naive(rng, covariance):
     mixing = rng.normal(size=(7, 7))
     X, y = blobs(rng, 30, 7, shift=1.5, mixing=mixing)
     y = y.copy()
-    y[:1] = 5                                             # a class with 1 sample: floored
+    y[:1] = 5  # a class with 1 sample: floored
     value = gbc_score(as_features(X, y), covariance=covariance, pca_dim=None)
     assert value == pytest.approx(naive_gbc(X, y, covariance), rel=1e-8)
     reduced = gbc_score(as_features(X, y), covariance=covariance, pca_dim=3)
@@ -81,9 +86,8 @@ def test_gbc_matches_naive(rng, covariance):
 
 def test_gbc_default_reduces_to_64_components(rng):
     X, y = blobs(rng, 40, 80, shift=1.0)
-    assert gbc_score(as_features(X, y)) == pytest.approx(
-        naive_gbc(naive_pca(X, 64), y), rel=1e-8)
-    small, ys = blobs(rng, 40, 10, shift=1.0)             # 10 <= 64 channels: left as they are
+    assert gbc_score(as_features(X, y)) == pytest.approx(naive_gbc(naive_pca(X, 64), y), rel=1e-8)
+    small, ys = blobs(rng, 40, 10, shift=1.0)  # 10 <= 64 channels: left as they are
     assert gbc_score(as_features(small, ys)) == pytest.approx(naive_gbc(small, ys), rel=1e-8)
 
 
@@ -105,21 +109,21 @@ def test_gbc_diagonal_is_invariant_to_channel_scales(rng):
 def test_gbc_constant_channels_and_identical_classes(rng):
     X, y = blobs(rng, 30, 4, shift=1.0)
     base = gbc_score(as_features(X, y), pca_dim=None)
-    padded = np.hstack([X, np.zeros((len(y), 2))])         # dead channels carry nothing
+    padded = np.hstack([X, np.zeros((len(y), 2))])  # dead channels carry nothing
     assert gbc_score(as_features(padded, y), pca_dim=None) == pytest.approx(base, rel=1e-12)
-    constant = np.full((len(y), 4), 1.5)                   # every class the same point
+    constant = np.full((len(y), 4), 1.5)  # every class the same point
     assert gbc_score(as_features(constant, y)) == pytest.approx(-6.0)
 
 
 @pytest.mark.parametrize("covariance", ["diagonal", "spherical"])
 def test_gbc_delicate_inputs_are_finite(rng, covariance):
-    X, y = blobs(rng, 5, 40, shift=2.0)                   # n = 15 < d = 40
+    X, y = blobs(rng, 5, 40, shift=2.0)  # n = 15 < d = 40
     assert np.isfinite(gbc_score(as_features(X, y), covariance=covariance))
     assert np.isfinite(gbc_score(as_features(X, y), covariance=covariance, pca_dim=None))
     X, y = blobs(rng, 20, 4, shift=1.0)
     collinear = np.hstack([X, X[:, :1], X[:, :1] - 2 * X[:, 1:2]])
     y = y.copy()
-    y[:2] = 8                                             # a class with two samples
+    y[:2] = 8  # a class with two samples
     value = gbc_score(as_features(collinear, y), covariance=covariance, pca_dim=None)
     assert value == pytest.approx(naive_gbc(collinear, y, covariance), rel=1e-8)
     assert np.isfinite(gbc_score(as_features(collinear, y), covariance=covariance, pca_dim=5))
@@ -140,6 +144,7 @@ def test_gbc_errors(rng):
 # --------------------------------------------------------------------------------------------
 # H-score and shrinkage H-score
 # --------------------------------------------------------------------------------------------
+
 
 def class_mean_features(X, y):
     g = np.zeros_like(X)
@@ -174,12 +179,11 @@ def test_regularized_hscore_matches_sklearn_ledoit_wolf(rng):
     pytest.importorskip("sklearn")
     from sklearn.covariance import ledoit_wolf_shrinkage
 
-    for n_per_class, d in [(40, 6), (6, 25)]:             # n > d and n < d
+    for n_per_class, d in [(40, 6), (6, 25)]:  # n > d and n < d
         X, y = blobs(rng, n_per_class, d, shift=1.0, mixing=rng.normal(size=(d, d)))
         Xc = X - X.mean(axis=0)
         lam = np.linalg.svd(Xc, compute_uv=False) ** 2
-        assert _ledoit_wolf_shrinkage(Xc, lam) == pytest.approx(ledoit_wolf_shrinkage(X),
-                                                                rel=1e-8)
+        assert _ledoit_wolf_shrinkage(Xc, lam) == pytest.approx(ledoit_wolf_shrinkage(X), rel=1e-8)
         value = regularized_hscore(as_features(X, y))
         assert value == pytest.approx(naive_regularized_hscore(X, y), rel=1e-8)
         # TLlib's regularized_h_score divides cov g by n - 1 instead of n: n/(n-1) apart
@@ -187,8 +191,7 @@ def test_regularized_hscore_matches_sklearn_ledoit_wolf(rng):
 
         lw = LedoitWolf().fit(X)
         covg = np.cov(class_mean_features(X, y), rowvar=False)
-        tllib = np.trace(np.linalg.pinv(lw.covariance_, rcond=1e-15)
-                         @ ((1 - lw.shrinkage_) * covg))
+        tllib = np.trace(np.linalg.pinv(lw.covariance_, rcond=1e-15) @ ((1 - lw.shrinkage_) * covg))
         n = len(y)
         assert value * n / (n - 1) == pytest.approx(tllib, rel=1e-8)
 
@@ -198,13 +201,13 @@ def test_hscores_rank_separated_above_overlapping(rng, score):
     separated = score(as_features(*blobs(rng, 50, 5, shift=5.0)))
     overlapping = score(as_features(*blobs(rng, 50, 5, shift=0.2)))
     assert separated > overlapping + 1.0
-    assert 0.0 <= overlapping and separated <= 2.0 + 1e-12   # 0 <= H <= K - 1
+    assert 0.0 <= overlapping and separated <= 2.0 + 1e-12  # 0 <= H <= K - 1
 
 
 def test_hscore_invariances_and_collinear_channels(rng):
     X, y = blobs(rng, 30, 5, shift=1.0)
     base = hscore(as_features(X, y))
-    A = rng.normal(size=(5, 5))                           # any invertible map
+    A = rng.normal(size=(5, 5))  # any invertible map
     assert hscore(as_features(X @ A + 4.0, y)) == pytest.approx(base, rel=1e-9)
     redundant = np.hstack([X, X[:, :2] @ rng.normal(size=(2, 3)), np.full((len(y), 1), 2.0)])
     assert hscore(as_features(redundant, y)) == pytest.approx(base, rel=1e-9)
@@ -212,8 +215,8 @@ def test_hscore_invariances_and_collinear_channels(rng):
 
 
 def test_hscore_saturates_when_samples_are_fewer_than_dims(rng):
-    X, y = blobs(rng, 6, 30, shift=0.0)                   # pure noise, n = 18 <= d = 30
-    assert hscore(as_features(X, y)) == pytest.approx(2.0, rel=1e-9)   # K - 1, whatever X
+    X, y = blobs(rng, 6, 30, shift=0.0)  # pure noise, n = 18 <= d = 30
+    assert hscore(as_features(X, y)) == pytest.approx(2.0, rel=1e-9)  # K - 1, whatever X
     shrunk = regularized_hscore(as_features(X, y))
     assert 0.0 < shrunk < 2.0
     assert shrunk == pytest.approx(naive_regularized_hscore(X, y), rel=1e-8)
@@ -222,7 +225,7 @@ def test_hscore_saturates_when_samples_are_fewer_than_dims(rng):
 def test_hscores_tiny_classes_and_constant_features(rng):
     X, y = blobs(rng, 20, 4, shift=1.0)
     y = y.copy()
-    y[:2] = 6                                             # a class with two samples
+    y[:2] = 6  # a class with two samples
     assert hscore(as_features(X, y)) == pytest.approx(naive_hscore(X, y), rel=1e-8)
     assert np.isfinite(regularized_hscore(as_features(X, y)))
     constant = np.full((len(y), 3), -1.0)

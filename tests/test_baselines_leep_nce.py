@@ -40,6 +40,7 @@ def dirichlet_predictions(rng, features, n_source=5, layer="layer0"):
 
 # --- slow references, straight from the papers' definitions --------------------------------
 
+
 def leep_reference(theta, y):
     """LEEP (Nguyen et al. 2020, Eq. 1-2) with explicit loops over samples and classes."""
     n, n_source = theta.shape
@@ -76,8 +77,9 @@ def nce_reference(z, y):
 
 # --- (a) fast == slow reference -----------------------------------------------------------
 
+
 def test_leep_matches_reference(rng):
-    features = make_features(rng, class_ids=(0, 2, 5))          # non-contiguous class ids
+    features = make_features(rng, class_ids=(0, 2, 5))  # non-contiguous class ids
     predictions = dirichlet_predictions(rng, features, n_source=7)
     expected = leep_reference(np.concatenate(predictions), pooled_labels(features))
     assert leep_score(features, predictions) == pytest.approx(expected, rel=1e-10)
@@ -88,7 +90,7 @@ def test_leep_reference_with_an_unused_source_class(rng):
     features = make_features(rng)
     y = pooled_labels(features)
     z = rng.integers(0, 3, size=len(y))
-    theta = np.eye(4)[z]                                         # column 3 is all zeros
+    theta = np.eye(4)[z]  # column 3 is all zeros
     theta = 0.9 * theta + 0.1 * np.eye(4)[(z + 1) % 3]
     predictions = split_like(features, theta)
     value = leep_score(features, predictions)
@@ -106,6 +108,7 @@ def test_nce_matches_reference(rng):
 
 # --- (b) known values and known orders ------------------------------------------------------
 
+
 def class_entropy(y):
     _, counts = np.unique(y, return_counts=True)
     p = counts / counts.sum()
@@ -115,7 +118,7 @@ def class_entropy(y):
 def test_perfect_predictions_score_zero(rng):
     features = make_features(rng)
     y = pooled_labels(features)
-    theta = np.eye(3)[y]                                         # source class = target class
+    theta = np.eye(3)[y]  # source class = target class
     predictions = split_like(features, theta)
     assert leep_score(features, predictions) == pytest.approx(0.0, abs=1e-12)
     assert nce_score(features, predictions) == pytest.approx(0.0, abs=1e-12)
@@ -137,8 +140,10 @@ def test_informative_predictions_rank_above_noisy_ones(rng, name):
     y = pooled_labels(features)
     noise = rng.normal(size=(len(y), 4))
     onehot = np.eye(4)[y]
-    values = [SCORES[name](features, split_like(features, softmax(s * onehot + noise, axis=1)))
-              for s in (6.0, 2.0, 0.0)]
+    values = [
+        SCORES[name](features, split_like(features, softmax(s * onehot + noise, axis=1)))
+        for s in (6.0, 2.0, 0.0)
+    ]
     assert values[0] > values[1] > values[2]
     assert max(values) <= 0
 
@@ -153,7 +158,7 @@ def test_default_layer_is_the_last(rng):
         assert score(features, predictions) == score({"late": last}, predictions)
         assert score(features, predictions, layer="late") == score(features, predictions)
         with pytest.raises(FeatureSetError, match="predictions, case 0"):
-            score(features, predictions, layer="early")          # 15 rows, not 43
+            score(features, predictions, layer="early")  # 15 rows, not 43
 
 
 def test_registered_with_predictions(rng):
@@ -172,14 +177,16 @@ def test_case_order_does_not_matter(rng):
     permuted = {"layer0": [features["layer0"][i] for i in order]}
     for score in SCORES.values():
         assert score(permuted, [predictions[i] for i in order]) == pytest.approx(
-            score(features, predictions), rel=1e-12)
+            score(features, predictions), rel=1e-12
+        )
 
 
 # --- (c) delicate input and errors -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["leep", "nce"])
 def test_tiny_class_and_few_samples_stay_finite(rng, name):
-    features = make_features(rng, n_cases=2, d=40, per_class=(3, 2, 1))   # n < d, tiny classes
+    features = make_features(rng, n_cases=2, d=40, per_class=(3, 2, 1))  # n < d, tiny classes
     predictions = dirichlet_predictions(rng, features, n_source=9)
     value = SCORES[name](features, predictions)
     assert np.isfinite(value) and value <= 0
@@ -188,9 +195,10 @@ def test_tiny_class_and_few_samples_stay_finite(rng, name):
 def test_nce_ties_go_to_the_first_source_class(rng):
     features = make_features(rng)
     y = pooled_labels(features)
-    theta = np.full((len(y), 2), 0.5)                            # every row a tie
+    theta = np.full((len(y), 2), 0.5)  # every row a tie
     assert nce_score(features, split_like(features, theta)) == pytest.approx(
-        -class_entropy(y), rel=1e-12)
+        -class_entropy(y), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", ["leep", "nce"])
@@ -209,10 +217,10 @@ def test_bad_predictions_are_feature_set_errors(rng, name):
     with pytest.raises(FeatureSetError, match="needs the source model's predictions"):
         score(features, None)
     with pytest.raises(FeatureSetError, match="expected \\(43, n_source_classes\\)"):
-        score(features, [good[0][:-1]] + good[1:])              # one row short
+        score(features, [good[0][:-1]] + good[1:])  # one row short
     with pytest.raises(FeatureSetError, match="apply a softmax"):
-        score(features, [np.log(P) for P in good])               # logits, not probabilities
+        score(features, [np.log(P) for P in good])  # logits, not probabilities
     with pytest.raises(FeatureSetError, match="holds 3 cases"):
-        score(features, good[:2])                                # a case missing
+        score(features, good[:2])  # a case missing
     with pytest.raises(FeatureSetError, match="NaN or Inf"):
         score(features, [np.full_like(good[0], np.nan)] + good[1:])

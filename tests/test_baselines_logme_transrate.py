@@ -16,8 +16,10 @@ from ccfv.estimators.transrate import transrate_score
 def as_features(X, y, n_cases=3, layer="last"):
     """Split pooled samples into cases of a one-layer feature set (pooling restores them)."""
     parts = np.array_split(np.arange(len(y)), n_cases)
-    return {"first": [(np.ones((len(p), 2)), y[p]) for p in parts],
-            layer: [(X[p], y[p]) for p in parts]}
+    return {
+        "first": [(np.ones((len(p), 2)), y[p]) for p in parts],
+        layer: [(X[p], y[p]) for p in parts],
+    }
 
 
 def blobs(rng, n_per_class, d, shift, n_classes=3, offset=1.0):
@@ -34,6 +36,7 @@ def blobs(rng, n_per_class, d, shift, n_classes=3, offset=1.0):
 # --------------------------------------------------------------------------------------------
 # LogME
 # --------------------------------------------------------------------------------------------
+
 
 def naive_logme(F, y, max_iter=100, tol=1e-3):
     """Algorithm 1 of You et al. written out with D x D matrices, one class at a time."""
@@ -56,9 +59,14 @@ def naive_logme(F, y, max_iter=100, tol=1e-3):
                 break
         A = alpha * np.eye(D) + beta * FtF
         m = beta * np.linalg.inv(A) @ F.T @ target
-        evidence = (D / 2 * math.log(alpha) + n / 2 * math.log(beta)
-                    - beta / 2 * np.sum((target - F @ m) ** 2) - alpha / 2 * (m @ m)
-                    - 0.5 * math.log(np.linalg.det(A)) - n / 2 * math.log(2 * math.pi))
+        evidence = (
+            D / 2 * math.log(alpha)
+            + n / 2 * math.log(beta)
+            - beta / 2 * np.sum((target - F @ m) ** 2)
+            - alpha / 2 * (m @ m)
+            - 0.5 * math.log(np.linalg.det(A))
+            - n / 2 * math.log(2 * math.pi)
+        )
         values.append(evidence / n)
     return float(np.mean(values))
 
@@ -67,27 +75,33 @@ def marginal_likelihood(F, target, alpha, beta):
     """log N(target; 0, I/beta + F F^T/alpha): the evidence, with n x n matrices."""
     n = len(target)
     C = np.eye(n) / beta + F @ F.T / alpha
-    return float(-0.5 * (n * math.log(2 * math.pi) + math.log(np.linalg.det(C))
-                         + target @ np.linalg.solve(C, target)))
+    return float(
+        -0.5
+        * (
+            n * math.log(2 * math.pi)
+            + math.log(np.linalg.det(C))
+            + target @ np.linalg.solve(C, target)
+        )
+    )
 
 
 def svd_parts(F, target):
     U, s, _ = np.linalg.svd(F, full_matrices=False)
     x = U.T @ target
     r2 = 0.0 if len(s) == len(target) else float(np.sum((target - U @ x) ** 2))
-    return s ** 2, x, r2
+    return s**2, x, r2
 
 
 def test_logme_matches_naive_fixed_point(rng):
     X, y = blobs(rng, 60, 8, shift=1.5)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", CCFVWarning)       # every class converges here
+        warnings.simplefilter("error", CCFVWarning)  # every class converges here
         value = logme_score(as_features(X, y))
     assert value == pytest.approx(naive_logme(X, y), rel=1e-8)
 
 
 def test_logme_fewer_samples_than_dims_matches_naive(rng):
-    X, y = blobs(rng, 10, 45, shift=2.0)                  # n = 30 < D = 45
+    X, y = blobs(rng, 10, 45, shift=2.0)  # n = 30 < D = 45
     with warnings.catch_warnings():
         warnings.simplefilter("error", CCFVWarning)
         value = logme_score(as_features(X, y), max_iter=5000)
@@ -101,13 +115,13 @@ def test_logme_evidence_is_the_marginal_likelihood_at_a_stationary_point(rng):
     sigma, x, r2 = svd_parts(X, target)
     ev = _class_evidence(sigma, x, r2, target.sum(), len(target), max_iter=10_000, tol=1e-13)
     assert ev.status == "converged"
-    assert ev.evidence == pytest.approx(marginal_likelihood(X, target, ev.alpha, ev.beta),
-                                        rel=1e-9)
+    assert ev.evidence == pytest.approx(marginal_likelihood(X, target, ev.alpha, ev.beta), rel=1e-9)
     # the fixed point maximises the evidence: no neighbour on a grid does better
     for da in (-0.05, 0.0, 0.05):
         for db in (-0.05, 0.0, 0.05):
-            neighbour = marginal_likelihood(X, target, ev.alpha * math.exp(da),
-                                            ev.beta * math.exp(db))
+            neighbour = marginal_likelihood(
+                X, target, ev.alpha * math.exp(da), ev.beta * math.exp(db)
+            )
             assert neighbour <= ev.evidence + 1e-9
 
 
@@ -122,7 +136,7 @@ def test_logme_invariant_to_rotation_and_zero_channels(rng):
     base = logme_score(as_features(X, y))
     Q = ortho_group.rvs(5, random_state=1)
     assert logme_score(as_features(X @ Q, y)) == pytest.approx(base, rel=1e-10)
-    padded = np.hstack([X, np.zeros((len(y), 3))])       # dead ReLU channels
+    padded = np.hstack([X, np.zeros((len(y), 3))])  # dead ReLU channels
     assert logme_score(as_features(padded, y)) == pytest.approx(base, rel=1e-10)
 
 
@@ -139,7 +153,7 @@ def test_logme_collinear_and_tiny_classes_are_finite(rng):
     X, y = blobs(rng, 30, 4, shift=1.0)
     collinear = np.hstack([X, X[:, :2], 2 * X[:, :1] - X[:, 1:2]])
     y = y.copy()
-    y[:2] = 7                                             # a class with two samples
+    y[:2] = 7  # a class with two samples
     value = logme_score(as_features(collinear, y))
     assert np.isfinite(value)
     assert value == pytest.approx(naive_logme(collinear, y), rel=1e-6)
@@ -178,15 +192,14 @@ def test_logme_class_orthogonal_to_features_is_the_weight_free_limit():
 
 
 def test_logme_drift_to_the_weight_free_limit_is_cut_short(monkeypatch):
-    noise = np.random.default_rng(0)                      # features unrelated to the labels
-    features = {"last": [(noise.normal(size=(50, 8)), noise.integers(0, 3, 50))
-                         for _ in range(3)]}
+    noise = np.random.default_rng(0)  # features unrelated to the labels
+    features = {"last": [(noise.normal(size=(50, 8)), noise.integers(0, 3, 50)) for _ in range(3)]}
     with warnings.catch_warnings():
         warnings.simplefilter("error", CCFVWarning)
         quick = logme_score(features)
-    monkeypatch.setattr(logme_module, "_T_ASYMPTOTIC", math.inf)    # plain updates only
+    monkeypatch.setattr(logme_module, "_T_ASYMPTOTIC", math.inf)  # plain updates only
     with pytest.warns(CCFVWarning, match="did not converge"):
-        logme_score(features)                             # they drift for ~1000 iterations
+        logme_score(features)  # they drift for ~1000 iterations
     assert quick == pytest.approx(logme_score(features, max_iter=100_000), rel=1e-12)
 
 
@@ -216,6 +229,7 @@ def test_logme_uses_the_last_layer_by_default(rng):
 # TransRate
 # --------------------------------------------------------------------------------------------
 
+
 def naive_coding_rate(Z, eps):
     n, d = Z.shape
     return 0.5 * math.log(np.linalg.det(np.eye(d) + Z.T @ Z / (n * eps)))
@@ -227,14 +241,15 @@ def naive_transrate(X, y, eps=1e-4):
     return naive_coding_rate(Z, eps) - sum(class_rates) / len(class_rates)
 
 
-@pytest.mark.parametrize("shape", [(50, 6), (8, 30)])     # n > d and n < d
+@pytest.mark.parametrize("shape", [(50, 6), (8, 30)])  # n > d and n < d
 def test_transrate_matches_naive(rng, shape):
     n_per_class, d = shape
     X, y = blobs(rng, n_per_class, d, shift=1.0)
-    X *= 0.05                                             # keep det() of the reference finite
+    X *= 0.05  # keep det() of the reference finite
     assert transrate_score(as_features(X, y)) == pytest.approx(naive_transrate(X, y), rel=1e-8)
     assert transrate_score(as_features(X, y), eps=0.3) == pytest.approx(
-        naive_transrate(X, y, eps=0.3), rel=1e-8)
+        naive_transrate(X, y, eps=0.3), rel=1e-8
+    )
 
 
 def test_transrate_ranks_separated_above_overlapping(rng):
@@ -255,7 +270,7 @@ def test_transrate_collinear_and_tiny_classes(rng):
     X, y = blobs(rng, 20, 4, shift=1.0)
     X = np.hstack([X, X[:, :1] + X[:, 1:2], np.full((len(y), 1), 3.0)])
     y = y.copy()
-    y[:2] = 9                                             # a class with two samples
+    y[:2] = 9  # a class with two samples
     value = transrate_score(as_features(X, y))
     assert np.isfinite(value)
     assert value == pytest.approx(naive_transrate(X, y), rel=1e-8)

@@ -19,8 +19,9 @@ from ccfv.estimators.sfda import sfda_score
 SCORES = {"nleep": nleep_score, "parc": parc_score, "sfda": sfda_score}
 
 
-def make_features(rng, n_cases=3, d=8, per_class=(12, 8, 10), separation=1.0, scale=1.0,
-                  class_ids=None):
+def make_features(
+    rng, n_cases=3, d=8, per_class=(12, 8, 10), separation=1.0, scale=1.0, class_ids=None
+):
     """Gaussian classes around random class centres, ``separation`` apart on average."""
     class_ids = list(range(len(per_class))) if class_ids is None else list(class_ids)
     centres = rng.normal(size=(len(per_class), d)) * separation
@@ -34,8 +35,10 @@ def make_features(rng, n_cases=3, d=8, per_class=(12, 8, 10), separation=1.0, sc
 
 
 def pooled(features, layer="layer0"):
-    return (np.concatenate([X for X, _ in features[layer]]),
-            np.concatenate([y for _, y in features[layer]]))
+    return (
+        np.concatenate([X for X, _ in features[layer]]),
+        np.concatenate([y for _, y in features[layer]]),
+    )
 
 
 def split_like(features, P, layer="layer0"):
@@ -45,6 +48,7 @@ def split_like(features, P, layer="layer0"):
 
 # --- N-LEEP ------------------------------------------------------------------------------------
 
+
 def test_nleep_is_leep_of_the_gmm_posteriors(rng):
     """PCA to 80 % of the variance, a 5-per-class GMM, its posteriors fed to LEEP."""
     features = make_features(rng, d=10)
@@ -53,29 +57,35 @@ def test_nleep_is_leep_of_the_gmm_posteriors(rng):
     gmm = GaussianMixture(n_components=5 * 3, random_state=7).fit(reduced)
     expected = leep_score(features, split_like(features, gmm.predict_proba(reduced)))
     assert nleep_score(features, seed=7) == pytest.approx(expected, rel=1e-10)
-    assert nleep_score(features, seed=7) == nleep_score(features, seed=7)   # deterministic
+    assert nleep_score(features, seed=7) == nleep_score(features, seed=7)  # deterministic
 
 
-@pytest.mark.parametrize("d, per_class, relu", [(10, (12, 8, 10), False),
-                                             (6, (300, 200, 250), True),
-                                             (24, (150, 90, 120), True)])
+@pytest.mark.parametrize(
+    "d, per_class, relu",
+    [(10, (12, 8, 10), False), (6, (300, 200, 250), True), (24, (150, 90, 120), True)],
+)
 def test_nleep_fast_em_matches_scikit_learns_mixture(rng, d, per_class, relu):
     """The batched EM gives scikit-learn's GaussianMixture posteriors: the same score to 1e-10
     relative, under one BLAS thread or the process's setting."""
     from ccfv.estimators.nleep import _em_posteriors
+
     features = make_features(rng, d=d, per_class=per_class)
-    if relu:   # skewed, clipped features, as after a ReLU: the EM needs more iterations
-        features = {"layer0": [(np.maximum(X, 0.3) + 0.01 * rng.normal(size=X.shape), y)
-                               for X, y in features["layer0"]]}
+    if relu:  # skewed, clipped features, as after a ReLU: the EM needs more iterations
+        features = {
+            "layer0": [
+                (np.maximum(X, 0.3) + 0.01 * rng.normal(size=X.shape), y)
+                for X, y in features["layer0"]
+            ]
+        }
     X, y = pooled(features)
     reduced = PCA(n_components=0.8, svd_solver="full").fit_transform(X)
     gmm = GaussianMixture(n_components=15, random_state=3).fit(reduced)
-    np.testing.assert_allclose(_em_posteriors(reduced, 15, 3), gmm.predict_proba(reduced),
-                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        _em_posteriors(reduced, 15, 3), gmm.predict_proba(reduced), rtol=0, atol=1e-9
+    )
     reference = nleep_score(features, seed=3, mixture="sklearn", threads=None)
     for threads in (1, None):
-        assert nleep_score(features, seed=3, threads=threads) == pytest.approx(reference,
-                                                                              rel=1e-10)
+        assert nleep_score(features, seed=3, threads=threads) == pytest.approx(reference, rel=1e-10)
     with pytest.raises(UserError, match="mixture="):
         nleep_score(features, mixture="em")
     with pytest.raises(UserError, match="threads="):
@@ -118,6 +128,7 @@ def test_nleep_collinear_and_constant_features(rng):
 
 
 # --- PARC --------------------------------------------------------------------------------------
+
 
 def parc_reference(X, y, pca_dim=32):
     """The authors' pipeline (PCA, StandardScaler, 1 - corrcoef, spearman x 100), pair by pair.
@@ -162,6 +173,7 @@ def test_parc_one_sort_equals_the_two_sort_ranks(rng):
     """The one-sort rank sum (default) and the earlier two sorts + binary searches give the
     same PARC exactly, ties (duplicated samples) included."""
     from ccfv.estimators.parc import _parc, _reduce
+
     features = make_features(rng, n_cases=3, d=10, per_class=(40, 25, 30), separation=0.8)
     X, y = pooled(features)
     X = np.vstack([X, X[:20], X[:3]])
@@ -177,7 +189,7 @@ def test_parc_subsamples_above_the_cap(rng):
     keep = _stratified_subsample(np.unique(y, return_inverse=True)[1], 60, seed=3)
     assert len(keep) == 60 and len(np.unique(keep)) == 60
     counts = np.bincount(y[keep])
-    assert counts.tolist() == [45, 13, 2]                 # shares 45.65, 13.04, 1.30 -> >= 2
+    assert counts.tolist() == [45, 13, 2]  # shares 45.65, 13.04, 1.30 -> >= 2
     assert len(_stratified_subsample(np.unique(y, return_inverse=True)[1], 60, seed=4)) == 60
     expected = parc_reference(X[keep], y[keep], 32)
     value = parc_score(features, max_samples=60, seed=3)
@@ -187,11 +199,14 @@ def test_parc_subsamples_above_the_cap(rng):
     assert parc_score(features, max_samples=None) == parc_score(features, max_samples=len(y))
 
 
-@pytest.mark.parametrize("counts,size,expected", [
-    ((50, 50, 50), 20, [7, 7, 6]),         # 6.67 each: the largest remainders get the rest
-    ((100, 1, 1, 50), 20, [12, 1, 1, 6]),  # the singletons are kept, the largest class trimmed
-    ((30, 3), 10, [8, 2]),                 # 9.09 / 0.91 -> at least 2 of the small class
-])
+@pytest.mark.parametrize(
+    "counts,size,expected",
+    [
+        ((50, 50, 50), 20, [7, 7, 6]),  # 6.67 each: the largest remainders get the rest
+        ((100, 1, 1, 50), 20, [12, 1, 1, 6]),  # the singletons are kept, the largest class trimmed
+        ((30, 3), 10, [8, 2]),  # 9.09 / 0.91 -> at least 2 of the small class
+    ],
+)
 def test_stratified_subsample_counts(counts, size, expected):
     labels = np.repeat(np.arange(len(counts)), counts)[::-1].copy()
     keep = _stratified_subsample(labels, size, seed=0)
@@ -209,7 +224,7 @@ def test_parc_default_cap_on_a_realistic_feature_set(rng):
 def test_parc_ranks_separated_classes_first(rng):
     values = [parc_score(make_features(rng, separation=s)) for s in (3.0, 1.0, 0.0)]
     assert values[0] > values[1] > values[2]
-    assert abs(values[2]) < 5                                    # chance level ~ 0
+    assert abs(values[2]) < 5  # chance level ~ 0
 
 
 def test_parc_ignores_duplicated_channels(rng):
@@ -241,6 +256,7 @@ def test_parc_degenerate_input(rng):
 
 # --- SFDA --------------------------------------------------------------------------------------
 
+
 def sfda_reference(X, y, log=True):
     """The released algorithm, literally: scatter matrices class by class, the generalised
     eigenproblem of (S_b, S_w), scores in the Fisher space, ConfMix sample by sample."""
@@ -264,9 +280,13 @@ def sfda_reference(X, y, log=True):
         Sb = shrink(St, lam) - shrink(Sw, lam)
         evals, V = scipy.linalg.eigh(Sb, shrink(Sw, lam))
         V = V[:, np.argsort(evals)[::-1]]
-        Z, M = X @ V, means @ V                                  # the Fisher space
-        scores = np.array([[Z[i] @ M[k] - 0.5 * M[k] @ M[k] + math.log(priors[k])
-                            for k in range(C)] for i in range(n)])
+        Z, M = X @ V, means @ V  # the Fisher space
+        scores = np.array(
+            [
+                [Z[i] @ M[k] - 0.5 * M[k] @ M[k] + math.log(priors[k]) for k in range(C)]
+                for i in range(n)
+            ]
+        )
         P = np.exp(scores - scores.max(axis=1, keepdims=True))
         return P / P.sum(axis=1, keepdims=True), means, lam
 
@@ -281,11 +301,18 @@ def sfda_reference(X, y, log=True):
     return float(np.mean(np.log(p_true)) if log else np.mean(p_true))
 
 
-@pytest.mark.parametrize("scale", [0.2, 1.0, 3.0])      # lambda ~ 0.77, 1e-3, the 1e-10 floor
+@pytest.mark.parametrize("scale", [0.2, 1.0, 3.0])  # lambda ~ 0.77, 1e-3, the 1e-10 floor
 @pytest.mark.parametrize("log", [True, False])
 def test_sfda_matches_reference(rng, scale, log):
-    features = make_features(rng, n_cases=2, d=7, per_class=(25, 12, 18), separation=0.6,
-                             scale=scale, class_ids=(0, 2, 3))
+    features = make_features(
+        rng,
+        n_cases=2,
+        d=7,
+        per_class=(25, 12, 18),
+        separation=0.6,
+        scale=scale,
+        class_ids=(0, 2, 3),
+    )
     X, y = pooled(features)
     expected = sfda_reference(X, y, log=log)
     assert sfda_score(features, log=log) == pytest.approx(expected, rel=1e-8)
@@ -309,9 +336,10 @@ def test_sfda_small_classes_and_n_below_d_are_finite(rng, per_class, d):
 
 
 def test_sfda_collinear_and_constant_features(rng):
-    features = make_features(rng, d=4, scale=5.0)              # lambda at its floor
-    collinear = {"layer0": [(np.hstack([X, X, X[:, :1] - X[:, 1:2]]), y)
-                            for X, y in features["layer0"]]}
+    features = make_features(rng, d=4, scale=5.0)  # lambda at its floor
+    collinear = {
+        "layer0": [(np.hstack([X, X, X[:, :1] - X[:, 1:2]]), y) for X, y in features["layer0"]]
+    }
     assert np.isfinite(sfda_score(collinear))
     flat = {"layer0": [(np.ones_like(X), y) for X, y in features["layer0"]]}
     with pytest.raises(UserError, match="zero within-class scatter"):
@@ -322,6 +350,7 @@ def test_sfda_collinear_and_constant_features(rng):
 
 # --- common ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(SCORES))
 def test_default_layer_is_the_last_and_order_is_irrelevant(rng, name):
     score = SCORES[name]
@@ -331,6 +360,6 @@ def test_default_layer_is_the_last_and_order_is_irrelevant(rng, name):
     value = score(features)
     assert value == score({"late": late}) == score(features, layer="late")
     assert score(features, layer="early") != value
-    if name != "nleep":                                          # the GMM's k-means init sees
-        shuffled = {"late": [(X[::-1], y[::-1]) for X, y in late[::-1]]}   # the sample order
+    if name != "nleep":  # the GMM's k-means init sees
+        shuffled = {"late": [(X[::-1], y[::-1]) for X, y in late[::-1]]}  # the sample order
         assert score(shuffled) == pytest.approx(value, rel=1e-9)

@@ -20,13 +20,17 @@ from ccfv.data import find_cases
 DATA = SHARED / "data"
 CONFIG = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer2d.yaml"
 CONFIG3D = CONFIG.with_name("chaos3d.yaml")
-needs_data = pytest.mark.skipif(not (DATA / "drive_retinal_vessels").exists(),
-                                reason="../shared/data absent")
+needs_data = pytest.mark.skipif(
+    not (DATA / "drive_retinal_vessels").exists(), reason="../shared/data absent"
+)
 
 
 def _config(tmp_path, **changes):
-    raw = {"data_root": str(DATA), "tasks": ["drive_retinal_vessels", "isbi_em_membranes"],
-           **changes}
+    raw = {
+        "data_root": str(DATA),
+        "tasks": ["drive_retinal_vessels", "isbi_em_membranes"],
+        **changes,
+    }
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -77,16 +81,19 @@ def test_prepared_task_and_its_split(tmp_path):
 
 
 def test_statistics_by_hand():
-    models = {"a": {"dice": [0.9, 0.8], "scores": {"m": 3.0, "bad": 1.0}},
-              "b": {"dice": [0.5, 0.7], "scores": {"m": 2.0, "bad": 2.0}},
-              "c": {"dice": [0.1, None], "scores": {"m": 1.0, "bad": 3.0}}}
+    models = {
+        "a": {"dice": [0.9, 0.8], "scores": {"m": 3.0, "bad": 1.0}},
+        "b": {"dice": [0.5, 0.7], "scores": {"m": 2.0, "bad": 2.0}},
+        "c": {"dice": [0.1, None], "scores": {"m": 1.0, "bad": 3.0}},
+    }
     stats = target_statistics(models)
     assert stats["m"]["kendall_tau"] == pytest.approx(1.0)
     assert stats["bad"]["kendall_tau"] == pytest.approx(-1.0)
     assert stats["m"]["regret"] == 0.0 and stats["bad"]["regret"] == pytest.approx(0.85 - 0.1)
     spread = seed_spread(models)
-    assert spread["mean_seed_sd"] == pytest.approx(np.mean([np.std([0.9, 0.8], ddof=1),
-                                                            np.std([0.5, 0.7], ddof=1)]))
+    assert spread["mean_seed_sd"] == pytest.approx(
+        np.mean([np.std([0.9, 0.8], ddof=1), np.std([0.5, 0.7], ddof=1)])
+    )
     assert spread["median_gap"] == pytest.approx(np.median([0.6 - 0.1, 0.85 - 0.6]))
     avg = average({"t1": stats, "t2": {"m": {**stats["m"], "kendall_tau": 0.0}}})
     assert avg["m"]["kendall_tau"] == pytest.approx(0.5) and avg["bad"]["n_targets"] == 1
@@ -94,13 +101,21 @@ def test_statistics_by_hand():
 
 def test_per_class_statistics_by_hand():
     # model -> class -> per-layer consistency; lower consistency, higher Dice for class "a"
-    cons = {"m1": {"a": [1.0, 1.0], "b": [4.0, 4.0]},
-            "m2": {"a": [2.0, 2.0], "b": [2.0, 2.0]},
-            "m3": {"a": [4.0, 4.0], "b": [1.0, 1.0]}}
+    cons = {
+        "m1": {"a": [1.0, 1.0], "b": [4.0, 4.0]},
+        "m2": {"a": [2.0, 2.0], "b": [2.0, 2.0]},
+        "m3": {"a": [4.0, 4.0], "b": [1.0, 1.0]},
+    }
     dice = {"m1": {"a": 0.9, "b": 0.2}, "m2": {"a": 0.6, "b": 0.5}, "m3": {"a": 0.3, "b": 0.4}}
-    target = {"models": {m: {"class_consistency": {"v": cons[m]},
-                             "dice_per_class": [dice[m], {**dice[m], "b": None}]}
-                         for m in cons}}
+    target = {
+        "models": {
+            m: {
+                "class_consistency": {"v": cons[m]},
+                "dice_per_class": [dice[m], {**dice[m], "b": None}],
+            }
+            for m in cons
+        }
+    }
     points = class_points(target, "v")
     assert points["a"]["m2"] == pytest.approx((-np.log(2.0), 0.6))
     assert points["b"]["m1"] == pytest.approx((-np.log(4.0), 0.2))  # the None seed is skipped
@@ -120,11 +135,19 @@ def test_per_class_statistics_by_hand():
 def _fake_run(folder, name, targets, multi):
     stats = {t: {"m": {**{s: None for s in STATS}, "weighted_tau": w}} for t, w in targets.items()}
     avg = average(stats)
-    summary = {"config": {"name": name}, "commit": "c", "wall_seconds": 1.0,
-               "targets": {t: {"models": {"a": {"finetune_seconds": [2.0]}}} for t in targets},
-               "statistics": {"per_target": stats, "average": avg, "multiclass_targets": multi,
-                              "average_multiclass": average({t: stats[t] for t in multi}),
-                              "within_architecture": {"average": avg, "per_target": stats}}}
+    summary = {
+        "config": {"name": name},
+        "commit": "c",
+        "wall_seconds": 1.0,
+        "targets": {t: {"models": {"a": {"finetune_seconds": [2.0]}}} for t in targets},
+        "statistics": {
+            "per_target": stats,
+            "average": avg,
+            "multiclass_targets": multi,
+            "average_multiclass": average({t: stats[t] for t in multi}),
+            "within_architecture": {"average": avg, "per_target": stats},
+        },
+    }
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
@@ -154,13 +177,23 @@ def test_combine_results_by_hand(tmp_path):
 def test_bench_quick_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative --work and --out, as a user types them
     work, out = Path("work"), Path("out")
-    args = ["bench", "--config", str(CONFIG), "--quick", "--work", "work", "--out", "out",
-            "--quiet"]
+    args = [
+        "bench",
+        "--config",
+        str(CONFIG),
+        "--quick",
+        "--work",
+        "work",
+        "--out",
+        "out",
+        "--quiet",
+    ]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     config = load_config(CONFIG, quick=True)
-    methods = config["scoring"]["methods"] + [f"{m}@proportional"
-                                              for m in config["scoring"]["proportional"]]
+    methods = config["scoring"]["methods"] + [
+        f"{m}@proportional" for m in config["scoring"]["proportional"]
+    ]
     assert list(summary["targets"]) == config.targets
     for target, t in summary["targets"].items():
         assert len(t["models"]) == 6  # 2 architectures x (2 other tasks + scratch)
@@ -176,8 +209,15 @@ def test_bench_quick_end_to_end_and_resume(tmp_path, monkeypatch):
     avg = summary["statistics"]["average"]
     assert set(avg) == set(methods) and all(-1 <= avg[m]["weighted_tau"] <= 1 for m in methods)
     tables = (out / "tables.md").read_text()
-    for heading in ("Weighted Kendall tau", "Pearson", "Spearman", "Top-1 regret",
-                    "ablations", "seed sd", "Within one architecture"):
+    for heading in (
+        "Weighted Kendall tau",
+        "Pearson",
+        "Spearman",
+        "Top-1 regret",
+        "ablations",
+        "seed sd",
+        "Within one architecture",
+    ):
         assert heading in tables
     finetuned = sorted((work / "finetune").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in finetuned]
@@ -192,8 +232,16 @@ def test_bench_quick_end_to_end_and_resume(tmp_path, monkeypatch):
 @pytest.mark.skipif(not (DATA / "acdc_cine_mri2d").exists(), reason="../shared/data absent")
 def test_split_by_patient(tmp_path):
     pattern = r"^(patient\d+)_"
-    task = prepare_task(DATA / "acdc_cine_mri2d", tmp_path, size=32, channels=3, max_cases=40,
-                        test_fraction=0.3, split_seed=0, group=pattern)
+    task = prepare_task(
+        DATA / "acdc_cine_mri2d",
+        tmp_path,
+        size=32,
+        channels=3,
+        max_cases=40,
+        test_fraction=0.3,
+        split_seed=0,
+        group=pattern,
+    )
     patient = [c.split("_")[0] for c in task.case_ids]
     train = {patient[i] for i in task.train}
     test = {patient[i] for i in task.test}
@@ -203,8 +251,16 @@ def test_split_by_patient(tmp_path):
     split = json.loads((task.train_folder.parent / "split.json").read_text())
     assert split["group"] == pattern
     with pytest.raises(ccfv.UserError, match="does not match the group pattern"):
-        prepare_task(DATA / "acdc_cine_mri2d", tmp_path, size=32, channels=3, max_cases=8,
-                     test_fraction=0.3, split_seed=0, group=r"^(case\d+)_")
+        prepare_task(
+            DATA / "acdc_cine_mri2d",
+            tmp_path,
+            size=32,
+            channels=3,
+            max_cases=8,
+            test_fraction=0.3,
+            split_seed=0,
+            group=r"^(case\d+)_",
+        )
 
 
 @needs_data
@@ -217,21 +273,22 @@ def test_config_groups_are_checked(tmp_path):
     assert config["groups"] == {"drive_retinal_vessels": r"^(DRIVE)_"}
 
 
-needs_chaos = pytest.mark.skipif(not (DATA / "chaos_t2spir_abdomen3d").exists(),
-                                 reason="../shared/data absent")
+needs_chaos = pytest.mark.skipif(
+    not (DATA / "chaos_t2spir_abdomen3d").exists(), reason="../shared/data absent"
+)
 
 
 @needs_chaos
 def test_3d_task_split_three_ways_and_derived_source_tasks(tmp_path):
     chaos = DATA / "chaos_t2spir_abdomen3d"
-    kwargs = dict(size=[16, 16, 8], channels=1, max_cases=10, test_fraction=0.4, split_seed=0,
-                  reserve=4)
+    kwargs = dict(
+        size=[16, 16, 8], channels=1, max_cases=10, test_fraction=0.4, split_seed=0, reserve=4
+    )
     target = prepare_task(chaos, tmp_path, **kwargs)
     assert target.images.shape == (6, 1, 16, 16, 8) and target.labels.shape == (6, 16, 16, 8)
     assert set(np.unique(target.labels)) == {0, 1, 2, 3, 4} and target.n_classes == 5
     liver = prepare_task(chaos, tmp_path, **kwargs, derived={"liver": [1]}, name="liver")
-    kidneys = prepare_task(chaos, tmp_path, **kwargs, derived={"kidneys": [2, 3]},
-                           name="kidneys")
+    kidneys = prepare_task(chaos, tmp_path, **kwargs, derived={"kidneys": [2, 3]}, name="kidneys")
     sources = set(target.reserved)
     train = {target.case_ids[i] for i in target.train}
     test = {target.case_ids[i] for i in target.test}
@@ -278,11 +335,20 @@ def test_config_derived_tasks_are_checked(tmp_path):
     with pytest.raises(ccfv.UserError, match="derived source tasks"):
         load_config(_config(tmp_path, **ok, targets=["liver"]))
     with pytest.raises(ccfv.UserError, match="a derived task is"):
-        load_config(_config(tmp_path, **dict(ok, tasks=["chaos_t2spir_abdomen3d",
-                                                         {"name": "x", "from": "y"}])))
+        load_config(
+            _config(
+                tmp_path, **dict(ok, tasks=["chaos_t2spir_abdomen3d", {"name": "x", "from": "y"}])
+            )
+        )
     with pytest.raises(ccfv.UserError, match="labels.liver"):
-        load_config(_config(tmp_path, **dict(ok, tasks=["chaos_t2spir_abdomen3d", {
-            **derived, "labels": {"liver": ["one"]}}])))
+        load_config(
+            _config(
+                tmp_path,
+                **dict(
+                    ok, tasks=["chaos_t2spir_abdomen3d", {**derived, "labels": {"liver": ["one"]}}]
+                ),
+            )
+        )
     with pytest.raises(ccfv.UserError, match="size"):
         load_config(_config(tmp_path, **dict(ok, size=[16, 16, 8, 2])))
     with pytest.raises(ccfv.UserError, match="source_cases names task 'nowhere'"):
@@ -291,12 +357,21 @@ def test_config_derived_tasks_are_checked(tmp_path):
 
 @needs_chaos
 def test_bench_quick_3d_end_to_end(tmp_path):
-    args = ["bench", "--config", str(CONFIG3D), "--quick", "--work", str(tmp_path / "work"),
-            "--out", str(tmp_path / "out"), "--quiet"]
+    args = [
+        "bench",
+        "--config",
+        str(CONFIG3D),
+        "--quick",
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     config = load_config(CONFIG3D, quick=True)
-    (target, t), = summary["targets"].items()
+    ((target, t),) = summary["targets"].items()
     assert target == "chaos_t2spir_abdomen3d"
     # 3 architectures x (spleen CT, liver and kidneys of the set-aside subjects, scratch)
     assert len(t["models"]) == 12
@@ -307,8 +382,9 @@ def test_bench_quick_3d_end_to_end(tmp_path):
         assert len(m["dice"]) == 2 and all(0 <= d <= 1 for d in m["dice"])
         assert set(m["dice_per_class"][0]) == {"liver", "right kidney", "left kidney", "spleen"}
         assert list(m["scores"]) == methods and all(np.isfinite(list(m["scores"].values())))
-    split = json.loads(next((tmp_path / "work" / "tasks").glob(
-        "chaos_t2spir_abdomen3d-*/split.json")).read_text())
+    split = json.loads(
+        next((tmp_path / "work" / "tasks").glob("chaos_t2spir_abdomen3d-*/split.json")).read_text()
+    )
     sources = set(split["sources"])
     assert len(sources) == 3 and not sources & set(t["train"] + t["test"])
     # per-class consistency recorded for every model, class and layer; analysed and plotted
@@ -323,8 +399,7 @@ def test_bench_quick_3d_end_to_end(tmp_path):
     assert set(stats["per_class"][target]["ccfv"]["across_models"]) <= set(t["classes"])
     assert (tmp_path / "out" / f"classes_{target}.png").stat().st_size > 1000
     assert "Per-class consistency" in (tmp_path / "out" / "tables.md").read_text()
-    assert main(["bench", "--combine", str(tmp_path / "out"), "--out",
-                 str(tmp_path / "all")]) == 0
+    assert main(["bench", "--combine", str(tmp_path / "out"), "--out", str(tmp_path / "all")]) == 0
     merged = json.loads((tmp_path / "all" / "summary.json").read_text())
     assert merged["targets"][target]["track"] == "chaos3d-quick"
 
@@ -332,8 +407,21 @@ def test_bench_quick_3d_end_to_end(tmp_path):
 @needs_chaos
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present")
 def test_bench_device_cuda_without_gpu_is_a_message(tmp_path, capsys):
-    rc = main(["bench", "--config", str(CONFIG3D), "--quick", "--device", "cuda", "--work",
-               str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--quiet"])
+    rc = main(
+        [
+            "bench",
+            "--config",
+            str(CONFIG3D),
+            "--quick",
+            "--device",
+            "cuda",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "--device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "work" / "finetune").exists()  # nothing trained
 

@@ -213,8 +213,10 @@ def test_augmentation_3d_moves_volume_and_label_together():
     out_images, out_labels = augment_batch(images, labels, np.random.default_rng(3))
     assert out_images.shape == images.shape
     assert np.array_equal(out_labels, (out_images[:, 0] > 127).astype(np.int64))
-    flipped_z = [np.array_equal(b, a[:, :, :, ::-1]) or np.array_equal(b, a[:, ::-1, ::-1, ::-1])
-                 for a, b in zip(images, out_images)]
+    flipped_z = [
+        np.array_equal(b, a[:, :, :, ::-1]) or np.array_equal(b, a[:, ::-1, ::-1, ::-1])
+        for a, b in zip(images, out_images)
+    ]
     assert any(flipped_z)  # the third axis is flipped too
 
 
@@ -237,16 +239,20 @@ class ClassIdsAsLogits(torch.nn.Module):
 
 def test_dice_per_class_matches_hand_computation():
     # 3 images 4x4, classes 0..3; class 3 is predicted once but never in a label
-    label = np.array([
-        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 0, 0]],   # A
-        [[0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0]],   # B
-        [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],   # C
-    ])
-    pred = np.array([
-        [[1, 0, 0, 1], [1, 0, 0, 0], [0, 0, 2, 2], [0, 0, 0, 3]],   # A
-        [[0, 0, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],   # B
-        [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2], [0, 0, 0, 0]],   # C
-    ])
+    label = np.array(
+        [
+            [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 0, 0]],  # A
+            [[0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0]],  # B
+            [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],  # C
+        ]
+    )
+    pred = np.array(
+        [
+            [[1, 0, 0, 1], [1, 0, 0, 0], [0, 0, 2, 2], [0, 0, 0, 3]],  # A
+            [[0, 0, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],  # B
+            [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2], [0, 0, 0, 0]],  # C
+        ]
+    )
     # class 1: A 2*2/(3+4) = 4/7; B no class 1 in label (ignored); C 0 -> mean 2/7
     # class 2: A 1; B 2*2/(2+4) = 2/3; C not in label (ignored) -> mean 5/6
     # class 3: in no label -> NaN
@@ -266,16 +272,20 @@ def test_dice_per_class_matches_hand_computation():
 
 
 def test_dice_per_case_by_hand_and_its_mean_is_dice_per_class():
-    label = np.array([
-        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 0, 0]],
-        [[0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0]],
-        [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
-    ])
-    pred = np.array([
-        [[1, 0, 0, 1], [1, 0, 0, 0], [0, 0, 2, 2], [0, 0, 0, 3]],
-        [[0, 0, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
-        [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2], [0, 0, 0, 0]],
-    ])
+    label = np.array(
+        [
+            [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 0, 0]],
+            [[0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0]],
+            [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+        ]
+    )
+    pred = np.array(
+        [
+            [[1, 0, 0, 1], [1, 0, 0, 0], [0, 0, 2, 2], [0, 0, 0, 3]],
+            [[0, 0, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+            [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2], [0, 0, 0, 0]],
+        ]
+    )
     model = ClassIdsAsLogits(4).train()
     images = pred[:, None].astype(np.uint8)
     cases = dice_per_case(model, images, label, n_classes=4, batch_size=2)
@@ -293,8 +303,11 @@ def test_dice_per_case_by_hand_and_its_mean_is_dice_per_class():
     set_seed(0)
     net = ARCHITECTURES["unet"](1, 2, 32)
     train(net, images, labels, steps=10, batch_size=4, lr=1e-2, seed=0)
-    np.testing.assert_allclose(np.nanmean(dice_per_case(net, images, labels, n_classes=2), 0),
-                               dice_per_class(net, images, labels, n_classes=2), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.nanmean(dice_per_case(net, images, labels, n_classes=2), 0),
+        dice_per_class(net, images, labels, n_classes=2),
+        rtol=1e-6,
+    )
 
 
 def test_training_with_validation_selects_the_best_checkpoint_and_poly_decays():
@@ -306,8 +319,18 @@ def test_training_with_validation_selects_the_best_checkpoint_and_poly_decays():
 
     set_seed(0)
     model = ARCHITECTURES["unet"](1, 2, 32)
-    info = train(model, images, labels, steps=30, batch_size=8, lr=1e-2, seed=0,
-                 schedule="poly", validate=validate, eval_every=7)
+    info = train(
+        model,
+        images,
+        labels,
+        steps=30,
+        batch_size=8,
+        lr=1e-2,
+        seed=0,
+        schedule="poly",
+        validate=validate,
+        eval_every=7,
+    )
     assert [c[0] for c in info["curve"]] == [7, 14, 21, 28, 30]
     values = [c[1] for c in info["curve"]]
     assert info["best_value"] == max(values)
@@ -320,8 +343,7 @@ def test_training_with_validation_selects_the_best_checkpoint_and_poly_decays():
     train(constant, images, labels, steps=30, batch_size=8, lr=1e-2, seed=0)
     set_seed(0)
     poly = ARCHITECTURES["unet"](1, 2, 32)
-    result = train(poly, images, labels, steps=30, batch_size=8, lr=1e-2, seed=0,
-                   schedule="poly")
+    result = train(poly, images, labels, steps=30, batch_size=8, lr=1e-2, seed=0, schedule="poly")
     assert "curve" not in result and not same(weights(constant), weights(poly))
     with pytest.raises(ValueError, match="schedule"):
         train(poly, images, labels, steps=2, batch_size=2, lr=1e-2, seed=0, schedule="cos")
@@ -356,8 +378,11 @@ def test_load_pretrained_refuses_another_architecture():
     unetr = weights(ARCHITECTURES["unetr"](1, 2, 32))
     model = ARCHITECTURES["unet"](1, 2, 32)
     before = weights(model)
-    with pytest.raises(UserError, match=r"missing in the checkpoint: model\.0\..*not in the model: "
-                                        r"vit\."):
+    with pytest.raises(
+        UserError,
+        match=r"missing in the checkpoint: model\.0\..*not in the model: "
+        r"vit\.",
+    ):
         load_pretrained(model, unetr, head_module("unet"))
     assert same(weights(model), before)  # nothing loaded
     three_channels = weights(ARCHITECTURES["unet"](3, 2, 32))
@@ -373,15 +398,25 @@ def test_checkpoint_round_trips_through_the_bank(tmp_path):
     images, labels = disc_task(4)
     train(model, images, labels, steps=2, batch_size=2, lr=1e-3, seed=0)
     spec = network_spec("unet", 1, 2, 32)
-    meta = {"arch": "unet", "task": "disc", "steps": np.int64(2), "size": (32, 32),
-            "result": {"dice": np.float32(0.5)}}
+    meta = {
+        "arch": "unet",
+        "task": "disc",
+        "steps": np.int64(2),
+        "size": (32, 32),
+        "result": {"dice": np.float32(0.5)},
+    }
     path = save_checkpoint(model, tmp_path / "ck" / "unet.pt", meta)
     save_checkpoint(model, path, meta)  # overwrite in place
     assert sorted(p.name for p in path.parent.iterdir()) == ["unet.pt"]  # no temp file left
     state, read_meta = load_checkpoint(path)
     assert same(state, weights(model))
-    assert read_meta == {"arch": "unet", "task": "disc", "steps": 2, "size": [32, 32],
-                         "result": {"dice": 0.5}}
+    assert read_meta == {
+        "arch": "unet",
+        "task": "disc",
+        "steps": 2,
+        "size": [32, 32],
+        "result": {"dice": 0.5},
+    }
     entry = parse_bank({"models": [{"name": "u", **spec, "checkpoint": "ck/unet.pt"}]}, tmp_path)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error", CCFVWarning)  # weights_only load, no fallback

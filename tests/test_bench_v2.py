@@ -21,13 +21,13 @@ from ccfv.bench.tasks import PreparedTask, _split, carve_validation
 
 DATA = SHARED / "data"
 ROOT = Path(__file__).resolve().parents[1]
-needs_data = pytest.mark.skipif(not (DATA / "hc18_fetal_head").exists(),
-                                reason="../shared/data absent")
+needs_data = pytest.mark.skipif(
+    not (DATA / "hc18_fetal_head").exists(), reason="../shared/data absent"
+)
 
 
 def _config(tmp_path, **changes):
-    raw = {"data_root": str(DATA), "tasks": ["drive_retinal_vessels", "hc18_fetal_head"],
-           **changes}
+    raw = {"data_root": str(DATA), "tasks": ["drive_retinal_vessels", "hc18_fetal_head"], **changes}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -50,8 +50,16 @@ def test_split_with_train_cases_by_case_and_by_group():
 
 def test_validation_is_carved_out_of_train_by_group():
     ids = [f"p{i // 3}_s{i % 3}" for i in range(24)]  # 8 patients of 3 slices
-    task = PreparedTask("t", np.zeros((24, 1, 8, 8), np.uint8), np.zeros((24, 8, 8), np.int64),
-                        ids, np.arange(18), np.arange(18, 24), {0: "bg", 1: "fg"}, Path("."))
+    task = PreparedTask(
+        "t",
+        np.zeros((24, 1, 8, 8), np.uint8),
+        np.zeros((24, 8, 8), np.int64),
+        ids,
+        np.arange(18),
+        np.arange(18, 24),
+        {0: "bg", 1: "fg"},
+        Path("."),
+    )
     fit, val = carve_validation(task, 0.25, 0, r"^(p\d+)_")
     assert sorted([*fit, *val]) == list(range(18)) and not set(fit) & set(val)
     val_patients = {ids[i].split("_")[0] for i in val}
@@ -59,8 +67,16 @@ def test_validation_is_carved_out_of_train_by_group():
     assert not val_patients & {ids[i].split("_")[0] for i in fit}
     fit0, val0 = carve_validation(task, 0.0, 0)
     assert list(fit0) == list(range(18)) and val0.size == 0
-    one = PreparedTask("t", task.images, task.labels, ids, np.arange(3), np.arange(3, 6),
-                       task.class_names, Path("."))
+    one = PreparedTask(
+        "t",
+        task.images,
+        task.labels,
+        ids,
+        np.arange(3),
+        np.arange(3, 6),
+        task.class_names,
+        Path("."),
+    )
     with pytest.raises(ccfv.UserError, match="needs at least 2 train groups"):
         carve_validation(one, 0.25, 0, r"^(p\d+)_")
 
@@ -95,18 +111,22 @@ def test_config_v2_keys_are_checked_and_v1_digests_are_kept(tmp_path):
     with pytest.raises(ccfv.UserError, match="pretrain.val_fraction 1"):
         load_config(_config(tmp_path, pretrain={"val_fraction": 1}))
     with pytest.raises(ccfv.UserError, match="convergence.architectures: 'dynunet'"):
-        load_config(_config(tmp_path, architectures=["unet"],
-                            convergence={"architectures": ["dynunet"]}))
+        load_config(
+            _config(tmp_path, architectures=["unet"], convergence={"architectures": ["dynunet"]})
+        )
     # a v1 config: the new keys at their v1 values leave the cache digests as they were
     v1 = load_config(ROOT / "benchmarks" / "transfer2d.yaml")
-    old = {k: v for k, v in v1["finetune"].items()
-           if k not in ("schedule", "val_fraction", "eval_every")}
+    old = {
+        k: v
+        for k, v in v1["finetune"].items()
+        if k not in ("schedule", "val_fraction", "eval_every")
+    }
     assert v1.digest("finetune") == v1.digest_of({"finetune": old})
     v2 = load_config(ROOT / "benchmarks" / "transfer2d-v2.yaml")
-    assert v2.train_cases("acdc_cine_mri2d") == 10 and v2.train_cases("drive_retinal_vessels") \
-        is None
+    assert (
+        v2.train_cases("acdc_cine_mri2d") == 10 and v2.train_cases("drive_retinal_vessels") is None
+    )
     assert v2["finetune"]["seeds"] == [0, 1, 2, 3] and len(v2["architectures"]) == 3
-
 
 
 def test_finetune_steps_per_target_override_only_their_runs(tmp_path):
@@ -132,28 +152,50 @@ def test_finetune_steps_per_target_override_only_their_runs(tmp_path):
     # a target left out keeps its runs' names (cached runs stay valid); a listed one is the run
     # of that budget, as if steps were given explicitly
     for seed in (0, 3):
-        assert finetune_path(over, "m", drive, seed, tmp_path).name == \
-            finetune_path(plain, "m", drive, seed, tmp_path).name
-        assert finetune_path(over, "m", hc18, seed, tmp_path).name == \
-            finetune_path(plain, "m", hc18, seed, tmp_path, steps=40).name
-        assert finetune_path(over, "m", hc18, seed, tmp_path).name != \
-            finetune_path(plain, "m", hc18, seed, tmp_path).name
+        assert (
+            finetune_path(over, "m", drive, seed, tmp_path).name
+            == finetune_path(plain, "m", drive, seed, tmp_path).name
+        )
+        assert (
+            finetune_path(over, "m", hc18, seed, tmp_path).name
+            == finetune_path(plain, "m", hc18, seed, tmp_path, steps=40).name
+        )
+        assert (
+            finetune_path(over, "m", hc18, seed, tmp_path).name
+            != finetune_path(plain, "m", hc18, seed, tmp_path).name
+        )
+
 
 @needs_data
 def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
-    config = load_config(_config(
-        tmp_path, tasks=["drive_retinal_vessels", "isbi_em_membranes", "hc18_fetal_head"],
-        targets=["hc18_fetal_head"], size=32, max_cases=20, train_cases=8,
-        architectures=["unet"],
-        pretrain={"steps": 4, "val_fraction": 0.25, "eval_every": 2, "schedule": "poly"},
-        finetune={"steps": 4, "seeds": [0, 1, 2, 3], "val_fraction": 0.25, "eval_every": 2,
-                  "schedule": "poly"},
-        convergence={"budgets": [2, 4], "eval_every": 1},
-        scoring={"cases": 4, "counts": [10, 20, 40], "methods": ["ccfv", "logme"],
-                 "proportional": []}))
+    config = load_config(
+        _config(
+            tmp_path,
+            tasks=["drive_retinal_vessels", "isbi_em_membranes", "hc18_fetal_head"],
+            targets=["hc18_fetal_head"],
+            size=32,
+            max_cases=20,
+            train_cases=8,
+            architectures=["unet"],
+            pretrain={"steps": 4, "val_fraction": 0.25, "eval_every": 2, "schedule": "poly"},
+            finetune={
+                "steps": 4,
+                "seeds": [0, 1, 2, 3],
+                "val_fraction": 0.25,
+                "eval_every": 2,
+                "schedule": "poly",
+            },
+            convergence={"budgets": [2, 4], "eval_every": 1},
+            scoring={
+                "cases": 4,
+                "counts": [10, 20, 40],
+                "methods": ["ccfv", "logme"],
+                "proportional": [],
+            },
+        )
+    )
     work, out = tmp_path / "work", tmp_path / "out"
-    study = run_convergence(config, work, out / "convergence", progress=False,
-                            log=lambda *_: None)
+    study = run_convergence(config, work, out / "convergence", progress=False, log=lambda *_: None)
     curves = study["targets"]["hc18_fetal_head"]
     assert set(curves) == {"unet__scratch", "unet__drive_retinal_vessels"}
     assert [c[0] for c in curves["unet__scratch"]["4"]["curve"]] == [1, 2, 3, 4]
@@ -164,8 +206,9 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     for m in target["models"].values():
         assert len(m["dice"]) == 4 and len(m["dice_per_case"]) == 4
         assert sorted(m["dice_per_case"][0]) == sorted(target["test"])
-        per_case = np.array([[v[0] for v in seed.values()] for seed in m["dice_per_case"]],
-                            dtype=float)
+        per_case = np.array(
+            [[v[0] for v in seed.values()] for seed in m["dice_per_case"]], dtype=float
+        )
         np.testing.assert_allclose(np.nanmean(per_case, axis=1), m["dice"], rtol=1e-12)
         assert len(m["validation_dice"]) == 4
     src = summary["sources"]["unet__drive_retinal_vessels"]
@@ -176,35 +219,65 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     lo, hi = rel["estimators"]["ccfv"]["weighted_tau"]["interval"]
     assert -1 <= lo <= hi <= 1
     tables = (out / "tables.md").read_text()
-    for heading in ("Reliability of the ground truth", "Headline: targets with split-half",
-                    "Paired: `ccfv` minus", "Source models: validation Dice"):
+    for heading in (
+        "Reliability of the ground truth",
+        "Headline: targets with split-half",
+        "Paired: `ccfv` minus",
+        "Source models: validation Dice",
+    ):
         assert heading in tables
     # export into the repository layout, restore into a fresh work folder, resume: the
     # fine-tuning runs are read back, not trained again
     script = ROOT / "scripts" / "export_bench_results.py"
     dest = tmp_path / "exported"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    subprocess.run([sys.executable, str(script), "--config", str(config.source), "--work",
-                    str(work), "--dest", str(dest)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--config",
+            str(config.source),
+            "--work",
+            str(work),
+            "--dest",
+            str(dest),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     progress = json.loads((dest / "progress.json").read_text())
     assert progress["hc18_fetal_head"]["missing"] == []
     assert progress["hc18_fetal_head"]["done"] == 3 * 4
     assert len(list((dest / "runs" / "hc18_fetal_head").glob("*.json"))) == 12
     sources = json.loads((dest / "sources.json").read_text()).values()
-    assert sorted(s["source"] for s in sources) == ["drive_retinal_vessels",
-                                                    "isbi_em_membranes"]
+    assert sorted(s["source"] for s in sources) == ["drive_retinal_vessels", "isbi_em_membranes"]
     assert all(0 <= s["source_val_dice"] <= 1 for s in sources)
     fresh = tmp_path / "fresh"
-    subprocess.run([sys.executable, str(script), "--config", str(config.source), "--work",
-                    str(fresh), "--dest", str(dest), "--restore"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--config",
+            str(config.source),
+            "--work",
+            str(fresh),
+            "--dest",
+            str(dest),
+            "--restore",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     restored = sorted((fresh / "finetune").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in restored]
     assert len(restored) == 12
     again = run_bench(config, fresh, tmp_path / "out2", progress=False, log=lambda *_: None)
     assert [p.stat().st_mtime_ns for p in restored] == stamps
-    assert {n: m["dice"] for n, m in again["targets"]["hc18_fetal_head"]["models"].items()} \
-        == {n: m["dice"] for n, m in target["models"].items()}
+    assert {n: m["dice"] for n, m in again["targets"]["hc18_fetal_head"]["models"].items()} == {
+        n: m["dice"] for n, m in target["models"].items()
+    }
 
 
 class _Config(dict):
@@ -230,14 +303,20 @@ def _synthetic_track(out, name, targets, spread):
                 models[f"{arch}__{src}"] = {
                     "dice": [float(v) for v in cases.mean(axis=1)],
                     "dice_per_class": [{"fg": float(v)} for v in cases.mean(axis=1)],
-                    "dice_per_case": [{f"c{k}": [float(v)] for k, v in enumerate(row)}
-                                      for row in cases],
+                    "dice_per_case": [
+                        {f"c{k}": [float(v)] for k, v in enumerate(row)} for row in cases
+                    ],
                     "finetune_seconds": [1.0] * 4,
-                    "scores": {"ccfv": level, "logme": -level + 0.01 * j}}
+                    "scores": {"ccfv": level, "logme": -level + 0.01 * j},
+                }
         summary["targets"][t] = {"models": models, "classes": ["fg"], "train": [], "test": []}
-    config = _Config(name=name, architectures=["unet", "segresnet"],
-                     finetune={"seeds": [0, 1, 2, 3]}, scoring={"cases": 4},
-                     statistics={"bootstrap": 200})
+    config = _Config(
+        name=name,
+        architectures=["unet", "segresnet"],
+        finetune={"seeds": [0, 1, 2, 3]},
+        scoring={"cases": 4},
+        statistics={"bootstrap": 200},
+    )
     write_results(summary, config, out)
     return out
 
@@ -250,8 +329,9 @@ def test_reliability_in_the_report_and_across_tracks(tmp_path):
     summary = json.loads((clean / "summary.json").read_text())
     rel = summary["statistics"]["reliability"]
     assert rel["headline"]["reliable"] == ["p", "q"]
-    assert rel["per_target"]["p"]["estimators"]["ccfv"]["weighted_tau"]["value"] == \
-        pytest.approx(1.0)
+    assert rel["per_target"]["p"]["estimators"]["ccfv"]["weighted_tau"]["value"] == pytest.approx(
+        1.0
+    )
     assert rel["headline"]["estimators"]["ccfv"]["best_group_hit"]["rate"] == 1.0
     assert rel["headline"]["estimators"]["logme"]["top3_recall"]["rate"] == 0.0
     versus = rel["paired"]["versus"]["logme"]
@@ -263,8 +343,10 @@ def test_reliability_in_the_report_and_across_tracks(tmp_path):
     merged = combine_results([clean, noisy], tmp_path / "all")
     head = merged["statistics"]["reliability"]["headline"]
     assert head["reliable"] == ["p", "q"] and list(head["too_noisy"]) == ["r"]
-    assert "Ground truth too noisy (left out of the headline): r (split-half Spearman" in (
-        tmp_path / "all" / "headline.md").read_text()
+    assert (
+        "Ground truth too noisy (left out of the headline): r (split-half Spearman"
+        in (tmp_path / "all" / "headline.md").read_text()
+    )
 
 
 def test_statistics_bootstrap_is_checked_and_quick_uses_fewer(tmp_path):

@@ -29,14 +29,16 @@ def test_draws_are_seeded_distinct_and_large_enough():
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
-@pytest.mark.parametrize("options", [{}, {"distance": "kl"}, {"consistency_only": True},
-                                     {"variety_only": True}, {"s": 2.0}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"distance": "kl"}, {"consistency_only": True}, {"variety_only": True}, {"s": 2.0}],
+)
 def test_tables_score_subsets_exactly(rng, variant, options):
-    features = random_feature_set(rng, n_cases=6, dims=(5, 9), samples=(7, 12), classes=2,
-                                  unequal=True)
+    features = random_feature_set(
+        rng, n_cases=6, dims=(5, 9), samples=(7, 12), classes=2, unequal=True
+    )
     tables = ccfv_tables(features, variant, **options)
-    assert tables.score() == pytest.approx(ccfv.ccfv_score(features, variant, **options),
-                                           rel=1e-12)
+    assert tables.score() == pytest.approx(ccfv.ccfv_score(features, variant, **options), rel=1e-12)
     for idx in ([0, 1], [1, 3, 5], [0, 2, 3, 4], list(range(6))):
         expected = ccfv.ccfv_score(_subset(features, idx), variant, **options)
         assert tables.score(idx) == pytest.approx(expected, rel=1e-12)
@@ -75,9 +77,11 @@ def test_fast_path_equals_rescoring_every_draw(rng):
 
 
 def test_summary_by_hand():
-    replicates = {"a": np.array([3.0, 1.0, 2.0, np.nan]),
-                  "b": np.array([2.0, 2.0, 1.0, 5.0]),
-                  "c": np.array([0.0, 0.0, 0.0, 0.0])}
+    replicates = {
+        "a": np.array([3.0, 1.0, 2.0, np.nan]),
+        "b": np.array([2.0, 2.0, 1.0, 5.0]),
+        "c": np.array([0.0, 0.0, 0.0, 0.0]),
+    }
     result = summarize("m", replicates, {"a": 2.5, "b": 2.0, "c": 0.0}, level=0.5)
     assert result.top == "a" and result.n_valid == 3  # draw 3 could not score "a"
     assert result.models["a"].p_first == pytest.approx(2 / 3)
@@ -86,22 +90,27 @@ def test_summary_by_hand():
     assert result.p_top_stays == pytest.approx(2 / 3)
     assert result.models["a"].n_scored == 3
     assert (result.models["a"].low, result.models["a"].high) == pytest.approx(
-        tuple(np.quantile([3.0, 1.0, 2.0], [0.25, 0.75])))
+        tuple(np.quantile([3.0, 1.0, 2.0], [0.25, 0.75]))
+    )
     assert result.models["b"].std == pytest.approx(np.std([2, 2, 1, 5], ddof=1))
     assert result.to_dict()["models"]["c"]["low"] == 0.0
 
 
 def test_clear_winner_stays_on_top(rng):
     good = random_feature_set(rng, n_cases=6, dims=(6,), samples=(15,), classes=1, shift=0.0)
-    noisy = {layer: [(X + 3.0 * rng.normal(size=X.shape) * (1 + c), y)
-                     for c, (X, y) in enumerate(cases)] for layer, cases in good.items()}
+    noisy = {
+        layer: [(X + 3.0 * rng.normal(size=X.shape) * (1 + c), y) for c, (X, y) in enumerate(cases)]
+        for layer, cases in good.items()
+    }
     estimator = get_estimator("ccfv-paper")  # noise of growing scale: W2 in feature units
     full = {"good": estimator(good), "noisy": estimator(noisy)}
     assert full["good"] > full["noisy"]
-    result = bootstrap_ranking({"good": (good, None), "noisy": (noisy, None)}, estimator,
-                               "ccfv", full, n_boot=40, seed=0)
+    result = bootstrap_ranking(
+        {"good": (good, None), "noisy": (noisy, None)}, estimator, "ccfv", full, n_boot=40, seed=0
+    )
     assert result.top == "good" and result.p_top_stays == 1.0 and result.n_valid == 40
     assert result.models["good"].low <= full["good"] <= result.models["good"].high
-    again = bootstrap_ranking({"good": (good, None), "noisy": (noisy, None)}, estimator,
-                              "ccfv", full, n_boot=40, seed=0)
+    again = bootstrap_ranking(
+        {"good": (good, None), "noisy": (noisy, None)}, estimator, "ccfv", full, n_boot=40, seed=0
+    )
     np.testing.assert_array_equal(again.replicates["noisy"], result.replicates["noisy"])

@@ -32,7 +32,7 @@ def _features(seed=0, shift=1.5, offset=3.0):
     out = {}
     for l, d in enumerate(DIMS):
         means = rng.normal(size=(3, d)) * shift
-        scales = rng.uniform(0.5, 2.0, size=d)       # anisotropic
+        scales = rng.uniform(0.5, 2.0, size=d)  # anisotropic
         cases = []
         for _ in range(N_CASES):
             y = np.repeat(np.arange(3), PER_CLASS)
@@ -72,13 +72,18 @@ def _slow_consistency(cases, centre=True):
     total = 0.0
     for k in sorted({int(v) for _, y in cases for v in y} - {0}):
         members = [_unit(X[y == k]) for X, y in cases if np.sum(y == k) >= 2]
-        dists = [w2_paper(members[i], members[j]) for i in range(len(members))
-                 for j in range(len(members)) if i != j]
+        dists = [
+            w2_paper(members[i], members[j])
+            for i in range(len(members))
+            for j in range(len(members))
+            if i != j
+        ]
         total += np.mean(dists)
     return total
 
 
 # --- ccfv-pca -------------------------------------------------------------------------------
+
 
 def _slow_pca(features, k, whiten=False):
     out = {}
@@ -99,9 +104,11 @@ def test_pca_against_slow_reference(k, whiten):
     f = _features()
     expected = _slow_default_ccfv(_slow_pca(f, k, whiten))
     assert _quiet(ccfv_pca_score, f, components=k, whiten=whiten) == pytest.approx(
-        expected, rel=1e-7)
-    assert _quiet(get_estimator(f"ccfv-pca[components={k}; whiten={str(whiten).lower()}]"),
-                  f) == pytest.approx(expected, rel=1e-7)
+        expected, rel=1e-7
+    )
+    assert _quiet(
+        get_estimator(f"ccfv-pca[components={k}; whiten={str(whiten).lower()}]"), f
+    ) == pytest.approx(expected, rel=1e-7)
 
 
 def test_pca_projected_covariance():
@@ -129,13 +136,12 @@ def test_pca_subset_uses_the_directions_of_all_cases():
     tables = _quiet(ccfv_pca_tables, f, components=4)
     projected = _slow_pca(f, 4)
     subset = {l: [cases[i] for i in (0, 2, 3)] for l, cases in projected.items()}
-    assert _quiet(tables.score, [0, 2, 3]) == pytest.approx(_slow_default_ccfv(subset),
-                                                             rel=1e-7)
+    assert _quiet(tables.score, [0, 2, 3]) == pytest.approx(_slow_default_ccfv(subset), rel=1e-7)
 
 
 def test_pca_warns_when_a_layer_has_fewer_directions():
     with pytest.warns(ccfv.CCFVWarning, match="fewer than components=7"):
-        principal_features(_features(), 7)      # layer1 has 6 channels
+        principal_features(_features(), 7)  # layer1 has 6 channels
 
 
 def test_pca_bad_components():
@@ -147,19 +153,29 @@ def test_pca_bad_components():
 
 # --- ccfv-null ------------------------------------------------------------------------------
 
+
 def _slow_null(features, permutations, seed, statistic, centre=True):
     terms = []
     for layer, cases in features.items():
         if centre:
             cases = _slow_centre(cases)
-        rngs = [np.random.default_rng([seed, zlib.crc32(layer.encode()),
-                                       zlib.crc32(np.ascontiguousarray(
-                                           y.astype(np.int64)).tobytes())])
-                for _, y in cases]
+        rngs = [
+            np.random.default_rng(
+                [
+                    seed,
+                    zlib.crc32(layer.encode()),
+                    zlib.crc32(np.ascontiguousarray(y.astype(np.int64)).tobytes()),
+                ]
+            )
+            for _, y in cases
+        ]
         null = []
         for _ in range(permutations):
-            null.append(_slow_consistency([(X, rng.permutation(y))
-                                           for (X, y), rng in zip(cases, rngs)], False))
+            null.append(
+                _slow_consistency(
+                    [(X, rng.permutation(y)) for (X, y), rng in zip(cases, rngs)], False
+                )
+            )
         observed = _slow_consistency(cases, False)
         if statistic == "log_ratio":
             terms.append(math.log(np.mean(null) / observed))
@@ -173,8 +189,9 @@ def _slow_null(features, permutations, seed, statistic, centre=True):
 def test_null_against_slow_reference(statistic, centre):
     f = _features()
     expected = _slow_null(f, 3, 7, statistic, centre)
-    assert _quiet(ccfv_null_score, f, permutations=3, seed=7, statistic=statistic,
-                  centre=centre) == pytest.approx(expected, rel=1e-7)
+    assert _quiet(
+        ccfv_null_score, f, permutations=3, seed=7, statistic=statistic, centre=centre
+    ) == pytest.approx(expected, rel=1e-7)
 
 
 def test_null_subset_and_seed():
@@ -183,9 +200,11 @@ def test_null_subset_and_seed():
     # a subset is scored with the features centred on the mean of all cases, as fitted once
     subset = {l: [_slow_centre(cases)[i] for i in (1, 2, 3)] for l, cases in f.items()}
     assert _quiet(tables.score, [1, 2, 3]) == pytest.approx(
-        _slow_null(subset, 3, 1, "log_ratio", centre=False), rel=1e-7)
+        _slow_null(subset, 3, 1, "log_ratio", centre=False), rel=1e-7
+    )
     assert _quiet(ccfv_null_score, f, permutations=3, seed=1) != _quiet(
-        ccfv_null_score, f, permutations=3, seed=2)
+        ccfv_null_score, f, permutations=3, seed=2
+    )
 
 
 def test_null_near_zero_when_labels_carry_nothing():
@@ -208,12 +227,14 @@ def test_null_bad_options():
 
 # --- ccfv-hscore ----------------------------------------------------------------------------
 
+
 def _slow_hscore(X, y):
     mu = X.mean(axis=0)
     S = (X - mu).T @ (X - mu) / len(X)
-    B = sum(np.sum(y == k) / len(X) * np.outer(X[y == k].mean(axis=0) - mu,
-                                              X[y == k].mean(axis=0) - mu)
-            for k in np.unique(y))
+    B = sum(
+        np.sum(y == k) / len(X) * np.outer(X[y == k].mean(axis=0) - mu, X[y == k].mean(axis=0) - mu)
+        for k in np.unique(y)
+    )
     return float(np.trace(np.linalg.pinv(S) @ B))
 
 
@@ -225,8 +246,9 @@ def test_hscore_combination_against_slow_reference(centre):
         X = np.concatenate([X for X, _ in cases])
         y = np.concatenate([y for _, y in cases])
         K = np.unique(y).size
-        terms.append(math.log(_slow_hscore(X, y) / (K - 1))
-                     - math.log(_slow_consistency(cases, centre)))
+        terms.append(
+            math.log(_slow_hscore(X, y) / (K - 1)) - math.log(_slow_consistency(cases, centre))
+        )
     expected = float(np.mean(terms))
     assert _quiet(ccfv_hscore_score, f, centre=centre) == pytest.approx(expected, rel=1e-7)
     name = "ccfv-hscore" if centre else "ccfv-hscore[centre=false]"
@@ -239,8 +261,8 @@ def test_hscore_combination_subset():
     # centred once on the mean of all cases (the H-score does not depend on the centre)
     subset = {l: [_slow_centre(cases)[i] for i in (0, 1, 3)] for l, cases in f.items()}
     assert _quiet(tables.score, [3, 0, 1]) == pytest.approx(
-        _quiet(ccfv_hscore_score, subset, discriminability="reg-hscore", centre=False),
-        rel=1e-10)
+        _quiet(ccfv_hscore_score, subset, discriminability="reg-hscore", centre=False), rel=1e-10
+    )
 
 
 def test_hscore_combination_bad_option():
@@ -249,6 +271,7 @@ def test_hscore_combination_bad_option():
 
 
 # --- properties the diagnosis states for any features ---------------------------------------
+
 
 def _shrink(features, a):
     out = {}
@@ -280,8 +303,14 @@ def test_shrinking_within_class_spread_lowers_paper_consistency(seed):
     expected = 0.0
     for k in (1, 2):
         means = [X[y == k].mean(axis=0) for X, y in cases]
-        expected += np.mean([np.linalg.norm(means[i] - means[j])
-                             for i in range(N_CASES) for j in range(N_CASES) if i != j])
+        expected += np.mean(
+            [
+                np.linalg.norm(means[i] - means[j])
+                for i in range(N_CASES)
+                for j in range(N_CASES)
+                if i != j
+            ]
+        )
     assert c[2] == pytest.approx(expected, rel=1e-9)
 
 
@@ -293,7 +322,9 @@ def test_default_ccfv_depends_on_the_origin_and_the_candidates_do_not():
     moved = {l: [(X + 5.0, y) for X, y in cases] for l, cases in f.items()}
     for name in ("ccfv", "ccfv-null[centre=false]", "ccfv-hscore[centre=false]"):
         assert _quiet(get_estimator(name), moved) != pytest.approx(
-            _quiet(get_estimator(name), f), rel=1e-3)
+            _quiet(get_estimator(name), f), rel=1e-3
+        )
     for name in ("ccfv-pca", "ccfv-pca[whiten=true]", "ccfv-null", "ccfv-hscore"):
         assert _quiet(get_estimator(name), moved) == pytest.approx(
-            _quiet(get_estimator(name), f), rel=1e-8)
+            _quiet(get_estimator(name), f), rel=1e-8
+        )

@@ -23,7 +23,8 @@ def test_case_permutation(features, variant, rng):
     order = rng.permutation(5)
     permuted = {layer: [cases[i] for i in order] for layer, cases in features.items()}
     assert ccfv.ccfv_score(permuted, variant) == pytest.approx(
-        ccfv.ccfv_score(features, variant), rel=1e-10)
+        ccfv.ccfv_score(features, variant), rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -35,7 +36,8 @@ def test_sample_permutation(features, variant, rng):
             order = rng.permutation(len(y))
             shuffled[layer].append((X[order], y[order]))
     assert ccfv.ccfv_score(shuffled, variant) == pytest.approx(
-        ccfv.ccfv_score(features, variant), rel=1e-10)
+        ccfv.ccfv_score(features, variant), rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -46,7 +48,8 @@ def test_rotation(features, variant, distance):
         Q = ortho_group.rvs(cases[0][0].shape[1], random_state=l)
         rotated[layer] = [(X @ Q, y) for X, y in cases]
     assert ccfv.ccfv_score(rotated, variant, distance=distance) == pytest.approx(
-        ccfv.ccfv_score(features, variant, distance=distance), rel=1e-9)
+        ccfv.ccfv_score(features, variant, distance=distance), rel=1e-9
+    )
 
 
 def test_scale_dependence_and_normalize_consistency(features):
@@ -54,13 +57,15 @@ def test_scale_dependence_and_normalize_consistency(features):
     unit sphere; with normalize_consistency the score ignores the scale of a layer and equals
     the score of features put on the unit sphere beforehand."""
     scaled = {layer: [(3.0 * X, y) for X, y in cases] for layer, cases in features.items()}
-    assert ccfv.ccfv_score(scaled) == pytest.approx(ccfv.ccfv_score(features) - np.log(3.0),
-                                                    rel=1e-9)
+    assert ccfv.ccfv_score(scaled) == pytest.approx(
+        ccfv.ccfv_score(features) - np.log(3.0), rel=1e-9
+    )
     invariant = ccfv.ccfv_score(features, normalize_consistency=True)
-    assert ccfv.ccfv_score(scaled, normalize_consistency=True) == pytest.approx(invariant,
-                                                                                 rel=1e-9)
-    unit = {layer: [(X / np.linalg.norm(X, axis=1, keepdims=True), y) for X, y in cases]
-            for layer, cases in features.items()}
+    assert ccfv.ccfv_score(scaled, normalize_consistency=True) == pytest.approx(invariant, rel=1e-9)
+    unit = {
+        layer: [(X / np.linalg.norm(X, axis=1, keepdims=True), y) for X, y in cases]
+        for layer, cases in features.items()
+    }
     assert ccfv.ccfv_score(unit) == pytest.approx(invariant, rel=1e-10)
     assert invariant != pytest.approx(ccfv.ccfv_score(features), rel=1e-3)
     parts = ccfv.ccfv_parts(features, normalize_consistency=True)
@@ -68,14 +73,18 @@ def test_scale_dependence_and_normalize_consistency(features):
     tables = ccfv.ccfv_tables(features, normalize_consistency=True)  # subsets stay exact
     subset = {layer: [cases[i] for i in (0, 2, 3)] for layer, cases in features.items()}
     assert tables.score([0, 2, 3]) == pytest.approx(
-        ccfv.ccfv_score(subset, normalize_consistency=True), rel=1e-12)
+        ccfv.ccfv_score(subset, normalize_consistency=True), rel=1e-12
+    )
 
 
 def test_consistent_classes_score_higher(rng):
     """Same features, but one bank's class clusters drift between cases: it must score lower."""
     base = random_feature_set(rng, 6, (8,), (30,), 1, shift=3.0)
-    drifted = {"layer0": [(X + (y[:, None] > 0) * 2.0 * rng.normal(size=X.shape[1]), y)
-                          for X, y in base["layer0"]]}
+    drifted = {
+        "layer0": [
+            (X + (y[:, None] > 0) * 2.0 * rng.normal(size=X.shape[1]), y) for X, y in base["layer0"]
+        ]
+    }
     assert ccfv.ccfv_score(base) > ccfv.ccfv_score(drifted)
     assert ccfv.ccfv_score(base, "official") > ccfv.ccfv_score(drifted, "official")
 
@@ -117,7 +126,8 @@ def test_class_in_one_case_contributes_nothing(features):
         # the variety term still sees class 2
         assert result.score != pytest.approx(ccfv.ccfv_score(only_one))
         assert result.layers[0].consistency == pytest.approx(
-            ccfv.ccfv_parts(only_one).layers[0].consistency)
+            ccfv.ccfv_parts(only_one).layers[0].consistency
+        )
 
 
 def test_no_usable_class_is_a_clear_error(features):
@@ -152,20 +162,31 @@ BAD = {
     "empty": ({}, "empty"),
     "one case": ({"l": [(np.ones((3, 2)), np.array([0, 1, 1]))]}, "at least 2"),
     "ragged": ({"l": [(np.ones((3, 2)), np.zeros(3)), (np.ones((3, 5)), np.zeros(3))]}, "dim 5"),
-    "length": ({"l": [(np.ones((3, 2)), np.zeros(4)), (np.ones((3, 2)), np.zeros(3))]},
-               "3 feature rows"),
-    "nan": ({"l": [(np.array([[np.nan, 1.0], [0, 1]]), np.zeros(2)),
-                   (np.ones((2, 2)), np.zeros(2))]}, "non-finite"),
-    "inf": ({"l": [(np.ones((2, 2)), np.zeros(2)),
-                   (np.array([[np.inf, 1.0], [0, 1]]), np.zeros(2))]}, "case 1"),
-    "float labels": ({"l": [(np.ones((2, 2)), np.array([0.5, 1])),
-                            (np.ones((2, 2)), np.zeros(2))]}, "integer class ids"),
-    "negative labels": ({"l": [(np.ones((2, 2)), np.array([-1, 1])),
-                               (np.ones((2, 2)), np.zeros(2))]}, "negative"),
+    "length": (
+        {"l": [(np.ones((3, 2)), np.zeros(4)), (np.ones((3, 2)), np.zeros(3))]},
+        "3 feature rows",
+    ),
+    "nan": (
+        {"l": [(np.array([[np.nan, 1.0], [0, 1]]), np.zeros(2)), (np.ones((2, 2)), np.zeros(2))]},
+        "non-finite",
+    ),
+    "inf": (
+        {"l": [(np.ones((2, 2)), np.zeros(2)), (np.array([[np.inf, 1.0], [0, 1]]), np.zeros(2))]},
+        "case 1",
+    ),
+    "float labels": (
+        {"l": [(np.ones((2, 2)), np.array([0.5, 1])), (np.ones((2, 2)), np.zeros(2))]},
+        "integer class ids",
+    ),
+    "negative labels": (
+        {"l": [(np.ones((2, 2)), np.array([-1, 1])), (np.ones((2, 2)), np.zeros(2))]},
+        "negative",
+    ),
     "1d features": ({"l": [(np.ones(2), np.zeros(2)), (np.ones(2), np.zeros(2))]}, "n_samples"),
     "cases differ between layers": (
         {"a": [(np.ones((2, 2)), np.zeros(2))] * 3, "b": [(np.ones((2, 2)), np.zeros(2))] * 2},
-        "same cases"),
+        "same cases",
+    ),
     "not pairs": ({"l": [np.ones((2, 2)), np.ones((2, 2))]}, "X has shape"),
     "not a pair": ({"l": [np.ones(3), np.ones(3)]}, "pair"),
 }
@@ -178,14 +199,17 @@ def test_bad_feature_sets(name):
         ccfv.ccfv_score(features)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"variant": "camera-ready"}, "variant"),
-    ({"distance": "cosine"}, "distance"),
-    ({"consistency_only": True, "variety_only": True}, "exclude"),
-    ({"s": -1}, "s >= 0"),
-    ({"ridge": 0}, "ridge"),
-    ({"eps": -1.0}, "eps"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"variant": "camera-ready"}, "variant"),
+        ({"distance": "cosine"}, "distance"),
+        ({"consistency_only": True, "variety_only": True}, "exclude"),
+        ({"s": -1}, "s >= 0"),
+        ({"ridge": 0}, "ridge"),
+        ({"eps": -1.0}, "eps"),
+    ],
+)
 def test_bad_options(features, options, message):
     with pytest.raises(ccfv.UserError, match=message):
         ccfv.ccfv_score(features, **options)
@@ -199,8 +223,9 @@ def test_w2_threads_change_nothing(rng, variant):
     for workers in (2, 3):
         parts = ccfv.ccfv_parts(features, variant, workers=workers)
         assert parts.score == serial.score
-        assert [p.class_consistency for p in parts.layers] == \
-            [p.class_consistency for p in serial.layers]
+        assert [p.class_consistency for p in parts.layers] == [
+            p.class_consistency for p in serial.layers
+        ]
     assert "workers" not in serial.options
     with pytest.raises(ccfv.UserError, match="workers"):
         ccfv.ccfv_score(features, variant, workers=0)

@@ -60,8 +60,9 @@ def test_divergences_finite_when_rank_deficient(rng):
 @pytest.mark.parametrize("s", [0.5, 2.0])
 def test_energy_exponent(s, rng):
     features = random_feature_set(rng, 3, (5,), (10,), 1)
-    assert ccfv.ccfv_score(features, s=s) == pytest.approx(slow.paper_score(features, s=s),
-                                                           rel=1e-9)
+    assert ccfv.ccfv_score(features, s=s) == pytest.approx(
+        slow.paper_score(features, s=s), rel=1e-9
+    )
 
 
 def test_log_energy_s0(rng):
@@ -70,7 +71,8 @@ def test_log_energy_s0(rng):
     energies = [slow.energy(X, s=0) for X, _ in features["layer0"]]
     if min(energies) > 0:
         assert ccfv.ccfv_score(features, s=0) == pytest.approx(
-            slow.paper_score(features, s=0), rel=1e-9)
+            slow.paper_score(features, s=0), rel=1e-9
+        )
     else:
         with pytest.raises(ccfv.UserError, match="s = 0"):
             ccfv.ccfv_score(features, s=0)
@@ -79,7 +81,8 @@ def test_log_energy_s0(rng):
 def test_without_normalisation(rng):
     features = random_feature_set(rng, 3, (5,), (10,), 1)
     assert ccfv.ccfv_score(features, normalize=False) == pytest.approx(
-        slow.paper_score(features, normalize=False), rel=1e-9)
+        slow.paper_score(features, normalize=False), rel=1e-9
+    )
 
 
 def test_ablations_are_the_single_terms(rng):

@@ -18,8 +18,13 @@ from ccfv.extract import CACHE_FORMAT, FeatureCache
 from ccfv.rank import rank
 
 QUIET = {"progress": False, "log": lambda *_: None}
-UNET2D = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
-          "strides": [2]}
+UNET2D = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+}
 
 
 def small_2d_dataset(root, n=3, size=(24, 20)):
@@ -30,21 +35,40 @@ def small_2d_dataset(root, n=3, size=(24, 20)):
     training = []
     for c in range(n):
         label = np.zeros(size, np.uint8)
-        label[4 + c:14 + c, 5:15] = 1
+        label[4 + c : 14 + c, 5:15] = 1
         image = (50.0 * label + rng.normal(0, 5, size)).astype(np.float32)
         nib.save(nib.Nifti1Image(image, np.eye(4)), root / f"imagesTr/c{c}.nii")
         nib.save(nib.Nifti1Image(label, np.eye(4)), root / f"labelsTr/c{c}.nii")
         training.append({"image": f"./imagesTr/c{c}.nii", "label": f"./labelsTr/c{c}.nii"})
-    (root / "dataset.json").write_text(json.dumps(
-        {"labels": {"0": "background", "1": "square"}, "tensorImageSize": "2D",
-         "training": training}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "labels": {"0": "background", "1": "square"},
+                "tensorImageSize": "2D",
+                "training": training,
+            }
+        )
+    )
     return root
 
 
 def small_bank(path):
-    path.write_text(yaml.safe_dump({"models": [{
-        "name": "u", "network": "monai.networks.nets.UNet", "args": UNET2D, "seed": 0,
-        "layers": "auto", "preprocessing": {"intensity": {"kind": "zscore"}, "roi": [16, 16]}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": "u",
+                        "network": "monai.networks.nets.UNet",
+                        "args": UNET2D,
+                        "seed": 0,
+                        "layers": "auto",
+                        "preprocessing": {"intensity": {"kind": "zscore"}, "roi": [16, 16]},
+                    }
+                ]
+            }
+        )
+    )
     return path
 
 
@@ -111,8 +135,11 @@ def test_cache_of_an_older_format_is_named(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     (old / ("a" * 64 + ".npz")).write_bytes(b"old feature file")
-    with pytest.warns(CCFVWarning, match=r"holds files of cache format ccfv-features-2 or older"
-                                         r".*content.*delete"):
+    with pytest.warns(
+        CCFVWarning,
+        match=r"holds files of cache format ccfv-features-2 or older"
+        r".*content.*delete",
+    ):
         cache = FeatureCache(old)
     cache.put_case("k", "c0", {"l": (np.zeros((2, 3)), np.zeros(2, int))})
     assert (old / "CACHE_FORMAT").read_text().strip() == CACHE_FORMAT

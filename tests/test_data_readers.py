@@ -119,24 +119,38 @@ def write_json(path: Path, meta: dict) -> Path:
 
 def make_nnunet(root: Path, n_cases: int = 3, labels=None) -> Path:
     rng = np.random.default_rng(0)
-    write_json(root / "dataset.json", {
-        "channel_names": {"0": "T2", "1": "ADC"},
-        "labels": labels or {"background": 0, "tumour": 1},
-        "numTraining": n_cases, "file_ending": ".nii.gz"})
+    write_json(
+        root / "dataset.json",
+        {
+            "channel_names": {"0": "T2", "1": "ADC"},
+            "labels": labels or {"background": 0, "tumour": 1},
+            "numTraining": n_cases,
+            "file_ending": ".nii.gz",
+        },
+    )
     for i in range(n_cases):
         for c in range(2):
-            write_nifti(root / "imagesTr" / f"case{i}_{c:04d}.nii.gz",
-                        (rng.random((6, 5, 4)) + 10 * c).astype(np.float32))
-        write_nifti(root / "labelsTr" / f"case{i}.nii.gz",
-                    (rng.random((6, 5, 4)) > 0.5).astype(np.uint8))
+            write_nifti(
+                root / "imagesTr" / f"case{i}_{c:04d}.nii.gz",
+                (rng.random((6, 5, 4)) + 10 * c).astype(np.float32),
+            )
+        write_nifti(
+            root / "labelsTr" / f"case{i}.nii.gz", (rng.random((6, 5, 4)) > 0.5).astype(np.uint8)
+        )
     return root
 
 
-def make_msd(root: Path, image, label, labels=None, image_affine=None, label_affine=None,
-             ext=".nii.gz") -> Path:
-    write_json(root / "dataset.json", {
-        "name": root.name, "labels": labels or {"0": "background", "1": "organ"},
-        "training": [{"image": f"./imagesTr/a{ext}", "label": f"./labelsTr/a{ext}"}]})
+def make_msd(
+    root: Path, image, label, labels=None, image_affine=None, label_affine=None, ext=".nii.gz"
+) -> Path:
+    write_json(
+        root / "dataset.json",
+        {
+            "name": root.name,
+            "labels": labels or {"0": "background", "1": "organ"},
+            "training": [{"image": f"./imagesTr/a{ext}", "label": f"./labelsTr/a{ext}"}],
+        },
+    )
     if ext == ".png":
         write_png(root / "imagesTr" / "a.png", image)
         write_png(root / "labelsTr" / "a.png", label)
@@ -177,8 +191,12 @@ def test_nnunet_rejects_regions_and_missing_channel(tmp_path):
 
 
 def test_msd_labels_in_name_to_id_form(tmp_path):
-    root = make_msd(tmp_path / "t", np.zeros((2, 2, 2)), np.zeros((2, 2, 2), np.uint8),
-                    labels={"background": 0, "liver": 1, "tumour": 2})
+    root = make_msd(
+        tmp_path / "t",
+        np.zeros((2, 2, 2)),
+        np.zeros((2, 2, 2), np.uint8),
+        labels={"background": 0, "liver": 1, "tumour": 2},
+    )
     ds = find_cases(root / "dataset.json")
     assert ds.labels == {0: "background", 1: "liver", 2: "tumour"} and ds.root == root.resolve()
 
@@ -251,8 +269,9 @@ def test_folder_mixing_01_and_0255_masks_has_two_classes(tmp_path):
     """The issue's folder: 0/1 and 0/255 masks together were read as classes {0, 1, 255}."""
     square = np.zeros((8, 8), np.uint8)
     square[2:6, 2:6] = 1
-    root = _folder_of_masks(tmp_path / "mixed", {"a": square, "b": 255 * square,
-                                                 "c": np.zeros((8, 8))})
+    root = _folder_of_masks(
+        tmp_path / "mixed", {"a": square, "b": 255 * square, "c": np.zeros((8, 8))}
+    )
     ds = find_cases(root)
     assert ds.labels == {0: "background", 1: "class_1"}
     assert "0/1" in ds.label_rule and "0/255" in ds.label_rule
@@ -262,8 +281,7 @@ def test_folder_mixing_01_and_0255_masks_has_two_classes(tmp_path):
             label = load_case(case, ds.labels).label
             assert set(np.unique(label)) <= {0, 1}
             assert label.sum() == (0 if case.case_id == "c" else 16)
-    assert ds.class_table() == {"classes": {0: "background", 1: "class_1"},
-                                "rule": ds.label_rule}
+    assert ds.class_table() == {"classes": {0: "background", 1: "class_1"}, "rule": ds.label_rule}
 
 
 def test_folder_class_id_masks_keep_their_ids(tmp_path):
@@ -300,17 +318,21 @@ def test_folder_with_antialiased_masks_is_refused(tmp_path):
     assert "nearest-neighbour" in message and "dataset.json with 'labels'" in message
 
 
-@pytest.mark.parametrize("masks, named, words", [
-    ({"a": [0, 1, 2], "b": [0, 255]}, "b.png", "0/255 binary mask) while"),
-    ({"a": [0, 1, 2], "b": [0, 128, 255]}, "b.png", "(grey levels) while"),
-    ({"a": [0, 1], "b": [0, 128, 255]}, "a.png", "(a 0/1 binary mask) while"),
-    ({"a": [0, 128]}, "a.png", "no mask of"),
-    ({"a": [0, 1, 255]}, "a.png", "not a binary mask"),
-    ({"a": list(range(17))}, "a.png", "not class ids (0..15)"),
-])
+@pytest.mark.parametrize(
+    "masks, named, words",
+    [
+        ({"a": [0, 1, 2], "b": [0, 255]}, "b.png", "0/255 binary mask) while"),
+        ({"a": [0, 1, 2], "b": [0, 128, 255]}, "b.png", "(grey levels) while"),
+        ({"a": [0, 1], "b": [0, 128, 255]}, "a.png", "(a 0/1 binary mask) while"),
+        ({"a": [0, 128]}, "a.png", "no mask of"),
+        ({"a": [0, 1, 255]}, "a.png", "not a binary mask"),
+        ({"a": list(range(17))}, "a.png", "not class ids (0..15)"),
+    ],
+)
 def test_folder_masks_of_mixed_or_unknown_kinds_are_refused(tmp_path, masks, named, words):
-    root = _folder_of_masks(tmp_path / "m", {k: np.resize(np.array(v, np.uint8), (5, 5))
-                                             for k, v in masks.items()})
+    root = _folder_of_masks(
+        tmp_path / "m", {k: np.resize(np.array(v, np.uint8), (5, 5)) for k, v in masks.items()}
+    )
     with pytest.raises(UserError, match="nearest-neighbour") as error:
         find_cases(root)
     assert str(error.value).startswith(str(root / "labels" / named)) and words in str(error.value)
@@ -341,8 +363,11 @@ def test_bad_folders_and_listings(tmp_path):
         find_cases(tmp_path / "broken")
     root = make_msd(tmp_path / "gone", np.zeros((2, 2, 2)), np.zeros((2, 2, 2), np.uint8))
     (root / "labelsTr" / "a.nii.gz").unlink()
-    with pytest.raises(UserError, match=r"labelsTr/a\.nii\.gz: listed in .*dataset\.json "
-                                        r"\(training\[0\]\.label\) but missing"):
+    with pytest.raises(
+        UserError,
+        match=r"labelsTr/a\.nii\.gz: listed in .*dataset\.json "
+        r"\(training\[0\]\.label\) but missing",
+    ):
         find_cases(root)
     write_json(tmp_path / "none" / "dataset.json", {"labels": {"0": "bg"}, "training": []})
     with pytest.raises(UserError, match=r"none: no labelled case found"):
@@ -355,23 +380,31 @@ def test_bad_folders_and_listings(tmp_path):
 
 def test_shape_mismatch_names_both_shapes(tmp_path):
     root = make_msd(tmp_path / "s", np.zeros((4, 5, 6)), np.zeros((4, 5, 7), np.uint8))
-    with pytest.raises(UserError, match=r"labelsTr/a\.nii\.gz: spatial shape \(4, 5, 7\) "
-                                        r"differs from \(4, 5, 6\) of .*imagesTr/a\.nii\.gz"):
+    with pytest.raises(
+        UserError,
+        match=r"labelsTr/a\.nii\.gz: spatial shape \(4, 5, 7\) "
+        r"differs from \(4, 5, 6\) of .*imagesTr/a\.nii\.gz",
+    ):
         load_case(find_cases(root).cases[0])
 
 
 def test_affine_mismatch(tmp_path):
     shifted = np.diag([2.0, 2.0, 3.0, 1.0])
     shifted[0, 3] = 0.01
-    root = make_msd(tmp_path / "aff", np.zeros((4, 5, 6)), np.zeros((4, 5, 6), np.uint8),
-                    label_affine=shifted)
-    with pytest.raises(UserError, match=r"labelsTr/a\.nii\.gz: affine differs .* by up to "
-                                        r"0\.01 mm") as info:
+    root = make_msd(
+        tmp_path / "aff", np.zeros((4, 5, 6)), np.zeros((4, 5, 6), np.uint8), label_affine=shifted
+    )
+    with pytest.raises(
+        UserError,
+        match=r"labelsTr/a\.nii\.gz: affine differs .* by up to "
+        r"0\.01 mm",
+    ) as info:
         load_case(find_cases(root).cases[0])
     assert "0.01" in str(info.value) and "imagesTr/a.nii.gz" in str(info.value)
     shifted[0, 3] = 1e-4  # within tolerance
-    root = make_msd(tmp_path / "ok", np.zeros((4, 5, 6)), np.zeros((4, 5, 6), np.uint8),
-                    label_affine=shifted)
+    root = make_msd(
+        tmp_path / "ok", np.zeros((4, 5, 6)), np.zeros((4, 5, 6), np.uint8), label_affine=shifted
+    )
     load_case(find_cases(root).cases[0])
 
 
@@ -379,15 +412,21 @@ def test_non_integer_and_unknown_label_values(tmp_path):
     label = np.zeros((3, 3, 3), np.float32)
     label[1, 2, 0] = 0.5
     root = make_msd(tmp_path / "frac", np.zeros((3, 3, 3)), label)
-    with pytest.raises(UserError, match=r"labelsTr/a\.nii\.gz: label values must be integer "
-                                        r"class ids, found 0\.5 at voxel \(1, 2, 0\)"):
+    with pytest.raises(
+        UserError,
+        match=r"labelsTr/a\.nii\.gz: label values must be integer "
+        r"class ids, found 0\.5 at voxel \(1, 2, 0\)",
+    ):
         load_case(find_cases(root).cases[0])
     label = np.zeros((3, 3, 3), np.uint8)
     label[0, 0, :] = [1, 3, 7]
     root = make_msd(tmp_path / "unknown", np.zeros((3, 3, 3)), label)
     ds = find_cases(root)
-    with pytest.raises(UserError, match=r"labelsTr/a\.nii\.gz: label values \[3, 7\] are not "
-                                        r"among the dataset's class ids \[0, 1\]"):
+    with pytest.raises(
+        UserError,
+        match=r"labelsTr/a\.nii\.gz: label values \[3, 7\] are not "
+        r"among the dataset's class ids \[0, 1\]",
+    ):
         load_case(ds.cases[0], ds.labels)
     # a picture mask of unexpected values is not silently remapped either
     mask = np.zeros((3, 4), np.uint8)
@@ -408,8 +447,7 @@ def test_unsupported_format(tmp_path):
 
 
 def test_select_cases_reproducible():
-    cases = [Case(f"c{i:02d}", (Path(f"/i/{i}.png"),), Path(f"/l/{i}.png"), "d")
-             for i in range(20)]
+    cases = [Case(f"c{i:02d}", (Path(f"/i/{i}.png"),), Path(f"/l/{i}.png"), "d") for i in range(20)]
     first = select_cases(cases, 5, seed=3)
     assert len(first) == 5 and len({c.case_id for c in first}) == 5
     assert select_cases(list(reversed(cases)), 5, seed=3) == first  # order-independent

@@ -31,8 +31,10 @@ def _summary(rng, n_targets=2, seed_sd=0.002, good=(), bad=()):
             scores = {m: mu + 0.05 * rng.normal() for m in [*CANDIDATES, *BASELINES]}
             scores.update({m: mu for m in good})
             scores.update({m: -mu for m in bad})
-            models[name] = {"dice": [mu + seed_sd * rng.normal() for _ in range(4)],
-                            "scores": scores}
+            models[name] = {
+                "dice": [mu + seed_sd * rng.normal() for _ in range(4)],
+                "scores": scores,
+            }
         targets[f"t{t}"] = {"models": models}
     return {"targets": targets}
 
@@ -65,7 +67,13 @@ def test_within_architecture_tau_against_scipy():
     rng = np.random.default_rng(3)
     truth = {f"{a}__s{i}": rng.normal() for a in ARCHS for i in range(6)}
     scores = {m: v + rng.normal() for m, v in truth.items()}
-    expected = np.mean([stats.weightedtau([scores[m] for m in truth if m.startswith(a)],
-                                          [truth[m] for m in truth if m.startswith(a)])[0]
-                        for a in ARCHS])
+    expected = np.mean(
+        [
+            stats.weightedtau(
+                [scores[m] for m in truth if m.startswith(a)],
+                [truth[m] for m in truth if m.startswith(a)],
+            )[0]
+            for a in ARCHS
+        ]
+    )
     assert within_architecture_tau(scores, truth) == pytest.approx(expected, rel=1e-12)

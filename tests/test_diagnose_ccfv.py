@@ -48,7 +48,7 @@ def test_diagnosis_of_two_models():
     report = diagnose(features, {})
     for r in report.values():
         moved = r["perturbations"]
-        for name in ("random rotation", "channels duplicated"):   # the default is invariant
+        for name in ("random rotation", "channels duplicated"):  # the default is invariant
             assert abs(moved[name]["score"]) < 1e-9
         assert moved["centred on the pooled mean"]["score"] != pytest.approx(0, abs=1e-6)
         assert len(r["layers"]) == 2 and r["layers"][0]["dim"] == 6

@@ -19,8 +19,13 @@ import pytest
 from ccfv.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted([ROOT / "README.md", ROOT / "benchmarks" / "results" / "README.md",
-                *(ROOT / "docs").rglob("*.md")])
+PAGES = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "benchmarks" / "results" / "README.md",
+        *(ROOT / "docs").rglob("*.md"),
+    ]
+)
 #: Pages that docs/README.md links to and that other branches of this redesign are writing.
 #: A link to one of them is checked once it exists; until then it is the only link allowed to
 #: point at a missing file.
@@ -135,13 +140,15 @@ def test_every_flag_shown_belongs_to_a_command(page):
 
 def test_cli_reference_is_what_the_parser_says():
     """docs/reference/cli.md is the output of scripts/cli_reference.py for today's parser."""
-    spec = importlib.util.spec_from_file_location("cli_reference",
-                                                  ROOT / "scripts" / "cli_reference.py")
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", ROOT / "scripts" / "cli_reference.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     page = ROOT / "docs" / "reference" / "cli.md"
     assert _text(page) == module.render(build_parser()), (
-        "docs/reference/cli.md is out of date: run python scripts/cli_reference.py")
+        "docs/reference/cli.md is out of date: run python scripts/cli_reference.py"
+    )
 
 
 def test_cli_reference_lists_every_flag():
@@ -151,8 +158,11 @@ def test_cli_reference_lists_every_flag():
         if _subparsers(parser) or path == "ccfv":
             continue  # groups of commands: their commands have the sections
         assert path in sections, f"docs/reference/cli.md has no section for {path}"
-        missing = {f for f in _flags(parser) if f.startswith("--") and f != "--help"
-                   and f"`{f}" not in sections[path]}
+        missing = {
+            f
+            for f in _flags(parser)
+            if f.startswith("--") and f != "--help" and f"`{f}" not in sections[path]
+        }
         assert not missing, f"docs/reference/cli.md, {path}: flags not listed: {missing}"
 
 
@@ -168,12 +178,17 @@ def _anchors(page):
     return {_slug(h) for h in re.findall(r"^#+\s+(.*)$", prose, re.M)}
 
 
-LINKS = [(page, target) for page in PAGES for target in LINK.findall(FENCE.sub("", _text(page)))
-         if not re.match(r"^[a-z]+:", target)]
+LINKS = [
+    (page, target)
+    for page in PAGES
+    for target in LINK.findall(FENCE.sub("", _text(page)))
+    if not re.match(r"^[a-z]+:", target)
+]
 
 
-@pytest.mark.parametrize("page, target", LINKS,
-                         ids=[f"{p.relative_to(ROOT)} -> {t}" for p, t in LINKS])
+@pytest.mark.parametrize(
+    "page, target", LINKS, ids=[f"{p.relative_to(ROOT)} -> {t}" for p, t in LINKS]
+)
 def test_relative_links_resolve(page, target):
     path, _, anchor = target.partition("#")
     file = (page.parent / path).resolve() if path else page
@@ -182,8 +197,10 @@ def test_relative_links_resolve(page, target):
         pytest.skip(f"{relative} is written on another branch of this redesign")
     assert file.exists(), f"{page.relative_to(ROOT)}: link {target!r}: no file {relative}"
     if anchor and file.suffix == ".md":
-        assert anchor in _anchors(file), (f"{page.relative_to(ROOT)}: link {target!r}: no "
-                                          f"heading with anchor #{anchor} in {relative}")
+        assert anchor in _anchors(file), (
+            f"{page.relative_to(ROOT)}: link {target!r}: no "
+            f"heading with anchor #{anchor} in {relative}"
+        )
 
 
 def test_readme_is_short():

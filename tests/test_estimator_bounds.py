@@ -42,14 +42,20 @@ def feature_sets():
     rng = np.random.default_rng(0)
     for trial in range(60):
         K = int(rng.integers(2, 4))
-        f = separated(rng, [0.0, 1.0, 4.0, 20.0, 1e3][trial % 5], d=int(rng.integers(2, 10)),
-                      n=int(rng.integers(5, 40)), K=K)
+        f = separated(
+            rng,
+            [0.0, 1.0, 4.0, 20.0, 1e3][trial % 5],
+            d=int(rng.integers(2, 10)),
+            n=int(rng.integers(5, 40)),
+            K=K,
+        )
         yield f, one_hot_predictions(f, K, 0.001 * (trial % 2)), K
     rng = np.random.default_rng(1)
     for trial in range(60):
         K = int(rng.integers(2, 5))
-        f = within_class_constant(rng, K, int(rng.integers(K, 12)), int(rng.integers(2, 10)),
-                                  [0.0, 1e-9, 1e-3][trial % 3])
+        f = within_class_constant(
+            rng, K, int(rng.integers(K, 12)), int(rng.integers(2, 10)), [0.0, 1e-9, 1e-3][trial % 3]
+        )
         yield f, one_hot_predictions(f, K, 0.0), K
 
 

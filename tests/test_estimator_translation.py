@@ -73,12 +73,18 @@ def data():
 def test_translation(name, data):
     features, predictions = data
     rng = np.random.default_rng(7)
-    moved = {layer: [(X + shift, y) for X, y in cases] for layer, cases, shift in
-             ((layer, cases, 3.0 * rng.normal(size=cases[0][0].shape[1]))
-              for layer, cases in features.items())}
+    moved = {
+        layer: [(X + shift, y) for X, y in cases]
+        for layer, cases, shift in (
+            (layer, cases, 3.0 * rng.normal(size=cases[0][0].shape[1]))
+            for layer, cases in features.items()
+        )
+    }
     before, after = _score(name, features, predictions), _score(name, moved, predictions)
     assert abs(before) > 1e-6, f"{name} saturates on the test's features: {before!r}"
     same = after == pytest.approx(before, rel=1e-6, abs=1e-9)
     expected = name in TRANSLATION_INVARIANT
-    assert same == expected, (f"{name} under translation: {after!r} vs {before!r}; expected "
-                              f"{'the same value' if expected else 'a change'}")
+    assert same == expected, (
+        f"{name} under translation: {after!r} vs {before!r}; expected "
+        f"{'the same value' if expected else 'a change'}"
+    )

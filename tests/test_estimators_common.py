@@ -96,13 +96,21 @@ def test_finite_float(name, base_scores, mixed):
 #: units) is as good as on separable features, while its variety term, on the unit sphere,
 #: prefers the mixed features that spread over the sphere to the three class clusters.
 #: The default ``ccfv`` (class Gaussians on the unit sphere) passes.
-PREFERS_MIXED = {"ccfv-paper": "ccfv-paper's consistency term ignores class overlap and its "
-                               "variety term prefers the unclustered mixed features"}
+PREFERS_MIXED = {
+    "ccfv-paper": "ccfv-paper's consistency term ignores class overlap and its "
+    "variety term prefers the unclustered mixed features"
+}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=PREFERS_MIXED[n]))
-    if n in PREFERS_MIXED else n for n in NAMES])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=PREFERS_MIXED[n]))
+        if n in PREFERS_MIXED
+        else n
+        for n in NAMES
+    ],
+)
 def test_larger_on_separable_than_on_mixed(name, base_scores, mixed):
     assert base_scores[name] > _score(name, *mixed)
 
@@ -113,7 +121,8 @@ def test_case_order(name, separable, base_scores):
     order = [3, 0, 4, 2, 1]
     permuted = {layer: [cases[i] for i in order] for layer, cases in features.items()}
     assert _score(name, permuted, [predictions[i] for i in order]) == pytest.approx(
-        base_scores[name], rel=1e-9, abs=1e-12)
+        base_scores[name], rel=1e-9, abs=1e-12
+    )
 
 
 #: CC-FV compares each foreground class across cases and needs no second class, so a target
@@ -128,8 +137,9 @@ SCORES_ONE_FOREGROUND_CLASS = {"ccfv", "ccfv-paper", "ccfv-official", "ccfv-pca"
 @pytest.mark.parametrize("only", [0, 1], ids=["background_only", "one_foreground_class"])
 def test_one_class(name, only, separable):
     features, predictions = separable
-    kept = {layer: [(X[y == only], y[y == only]) for X, y in cases]
-            for layer, cases in features.items()}
+    kept = {
+        layer: [(X[y == only], y[y == only]) for X, y in cases] for layer, cases in features.items()
+    }
     preds = [P[y == only] for P, (_, y) in zip(predictions, features["layer1"])]
     if only == 1 and name in SCORES_ONE_FOREGROUND_CLASS:
         assert np.isfinite(_score(name, kept, preds))
@@ -141,6 +151,7 @@ def test_one_class(name, only, separable):
 
 
 # --- invariances ----------------------------------------------------------------------------
+
 
 def _rescale(X, d, rng):
     return 3.7 * X
@@ -158,8 +169,7 @@ def _zero_pad(X, d, rng):
     return np.hstack([X, np.zeros_like(X)])
 
 
-TRANSFORMS = {"rescale": _rescale, "permute": _permute, "rotate": _rotate,
-              "zero_pad": _zero_pad}
+TRANSFORMS = {"rescale": _rescale, "permute": _permute, "rotate": _rotate, "zero_pad": _zero_pad}
 
 ALL = frozenset(NAMES)
 #: Which estimators keep their value under each transformation (found by running this file;
@@ -189,5 +199,7 @@ def test_invariance_table(name, transform, separable, base_scores):
     value = _score(name, _transformed(features, TRANSFORMS[transform]), predictions)
     same = value == pytest.approx(base_scores[name], rel=1e-6, abs=1e-9)
     expected = name in INVARIANT[transform]
-    assert same == expected, (f"{name} under {transform}: {value!r} vs {base_scores[name]!r}; "
-                              f"expected {'the same value' if expected else 'a change'}")
+    assert same == expected, (
+        f"{name} under {transform}: {value!r} vs {base_scores[name]!r}; "
+        f"expected {'the same value' if expected else 'a change'}"
+    )

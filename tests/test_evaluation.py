@@ -49,13 +49,14 @@ def write_csv(path, rows):
 
 # ------------------------------------------------------------------------------ statistics
 
+
 def test_perfect_and_reversed_rankings():
     dice = [0.60, 0.70, 0.75, 0.80, 0.90]
-    score = [-3.0, -1.0, 0.5, 2.0, 7.0]           # same order, not linear
+    score = [-3.0, -1.0, 0.5, 2.0, 7.0]  # same order, not linear
     for f in (weighted_tau, kendall_tau, spearman):
         assert f(score, dice) == pytest.approx(1.0)
         assert f([-s for s in score], dice) == pytest.approx(-1.0)
-    assert 0.9 < pearson(score, dice) < 1.0       # monotone but not linear
+    assert 0.9 < pearson(score, dice) < 1.0  # monotone but not linear
     assert pearson([2 * d + 1 for d in dice], dice) == pytest.approx(1.0)
     assert top1_relative(score, dice) == 1.0 and regret(score, dice) == 0.0
 
@@ -81,6 +82,7 @@ def test_weighted_tau_matches_slow_reference():
     # mean (scipy's rank=True), neither one alone (rank=None would use the score's ranking only)
     x, y = [5.0, 4.0, 3.0, 2.0, 1.0], [0.3, 0.9, 0.5, 0.8, 0.1]
     from scipy.stats import weightedtau
+
     assert weightedtau(x, y, rank=None).statistic != pytest.approx(weighted_tau(x, y))
     assert weighted_tau(x, y) == pytest.approx(slow_weighted_tau(x, y), abs=1e-12)
     assert weighted_tau(x, y) == pytest.approx(weighted_tau(y, x), abs=1e-12)
@@ -88,14 +90,14 @@ def test_weighted_tau_matches_slow_reference():
 
 def test_other_correlations_hand_values():
     x, y = [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]
-    assert kendall_tau(x, y) == pytest.approx(4 / 6)        # 5 concordant, 1 discordant
+    assert kendall_tau(x, y) == pytest.approx(4 / 6)  # 5 concordant, 1 discordant
     assert spearman(x, y) == pytest.approx(1 - 6 * 2 / (4 * 15))  # sum d^2 = 2 -> 0.8
-    assert pearson(x, y) == pytest.approx(0.8)               # ranks are the values here
+    assert pearson(x, y) == pytest.approx(0.8)  # ranks are the values here
 
 
 def test_top1_and_regret_hand_example():
     score = [0.9, 0.5, 0.1, 0.3]
-    dice = [0.80, 0.85, 0.70, 0.60]           # the score picks model 0; model 1 is best
+    dice = [0.80, 0.85, 0.70, 0.60]  # the score picks model 0; model 1 is best
     assert top1_relative(score, dice) == pytest.approx(0.80 / 0.85)
     assert regret(score, dice) == pytest.approx(0.05)
 
@@ -144,8 +146,7 @@ def test_evaluate_rows():
     assert bad["top1_relative"] == pytest.approx(0.60 / 0.90)
     assert bad["regret"] == pytest.approx(0.30)
     assert all(flat[c] is None for c in ("weighted_tau", "kendall_tau", "spearman", "pearson"))
-    assert flat["regret"] == pytest.approx(0.30) and any("same for all" in n
-                                                         for n in flat["notes"])
+    assert flat["regret"] == pytest.approx(0.30) and any("same for all" in n for n in flat["notes"])
     assert gappy["n_models"] == 3 and gappy["models"] == ["a", "c", "e"]
     assert gappy["weighted_tau"] == pytest.approx(1.0)
     assert any("b, d" in n for n in gappy["notes"])
@@ -177,27 +178,42 @@ def test_evaluate_too_few_models_names_method_and_files():
 
 # ------------------------------------------------------------------------------ readers
 
+
 def test_readers(tmp_path):
-    scores = write_csv(tmp_path / "scores.csv", [["model", "ccfv", "logme"], ["m1", "0.5", ""],
-                                                 ["m2", "-1e3", "nan"], ["m3", "2", "3"]])
-    assert read_scores_csv(scores) == {"m1": {"ccfv": 0.5, "logme": None},
-                                       "m2": {"ccfv": -1000.0, "logme": None},
-                                       "m3": {"ccfv": 2.0, "logme": 3.0}}
-    truth = write_csv(tmp_path / "ft.csv", [["dice_std", "Model", "dice"], ["0.1", "m1", "0.8"],
-                                            [], ["0.2", "m2", " 0.75 "]])
+    scores = write_csv(
+        tmp_path / "scores.csv",
+        [["model", "ccfv", "logme"], ["m1", "0.5", ""], ["m2", "-1e3", "nan"], ["m3", "2", "3"]],
+    )
+    assert read_scores_csv(scores) == {
+        "m1": {"ccfv": 0.5, "logme": None},
+        "m2": {"ccfv": -1000.0, "logme": None},
+        "m3": {"ccfv": 2.0, "logme": 3.0},
+    }
+    truth = write_csv(
+        tmp_path / "ft.csv",
+        [["dice_std", "Model", "dice"], ["0.1", "m1", "0.8"], [], ["0.2", "m2", " 0.75 "]],
+    )
     assert read_truth_csv(truth) == {"m1": 0.8, "m2": 0.75}
 
 
-@pytest.mark.parametrize("rows, pattern", [
-    ([["model", "score"], ["m1", "0.8"]], r"no 'dice' column"),
-    ([["name", "dice"], ["m1", "0.8"]], r"no 'model' column"),
-    ([["model", "dice"], ["m1", "0.8"], ["m2", "high"]], r"line 3: dice of model 'm2' is 'high'"),
-    ([["model", "dice"], ["m1", "0.8"], ["m1", "0.7"]],
-     r"line 3: model 'm1' appears twice .*line 2"),
-    ([["model", "dice"], ["m1", ""]], r"line 2: model 'm1' has no dice value"),
-    ([["model", "dice"], ["m1", "inf"]], r"line 2: dice of model 'm1' is 'inf'"),
-    ([["model", "dice"]], r"no model line"),
-])
+@pytest.mark.parametrize(
+    "rows, pattern",
+    [
+        ([["model", "score"], ["m1", "0.8"]], r"no 'dice' column"),
+        ([["name", "dice"], ["m1", "0.8"]], r"no 'model' column"),
+        (
+            [["model", "dice"], ["m1", "0.8"], ["m2", "high"]],
+            r"line 3: dice of model 'm2' is 'high'",
+        ),
+        (
+            [["model", "dice"], ["m1", "0.8"], ["m1", "0.7"]],
+            r"line 3: model 'm1' appears twice .*line 2",
+        ),
+        ([["model", "dice"], ["m1", ""]], r"line 2: model 'm1' has no dice value"),
+        ([["model", "dice"], ["m1", "inf"]], r"line 2: dice of model 'm1' is 'inf'"),
+        ([["model", "dice"]], r"no model line"),
+    ],
+)
 def test_truth_reader_errors_name_file_line_and_value(tmp_path, rows, pattern):
     path = write_csv(tmp_path / "finetuned.csv", rows)
     with pytest.raises(UserError, match=pattern) as info:
@@ -205,14 +221,17 @@ def test_truth_reader_errors_name_file_line_and_value(tmp_path, rows, pattern):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("rows, pattern", [
-    ([["name", "ccfv"], ["m1", "0.8"]], r"line 1: the first column is 'name'"),
-    ([["model"], ["m1"]], r"no method column"),
-    ([["model", "ccfv", "ccfv"], ["m1", "1", "2"]], r"'ccfv' appears twice"),
-    ([["model", "ccfv"], ["m1", "1"], ["m2", "1", "5"]], r"line 3: 3 cells, the header has 2"),
-    ([["model", "ccfv"], ["m1", "1"], ["m2", "abc"]], r"line 3: ccfv of model 'm2' is 'abc'"),
-    ([["model", "ccfv"], ["m1", "1"], ["m1", "2"]], r"line 3: model 'm1' appears twice"),
-])
+@pytest.mark.parametrize(
+    "rows, pattern",
+    [
+        ([["name", "ccfv"], ["m1", "0.8"]], r"line 1: the first column is 'name'"),
+        ([["model"], ["m1"]], r"no method column"),
+        ([["model", "ccfv", "ccfv"], ["m1", "1", "2"]], r"'ccfv' appears twice"),
+        ([["model", "ccfv"], ["m1", "1"], ["m2", "1", "5"]], r"line 3: 3 cells, the header has 2"),
+        ([["model", "ccfv"], ["m1", "1"], ["m2", "abc"]], r"line 3: ccfv of model 'm2' is 'abc'"),
+        ([["model", "ccfv"], ["m1", "1"], ["m1", "2"]], r"line 3: model 'm1' appears twice"),
+    ],
+)
 def test_scores_reader_errors_name_file_line_and_value(tmp_path, rows, pattern):
     path = write_csv(tmp_path / "scores.csv", rows)
     with pytest.raises(UserError, match=pattern) as info:
@@ -229,23 +248,34 @@ def test_missing_files(tmp_path):
 
 # ------------------------------------------------------------------------------ CLI
 
+
 def test_cli_evaluate_end_to_end(tmp_path, capsys):
-    scores = write_csv(tmp_path / "scores.csv", [
-        ["model", "ccfv", "ccfv-official", "logme"],
-        ["unet_a", "-1.5", "3.0", "10.0"],
-        ["unet_b", "-2.0", "4.0", ""],
-        ["segres_c", "-0.5", "1.0", "20.0"],
-        ["scratch", "-4.0", "2.0", "5.0"],
-        ["no_truth", "0.0", "0.0", "0.0"],
-    ])
-    truth = write_csv(tmp_path / "finetuned.csv", [
-        ["model", "dice", "dice_std"],
-        ["segres_c", "0.88", "0.01"], ["unet_a", "0.84", "0.02"],
-        ["unet_b", "0.80", "0.02"], ["scratch", "0.71", "0.03"], ["not_scored", "0.5", "0"],
-    ])
+    scores = write_csv(
+        tmp_path / "scores.csv",
+        [
+            ["model", "ccfv", "ccfv-official", "logme"],
+            ["unet_a", "-1.5", "3.0", "10.0"],
+            ["unet_b", "-2.0", "4.0", ""],
+            ["segres_c", "-0.5", "1.0", "20.0"],
+            ["scratch", "-4.0", "2.0", "5.0"],
+            ["no_truth", "0.0", "0.0", "0.0"],
+        ],
+    )
+    truth = write_csv(
+        tmp_path / "finetuned.csv",
+        [
+            ["model", "dice", "dice_std"],
+            ["segres_c", "0.88", "0.01"],
+            ["unet_a", "0.84", "0.02"],
+            ["unet_b", "0.80", "0.02"],
+            ["scratch", "0.71", "0.03"],
+            ["not_scored", "0.5", "0"],
+        ],
+    )
     out = tmp_path / "eval"
-    assert main(["evaluate", "--scores", str(scores), "--truth", str(truth),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(out)]) == 0
+    )
     captured = capsys.readouterr()
     assert "weighted_tau" in captured.out and "ccfv-official" in captured.out
     assert "no_truth" in captured.err and "not_scored" in captured.err
@@ -258,8 +288,9 @@ def test_cli_evaluate_end_to_end(tmp_path, capsys):
     # ccfv orders the four models exactly as their Dice: every rank statistic is 1
     ccfv = [float(v) for v in rows["ccfv"][1:7]]
     assert ccfv[:3] == pytest.approx([1.0, 1.0, 1.0]) and ccfv[4:] == pytest.approx([1.0, 0.0])
-    assert ccfv[3] == pytest.approx(np.corrcoef([-1.5, -2.0, -0.5, -4.0],
-                                                [0.84, 0.80, 0.88, 0.71])[0, 1])
+    assert ccfv[3] == pytest.approx(
+        np.corrcoef([-1.5, -2.0, -0.5, -4.0], [0.84, 0.80, 0.88, 0.71])[0, 1]
+    )
     assert rows["ccfv"][7] == "4"
     # ccfv-official picks unet_b (0.80 of a best 0.88); its taus against the slow reference
     official = rows["ccfv-official"]
@@ -276,13 +307,16 @@ def test_cli_evaluate_end_to_end(tmp_path, capsys):
 
 
 def test_cli_evaluate_constant_column_and_errors(tmp_path, capsys):
-    scores = write_csv(tmp_path / "scores.csv", [["model", "flat"], ["a", "1"], ["b", "1"],
-                                                 ["c", "1"]])
-    truth = write_csv(tmp_path / "ft.csv", [["model", "dice"], ["a", "0.9"], ["b", "0.8"],
-                                            ["c", "0.7"]])
+    scores = write_csv(
+        tmp_path / "scores.csv", [["model", "flat"], ["a", "1"], ["b", "1"], ["c", "1"]]
+    )
+    truth = write_csv(
+        tmp_path / "ft.csv", [["model", "dice"], ["a", "0.9"], ["b", "0.8"], ["c", "0.7"]]
+    )
     out = tmp_path / "eval"
-    assert main(["evaluate", "--scores", str(scores), "--truth", str(truth),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["evaluate", "--scores", str(scores), "--truth", str(truth), "--out", str(out)]) == 0
+    )
     assert "same for all 3 models" in capsys.readouterr().out
     with open(out / "evaluation.csv", newline="") as handle:
         row = list(csv.reader(handle))[1]
@@ -290,15 +324,19 @@ def test_cli_evaluate_constant_column_and_errors(tmp_path, capsys):
     assert float(row[5]) == pytest.approx(0.7 / 0.9) and float(row[6]) == pytest.approx(0.2)
 
     bad_truth = write_csv(tmp_path / "bad.csv", [["model", "dice"], ["a", "0.9"], ["b", "x"]])
-    assert main(["evaluate", "--scores", str(scores), "--truth", str(bad_truth),
-                 "--out", str(out)]) == 2
+    assert (
+        main(["evaluate", "--scores", str(scores), "--truth", str(bad_truth), "--out", str(out)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "ccfv evaluate: error:" in err and str(bad_truth) in err and "'x'" in err
     assert "Traceback" not in err
 
-    unknown = write_csv(tmp_path / "other.csv", [["model", "dice"], ["p", "0.9"], ["q", "0.8"],
-                                                 ["r", "0.7"]])
-    assert main(["evaluate", "--scores", str(scores), "--truth", str(unknown),
-                 "--out", str(out)]) == 2
+    unknown = write_csv(
+        tmp_path / "other.csv", [["model", "dice"], ["p", "0.9"], ["q", "0.8"], ["r", "0.7"]]
+    )
+    assert (
+        main(["evaluate", "--scores", str(scores), "--truth", str(unknown), "--out", str(out)]) == 2
+    )
     err = capsys.readouterr().err
     assert str(unknown) in err and str(scores) in err and "'flat'" in err

@@ -18,8 +18,10 @@ def _features(seed=0, n_cases=3):
     rng = np.random.default_rng(seed)
     out = {}
     for layer, dim in (("decoder.3", 16), ("decoder.2", 8)):
-        out[layer] = [(rng.standard_normal((n, dim)), rng.integers(0, 3, n))
-                      for n in rng.integers(5, 40, n_cases)]
+        out[layer] = [
+            (rng.standard_normal((n, dim)), rng.integers(0, 3, n))
+            for n in rng.integers(5, 40, n_cases)
+        ]
     return out
 
 
@@ -53,8 +55,10 @@ def test_round_trip_and_sidecar(tmp_path):
 def test_cache_key():
     k = cache_key("m", "d", "p")
     assert k == cache_key("m", "d", "p") and len(k) == 64
-    assert len({k, cache_key("m2", "d", "p"), cache_key("m", "d2", "p"),
-                cache_key("m", "d", "p2")}) == 4
+    assert (
+        len({k, cache_key("m2", "d", "p"), cache_key("m", "d2", "p"), cache_key("m", "d", "p2")})
+        == 4
+    )
 
 
 def test_leftover_temp_file_is_ignored(tmp_path):
@@ -80,7 +84,7 @@ def test_corrupt_file_is_treated_as_missing_and_recomputed(tmp_path, damage):
         path.write_bytes(data[: len(data) // 2])
     elif damage == "flip":
         i = len(data) // 3
-        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
     elif damage == "empty":
         path.write_bytes(b"")
     else:
@@ -88,7 +92,7 @@ def test_corrupt_file_is_treated_as_missing_and_recomputed(tmp_path, damage):
         os.replace(cache.put(other, _features(2)), path)
     with pytest.warns(CCFVWarning, match="recomputed"):
         assert cache.get(key) is None
-    cache.put(key, _features())           # the caller recomputes and overwrites
+    cache.put(key, _features())  # the caller recomputes and overwrites
     _assert_same(cache.get(key), _features())
 
 
@@ -116,7 +120,7 @@ def test_per_case_parts(tmp_path):
     ids = ["case_a", "case/b", "case c"]
     for i, cid in enumerate(ids[:2]):
         cache.put_case(key, cid, {layer: cases[i] for layer, cases in feats.items()})
-    assert cache.assemble(key, ids) is None          # case c still missing
+    assert cache.assemble(key, ids) is None  # case c still missing
     got = cache.get_case(key, "case/b")
     np.testing.assert_array_equal(got["decoder.2"][1], feats["decoder.2"][1][1])
     assert cache.get_case(key, "case c") is None

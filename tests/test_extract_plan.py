@@ -13,9 +13,9 @@ from ccfv.extract import plan as plan_module
 def _labels(seed=0, shape=(20, 18, 10)):
     rng = np.random.default_rng(seed)
     lab = np.zeros(shape, dtype=np.int64)
-    lab[2:12, 3:15, 1:9] = 1                      # 960 voxels
-    lab[14:17, 2:6, 2:6] = 2                      # 48 voxels: fewer than the counts
-    lab[rng.random(shape) < 0.01] = 3             # a sprinkle of a third class
+    lab[2:12, 3:15, 1:9] = 1  # 960 voxels
+    lab[14:17, 2:6, 2:6] = 2  # 48 voxels: fewer than the counts
+    lab[rng.random(shape) < 0.01] = 3  # a sprinkle of a third class
     return lab
 
 
@@ -48,10 +48,10 @@ def test_without_replacement_right_class_and_fixed_counts():
         for l, count in enumerate((100, 200, 400)):
             idx, cls = case.indices[l], case.classes[l]
             assert idx.shape == (len(cls), 3) and idx.dtype == np.int64
-            np.testing.assert_array_equal(lab[tuple(idx.T)], cls)       # voxel has its class
-            assert len(_set(idx)) == len(idx)                            # no voxel twice
+            np.testing.assert_array_equal(lab[tuple(idx.T)], cls)  # voxel has its class
+            assert len(_set(idx)) == len(idx)  # no voxel twice
             for k in range(len(sizes)):
-                assert np.sum(cls == k) == min(sizes[k], count)         # 0 = background too
+                assert np.sum(cls == k) == min(sizes[k], count)  # 0 = background too
     # class 2 (48 voxels) is taken whole; background is sampled.
     assert np.sum(plan.cases[0].classes[2] == 0) == 400
     assert np.sum(plan.cases[0].classes[0] == 2) == 48
@@ -64,8 +64,10 @@ def test_layers_are_drawn_independently():
     assert fg[0] != fg[1] != fg[2]
 
 
-@pytest.mark.parametrize("layers, expected", [(1, [400]), (2, [200, 400]), (3, [100, 200, 400]),
-                                              (5, [100, 200, 400, 400, 400])])
+@pytest.mark.parametrize(
+    "layers, expected",
+    [(1, [400]), (2, [200, 400]), (3, [100, 200, 400]), (5, [100, 200, 400, 400, 400])],
+)
 def test_counts_take_the_last_layers_or_repeat_the_last(layers, expected):
     lab = np.zeros((30, 30, 30), dtype=np.int64)
     lab[:10] = 1
@@ -85,8 +87,15 @@ def test_output_layer_voxels_do_not_depend_on_the_number_of_layers():
 
 def test_proportional_budget():
     labels, ids = _cases()
-    plan = make_plan(labels, ids, layers=2, budget="proportional", fraction=(0.05, 0.5),
-                     min_per_class=4, max_per_class=300)
+    plan = make_plan(
+        labels,
+        ids,
+        layers=2,
+        budget="proportional",
+        fraction=(0.05, 0.5),
+        min_per_class=4,
+        max_per_class=300,
+    )
     for lab, case in zip(labels, plan.cases):
         sizes = np.bincount(lab.ravel())
         for l, f in enumerate((0.05, 0.5)):
@@ -127,8 +136,9 @@ def test_draw_matches_the_documented_rank_rule_and_chunking(monkeypatch):
 def test_2d_and_label_dtypes():
     lab = np.zeros((40, 30), dtype=np.uint8)
     lab[5:20, 5:20] = 1
-    plan = make_plan([lab, lab.astype(np.float32), lab.astype(bool)], ["a", "b", "c"], layers=1,
-                     counts=50)
+    plan = make_plan(
+        [lab, lab.astype(np.float32), lab.astype(bool)], ["a", "b", "c"], layers=1, counts=50
+    )
     assert plan.cases[0].indices[0].shape == (100, 2)
     # the same labels in another dtype hash alike; the id changes the draw
     assert len({c.label_sha256 for c in plan.cases}) == 1
@@ -149,8 +159,10 @@ def test_fingerprint_tracks_labels_and_settings():
 def test_round_trips(tmp_path):
     labels, ids = _cases()
     plan = make_plan(labels, ids, layers=3, seed=2)
-    for other in (SamplingPlan.from_dict(plan.to_dict()),
-                  (plan.save(tmp_path / "plan.npz"), SamplingPlan.load(tmp_path / "plan.npz"))[1]):
+    for other in (
+        SamplingPlan.from_dict(plan.to_dict()),
+        (plan.save(tmp_path / "plan.npz"), SamplingPlan.load(tmp_path / "plan.npz"))[1],
+    ):
         assert other.fingerprint() == plan.fingerprint()
         assert other.case_ids == ids and other.layers == 3
         for a, b in zip(plan.cases, other.cases):
@@ -172,15 +184,18 @@ def test_points_per_layer_name():
         case.points(["only_one"])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(case_ids=["a", "a"]), "duplicate"),
-    (dict(case_ids=["a"]), "case ids"),
-    (dict(budget="median"), "budget"),
-    (dict(counts=(0, 5)), "counts"),
-    (dict(budget="proportional", fraction=1.5), "fraction"),
-    (dict(layers=0), "layers"),
-    (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(case_ids=["a", "a"]), "duplicate"),
+        (dict(case_ids=["a"]), "case ids"),
+        (dict(budget="median"), "budget"),
+        (dict(counts=(0, 5)), "counts"),
+        (dict(budget="proportional", fraction=1.5), "fraction"),
+        (dict(layers=0), "layers"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_bad_options(kwargs, match):
     lab = np.zeros((5, 5), dtype=int)
     args = dict(labels=[lab, lab], case_ids=["a", "b"], layers=2)
@@ -189,11 +204,14 @@ def test_bad_options(kwargs, match):
         make_plan(**args)
 
 
-@pytest.mark.parametrize("label, match", [
-    (np.full((4, 4), -1), "negative"),
-    (np.full((4, 4), 0.5), "non-integer"),
-    (np.zeros((4,), dtype=int), "2D or 3D"),
-])
+@pytest.mark.parametrize(
+    "label, match",
+    [
+        (np.full((4, 4), -1), "negative"),
+        (np.full((4, 4), 0.5), "non-integer"),
+        (np.zeros((4,), dtype=int), "2D or 3D"),
+    ],
+)
 def test_bad_label_maps(label, match):
     with pytest.raises(UserError, match=match):
         make_plan([label], ["a"], layers=1)

@@ -29,23 +29,29 @@ UNET_LAYERS = ["model.1.submodule.1", "model.1.submodule.2", "model.2"]
 
 def _unet(ndim):
     torch.manual_seed(0)
-    return UNet(spatial_dims=ndim, in_channels=1, out_channels=2, channels=(8, 16, 32),
-                strides=(2, 2)).eval()
+    return UNet(
+        spatial_dims=ndim, in_channels=1, out_channels=2, channels=(8, 16, 32), strides=(2, 2)
+    ).eval()
 
 
 def _border_points(shape):
     """All corners of the image plus a few face points: integer coordinates on the border."""
     corners = np.stack(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij"), -1)
-    faces = [[n // 2 if a != b else (0 if b % 2 else n - 1) for a, n in enumerate(shape)]
-             for b in range(len(shape))]
+    faces = [
+        [n // 2 if a != b else (0 if b % 2 else n - 1) for a, n in enumerate(shape)]
+        for b in range(len(shape))
+    ]
     return np.concatenate([corners.reshape(-1, len(shape)), faces]).astype(np.float64)
 
 
-@pytest.mark.parametrize("ndim, shape, roi", [
-    (3, (40, 27, 13), (24, 24, 16)),   # several overlapping windows; axis 2 padded (13 < 16)
-    (2, (50, 21), (32, 32)),           # several windows on axis 0; axis 1 padded
-    (3, (11, 9, 7), (16, 16, 16)),     # image smaller than the window on every axis
-])
+@pytest.mark.parametrize(
+    "ndim, shape, roi",
+    [
+        (3, (40, 27, 13), (24, 24, 16)),  # several overlapping windows; axis 2 padded (13 < 16)
+        (2, (50, 21), (32, 32)),  # several windows on axis 0; axis 1 padded
+        (3, (11, 9, 7), (16, 16, 16)),  # image smaller than the window on every axis
+    ],
+)
 def test_equals_naive_upsample_and_index_on_a_monai_unet(ndim, shape, roi):
     rng = np.random.default_rng(0)
     image = torch.from_numpy(rng.standard_normal((1, *shape)).astype(np.float32))
@@ -56,8 +62,9 @@ def test_equals_naive_upsample_and_index_on_a_monai_unet(ndim, shape, roi):
     points = {k: np.concatenate([v, border]) for k, v in points.items()}
     with LayerTap(_unet(ndim), UNET_LAYERS) as tap:
         fast = extract_at_points(tap, image, points, roi_size=roi, overlap=0.25, sw_batch_size=2)
-        naive = extract_at_points_naive(tap, image, points, roi_size=roi, overlap=0.25,
-                                        sw_batch_size=3)
+        naive = extract_at_points_naive(
+            tap, image, points, roi_size=roi, overlap=0.25, sw_batch_size=3
+        )
     assert len(window_layout(shape, roi)) > 1 or min(shape) < min(roi)
     for name in UNET_LAYERS:
         assert fast[name].shape == naive[name].shape == (len(points[name]), fast[name].shape[1])
@@ -94,20 +101,29 @@ class _CoordinateModel:
         self.batch_sizes.append(batch.shape[0])
         ndim = batch.ndim - 2
         pool = F.avg_pool3d if ndim == 3 else F.avg_pool2d
-        local = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)
-                                             for n in batch.shape[2:]], indexing="ij"))
-        return {"full": batch, "half": pool(batch, 2),
-                "local": local.expand(batch.shape[0], *local.shape)}
+        local = torch.stack(
+            torch.meshgrid(
+                *[torch.arange(n, dtype=torch.float32) for n in batch.shape[2:]], indexing="ij"
+            )
+        )
+        return {
+            "full": batch,
+            "half": pool(batch, 2),
+            "local": local.expand(batch.shape[0], *local.shape),
+        }
 
 
 def _window_distance(p, start, roi):
     return np.min(np.minimum(p - start + 0.5, start + np.asarray(roi) - 0.5 - p), axis=-1)
 
 
-@pytest.mark.parametrize("ndim, shape, roi", [
-    (3, (37, 30, 12), (16, 16, 16)),
-    (2, (45, 14), (20, 20)),
-])
+@pytest.mark.parametrize(
+    "ndim, shape, roi",
+    [
+        (3, (37, 30, 12), (16, 16, 16)),
+        (2, (45, 14), (20, 20)),
+    ],
+)
 def test_each_point_read_once_from_its_most_central_window(ndim, shape, roi):
     rng = np.random.default_rng(1)
     integer = np.stack([rng.integers(0, n, 300) for n in shape], 1).astype(np.float64)
@@ -115,9 +131,14 @@ def test_each_point_read_once_from_its_most_central_window(ndim, shape, roi):
     border = _border_points(shape)
     points = np.concatenate([integer, continuous, border])
     model = _CoordinateModel()
-    got = extract_at_points(model, _coordinate_image(shape),
-                            {"full": points, "half": points, "local": points},
-                            roi_size=roi, overlap=0.4, sw_batch_size=3)
+    got = extract_at_points(
+        model,
+        _coordinate_image(shape),
+        {"full": points, "half": points, "local": points},
+        roi_size=roi,
+        overlap=0.4,
+        sw_batch_size=3,
+    )
     layout = window_layout(shape, roi, overlap=0.4)
     pad = np.asarray(layout.pad_before)
 
@@ -131,8 +152,9 @@ def test_each_point_read_once_from_its_most_central_window(ndim, shape, roi):
     # from window borders and from padded voxels
     start = points + pad - got["local"]
     away = (_window_distance(points + pad, start, roi) >= 1.0) & np.all(
-        (points >= 2) & (points <= np.asarray(shape) - 3), axis=1)
-    assert away[: len(integer)].sum() > 100 and away[len(integer):].sum() > 100
+        (points >= 2) & (points <= np.asarray(shape) - 3), axis=1
+    )
+    assert away[: len(integer)].sum() > 100 and away[len(integer) :].sum() > 100
     np.testing.assert_allclose(got["half"][away] - 100.0, points[away], atol=1e-4)
 
     # local coordinates reveal the window each point was read from: one of the windows where
@@ -164,16 +186,20 @@ def test_windows_without_points_are_skipped():
     np.testing.assert_allclose(out["full"] - 100.0, pts, atol=1e-5)
     # no points at all: no forward pass
     model = _CoordinateModel()
-    out = extract_at_points(model, _coordinate_image(shape), {"full": np.zeros((0, 3))},
-                            roi_size=roi)
+    out = extract_at_points(
+        model, _coordinate_image(shape), {"full": np.zeros((0, 3))}, roi_size=roi
+    )
     assert model.calls == 0 and out["full"].shape == (0, 0)
 
 
-@pytest.mark.parametrize("shape, roi, overlap", [
-    ((40, 27, 13), (24, 24, 16), 0.25),
-    ((9, 30), (16, 16), 0.5),
-    ((33, 20, 20), (16, -1, 8), 0.0),
-])
+@pytest.mark.parametrize(
+    "shape, roi, overlap",
+    [
+        ((40, 27, 13), (24, 24, 16), 0.25),
+        ((9, 30), (16, 16), 0.5),
+        ((33, 20, 20), (16, -1, 8), 0.0),
+    ],
+)
 def test_windows_and_padding_are_monai_s(shape, roi, overlap):
     """The windows cut here equal the windows MONAI's sliding_window_inference feeds a model."""
     image = _coordinate_image(shape)
@@ -185,8 +211,14 @@ def test_windows_and_padding_are_monai_s(shape, roi, overlap):
 
     sliding_window_inference(image[None], roi, 1, predictor, overlap=overlap)
     layout = window_layout(shape, roi, overlap)
-    padded = F.pad(image, [p for b, a in zip(reversed(layout.pad_before),
-                                             reversed(layout.pad_after)) for p in (b, a)])
+    padded = F.pad(
+        image,
+        [
+            p
+            for b, a in zip(reversed(layout.pad_before), reversed(layout.pad_after))
+            for p in (b, a)
+        ],
+    )
     assert len(seen) == len(layout)
     for w, window in enumerate(seen):
         torch.testing.assert_close(window, padded[(slice(None), *layout.slices(w))])
@@ -198,10 +230,16 @@ def test_batch_size_and_points_per_layer_do_not_change_values():
     image = torch.from_numpy(rng.standard_normal((1, *shape)).astype(np.float32))
     pts = np.stack([rng.uniform(0, n - 1, 50) for n in shape], 1)
     with LayerTap(_unet(3), UNET_LAYERS) as tap:
-        one = extract_at_points(tap, image, {"model.2": pts, "model.1.submodule.1": pts[:5]},
-                                roi_size=(16, 16, 16), sw_batch_size=1)
-        four = extract_at_points(tap, image, {"model.2": pts}, roi_size=(16, 16, 16),
-                                 sw_batch_size=4)
+        one = extract_at_points(
+            tap,
+            image,
+            {"model.2": pts, "model.1.submodule.1": pts[:5]},
+            roi_size=(16, 16, 16),
+            sw_batch_size=1,
+        )
+        four = extract_at_points(
+            tap, image, {"model.2": pts}, roi_size=(16, 16, 16), sw_batch_size=4
+        )
     np.testing.assert_allclose(one["model.2"], four["model.2"], atol=1e-5)
     np.testing.assert_allclose(one["model.1.submodule.1"][:5].shape, (5, 48))
 
@@ -218,8 +256,9 @@ def test_out_of_memory_halves_the_window_batch():
     pts = pts.reshape(-1, 3).astype(float)
     model = OomAboveOne()
     with pytest.warns(CCFVWarning) as record:
-        out = extract_at_points(model, _coordinate_image(shape), {"full": pts},
-                                roi_size=(16, 16, 16), sw_batch_size=4)
+        out = extract_at_points(
+            model, _coordinate_image(shape), {"full": pts}, roi_size=(16, 16, 16), sw_batch_size=4
+        )
     assert [str(r.message)[-15:] for r in record] == ["sw_batch_size=2", "sw_batch_size=1"]
     np.testing.assert_allclose(out["full"] - 100.0, pts, atol=1e-5)
     assert set(model.batch_sizes) == {1}
@@ -231,34 +270,48 @@ def test_out_of_memory_halves_the_window_batch():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
         with pytest.raises(UserError, match="smaller roi_size"):
-            extract_at_points(AlwaysOom(), _coordinate_image(shape), {"full": pts},
-                              roi_size=(16, 16, 16), sw_batch_size=2)
+            extract_at_points(
+                AlwaysOom(),
+                _coordinate_image(shape),
+                {"full": pts},
+                roi_size=(16, 16, 16),
+                sw_batch_size=2,
+            )
 
 
-@pytest.mark.parametrize("points, match", [
-    ({"full": np.array([[-0.51, 0.0, 0.0]])}, "outside the image"),
-    ({"full": np.array([[0.0, 0.0, 9.6]])}, "outside the image"),
-    ({"full": np.array([[0.0, 0.0]])}, r"shape \(P, 3\)"),
-    ({"full": np.array([[np.nan, 0.0, 0.0]])}, "NaN"),
-    ({"nope": np.array([[0.0, 0.0, 0.0]])}, "returned only"),
-])
+@pytest.mark.parametrize(
+    "points, match",
+    [
+        ({"full": np.array([[-0.51, 0.0, 0.0]])}, "outside the image"),
+        ({"full": np.array([[0.0, 0.0, 9.6]])}, "outside the image"),
+        ({"full": np.array([[0.0, 0.0]])}, r"shape \(P, 3\)"),
+        ({"full": np.array([[np.nan, 0.0, 0.0]])}, "NaN"),
+        ({"nope": np.array([[0.0, 0.0, 0.0]])}, "returned only"),
+    ],
+)
 def test_bad_points(points, match):
     with pytest.raises(UserError, match=match):
-        extract_at_points(_CoordinateModel(), _coordinate_image((10, 10, 10)), points,
-                          roi_size=(8, 8, 8))
+        extract_at_points(
+            _CoordinateModel(), _coordinate_image((10, 10, 10)), points, roi_size=(8, 8, 8)
+        )
 
 
 def test_points_on_the_outer_voxel_edge_are_accepted():
     pts = np.array([[-0.5, -0.5, -0.5], [9.5, 9.5, 9.5]])
-    out = extract_at_points(_CoordinateModel(), _coordinate_image((10, 10, 10)), {"full": pts},
-                            roi_size=(8, 8, 8))
+    out = extract_at_points(
+        _CoordinateModel(), _coordinate_image((10, 10, 10)), {"full": pts}, roi_size=(8, 8, 8)
+    )
     np.testing.assert_allclose(out["full"] - 100.0, [[0, 0, 0], [9, 9, 9]], atol=1e-5)
 
 
 def test_naive_rejects_continuous_points():
     with pytest.raises(UserError, match="integer"):
-        extract_at_points_naive(_CoordinateModel(), _coordinate_image((10, 10, 10)),
-                                {"full": np.array([[0.5, 0.0, 0.0]])}, roi_size=(8, 8, 8))
+        extract_at_points_naive(
+            _CoordinateModel(),
+            _coordinate_image((10, 10, 10)),
+            {"full": np.array([[0.5, 0.0, 0.0]])},
+            roi_size=(8, 8, 8),
+        )
 
 
 def test_layer_tap():
@@ -317,10 +370,10 @@ def test_cuda_matches_cpu_and_autocast_is_close():
         cpu = extract_at_points(tap, image, points, roi_size=(24, 24, 16))
     with LayerTap(_unet(3).cuda(), UNET_LAYERS) as tap:
         gpu = extract_at_points(tap, image, points, roi_size=(24, 24, 16), device="cuda")
-        amp = extract_at_points(tap, image, points, roi_size=(24, 24, 16), device="cuda",
-                                autocast=True)
-        naive = extract_at_points_naive(tap, image, points, roi_size=(24, 24, 16),
-                                        device="cuda")
+        amp = extract_at_points(
+            tap, image, points, roi_size=(24, 24, 16), device="cuda", autocast=True
+        )
+        naive = extract_at_points_naive(tap, image, points, roi_size=(24, 24, 16), device="cuda")
     for name in UNET_LAYERS:
         np.testing.assert_allclose(gpu[name], cpu[name], atol=1e-4)
         np.testing.assert_allclose(gpu[name], naive[name], atol=1e-5)

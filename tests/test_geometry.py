@@ -38,6 +38,7 @@ NONE = Intensity(kind="none")
 
 # --- known anatomy ------------------------------------------------------------------------------
 
+
 def anatomy(shape):
     """Class 1: a slab on the first face of axis 0; class 2: a box in the far corner of axes
     0 and 1 (touching both faces) through the whole last axis (touching its two faces);
@@ -73,20 +74,27 @@ def rot_z(degrees):
 def cardiac_affine(seed=3):
     """Short-axis stack, nibabel axis codes P, S, R, 1.25 x 1.25 x 8 mm, ~25 degrees oblique."""
     base = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # columns: P, S, R
-    tilt = Rotation.from_rotvec(np.deg2rad(25) * np.array([0.6, 0.5, 0.62]) /
-                                np.linalg.norm([0.6, 0.5, 0.62])).as_matrix()
+    tilt = Rotation.from_rotvec(
+        np.deg2rad(25) * np.array([0.6, 0.5, 0.62]) / np.linalg.norm([0.6, 0.5, 0.62])
+    ).as_matrix()
     return affine_of(tilt @ base, (1.25, 1.25, 8.0), (-120.0, 80.0, -40.0))
 
 
 GEOMETRIES_3D = {
     "diagonal": ((40, 36, 14), affine_of(np.eye(3), (1.2, 1.0, 2.5), (3.0, -4.0, 10.0))),
-    "flipped": ((40, 36, 14), affine_of(np.diag([-1.0, 1.0, -1.0]), (1.0, 1.3, 2.0),
-                                        (40.0, -5.0, 30.0))),
+    "flipped": (
+        (40, 36, 14),
+        affine_of(np.diag([-1.0, 1.0, -1.0]), (1.0, 1.3, 2.0), (40.0, -5.0, 30.0)),
+    ),
     "rotated": ((40, 36, 14), affine_of(rot_z(30), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))),
-    "oblique": ((40, 36, 14), affine_of(Rotation.random(random_state=11).as_matrix(),
-                                        (1.1, 0.9, 2.2), (5.0, 7.0, -3.0))),
-    "anisotropic": ((48, 40, 9), affine_of(Rotation.random(random_state=5).as_matrix(),
-                                           (1.25, 1.25, 8.0), (0.0, 0.0, 0.0))),
+    "oblique": (
+        (40, 36, 14),
+        affine_of(Rotation.random(random_state=11).as_matrix(), (1.1, 0.9, 2.2), (5.0, 7.0, -3.0)),
+    ),
+    "anisotropic": (
+        (48, 40, 9),
+        affine_of(Rotation.random(random_state=5).as_matrix(), (1.25, 1.25, 8.0), (0.0, 0.0, 0.0)),
+    ),
 }
 
 GEOMETRIES_2D = {
@@ -97,6 +105,7 @@ GEOMETRIES_2D = {
 
 
 # --- the check ------------------------------------------------------------------------------------
+
 
 def onehot(label, k):
     return np.stack([(label == c).astype(np.float32) for c in range(k)])
@@ -133,8 +142,13 @@ def through(preprocess, label, affine, k=4, layers=2, counts=(150, 300)):
         planned.append(cls)
         read.append(got)
         is_inner.append(inner[tuple(idx.T)])
-    return (np.concatenate(planned), np.concatenate(read), np.concatenate(is_inner),
-            image, out_affine)
+    return (
+        np.concatenate(planned),
+        np.concatenate(read),
+        np.concatenate(is_inner),
+        image,
+        out_affine,
+    )
 
 
 def assert_right_anatomy(planned, read, inner, allow_dropped=False, overall_min=0.99):
@@ -189,10 +203,13 @@ def test_2d_preprocessing_reads_every_planned_voxel_from_its_anatomy(geometry, s
     assert_right_anatomy(planned, read, inner, overall_min=0.95 if "down" in step else 0.99)
 
 
-@pytest.mark.parametrize("pre", [
-    Preprocessing(orientation="RAS", spacing=(1.5, 1.5, 8.0), intensity=NONE),
-    Preprocessing(spacing=(1.5, 1.5, 1.5), intensity=NONE),
-])
+@pytest.mark.parametrize(
+    "pre",
+    [
+        Preprocessing(orientation="RAS", spacing=(1.5, 1.5, 8.0), intensity=NONE),
+        Preprocessing(spacing=(1.5, 1.5, 1.5), intensity=NONE),
+    ],
+)
 def test_oblique_cardiac_stack_loses_no_planned_voxel(pre):
     """The issue's geometry: before the fix, MONAI's Spacing put the first two resampled
     planes of the slice axis outside the new grid and every model failed."""
@@ -210,15 +227,19 @@ def test_float32_oblique_affines_are_covered_by_spacing():
     the affine moves by far less than a micrometre."""
     lost_before = lost_after = 0
     for seed in range(20):
-        affine = affine_of(Rotation.random(random_state=seed).as_matrix(), (1.25, 1.25, 8.0),
-                           (10.0 * seed, -3.0, 7.0))
+        affine = affine_of(
+            Rotation.random(random_state=seed).as_matrix(),
+            (1.25, 1.25, 8.0),
+            (10.0 * seed, -3.0, 7.0),
+        )
         shape = (64, 64, 15)
         corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij"))
         corners = np.c_[corners.reshape(3, -1).T, np.ones(8)]
         for fixed in (False, True):
             a = orthonormal_affine(affine) if fixed else affine
-            y = Spacing(pixdim=(1.5, 1.5, 1.5))(MetaTensor(torch.zeros(1, *shape),
-                                                           affine=torch.from_numpy(a)))
+            y = Spacing(pixdim=(1.5, 1.5, 1.5))(
+                MetaTensor(torch.zeros(1, *shape), affine=torch.from_numpy(a))
+            )
             m = (corners @ np.linalg.solve(np.asarray(y.affine, np.float64), affine).T)[:, :3]
             out = np.all((m >= -0.5 - 1e-3) & (m <= np.array(y.shape[1:]) - 0.5 + 1e-3))
             if fixed:
@@ -239,6 +260,7 @@ def test_orthonormal_affine_leaves_shear_and_exact_affines_alone():
 
 
 # --- a crop drops voxels, and they are counted ---------------------------------------------------
+
 
 def test_points_outside_are_dropped_and_counted_exactly():
     label = anatomy((40, 36, 14))
@@ -282,16 +304,27 @@ def test_border_round_off_is_read_not_dropped():
 def test_nothing_inside_names_model_case_file_preprocessing_and_fix():
     plan = make_plan([anatomy((20, 20, 6))], ["c7"], layers=1, counts=[10], seed=0)
     with pytest.raises(UserError) as info:
-        plan.cases[0].points_inside(["a"], lambda p: p + 500.0, (20, 20, 6), model="unet_a",
-                                    case_file="/data/imagesTr/c7.nii.gz",
-                                    preprocessing="preprocessing {spacing: [1.5, 1.5, 8.0]}")
+        plan.cases[0].points_inside(
+            ["a"],
+            lambda p: p + 500.0,
+            (20, 20, 6),
+            model="unet_a",
+            case_file="/data/imagesTr/c7.nii.gz",
+            preprocessing="preprocessing {spacing: [1.5, 1.5, 8.0]}",
+        )
     text = str(info.value)
-    for part in ("unet_a", "/data/imagesTr/c7.nii.gz", "spacing: [1.5, 1.5, 8.0]",
-                 "bank check", "fix"):
+    for part in (
+        "unet_a",
+        "/data/imagesTr/c7.nii.gz",
+        "spacing: [1.5, 1.5, 8.0]",
+        "bank check",
+        "fix",
+    ):
         assert part in text
 
 
 # --- a bundle's transforms -----------------------------------------------------------------------
+
 
 def bundle_entry(tmp_path, transforms, name="b"):
     from test_bank_bundle import inference_config, make_bundle
@@ -299,7 +332,9 @@ def bundle_entry(tmp_path, transforms, name="b"):
     config = inference_config()
     config["preprocessing"]["transforms"] = [
         {"_target_": "LoadImaged", "keys": "image"},
-        {"_target_": "EnsureChannelFirstd", "keys": "image"}, *transforms]
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        *transforms,
+    ]
     folder = make_bundle(tmp_path / name, config=config)
     bank = tmp_path / f"{name}.yaml"
     bank.write_text(yaml.safe_dump({"models": [{"name": name, "bundle": str(folder)}]}))
@@ -311,14 +346,23 @@ def bundle_entry(tmp_path, transforms, name="b"):
 def test_bundle_orientation_spacing_and_pad(tmp_path, geometry):
     from ccfv.bank.kinds.bundle import make_bundle_preprocess
 
-    entry = bundle_entry(tmp_path, [
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 1.5], "mode": "bilinear"},
-        {"_target_": "SpatialPadd", "keys": "image", "spatial_size": [96, 96, 96]},
-    ])
+    entry = bundle_entry(
+        tmp_path,
+        [
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {
+                "_target_": "Spacingd",
+                "keys": "image",
+                "pixdim": [1.5, 1.5, 1.5],
+                "mode": "bilinear",
+            },
+            {"_target_": "SpatialPadd", "keys": "image", "spatial_size": [96, 96, 96]},
+        ],
+    )
     shape, affine = GEOMETRIES_3D[geometry]
-    planned, read, inner, image, _ = through(make_bundle_preprocess(entry, 3), anatomy(shape),
-                                             affine)
+    planned, read, inner, image, _ = through(
+        make_bundle_preprocess(entry, 3), anatomy(shape), affine
+    )
     assert min(image.shape[1:]) >= 96
     assert_right_anatomy(planned, read, inner)
 
@@ -326,12 +370,14 @@ def test_bundle_orientation_spacing_and_pad(tmp_path, geometry):
 def test_bundle_crop_drops_exactly_the_cropped_voxels(tmp_path):
     from ccfv.bank.kinds.bundle import make_bundle_preprocess
 
-    entry = bundle_entry(tmp_path, [
-        {"_target_": "CenterSpatialCropd", "keys": "image", "roi_size": [24, -1, -1]}])
+    entry = bundle_entry(
+        tmp_path, [{"_target_": "CenterSpatialCropd", "keys": "image", "roi_size": [24, -1, -1]}]
+    )
     shape, affine = GEOMETRIES_3D["rotated"]
     label = anatomy(shape)
-    planned, read, inner, image, out_affine = through(make_bundle_preprocess(entry, 3), label,
-                                                      affine)
+    planned, read, inner, image, out_affine = through(
+        make_bundle_preprocess(entry, 3), label, affine
+    )
     assert image.shape[1:] == (24, 36, 14)
     plan = make_plan([label], ["case"], layers=2, counts=[150, 300], seed=0).cases[0]
     idx = np.concatenate(plan.indices)
@@ -341,6 +387,7 @@ def test_bundle_crop_drops_exactly_the_cropped_voxels(tmp_path):
 
 
 # --- nnU-Net's preprocessing ---------------------------------------------------------------------
+
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("geometry", ["oblique", "anisotropic"])
@@ -352,13 +399,21 @@ def test_nnunet_preprocessing(tmp_path, geometry):
 
     from ccfv.bank.kinds.nnunet import make_nnunet_preprocess
 
-    folder = make_results_folder(tmp_path, config="3d_fullres", dims=3, patch=(16, 16, 16),
-                                 spacing=(3.0, 1.6, 1.4), scheme="NoNormalization", labels=2,
-                                 reader="SimpleITKIO", transpose=(0, 2, 1))
+    folder = make_results_folder(
+        tmp_path,
+        config="3d_fullres",
+        dims=3,
+        patch=(16, 16, 16),
+        spacing=(3.0, 1.6, 1.4),
+        scheme="NoNormalization",
+        labels=2,
+        reader="SimpleITKIO",
+        transpose=(0, 2, 1),
+    )
     pre = make_nnunet_preprocess(entry_of(folder), 3)
 
     def per_class(image, affine):
-        outs = [pre(image[c:c + 1] + 1.0, affine) for c in range(image.shape[0])]
+        outs = [pre(image[c : c + 1] + 1.0, affine) for c in range(image.shape[0])]
         return np.concatenate([o for o, _ in outs]) - 1.0, outs[0][1]
 
     shape, affine = GEOMETRIES_3D[geometry]
@@ -368,11 +423,13 @@ def test_nnunet_preprocessing(tmp_path, geometry):
 
 # --- what bank check --data says ------------------------------------------------------------------
 
+
 def test_spacing_written_for_another_orientation_is_warned():
     affine = cardiac_affine()
     label = anatomy((256, 256, 15))
-    pre = make_preprocess(Preprocessing(orientation="RAS", spacing=(1.5, 1.5, 8.0),
-                                        intensity=NONE), 3)
+    pre = make_preprocess(
+        Preprocessing(orientation="RAS", spacing=(1.5, 1.5, 8.0), intensity=NONE), 3
+    )
     _, out_affine = pre(onehot(label, 1), affine)
     warnings = spacing_warnings(affine, out_affine, 3)
     assert len(warnings) >= 2 and all("another orientation" in w for w in warnings)
@@ -398,62 +455,117 @@ def cardiac_dataset(root, slices=(13, 16, 19)):
     for c, n in enumerate(slices):
         shape = (96, 96, n)  # in-plane cut to 96 to keep the test small; geometry as the issue
         training.append(write_case(root, f"sax{c}", anatomy(shape), cardiac_affine(seed=c)))
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "sax", "labels": {"0": "background", "1": "a", "2": "b", "3": "c"},
-        "tensorImageSize": "3D", "training": training}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "sax",
+                "labels": {"0": "background", "1": "a", "2": "b", "3": "c"},
+                "tensorImageSize": "3D",
+                "training": training,
+            }
+        )
+    )
     return root
 
 
-UNET3D = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [4, 8, 16],
-          "strides": [2, 2]}
+UNET3D = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 4,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+}
 
 
 def monai_entry(name, pre, network="UNet", args=None):
-    return {"name": name, "network": f"monai.networks.nets.{network}",
-            "args": args or UNET3D, "layers": "auto",
-            "preprocessing": {"intensity": {"kind": "zscore"}, **pre}}
+    return {
+        "name": name,
+        "network": f"monai.networks.nets.{network}",
+        "args": args or UNET3D,
+        "layers": "auto",
+        "preprocessing": {"intensity": {"kind": "zscore"}, **pre},
+    }
 
 
 def test_bank_check_data_prints_the_table(tmp_path, capsys):
     data = cardiac_dataset(tmp_path / "sax")
     bank = tmp_path / "bank.yaml"
-    bank.write_text(yaml.safe_dump({"models": [
-        monai_entry("wrong_order", {"orientation": "RAS", "spacing": [1.5, 1.5, 8.0],
-                                    "roi": [32, 32, 32]}),
-        monai_entry("iso", {"spacing": [1.5, 1.5, 1.5], "roi": [32, 32, 32]}),
-    ]}))
+    bank.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    monai_entry(
+                        "wrong_order",
+                        {"orientation": "RAS", "spacing": [1.5, 1.5, 8.0], "roi": [32, 32, 32]},
+                    ),
+                    monai_entry("iso", {"spacing": [1.5, 1.5, 1.5], "roi": [32, 32, 32]}),
+                ]
+            }
+        )
+    )
     assert main(["bank", "check", str(bank), "--data", str(data)]) == 0
     out = capsys.readouterr().out
-    lines = {line.split("|")[1].strip(): line for line in out.splitlines()
-             if line.startswith("| wrong_order") or line.startswith("| iso")}
+    lines = {
+        line.split("|")[1].strip(): line
+        for line in out.splitlines()
+        if line.startswith("| wrong_order") or line.startswith("| iso")
+    }
     assert len(lines) == 2
     rows = [line for line in out.splitlines() if "sax0" in line]
     assert len(rows) == 2
     assert "96x96x13 @ 1.25x1.25x8 mm" in rows[0]
     assert all("(100.0%)" in r for r in rows)
-    warned = {line.split(":")[1].strip(): line for line in out.splitlines()
-              if line.startswith("warning:")}
+    warned = {
+        line.split(":")[1].strip(): line for line in out.splitlines() if line.startswith("warning:")
+    }
     assert "another orientation" in warned["wrong_order"]
     assert "5.3x finer" in warned["iso"] and "another orientation" not in warned["iso"]
 
 
 # --- end to end: an oblique target, two random-init MONAI 3D networks, `spacing` -------------
 
+
 def test_oblique_target_ranks_with_every_model_scored(tmp_path):
     from ccfv.rank import rank
 
     data = cardiac_dataset(tmp_path / "sax")
     bank = tmp_path / "bank.yaml"
-    seg_args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "init_filters": 8,
-                "blocks_down": [1, 1, 1], "blocks_up": [1, 1]}
-    bank.write_text(yaml.safe_dump({"models": [
-        monai_entry("unet", {"orientation": "RAS", "spacing": [1.5, 1.5, 1.5],
-                             "roi": [48, 48, 48]}),
-        monai_entry("segresnet", {"spacing": [1.5, 1.5, 1.5], "roi": [48, 48, 48]},
-                    network="SegResNet", args=seg_args),
-    ]}))
-    result = rank(bank, data, methods=("ccfv", "logme"), cache_dir=tmp_path / "cache",
-                  counts=(20, 40, 80), bootstrap=0, progress=False, log=lambda *_: None)
+    seg_args = {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 4,
+        "init_filters": 8,
+        "blocks_down": [1, 1, 1],
+        "blocks_up": [1, 1],
+    }
+    bank.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    monai_entry(
+                        "unet",
+                        {"orientation": "RAS", "spacing": [1.5, 1.5, 1.5], "roi": [48, 48, 48]},
+                    ),
+                    monai_entry(
+                        "segresnet",
+                        {"spacing": [1.5, 1.5, 1.5], "roi": [48, 48, 48]},
+                        network="SegResNet",
+                        args=seg_args,
+                    ),
+                ]
+            }
+        )
+    )
+    result = rank(
+        bank,
+        data,
+        methods=("ccfv", "logme"),
+        cache_dir=tmp_path / "cache",
+        counts=(20, 40, 80),
+        bootstrap=0,
+        progress=False,
+        log=lambda *_: None,
+    )
     assert result.failures == {}
     for model in ("unet", "segresnet"):
         assert all(np.isfinite(v) for v in result.scores[model].values())
@@ -470,16 +582,42 @@ def test_a_crop_is_dropped_counted_in_scores_json_and_warned(tmp_path, capsys):
     from ccfv.data import find_cases, load_case
 
     data = cardiac_dataset(tmp_path / "sax")
-    crop = bundle_entry(tmp_path, [
-        {"_target_": "CenterSpatialCropd", "keys": "image", "roi_size": [48, -1, -1]}],
-        name="cropping")
+    crop = bundle_entry(
+        tmp_path,
+        [{"_target_": "CenterSpatialCropd", "keys": "image", "roi_size": [48, -1, -1]}],
+        name="cropping",
+    )
     bank = tmp_path / "bank.yaml"
-    bank.write_text(yaml.safe_dump({"models": [
-        monai_entry("plain", {"roi": [32, 32, 16]}),
-        {"name": "cropping", "bundle": str(crop.bundle)}]}))
+    bank.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    monai_entry("plain", {"roi": [32, 32, 16]}),
+                    {"name": "cropping", "bundle": str(crop.bundle)},
+                ]
+            }
+        )
+    )
     out = tmp_path / "out"
-    assert main(["rank", "--bank", str(bank), "--data", str(data), "--out", str(out),
-                 "--bootstrap", "0", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--bank",
+                str(bank),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--bootstrap",
+                "0",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     result = json.loads((out / "scores.json").read_text())
     assert all(v is not None for m in result["scores"].values() for v in m.values())
@@ -489,8 +627,13 @@ def test_a_crop_is_dropped_counted_in_scores_json_and_warned(tmp_path, capsys):
     n_layers = len(resolve_layers(load_model(crop)[0], crop))
     dataset = find_cases(data)
     loaded = [load_case(c, dataset.labels) for c in dataset.cases]
-    plan = make_plan([c.label for c in loaded], [c.case_id for c in loaded], layers=n_layers,
-                     counts=[100, 200, 400], seed=0)
+    plan = make_plan(
+        [c.label for c in loaded],
+        [c.case_id for c in loaded],
+        layers=n_layers,
+        counts=[100, 200, 400],
+        seed=0,
+    )
     truth, total = {}, 0
     for case in plan.cases:
         for idx, cls in zip(case.indices, case.classes):

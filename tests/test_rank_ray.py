@@ -31,8 +31,10 @@ from ccfv.extract import FeatureCache
 from ccfv.rank import rank
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
-needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed: pip install "
-                                                    "'ccfv[ray]' to run the Ray backend tests")
+needs_ray = pytest.mark.skipif(
+    not HAVE_RAY,
+    reason="ray is not installed: pip install 'ccfv[ray]' to run the Ray backend tests",
+)
 TESTS = Path(__file__).resolve().parent
 generated_data = e2e.generated_data  # four small 3D cases, two foreground classes
 QUIET = {"progress": False, "log": lambda *_: None}
@@ -54,8 +56,13 @@ def ray_cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old) if p)
     # "local": a new instance even when this machine runs (or ran) a `ray start` cluster
     # workers on one torch thread whatever this shell's OMP_NUM_THREADS (see one_thread)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
     try:
         yield ray
     finally:
@@ -110,33 +117,59 @@ def test_ray_scores_equal_local_scores(tmp_path, ray_cluster, one_thread):
     assert len(files) == 3 and sorted(p.name for p in (tmp_path / "ray").glob("*.npz")) == files
     again = rank(bank, data, cache_dir=tmp_path / "ray", **settings)
     assert again.scores == local.scores
-    assert all(text.endswith("features from cache") for text in
-               again.details["per_model"].values())
+    assert all(text.endswith("features from cache") for text in again.details["per_model"].values())
 
 
 @needs_ray
-def test_killed_task_is_retried_and_a_dead_one_is_reported(tmp_path, ray_cluster,
-                                                           generated_data):
+def test_killed_task_is_retried_and_a_dead_one_is_reported(tmp_path, ray_cluster, generated_data):
     roi = (32, 32, 16)
     marker, attempts = tmp_path / "died-once", tmp_path / "attempts"
-    bank = e2e.write_bank(tmp_path / "bank.yaml", [
-        e2e.unet_entry("plain", seed=2, roi=roi),
-        {**e2e.unet_entry("crash_once", seed=2, roi=roi, args={
-            **e2e.UNET3D, "marker": str(marker), "cache_dir": str(tmp_path / "cache"),
-            "crash_at": 6}),  # 4 forwards a case: it dies in its second case
-         "network": None, "factory": "ray_factories:unet_crash_once"},
-        {**e2e.unet_entry("always_crash", roi=roi, args={**e2e.UNET3D,
-                                                         "attempts": str(attempts)}),
-         "network": None, "factory": "ray_factories:unet_always_crash"},
-    ])
-    result = rank(bank, generated_data, methods=["ccfv", "ccfv-official"], bootstrap=0,
-                  cache_dir=tmp_path / "cache", backend=ray_backend(retries=1), **QUIET)
+    bank = e2e.write_bank(
+        tmp_path / "bank.yaml",
+        [
+            e2e.unet_entry("plain", seed=2, roi=roi),
+            {
+                **e2e.unet_entry(
+                    "crash_once",
+                    seed=2,
+                    roi=roi,
+                    args={
+                        **e2e.UNET3D,
+                        "marker": str(marker),
+                        "cache_dir": str(tmp_path / "cache"),
+                        "crash_at": 6,
+                    },
+                ),  # 4 forwards a case: it dies in its second case
+                "network": None,
+                "factory": "ray_factories:unet_crash_once",
+            },
+            {
+                **e2e.unet_entry(
+                    "always_crash", roi=roi, args={**e2e.UNET3D, "attempts": str(attempts)}
+                ),
+                "network": None,
+                "factory": "ray_factories:unet_always_crash",
+            },
+        ],
+    )
+    result = rank(
+        bank,
+        generated_data,
+        methods=["ccfv", "ccfv-official"],
+        bootstrap=0,
+        cache_dir=tmp_path / "cache",
+        backend=ray_backend(retries=1),
+        **QUIET,
+    )
     # the first attempt of crash_once died in its 6th forward pass, in its second case with
     # the first one cached, and left the marker; Ray ran it again, the retry resumed from the
     # cached case, and the features are those of the same UNet run in one go
     died = json.loads(marker.read_text())
-    (sidecar,) = [p for p in (tmp_path / "cache").glob("*.json")
-                  if json.loads(p.read_text())["model"] == "crash_once"]
+    (sidecar,) = [
+        p
+        for p in (tmp_path / "cache").glob("*.json")
+        if json.loads(p.read_text())["model"] == "crash_once"
+    ]
     assert died["parts"][sidecar.stem + ".cases"] == 1
     assert set(result.failures) == {"always_crash"}
     assert result.scores["crash_once"] == result.scores["plain"]
@@ -153,13 +186,32 @@ def test_killed_task_is_retried_and_a_dead_one_is_reported(tmp_path, ray_cluster
 def test_cli_ray_backend(tmp_path, ray_cluster, generated_data, capsys):
     wrong = tmp_path / "wrong.pt"
     torch.save({"state_dict": {"conv.weight": torch.zeros(3, 3)}}, wrong)
-    bank = e2e.write_bank(tmp_path / "bank.yaml", [
-        e2e.unet_entry("good", roi=(32, 32, 16)),
-        e2e.unet_entry("bad", checkpoint=str(wrong), roi=(32, 32, 16))])
+    bank = e2e.write_bank(
+        tmp_path / "bank.yaml",
+        [
+            e2e.unet_entry("good", roi=(32, 32, 16)),
+            e2e.unet_entry("bad", checkpoint=str(wrong), roi=(32, 32, 16)),
+        ],
+    )
     out = tmp_path / "out"
-    rc = main(["rank", "--bank", str(bank), "--data", str(generated_data), "--backend", "ray",
-               "--bootstrap", "0", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-               "--quiet"])
+    rc = main(
+        [
+            "rank",
+            "--bank",
+            str(bank),
+            "--data",
+            str(generated_data),
+            "--backend",
+            "ray",
+            "--bootstrap",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 1  # one model failed: reported, the other scored and written
     captured = capsys.readouterr()
     assert "1 model(s) failed: bad" in captured.err
@@ -172,8 +224,9 @@ def test_cli_ray_backend(tmp_path, ray_cluster, generated_data, capsys):
 
 def test_address_needs_the_ray_backend(tmp_path, generated_data, capsys):
     bank = e2e.write_bank(tmp_path / "bank.yaml", [e2e.unet_entry("m", roi=(32, 32, 16))])
-    rc = main(["rank", "--bank", str(bank), "--data", str(generated_data),
-               "--address", "10.0.0.5:6379"])
+    rc = main(
+        ["rank", "--bank", str(bank), "--data", str(generated_data), "--address", "10.0.0.5:6379"]
+    )
     assert rc == 2 and "--address 10.0.0.5:6379 is for --backend ray" in capsys.readouterr().err
     with pytest.raises(UserError, match="backend 'spark' is not one of local, ray"):
         rank(bank, generated_data, backend="spark", **QUIET)
@@ -184,27 +237,32 @@ def test_without_ray_a_message_and_no_import(tmp_path, generated_data):
     `--backend ray` says how to install it (exit code 2, no traceback)."""
     bank = e2e.write_bank(tmp_path / "bank.yaml", [e2e.unet_entry("m", roi=(32, 32, 16))])
     blocked = NO_TORCHVISION.replace('("torchvision", "timm")', '("torchvision", "timm", "ray")')
-    code = blocked + f"""
+    code = (
+        blocked
+        + f"""
 import ccfv, ccfv.rank, ccfv.cli, ccfv.backends.ray
 assert "ray" not in sys.modules
 from ccfv.cli import main
 sys.exit(main(["rank", "--bank", {str(bank)!r}, "--data", {str(generated_data)!r},
                "--backend", "ray", "--cache-dir", {str(tmp_path / "cache")!r}]))
 """
+    )
     assert '"ray")' in code
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "--backend ray needs Ray, which is not installed" in done.stderr
     assert "pip install 'ccfv[ray]'" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_task_body_writes_the_local_cache_and_names_unseen_paths(tmp_path, generated_data,
-                                                                 checkpoint):
+def test_task_body_writes_the_local_cache_and_names_unseen_paths(
+    tmp_path, generated_data, checkpoint
+):
     """The function each Ray task runs, called here: it writes the key a local run reads,
     and a path it cannot see (or data that changed) is an error naming it."""
-    bank = e2e.write_bank(tmp_path / "bank.yaml", [
-        e2e.unet_entry("pretrained", checkpoint=str(checkpoint), roi=(32, 32, 16))])
+    bank = e2e.write_bank(
+        tmp_path / "bank.yaml",
+        [e2e.unet_entry("pretrained", checkpoint=str(checkpoint), roi=(32, 32, 16))],
+    )
     (entry,) = load_bank(bank)
     dataset = find_cases(generated_data)
     cases = list(dataset.cases)
@@ -212,11 +270,19 @@ def test_task_body_writes_the_local_cache_and_names_unseen_paths(tmp_path, gener
     cache_dir.mkdir()
 
     def spec(**changes):
-        args = dict(bank=bank, data=generated_data, cases=None, seed=0,
-                    case_ids=[c.case_id for c in cases],
-                    data_fp=data_fingerprint(cases, dataset.labels),
-                    budget="fixed", counts=(100, 200, 400), cache_dir=cache_dir, device="cpu",
-                    autocast=False)
+        args = dict(
+            bank=bank,
+            data=generated_data,
+            cases=None,
+            seed=0,
+            case_ids=[c.case_id for c in cases],
+            data_fp=data_fingerprint(cases, dataset.labels),
+            budget="fixed",
+            counts=(100, 200, 400),
+            cache_dir=cache_dir,
+            device="cpu",
+            autocast=False,
+        )
         return task_spec(entry, **{**args, **changes})
 
     from ccfv.backends.ray import feature_pass, task_spec
@@ -224,8 +290,7 @@ def test_task_body_writes_the_local_cache_and_names_unseen_paths(tmp_path, gener
     done = feature_pass(spec())
     assert not done["hit"] and done["layers"] and "checkpoint" in done["report"]
     assert sorted(p.stem for p in cache_dir.glob("*.npz")) == [done["key"]]
-    local = rank(bank, generated_data, methods=["ccfv"], bootstrap=0, cache_dir=cache_dir,
-                 **QUIET)
+    local = rank(bank, generated_data, methods=["ccfv"], bootstrap=0, cache_dir=cache_dir, **QUIET)
     assert local.details["per_model"]["pretrained"].endswith("features from cache")
     assert feature_pass(spec())["hit"]
     assert FeatureCache(cache_dir).get(done["key"]) is not None
@@ -251,17 +316,29 @@ def test_ray_failures_are_said_as_locally(tmp_path, ray_cluster, generated_data)
     the same one-line causes as a local run, the worker's traceback in the failure log, and
     the good model scored."""
     args = {**e2e.UNET3D, "channels": [4, 8, 16]}
-    bank = e2e.write_bank(tmp_path / "bank.yaml", [
-        e2e.unet_entry("good", args=args, roi=(32, 32, 16), seed=0),
-        e2e.unet_entry("odd", args=args, roi=(18, 18, 10), seed=0),
-        e2e.unet_entry("two", args={**args, "in_channels": 2}, roi=(32, 32, 16), seed=0)])
+    bank = e2e.write_bank(
+        tmp_path / "bank.yaml",
+        [
+            e2e.unet_entry("good", args=args, roi=(32, 32, 16), seed=0),
+            e2e.unet_entry("odd", args=args, roi=(18, 18, 10), seed=0),
+            e2e.unet_entry("two", args={**args, "in_channels": 2}, roi=(32, 32, 16), seed=0),
+        ],
+    )
     log = tmp_path / "out" / "failures.log"
-    result = rank(bank, generated_data, bootstrap=0, cache_dir=tmp_path / "cache",
-                  backend=ray_backend(retries=0), failure_log=log, **QUIET)
+    result = rank(
+        bank,
+        generated_data,
+        bootstrap=0,
+        cache_dir=tmp_path / "cache",
+        backend=ray_backend(retries=0),
+        failure_log=log,
+        **QUIET,
+    )
     assert set(result.failures) == {"odd", "two"}
     assert np.isfinite(result.scores["good"]["ccfv"])
-    assert ("UNet with strides 2,2 needs a window divisible by 4; roi 18x18x10 is not: use "
-            "20x20x12") in result.failures["odd"]
+    assert (
+        "UNet with strides 2,2 needs a window divisible by 4; roi 18x18x10 is not: use 20x20x12"
+    ) in result.failures["odd"]
     assert "RuntimeError" in result.failures["two"] and str(log) in result.failures["two"]
     text = log.read_text()
     assert "=== two" in text and "=== odd" not in text

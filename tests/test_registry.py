@@ -8,9 +8,24 @@ from ccfv.estimators.registry import ESTIMATORS, get_estimator, split_methods
 
 
 def test_every_method_of_the_issue_is_registered():
-    assert list(ESTIMATORS) == ["ccfv", "ccfv-paper", "ccfv-official", "logme", "transrate",
-                                "leep", "gbc", "hscore", "reg-hscore", "nleep", "nce", "parc",
-                                "sfda", "ccfv-pca", "ccfv-null", "ccfv-hscore"]
+    assert list(ESTIMATORS) == [
+        "ccfv",
+        "ccfv-paper",
+        "ccfv-official",
+        "logme",
+        "transrate",
+        "leep",
+        "gbc",
+        "hscore",
+        "reg-hscore",
+        "nleep",
+        "nce",
+        "parc",
+        "sfda",
+        "ccfv-pca",
+        "ccfv-null",
+        "ccfv-hscore",
+    ]
 
 
 def test_default_ccfv_is_the_paper_with_consistency_on_the_sphere(rng):
@@ -29,14 +44,22 @@ def test_options_in_brackets(rng):
     assert get_estimator("ccfv-paper[layers=last]")(f) == ccfv.ccfv_score(f, layers=["layer1"])
     assert get_estimator("ccfv-paper[distance=kl]")(f) == ccfv.ccfv_score(f, distance="kl")
     assert get_estimator("ccfv[distance=kl]")(f) == ccfv.ccfv_score(
-        f, distance="kl", normalize_consistency=True)
-    assert get_estimator("ccfv-official[ consistency_only = true ; s=2]")(f) == \
-        ccfv.ccfv_score(f, variant="official", consistency_only=True, s=2)
+        f, distance="kl", normalize_consistency=True
+    )
+    assert get_estimator("ccfv-official[ consistency_only = true ; s=2]")(f) == ccfv.ccfv_score(
+        f, variant="official", consistency_only=True, s=2
+    )
     assert get_estimator("ccfv[normalize=false]").prepare(f)([0, 1, 3]) == pytest.approx(
-        ccfv.ccfv_score({k: [v[i] for i in (0, 1, 3)] for k, v in f.items()}, normalize=False,
-                        normalize_consistency=True), rel=1e-12)
-    assert get_estimator("gbc[covariance=spherical]")(f) == \
-        ccfv.gbc_score(f, covariance="spherical")
+        ccfv.ccfv_score(
+            {k: [v[i] for i in (0, 1, 3)] for k, v in f.items()},
+            normalize=False,
+            normalize_consistency=True,
+        ),
+        rel=1e-12,
+    )
+    assert get_estimator("gbc[covariance=spherical]")(f) == ccfv.gbc_score(
+        f, covariance="spherical"
+    )
     assert get_estimator("ccfv") is ESTIMATORS["ccfv"]
 
 
@@ -51,17 +74,35 @@ def test_bad_method_names():
 
 def test_split_methods():
     assert split_methods("ccfv, logme,ccfv[distance=kl; s=2],,gbc[covariance=spherical]") == [
-        "ccfv", "logme", "ccfv[distance=kl; s=2]", "gbc[covariance=spherical]"]
+        "ccfv",
+        "logme",
+        "ccfv[distance=kl; s=2]",
+        "gbc[covariance=spherical]",
+    ]
 
 
 def test_the_bench_report_sets_apart_only_the_variant_study():
     from ccfv.bench.report import is_ablation
 
-    for method in ("ccfv-paper[variety_only=true]", "ccfv[consistency_only=true]",
-                   "ccfv-official[layers=last]", "ccfv-paper[distance=kl]",
-                   "ccfv-paper[normalize=false]", "ccfv@proportional",
-                   "ccfv-official@proportional"):
+    for method in (
+        "ccfv-paper[variety_only=true]",
+        "ccfv[consistency_only=true]",
+        "ccfv-official[layers=last]",
+        "ccfv-paper[distance=kl]",
+        "ccfv-paper[normalize=false]",
+        "ccfv@proportional",
+        "ccfv-official@proportional",
+    ):
         assert is_ablation(method), method
-    for method in ("ccfv", "ccfv-paper", "ccfv-official", "ccfv-pca", "ccfv-pca[whiten=true]",
-                   "ccfv-null", "ccfv-hscore", "logme", "nleep[mixture=sklearn; threads=null]"):
+    for method in (
+        "ccfv",
+        "ccfv-paper",
+        "ccfv-official",
+        "ccfv-pca",
+        "ccfv-pca[whiten=true]",
+        "ccfv-null",
+        "ccfv-hscore",
+        "logme",
+        "nleep[mixture=sklearn; threads=null]",
+    ):
         assert not is_ablation(method), method

@@ -36,8 +36,12 @@ SUMMARY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "summ
 
 
 def ref_stats(a, b):
-    return {"weighted_tau": stats.weightedtau(a, b)[0], "kendall_tau": stats.kendalltau(a, b)[0],
-            "spearman": stats.spearmanr(a, b)[0], "pearson": stats.pearsonr(a, b)[0]}
+    return {
+        "weighted_tau": stats.weightedtau(a, b)[0],
+        "kendall_tau": stats.kendalltau(a, b)[0],
+        "spearman": stats.spearmanr(a, b)[0],
+        "pearson": stats.pearsonr(a, b)[0],
+    }
 
 
 def ref_split_half(x):
@@ -45,7 +49,7 @@ def ref_split_half(x):
     s = x.shape[1]
     splits = set()
     for perm in itertools.permutations(range(s)):
-        a, b = tuple(sorted(perm[:s // 2])), tuple(sorted(perm[s // 2:]))
+        a, b = tuple(sorted(perm[: s // 2])), tuple(sorted(perm[s // 2 :]))
         splits.add(frozenset([a, b]) if len(a) == len(b) else (a, b))
     values = {k: [] for k in ("weighted_tau", "kendall_tau", "spearman", "pearson")}
     for split in splits:
@@ -176,8 +180,7 @@ def test_replicate_truth_against_a_loop_with_the_same_draws():
     # seeds only (no per-case Dice): the mean of resampled seeds
     plain = TargetRuns(runs.dice)
     reps = replicate_truth(plain, models, n_boot=4000, seed=0)
-    assert reps.mean(axis=0) == pytest.approx([np.mean(runs.dice[m]) for m in models],
-                                              abs=0.01)
+    assert reps.mean(axis=0) == pytest.approx([np.mean(runs.dice[m]) for m in models], abs=0.01)
 
 
 def test_noise_ceiling_limits():
@@ -203,10 +206,12 @@ def test_noise_ceiling_limits():
 
 def test_best_group_and_estimator_statistics():
     rng = np.random.default_rng(0)
-    dice = {"a": list(0.90 + 0.01 * rng.standard_normal(4)),
-            "b": list(0.899 + 0.01 * rng.standard_normal(4)),
-            "c": list(0.60 + 0.01 * rng.standard_normal(4)),
-            "d": list(0.50 + 0.01 * rng.standard_normal(4))}
+    dice = {
+        "a": list(0.90 + 0.01 * rng.standard_normal(4)),
+        "b": list(0.899 + 0.01 * rng.standard_normal(4)),
+        "c": list(0.60 + 0.01 * rng.standard_normal(4)),
+        "d": list(0.50 + 0.01 * rng.standard_normal(4)),
+    }
     runs = TargetRuns(dice)
     group = best_group(runs, n_boot=2000)
     means = {m: np.mean(v) for m, v in dice.items()}
@@ -229,8 +234,9 @@ def test_best_group_and_estimator_statistics():
     assert estimator_statistics({"a": 1.0, "b": None}, runs)["n_models"] == 1
     # five models, a and b last: neither the top-1 nor the top 3 reach the best group
     runs5 = TargetRuns({**dice, "e": list(0.55 + 0.01 * rng.standard_normal(4))})
-    miss = estimator_statistics({"c": 3.0, "d": 2.0, "e": 1.0, "a": 0.0, "b": -1.0}, runs5,
-                                n_boot=100)
+    miss = estimator_statistics(
+        {"c": 3.0, "d": 2.0, "e": 1.0, "a": 0.0, "b": -1.0}, runs5, n_boot=100
+    )
     assert not miss["best_group_hit"] and not miss["top3_recall"]
 
 
@@ -241,8 +247,10 @@ def test_paired_difference_and_across_targets():
     same = paired_difference(truth, truth, runs, n_boot=200)
     assert same["difference"] == 0 and same["interval"] == [0.0, 0.0]
     diff = paired_difference(truth, noisy, runs, "spearman", n_boot=300)
-    want = stats.spearmanr(list(truth.values()), list(truth.values()))[0] - stats.spearmanr(
-        list(noisy.values()), list(truth.values()))[0]
+    want = (
+        stats.spearmanr(list(truth.values()), list(truth.values()))[0]
+        - stats.spearmanr(list(noisy.values()), list(truth.values()))[0]
+    )
     assert diff["difference"] == pytest.approx(want)
     assert diff["interval"][0] <= diff["difference"] <= diff["interval"][1]
     with pytest.raises(ccfv.UserError, match="unknown statistic"):
@@ -272,10 +280,13 @@ def test_rate_interval_wilson_by_hand():
 
 def test_target_report_and_headline():
     good, bad = _runs(spread=0.01), _runs(seed=1, spread=0.6)
-    scores = {m: {"oracle": float(np.mean(v)), "anti": -float(np.mean(v))}
-              for m, v in good.dice.items()}
-    reports = {"good": target_report(good, scores, n_boot=300),
-               "bad": target_report(bad, scores, n_boot=300)}
+    scores = {
+        m: {"oracle": float(np.mean(v)), "anti": -float(np.mean(v))} for m, v in good.dice.items()
+    }
+    reports = {
+        "good": target_report(good, scores, n_boot=300),
+        "bad": target_report(bad, scores, n_boot=300),
+    }
     r = reports["good"]
     assert r["n_seeds"] == 4 and r["n_test_cases"] == 9
     assert r["reliability"]["method"] == "split_half" and r["reliability"]["spearman"] > 0.8
@@ -291,10 +302,16 @@ def test_target_report_and_headline():
 
 
 def test_from_models_reads_per_case_dice():
-    models = {"a": {"dice": [0.5, 0.6], "dice_per_case": [{"x": [0.5], "y": [None]},
-                                                          {"x": [0.6], "y": [None]}]},
-              "b": {"dice": [0.4, 0.3], "dice_per_case": [{"y": [None], "x": [0.4]},
-                                                          {"x": [0.3], "y": [None]}]}}
+    models = {
+        "a": {
+            "dice": [0.5, 0.6],
+            "dice_per_case": [{"x": [0.5], "y": [None]}, {"x": [0.6], "y": [None]}],
+        },
+        "b": {
+            "dice": [0.4, 0.3],
+            "dice_per_case": [{"y": [None], "x": [0.4]}, {"x": [0.3], "y": [None]}],
+        },
+    }
     runs = TargetRuns.from_models(models)
     assert runs.cases["b"].shape == (2, 2, 1)
     assert runs.cases["b"][0, 0, 0] == 0.4  # cases in one order (sorted ids) for every model

@@ -23,8 +23,19 @@ from ccfv.cli import main  # noqa: E402
 from ccfv.training import replace_head  # noqa: E402
 
 DATA = SHARED / "data" / "chaos_t2spir_abdomen3d"
-ARGS = ["--data", str(DATA), "--cases", "3", "--top", "4", "--budget", "16",
-        "--save-every", "1", "--quiet"]
+ARGS = [
+    "--data",
+    str(DATA),
+    "--cases",
+    "3",
+    "--top",
+    "4",
+    "--budget",
+    "16",
+    "--save-every",
+    "1",
+    "--quiet",
+]
 
 
 class _Scripted(torch.nn.Module):
@@ -42,23 +53,45 @@ def make_bank(root):
     from test_bank_bundle import inference_config, make_bundle
     from test_bank_nnunet import make_results_folder
 
-    bundle = make_bundle(root / "bundle", config=inference_config(
-        pixdim=(4.0, 4.0, 8.0), roi=(32, 32, 16)))
-    nn = make_results_folder(root / "nn", config="3d_fullres", dims=3, patch=(8, 32, 32),
-                             spacing=(8.0, 4.0, 4.0), scheme="ZScoreNormalization", labels=5,
-                             reader="SimpleITKIO", seed=1)
+    bundle = make_bundle(
+        root / "bundle", config=inference_config(pixdim=(4.0, 4.0, 8.0), roi=(32, 32, 16))
+    )
+    nn = make_results_folder(
+        root / "nn",
+        config="3d_fullres",
+        dims=3,
+        patch=(8, 32, 32),
+        spacing=(8.0, 4.0, 4.0),
+        scheme="ZScoreNormalization",
+        labels=5,
+        reader="SimpleITKIO",
+        seed=1,
+    )
     torch.manual_seed(0)
     torch.jit.save(torch.jit.script(_Scripted()), root / "scripted.pt")
     pre = {"intensity": {"kind": "zscore"}, "spacing": [4.0, 4.0, 8.0], "roi": [32, 32, 8]}
     models = [
-        {"name": "monai_unet", "network": "monai.networks.nets.UNet",
-         "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3,
-                  "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
-         "preprocessing": pre},
+        {
+            "name": "monai_unet",
+            "network": "monai.networks.nets.UNet",
+            "args": {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 3,
+                "channels": [8, 16, 32],
+                "strides": [2, 2],
+                "num_res_units": 1,
+            },
+            "preprocessing": pre,
+        },
         {"name": "nnunet_mr", "nnunet": str(nn)},
         {"name": "bundle_unet", "bundle": str(bundle)},
-        {"name": "scripted", "torchscript": str(root / "scripted.pt"),
-         "layers": ["outputs.1"], "preprocessing": pre},
+        {
+            "name": "scripted",
+            "torchscript": str(root / "scripted.pt"),
+            "layers": ["outputs.1"],
+            "preprocessing": pre,
+        },
     ]
     path = root / "bank.yaml"
     path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
@@ -70,8 +103,10 @@ def selected(tmp_path_factory):
     root = tmp_path_factory.mktemp("select")
     bank = make_bank(root)
     out, cache = root / "out", root / "cache"
-    assert main(["select", "--bank", str(bank), *ARGS, "--cache-dir", str(cache),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["select", "--bank", str(bank), *ARGS, "--cache-dir", str(cache), "--out", str(out)])
+        == 0
+    )
     return bank, out, cache, json.loads((out / "selection.json").read_text())
 
 
@@ -129,9 +164,17 @@ def test_nnunet_winner_checkpoint_loads_in_nnunet(tmp_path):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from test_bank_nnunet import make_results_folder
 
-    nn = make_results_folder(tmp_path / "nn", config="3d_fullres", dims=3, patch=(8, 32, 32),
-                             spacing=(8.0, 4.0, 4.0), scheme="ZScoreNormalization", labels=5,
-                             reader="SimpleITKIO", seed=1)
+    nn = make_results_folder(
+        tmp_path / "nn",
+        config="3d_fullres",
+        dims=3,
+        patch=(8, 32, 32),
+        spacing=(8.0, 4.0, 4.0),
+        scheme="ZScoreNormalization",
+        labels=5,
+        reader="SimpleITKIO",
+        seed=1,
+    )
     entry = {"name": "nnunet_mr", "nnunet": str(nn)}
     cache = tmp_path / "cache"
     alone = tmp_path / "alone.yaml"
@@ -139,8 +182,10 @@ def test_nnunet_winner_checkpoint_loads_in_nnunet(tmp_path):
     out = tmp_path / "out"
     args = list(ARGS)
     args[args.index("--top") + 1], args[args.index("--budget") + 1] = "1", "2s"  # a time
-    assert main(["select", "--bank", str(alone), *args, "--cache-dir", str(cache),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["select", "--bank", str(alone), *args, "--cache-dir", str(cache), "--out", str(out)])
+        == 0
+    )
     (budget,) = (cache / "select").glob("time-budget-*.json")  # measured once, kept
     plan = json.loads((out / "selection.json").read_text())["plan"]
     assert plan["budget"] == "2 s"
@@ -149,9 +194,14 @@ def test_nnunet_winner_checkpoint_loads_in_nnunet(tmp_path):
     init = ckpt["init_args"]
     assert init["dataset_json"]["labels"]["liver"] == 1
     cm = PlansManager(init["plans"]).get_configuration(init["configuration"])
-    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                 cm.network_arch_init_kwargs_req_import, 1, 5,
-                                 deep_supervision=True)
+    net = get_network_from_plans(
+        cm.network_arch_class_name,
+        cm.network_arch_init_kwargs,
+        cm.network_arch_init_kwargs_req_import,
+        1,
+        5,
+        deep_supervision=True,
+    )
     load_pretrained_weights(net, str(out / "winner" / "checkpoint_final.pth"))
     mine = load_torch_file(out / "winner" / "model.pt", "winner")
     for key, value in net.state_dict().items():
@@ -167,8 +217,19 @@ def test_killed_select_resumes_at_its_step(selected, tmp_path, capsys):
     for item in cache.iterdir():  # the ranking's features, not the candidates' runs
         if item.name != "select":
             os.symlink(item, fresh / item.name)
-    cmd = [sys.executable, "-m", "ccfv.cli", "select", "--bank", str(bank), *ARGS,
-           "--cache-dir", str(fresh), "--out", str(tmp_path / "killed")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ccfv.cli",
+        "select",
+        "--bank",
+        str(bank),
+        *ARGS,
+        "--cache-dir",
+        str(fresh),
+        "--out",
+        str(tmp_path / "killed"),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     states = []
     try:
@@ -184,8 +245,21 @@ def test_killed_select_resumes_at_its_step(selected, tmp_path, capsys):
     name = states[0].parent.name.rsplit("-", 1)[0]
     assert name == next(iter(result["candidates"]))  # the first candidate trains first
     capsys.readouterr()
-    assert main(["select", "--bank", str(bank), *ARGS, "--cache-dir", str(fresh),
-                 "--out", str(tmp_path / "resumed")]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--bank",
+                str(bank),
+                *ARGS,
+                "--cache-dir",
+                str(fresh),
+                "--out",
+                str(tmp_path / "resumed"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     if saved < 2:  # killed inside rung 1: the rerun continues at the saved step
         assert f"{name}: resuming rung 1 at step {saved} of 2" in printed
@@ -213,20 +287,37 @@ def _one_case_data(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--top", "0"], "--top 0"),
-    (["--budget", "soon"], "--budget soon"),
-    (["--budget", "5"], "needs at least 8 steps"),
-    (["--device", "cuda:0"], "--device cuda:0"),
-    (["--val-fraction", "1.5"], "--val-fraction 1.5"),
-    (["--lr", "0"], "--lr 0"),
-    (["--group", "^(patient\\d+)"], "does not match case id"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--top", "0"], "--top 0"),
+        (["--budget", "soon"], "--budget soon"),
+        (["--budget", "5"], "needs at least 8 steps"),
+        (["--device", "cuda:0"], "--device cuda:0"),
+        (["--val-fraction", "1.5"], "--val-fraction 1.5"),
+        (["--lr", "0"], "--lr 0"),
+        (["--group", "^(patient\\d+)"], "does not match case id"),
+    ],
+)
 def test_bad_inputs_refused_before_any_training(selected, tmp_path, capsys, extra, message):
     bank = selected[0]
     cache = tmp_path / "cache"
-    assert main(["select", "--bank", str(bank), *ARGS, *extra, "--cache-dir", str(cache),
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--bank",
+                str(bank),
+                *ARGS,
+                *extra,
+                "--cache-dir",
+                str(cache),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not any(cache.glob("*")) if cache.exists() else True  # nothing ranked or trained
@@ -235,7 +326,20 @@ def test_bad_inputs_refused_before_any_training(selected, tmp_path, capsys, extr
 def test_one_patient_refused(selected, tmp_path, capsys):
     data = _one_case_data(tmp_path)
     args = [a if a != str(DATA) else str(data) for a in ARGS]
-    del args[args.index("--cases"):args.index("--cases") + 2]
-    assert main(["select", "--bank", str(selected[0]), *args, "--cache-dir",
-                 str(tmp_path / "cache"), "--out", str(tmp_path / "out")]) == 2
+    del args[args.index("--cases") : args.index("--cases") + 2]
+    assert (
+        main(
+            [
+                "select",
+                "--bank",
+                str(selected[0]),
+                *args,
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "at least 2" in capsys.readouterr().err

@@ -18,15 +18,18 @@ from ccfv.training import PatchSampler, TrainCase, TrainState, fit, replace_head
 from ccfv.training.validate import case_dice
 
 
-@pytest.mark.parametrize("k, budget, counts, base, ends, total", [
-    # hand-computed: weight = sum(counts[r] * 2**r), base = budget // weight
-    (3, 700, (3, 2), 100, (100, 300), 3 * 100 + 2 * 200),           # weight 7
-    (5, 1000, (5, 3, 2), 52, (52, 156, 364), 5 * 52 + 3 * 104 + 2 * 208),  # weight 19
-    (4, 16, (4, 2), 2, (2, 6), 4 * 2 + 2 * 4),                      # weight 8
-    (2, 9, (2,), 4, (4,), 8),                                       # weight 2
-    (1, 10, (1,), 10, (10,), 10),
-    (8, 1000, (8, 4, 2), 41, (41, 123, 287), 8 * 41 + 4 * 82 + 2 * 164),  # weight 24
-])
+@pytest.mark.parametrize(
+    "k, budget, counts, base, ends, total",
+    [
+        # hand-computed: weight = sum(counts[r] * 2**r), base = budget // weight
+        (3, 700, (3, 2), 100, (100, 300), 3 * 100 + 2 * 200),  # weight 7
+        (5, 1000, (5, 3, 2), 52, (52, 156, 364), 5 * 52 + 3 * 104 + 2 * 208),  # weight 19
+        (4, 16, (4, 2), 2, (2, 6), 4 * 2 + 2 * 4),  # weight 8
+        (2, 9, (2,), 4, (4,), 8),  # weight 2
+        (1, 10, (1,), 10, (10,), 10),
+        (8, 1000, (8, 4, 2), 41, (41, 123, 287), 8 * 41 + 4 * 82 + 2 * 164),  # weight 24
+    ],
+)
 def test_halving_plan_by_hand(k, budget, counts, base, ends, total):
     plan = halving_plan(k, budget)
     assert plan.counts == counts and plan.base == base
@@ -49,9 +52,17 @@ def test_survivors_by_dice_then_rank_order():
     assert survivors({"a": None, "b": None}, order, 1) == []
 
 
-@pytest.mark.parametrize("text, steps, seconds", [
-    ("1500", 1500, None), ("40steps", 40, None), ("90s", None, 90.0), ("20m", None, 1200.0),
-    ("1h30m", None, 5400.0), ("0.5h", None, 1800.0)])
+@pytest.mark.parametrize(
+    "text, steps, seconds",
+    [
+        ("1500", 1500, None),
+        ("40steps", 40, None),
+        ("90s", None, 90.0),
+        ("20m", None, 1200.0),
+        ("1h30m", None, 5400.0),
+        ("0.5h", None, 1800.0),
+    ],
+)
 def test_parse_budget(text, steps, seconds):
     budget = parse_budget(text)
     assert (budget.steps, budget.seconds) == (steps, seconds)
@@ -64,8 +75,12 @@ def test_parse_budget_refuses(text):
 
 
 def test_split_keeps_patients_apart():
-    ids = [f"patient{p:03d}_frame{f:02d}_slice{s:02d}" for p in range(1, 6) for f in (1, 12)
-           for s in (1, 2)]
+    ids = [
+        f"patient{p:03d}_frame{f:02d}_slice{s:02d}"
+        for p in range(1, 6)
+        for f in (1, 12)
+        for s in (1, 2)
+    ]
     keys, how = group_keys(ids, None)
     assert how.startswith("patients") and len(set(keys)) == 5
     train, val = train_val_split(ids, keys, 0.2, seed=3)
@@ -96,7 +111,7 @@ def _tiny_cases(n=2, shape=(24, 24), seed=0):
     cases = []
     for i in range(n):
         label = np.zeros(shape, dtype=np.int64)
-        label[4 + i:14 + i, 6:16] = 1
+        label[4 + i : 14 + i, 6:16] = 1
         image = (label + 0.3 * rng.normal(size=shape)).astype(np.float32)[None]
         cases.append(TrainCase(f"c{i}", image, label))
     return cases
@@ -114,20 +129,37 @@ def test_fit_resumed_from_a_saved_state_equals_one_run():
     fit(whole, sampler, steps=8, lr=1e-2, seed=1, schedule="poly")
     saved = []
     first = _tiny_net()
-    fit(first, sampler, steps=8, lr=1e-2, seed=1, schedule="poly", stop=4,
-        save=lambda s: saved.append(s.to_dict()), save_every=2)
+    fit(
+        first,
+        sampler,
+        steps=8,
+        lr=1e-2,
+        seed=1,
+        schedule="poly",
+        stop=4,
+        save=lambda s: saved.append(s.to_dict()),
+        save_every=2,
+    )
     assert [s["step"] for s in saved] == [2, 4]
     second = _tiny_net()  # a fresh process would rebuild the network, then load the state
-    info = fit(second, sampler, steps=8, lr=1e-2, seed=1, schedule="poly",
-               start=TrainState.from_dict(saved[-1]))
+    info = fit(
+        second,
+        sampler,
+        steps=8,
+        lr=1e-2,
+        seed=1,
+        schedule="poly",
+        start=TrainState.from_dict(saved[-1]),
+    )
     assert info["steps"] == 8
     for (k, a), b in zip(whole.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), k
     # and a different seed of the sampler gives other weights (the check can fail)
     other = _tiny_net()
     fit(other, PatchSampler(_tiny_cases(), (16, 16), 2, seed=6), steps=8, lr=1e-2, seed=1)
-    assert not all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(),
-                                                     other.state_dict().values()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(whole.state_dict().values(), other.state_dict().values())
+    )
 
 
 def test_patches_oversample_foreground_and_keep_labels_aligned():
@@ -155,13 +187,22 @@ def test_fit_mixed_precision_path_on_cpu():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
-    lambda: UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=0),
-    lambda: UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=2, norm="batch"),
-    lambda: SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8,
-                      blocks_down=(1, 1), blocks_up=(1,)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
+        lambda: UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=0),
+        lambda: UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=2, norm="batch"),
+        lambda: SegResNet(
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=2,
+            init_filters=8,
+            blocks_down=(1, 1),
+            blocks_up=(1,),
+        ),
+    ],
+)
 def test_replace_head_gives_the_target_classes(make):
     torch.manual_seed(0)
     model = make()
@@ -174,7 +215,10 @@ def test_replace_head_gives_the_target_classes(make):
     with torch.no_grad():
         assert model(x).shape == (1, 5, 16, 16, 16)
     after = model.state_dict()
-    kept = [k for k in before if k in after and before[k].shape == after[k].shape
-            and torch.equal(before[k], after[k])]
+    kept = [
+        k
+        for k in before
+        if k in after and before[k].shape == after[k].shape and torch.equal(before[k], after[k])
+    ]
     assert len(kept) >= len(before) - 6 * len(names)  # the body keeps its weights
     assert replace_head(model, 5, 1, (16, 16, 16), seed=0) == []  # already 5: kept

@@ -40,8 +40,14 @@ from ccfv.errors import CCFVWarning, UserError
 if TYPE_CHECKING:
     from ccfv.estimators.featureset import CaseIndices
 
-__all__ = ["BootstrapResult", "ModelInterval", "bootstrap_ranking", "replicate_scores",
-           "resample_cases", "summarize"]
+__all__ = [
+    "BootstrapResult",
+    "ModelInterval",
+    "bootstrap_ranking",
+    "replicate_scores",
+    "resample_cases",
+    "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -70,18 +76,27 @@ class BootstrapResult:
     replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "n_boot": self.n_boot, "level": self.level,
-                "seed": self.seed, "top": self.top, "p_top_stays": self.p_top_stays,
-                "n_valid": self.n_valid,
-                "models": {m: vars(iv) for m, iv in self.models.items()}}
+        return {
+            "method": self.method,
+            "n_boot": self.n_boot,
+            "level": self.level,
+            "seed": self.seed,
+            "top": self.top,
+            "p_top_stays": self.p_top_stays,
+            "n_valid": self.n_valid,
+            "models": {m: vars(iv) for m, iv in self.models.items()},
+        }
 
 
-def resample_cases(n_cases: int, n_boot: int, seed: int = 0, min_cases: int = 2
-                   ) -> list[np.ndarray]:
+def resample_cases(
+    n_cases: int, n_boot: int, seed: int = 0, min_cases: int = 2
+) -> list[np.ndarray]:
     """``n_boot`` sorted arrays of distinct case indices, one bootstrap draw each."""
     if n_cases < min_cases:
-        raise UserError(f"the bootstrap needs at least {min_cases} target cases, got "
-                        f"{n_cases}: add cases or turn it off (--bootstrap 0)")
+        raise UserError(
+            f"the bootstrap needs at least {min_cases} target cases, got "
+            f"{n_cases}: add cases or turn it off (--bootstrap 0)"
+        )
     rng = np.random.default_rng([int(seed), 0xB007])
     draws: list[np.ndarray] = []
     while len(draws) < n_boot:
@@ -91,10 +106,14 @@ def resample_cases(n_cases: int, n_boot: int, seed: int = 0, min_cases: int = 2
     return draws
 
 
-def replicate_scores(features: Mapping, predictions: Sequence | None,
-                     score: Callable[..., float], draws: Sequence[np.ndarray],
-                     progress: str | None = None,
-                     scorer: Callable[[CaseIndices], float] | None = None) -> np.ndarray:
+def replicate_scores(
+    features: Mapping,
+    predictions: Sequence | None,
+    score: Callable[..., float],
+    draws: Sequence[np.ndarray],
+    progress: str | None = None,
+    scorer: Callable[[CaseIndices], float] | None = None,
+) -> np.ndarray:
     """One model's score on every draw of :func:`resample_cases` (NaN where it cannot be
     scored: the estimator raised a UserError or gave a non-finite value).
 
@@ -114,8 +133,9 @@ def replicate_scores(features: Mapping, predictions: Sequence | None,
             except UserError:
                 return values
         elif scorer is None:
-            scorer = subset_scorer(lambda sub, preds: score(sub, predictions=preds), features,
-                                   predictions)
+            scorer = subset_scorer(
+                lambda sub, preds: score(sub, predictions=preds), features, predictions
+            )
         iterator = enumerate(draws)
         if progress:
             from tqdm.auto import tqdm
@@ -131,9 +151,13 @@ def replicate_scores(features: Mapping, predictions: Sequence | None,
     return values
 
 
-def summarize(method: str, replicates: Mapping[str, np.ndarray],
-              full_scores: Mapping[str, float | None], level: float = 0.95, seed: int = 0
-              ) -> BootstrapResult:
+def summarize(
+    method: str,
+    replicates: Mapping[str, np.ndarray],
+    full_scores: Mapping[str, float | None],
+    level: float = 0.95,
+    seed: int = 0,
+) -> BootstrapResult:
     """Intervals, rank-first fractions and ``p_top_stays`` from every model's replicates
     (all computed on the same draws)."""
     if not 0 < level < 1:
@@ -142,8 +166,11 @@ def summarize(method: str, replicates: Mapping[str, np.ndarray],
     if not models:
         raise UserError("no model to bootstrap")
     table = np.stack([np.asarray(replicates[m], dtype=np.float64) for m in models])
-    finite_full = {m: v for m, v in full_scores.items() if m in replicates and v is not None
-                   and math.isfinite(v)}
+    finite_full = {
+        m: v
+        for m, v in full_scores.items()
+        if m in replicates and v is not None and math.isfinite(v)
+    }
     top = max(finite_full, key=lambda m: finite_full[m]) if finite_full else None
     complete = np.all(np.isfinite(table), axis=0)
     winners = np.argmax(np.where(np.isfinite(table), table, -np.inf), axis=0)
@@ -159,15 +186,28 @@ def summarize(method: str, replicates: Mapping[str, np.ndarray],
             out[m] = ModelInterval(float(low), float(high), std, p_first, int(v.size))
         else:
             out[m] = ModelInterval(None, None, None, None, 0)
-    return BootstrapResult(method=method, n_boot=table.shape[1], level=level, seed=seed,
-                           top=top, p_top_stays=out[top].p_first if top is not None else None,
-                           n_valid=n_valid, models=out,
-                           replicates={m: table[i] for i, m in enumerate(models)})
+    return BootstrapResult(
+        method=method,
+        n_boot=table.shape[1],
+        level=level,
+        seed=seed,
+        top=top,
+        p_top_stays=out[top].p_first if top is not None else None,
+        n_valid=n_valid,
+        models=out,
+        replicates={m: table[i] for i, m in enumerate(models)},
+    )
 
 
-def bootstrap_ranking(inputs: Mapping[str, tuple[Mapping, Sequence | None]],
-                      score: Callable[..., float], method: str, full_scores: Mapping[str, float],
-                      n_boot: int = 100, level: float = 0.95, seed: int = 0) -> BootstrapResult:
+def bootstrap_ranking(
+    inputs: Mapping[str, tuple[Mapping, Sequence | None]],
+    score: Callable[..., float],
+    method: str,
+    full_scores: Mapping[str, float],
+    n_boot: int = 100,
+    level: float = 0.95,
+    seed: int = 0,
+) -> BootstrapResult:
     """Bootstrap one method's ranking of several models over their common target cases.
 
     Parameters
@@ -185,8 +225,10 @@ def bootstrap_ranking(inputs: Mapping[str, tuple[Mapping, Sequence | None]],
         raise UserError(f"n_boot={n_boot}: give at least 1 bootstrap replicate (or skip it)")
     n_cases = {m: len(next(iter(feats.values()))) for m, (feats, _) in inputs.items()}
     if len(set(n_cases.values())) > 1:
-        raise UserError(f"models hold different numbers of cases {n_cases}: the bootstrap "
-                        "compares models on the same cases; extract them with one plan")
+        raise UserError(
+            f"models hold different numbers of cases {n_cases}: the bootstrap "
+            "compares models on the same cases; extract them with one plan"
+        )
     if not n_cases:
         raise UserError("no model to bootstrap")
     draws = resample_cases(next(iter(n_cases.values())), n_boot, seed)

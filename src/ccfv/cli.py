@@ -13,9 +13,11 @@ from typing import Any
 from ccfv import __version__
 from ccfv.errors import UserError
 
-METHODS_HELP = ("estimators to compute, comma-separated; the first one ranks (default: ccfv, the "
-                "paper's CC-FV with class Gaussians on the unit sphere; ccfv-paper: the paper's "
-                "equations exactly; options in brackets, e.g. ccfv-paper[distance=kl])")
+METHODS_HELP = (
+    "estimators to compute, comma-separated; the first one ranks (default: ccfv, the "
+    "paper's CC-FV with class Gaussians on the unit sphere; ccfv-paper: the paper's "
+    "equations exactly; options in brackets, e.g. ccfv-paper[distance=kl])"
+)
 
 
 FAILURE_LOG = "failures.log"
@@ -41,8 +43,10 @@ def _messages() -> Iterator[None]:
         made.addFilter(lambda record: record.name.startswith(RUN_LOGGERS) == run)
         return made
 
-    handlers = [handler(sys.stdout, logging.INFO, True),
-                handler(sys.stderr, logging.WARNING, False)]
+    handlers = [
+        handler(sys.stdout, logging.INFO, True),
+        handler(sys.stderr, logging.WARNING, False),
+    ]
     level = logger.level
     for made in handlers:
         logger.addHandler(made)
@@ -60,8 +64,9 @@ def _backend(args: argparse.Namespace) -> Any:
     from ccfv.backends import LocalBackend, check_retries
 
     if args.address is not None and args.backend != "ray":
-        raise UserError(f"--address {args.address} is for --backend ray: add --backend ray "
-                        "or drop --address")
+        raise UserError(
+            f"--address {args.address} is for --backend ray: add --backend ray or drop --address"
+        )
     if args.backend == "ray":
         from ccfv.backends.ray import RayBackend
 
@@ -76,19 +81,32 @@ def _run_setup(args: argparse.Namespace) -> tuple[Any, Any]:
     from ccfv.rank import RankSettings, check_folder
 
     backend = _backend(args)
-    settings = RankSettings(methods=args.methods, cases=args.cases, seed=args.seed,
-                            device=args.device, cache_dir=args.cache_dir, budget=args.budget,
-                            autocast=args.autocast, bootstrap=args.bootstrap,
-                            progress=not args.quiet,
-                            failure_log=Path(args.out) / FAILURE_LOG)
+    settings = RankSettings(
+        methods=args.methods,
+        cases=args.cases,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        budget=args.budget,
+        autocast=args.autocast,
+        bootstrap=args.bootstrap,
+        progress=not args.quiet,
+        failure_log=Path(args.out) / FAILURE_LOG,
+    )
     backend.check_device(settings.device)
     check_folder(args.out, "--out")
     check_folder(args.cache_dir, "--cache-dir")
     return settings, backend
 
 
-def _run_rank(bank: str | Path, data: str | Path, args: argparse.Namespace, settings: Any,
-              backend: Any, title: str) -> int:
+def _run_rank(
+    bank: str | Path,
+    data: str | Path,
+    args: argparse.Namespace,
+    settings: Any,
+    backend: Any,
+    title: str,
+) -> int:
     from ccfv.rank import rank
     from ccfv.report import ranking_table, write_report
 
@@ -105,11 +123,17 @@ def _run_rank(bank: str | Path, data: str | Path, args: argparse.Namespace, sett
     method_failures = result.method_failures
     if result.failures or method_failures:
         if result.failures:
-            print(f"{len(result.failures)} model(s) failed: {', '.join(result.failures)} "
-                  "(see the messages above and report.md)", file=sys.stderr)
+            print(
+                f"{len(result.failures)} model(s) failed: {', '.join(result.failures)} "
+                "(see the messages above and report.md)",
+                file=sys.stderr,
+            )
         for model, failed in method_failures.items():
-            print(f"{model}: method(s) {', '.join(failed)} failed, its other scores stand "
-                  "(see report.md)", file=sys.stderr)
+            print(
+                f"{model}: method(s) {', '.join(failed)} failed, its other scores stand "
+                "(see report.md)",
+                file=sys.stderr,
+            )
         if failure_log.exists():
             print(f"tracebacks of the unexpected errors: {failure_log}", file=sys.stderr)
         return 1
@@ -118,18 +142,21 @@ def _run_rank(bank: str | Path, data: str | Path, args: argparse.Namespace, sett
 
 def _cmd_rank(args: argparse.Namespace) -> int:
     settings, backend = _run_setup(args)
-    return _run_rank(args.bank, args.data, args, settings, backend,
-                     f"ccfv ranking on {Path(args.data).name}")
+    return _run_rank(
+        args.bank, args.data, args, settings, backend, f"ccfv ranking on {Path(args.data).name}"
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ccfv.demo import prepare
 
     settings, backend = _run_setup(args)
-    print("ccfv demo: ranking 7 small MONAI 3D networks (UNet, SegResNet), pre-trained on "
-          "source tasks made from\nthe MNI152 template (brain mask, white matter, an intensity "
-          "band) or not pre-trained at all, on a\ngrey/white-matter target of 8 template crops "
-          "with simulated scanner variation. Offline.\n")
+    print(
+        "ccfv demo: ranking 7 small MONAI 3D networks (UNet, SegResNet), pre-trained on "
+        "source tasks made from\nthe MNI152 template (brain mask, white matter, an intensity "
+        "band) or not pre-trained at all, on a\ngrey/white-matter target of 8 template crops "
+        "with simulated scanner variation. Offline.\n"
+    )
     bank, data = prepare(Path(args.cache_dir) / "demo")
     return _run_rank(bank, data, args, settings, backend, "ccfv demo ranking")
 
@@ -140,8 +167,10 @@ def _shape(text: str) -> list[int]:
     except ValueError:
         shape = []
     if len(shape) not in (3, 4) or min(shape) < 1:
-        raise UserError(f"--shape {text}: give the input shape without batch as positive "
-                        "integers C,X,Y (2D) or C,X,Y,Z (3D), e.g. --shape 1,96,96,96")
+        raise UserError(
+            f"--shape {text}: give the input shape without batch as positive "
+            "integers C,X,Y (2D) or C,X,Y,Z (3D), e.g. --shape 1,96,96,96"
+        )
     return shape
 
 
@@ -154,8 +183,10 @@ def _cmd_layers(args) -> int:
     entries = load_bank(args.bank)
     chosen = [e for e in entries if args.model in (None, e.name)]
     if not chosen:
-        raise UserError(f"no model named {args.model!r} in {args.bank}: it holds "
-                        f"{', '.join(e.name for e in entries)}")
+        raise UserError(
+            f"no model named {args.model!r} in {args.bank}: it holds "
+            f"{', '.join(e.name for e in entries)}"
+        )
     failed = []
     for entry in chosen:
         pre = entry.preprocessing
@@ -164,8 +195,11 @@ def _cmd_layers(args) -> int:
         elif pre.roi:
             shape = [pre.in_channels or 1, *pre.roi]
         else:
-            print(f"# {entry.name}: FAILED: no roi in its preprocessing; give the input shape "
-                  "with --shape C,X,Y[,Z]\n", file=sys.stderr)
+            print(
+                f"# {entry.name}: FAILED: no roi in its preprocessing; give the input shape "
+                "with --shape C,X,Y[,Z]\n",
+                file=sys.stderr,
+            )
             failed.append(entry.name)
             continue
         model = None
@@ -173,18 +207,27 @@ def _cmd_layers(args) -> int:
             model, _ = load_model(entry)
             infos = list_layers(model, [1, *shape])
         except Exception as error:  # noqa: BLE001
-            text = str(error) if isinstance(error, UserError) else (
-                f"{type(error).__name__}: {first_line(error)}")
-            hint = None if model is None or isinstance(error, UserError) else \
-                window_hint(entry, model, shape[0], shape[1:])
+            text = (
+                str(error)
+                if isinstance(error, UserError)
+                else (f"{type(error).__name__}: {first_line(error)}")
+            )
+            hint = (
+                None
+                if model is None or isinstance(error, UserError)
+                else window_hint(entry, model, shape[0], shape[1:])
+            )
             if hint:
                 text = f"{hint} ({text})"
-            print(f"# {entry.name}: FAILED for input (1, {', '.join(map(str, shape))}): "
-                  f"{text}\n", file=sys.stderr)
+            print(
+                f"# {entry.name}: FAILED for input (1, {', '.join(map(str, shape))}): {text}\n",
+                file=sys.stderr,
+            )
             failed.append(entry.name)
             continue
-        print(f"# {entry.name}: modules and output shapes for input "
-              f"(1, {', '.join(map(str, shape))})")
+        print(
+            f"# {entry.name}: modules and output shapes for input (1, {', '.join(map(str, shape))})"
+        )
         for info in infos:
             shape_text = tuple(info.output_shape) if info.output_shape else ""
             print(f"{info.name:<50} {info.type_name:<28} {shape_text}")
@@ -194,8 +237,9 @@ def _cmd_layers(args) -> int:
         except UserError as error:
             print(f"# layers: {error}\n")
     if failed:
-        print(f"{len(failed)} of {len(chosen)} model(s) failed: {', '.join(failed)}",
-              file=sys.stderr)
+        print(
+            f"{len(failed)} of {len(chosen)} model(s) failed: {', '.join(failed)}", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -221,8 +265,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not methods:
             raise UserError("--methods names no method: give e.g. --methods ccfv,ccfv-official")
     with collect_ccfv_warnings() as caught:  # evaluate() says what matters in rows.warnings
-        rows = evaluate(scores, truth, methods=methods, scores_name=str(args.scores),
-                        truth_name=str(args.truth))
+        rows = evaluate(
+            scores, truth, methods=methods, scores_name=str(args.scores), truth_name=str(args.truth)
+        )
     for text in dict.fromkeys(caught):
         logging.getLogger(__name__).debug("estimator warning: %s", text)
     for message in rows.warnings:
@@ -258,8 +303,10 @@ def _cmd_bench(args) -> int:
     config = load_config(args.config, quick=args.quick)
     work = Path(args.work or Path(".ccfv_bench") / config["name"])
     out = Path(args.out or Path("bench-out") / config["name"])
-    print(f"ccfv bench: {config['name']} ({len(config.task_paths)} tasks, targets "
-          f"{', '.join(config.targets)}); cache {work}, results {out}")
+    print(
+        f"ccfv bench: {config['name']} ({len(config.task_paths)} tasks, targets "
+        f"{', '.join(config.targets)}); cache {work}, results {out}"
+    )
     if args.convergence:
         from ccfv.bench.run import run_convergence
 
@@ -303,8 +350,9 @@ def _cmd_bank_check(args) -> int:
         print("\n" + format_geometry_table(check_bank_geometry(args.bank, args.data, args.case)))
     failed = [r.name for r in rows if not r.ok]
     if failed:
-        print(f"\n{len(failed)} of {len(rows)} model(s) failed: {', '.join(failed)}",
-              file=sys.stderr)
+        print(
+            f"\n{len(failed)} of {len(rows)} model(s) failed: {', '.join(failed)}", file=sys.stderr
+        )
         return 1
     print(f"\nall {len(rows)} model(s) ok")
     return 0
@@ -312,40 +360,76 @@ def _cmd_bank_check(args) -> int:
 
 def _add_run_options(p, out_default):
     p.add_argument("--methods", default="ccfv", help=METHODS_HELP)
-    p.add_argument("--cases", type=int, default=None,
-                   help="use N cases, picked reproducibly with --seed (default: all)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of case selection and voxel sampling (default 0)")
-    p.add_argument("--device", default=None,
-                   help="torch device: cpu, cuda, cuda:1 (default cpu; with --backend ray: "
-                        "one GPU per task when the cluster has GPUs, else cpu)")
+    p.add_argument(
+        "--cases",
+        type=int,
+        default=None,
+        help="use N cases, picked reproducibly with --seed (default: all)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of case selection and voxel sampling (default 0)"
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device: cpu, cuda, cuda:1 (default cpu; with --backend ray: "
+        "one GPU per task when the cluster has GPUs, else cpu)",
+    )
     p.add_argument("--autocast", action="store_true", help="mixed precision on CUDA")
-    p.add_argument("--budget", choices=["fixed", "proportional"], default="fixed",
-                   help="voxels per case and class: fixed 100/200/400 per layer (released "
-                        "code) or proportional to the class size (paper); default fixed")
-    p.add_argument("--bootstrap", type=int, default=100, metavar="B",
-                   help="resample the target cases B times (from cached features, no model "
-                        "run) to give each model's interval of the first method and how often "
-                        "the top model stays first; 0 turns it off (default 100)")
-    p.add_argument("--cache-dir", default=".ccfv_cache",
-                   help="feature cache; re-runs reuse it (default .ccfv_cache); with --backend "
-                        "ray a folder every node sees under the same path")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="where the feature passes run: local (here, one model after the "
-                        "other; default) or ray (one Ray task per model, on the cluster of "
-                        "--address, writing into --cache-dir; scoring, bootstrap and reports "
-                        "stay here). ray needs pip install 'ccfv[ray]', and the bank's files, "
-                        "--data and --cache-dir on paths every node sees")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="with --backend ray: the Ray cluster to join, e.g. 10.0.0.5:6379 as "
-                        "printed by `ray start --head` (default: $RAY_ADDRESS, else a cluster "
-                        "started with `ray start` on this machine, else a new local one)")
-    p.add_argument("--retries", type=int, default=3, metavar="N",
-                   help="with --backend ray: how many times Ray retries a task whose worker "
-                        "died (or that hit an I/O error) before its model counts as failed "
-                        "(default 3)")
-    p.add_argument("--out", default=out_default,
-                   help=f"output folder for scores.csv/json, report.md (default {out_default})")
+    p.add_argument(
+        "--budget",
+        choices=["fixed", "proportional"],
+        default="fixed",
+        help="voxels per case and class: fixed 100/200/400 per layer (released "
+        "code) or proportional to the class size (paper); default fixed",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=100,
+        metavar="B",
+        help="resample the target cases B times (from cached features, no model "
+        "run) to give each model's interval of the first method and how often "
+        "the top model stays first; 0 turns it off (default 100)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=".ccfv_cache",
+        help="feature cache; re-runs reuse it (default .ccfv_cache); with --backend "
+        "ray a folder every node sees under the same path",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="where the feature passes run: local (here, one model after the "
+        "other; default) or ray (one Ray task per model, on the cluster of "
+        "--address, writing into --cache-dir; scoring, bootstrap and reports "
+        "stay here). ray needs pip install 'ccfv[ray]', and the bank's files, "
+        "--data and --cache-dir on paths every node sees",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: the Ray cluster to join, e.g. 10.0.0.5:6379 as "
+        "printed by `ray start --head` (default: $RAY_ADDRESS, else a cluster "
+        "started with `ray start` on this machine, else a new local one)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with --backend ray: how many times Ray retries a task whose worker "
+        "died (or that hit an I/O error) before its model counts as failed "
+        "(default 3)",
+    )
+    p.add_argument(
+        "--out",
+        default=out_default,
+        help=f"output folder for scores.csv/json, report.md (default {out_default})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -353,17 +437,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccfv",
         description="Rank pre-trained segmentation models for fine-tuning on your labelled "
-                    "data, without fine-tuning them (CC-FV, MICCAI 2023).")
+        "data, without fine-tuning them (CC-FV, MICCAI 2023).",
+    )
     parser.add_argument("--version", action="version", version=f"ccfv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("rank", help="score every model of a bank on a labelled dataset",
-                       description="Score every model of a bank file on a labelled target "
-                                   "dataset and rank them; writes scores.csv, scores.json, "
-                                   "report.md and scores.png.")
+    p = sub.add_parser(
+        "rank",
+        help="score every model of a bank on a labelled dataset",
+        description="Score every model of a bank file on a labelled target "
+        "dataset and rank them; writes scores.csv, scores.json, "
+        "report.md and scores.png.",
+    )
     p.add_argument("--bank", required=True, help="model bank YAML file")
-    p.add_argument("--data", required=True, help="target dataset folder (Decathlon, nnU-Net v2 "
-                                                 "raw, or images/ + labels/ folders)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="target dataset folder (Decathlon, nnU-Net v2 raw, or images/ + labels/ folders)",
+    )
     _add_run_options(p, "ccfv-out")
     p.set_defaults(func=_cmd_rank)
 
@@ -371,98 +462,150 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_select_parser(sub)
 
-    p = sub.add_parser("demo", help="rank a built-in bank on built-in data, offline",
-                       description="Rank a built-in bank of small MONAI networks on a target "
-                                   "made from the MNI152 template (inside nilearn), offline.")
+    p = sub.add_parser(
+        "demo",
+        help="rank a built-in bank on built-in data, offline",
+        description="Rank a built-in bank of small MONAI networks on a target "
+        "made from the MNI152 template (inside nilearn), offline.",
+    )
     _add_run_options(p, "ccfv-demo-out")
     p.set_defaults(func=_cmd_demo, methods="ccfv,ccfv-official")
 
-    p = sub.add_parser("layers", help="list a model's modules and output shapes",
-                       description="List the modules of bank models with their output shapes "
-                                   "(one dummy forward), to choose layers to hook.")
+    p = sub.add_parser(
+        "layers",
+        help="list a model's modules and output shapes",
+        description="List the modules of bank models with their output shapes "
+        "(one dummy forward), to choose layers to hook.",
+    )
     p.add_argument("--bank", required=True, help="model bank YAML file")
     p.add_argument("--model", help="only this entry (default: all)")
-    p.add_argument("--shape", help="input shape without batch, C,X,Y[,Z] (default: "
-                                   "in_channels and the entry's roi)")
+    p.add_argument(
+        "--shape",
+        help="input shape without batch, C,X,Y[,Z] (default: in_channels and the entry's roi)",
+    )
     p.set_defaults(func=_cmd_layers)
 
-    p = sub.add_parser("evaluate", help="measure how well scores predict fine-tuned Dice",
-                       description="Compare the scores of `ccfv rank` (scores.csv) with the Dice "
-                                   "each model reached after fine-tuning (a CSV with columns "
-                                   "model,dice): weighted Kendall tau, Kendall tau, Spearman, "
-                                   "Pearson, top-1 relative Dice and regret per method; writes "
-                                   "evaluation.csv and evaluation.png.")
+    p = sub.add_parser(
+        "evaluate",
+        help="measure how well scores predict fine-tuned Dice",
+        description="Compare the scores of `ccfv rank` (scores.csv) with the Dice "
+        "each model reached after fine-tuning (a CSV with columns "
+        "model,dice): weighted Kendall tau, Kendall tau, Spearman, "
+        "Pearson, top-1 relative Dice and regret per method; writes "
+        "evaluation.csv and evaluation.png.",
+    )
     p.add_argument("--scores", required=True, help="scores.csv written by `ccfv rank`")
-    p.add_argument("--truth", required=True,
-                   help="fine-tuned ground truth: CSV with columns model,dice (others ignored)")
-    p.add_argument("--out", default="ccfv-eval",
-                   help="output folder for evaluation.csv and evaluation.png (default ccfv-eval)")
-    p.add_argument("--methods", default=None,
-                   help="methods (columns of --scores) to evaluate, comma-separated "
-                        "(default: all)")
+    p.add_argument(
+        "--truth",
+        required=True,
+        help="fine-tuned ground truth: CSV with columns model,dice (others ignored)",
+    )
+    p.add_argument(
+        "--out",
+        default="ccfv-eval",
+        help="output folder for evaluation.csv and evaluation.png (default ccfv-eval)",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="methods (columns of --scores) to evaluate, comma-separated (default: all)",
+    )
     p.set_defaults(func=_cmd_evaluate)
-    p = sub.add_parser("bench", help="the transfer benchmark: does a score pick the model "
-                                     "that fine-tunes best?",
-                       description="Leave one task out: pre-train every architecture on every "
-                                   "other task (and keep one from scratch), fine-tune every bank "
-                                   "model on the target (ground truth: test Dice over seeds), "
-                                   "score every model with every method on the target's train "
-                                   "split, and report weighted tau, Pearson, Spearman and top-1 "
-                                   "regret per target and averaged. Every stage is cached in "
-                                   "--work and resumes where a killed run stopped.")
+    p = sub.add_parser(
+        "bench",
+        help="the transfer benchmark: does a score pick the model that fine-tunes best?",
+        description="Leave one task out: pre-train every architecture on every "
+        "other task (and keep one from scratch), fine-tune every bank "
+        "model on the target (ground truth: test Dice over seeds), "
+        "score every model with every method on the target's train "
+        "split, and report weighted tau, Pearson, Spearman and top-1 "
+        "regret per target and averaged. Every stage is cached in "
+        "--work and resumes where a killed run stopped.",
+    )
     p.add_argument("--config", help="benchmark YAML (e.g. benchmarks/transfer2d.yaml)")
-    p.add_argument("--combine", nargs="+", metavar="RESULTS",
-                   help="instead of running: merge the summary.json of these results folders "
-                        "(e.g. the 2D and the 3D track) into --out/summary.json and "
-                        "--out/headline.md")
-    p.add_argument("--quick", action="store_true",
-                   help="the config's small `quick` profile: the whole pipeline in minutes")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RESULTS",
+        help="instead of running: merge the summary.json of these results folders "
+        "(e.g. the 2D and the 3D track) into --out/summary.json and "
+        "--out/headline.md",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the config's small `quick` profile: the whole pipeline in minutes",
+    )
     p.add_argument("--work", help="cache of every stage (default .ccfv_bench/NAME)")
     p.add_argument("--out", help="results folder (default bench-out/NAME)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice); 1 avoids the slowdown "
-                        "of several torch processes competing for the same cores")
-    p.add_argument("--device", default="cpu",
-                   help="torch device for training and feature passes: cpu (default), cuda, "
-                        "cuda:1; GPU runs are cached apart from CPU runs")
-    p.add_argument("--convergence", action="store_true",
-                   help="instead of the benchmark: the convergence study (validation Dice "
-                        "against fine-tuning steps for the scratch and one pre-trained model "
-                        "per target, the config's `convergence` budgets) that chooses "
-                        "finetune.steps; writes --out/convergence.json and plots")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 avoids the slowdown "
+        "of several torch processes competing for the same cores",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for training and feature passes: cpu (default), cuda, "
+        "cuda:1; GPU runs are cached apart from CPU runs",
+    )
+    p.add_argument(
+        "--convergence",
+        action="store_true",
+        help="instead of the benchmark: the convergence study (validation Dice "
+        "against fine-tuning steps for the scratch and one pre-trained model "
+        "per target, the config's `convergence` budgets) that chooses "
+        "finetune.steps; writes --out/convergence.json and plots",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("bank", help="build a bank from folders (init) or check one (check)",
-                       description="Build a model bank file from folders of models, or check "
-                                   "that every model of a bank loads and runs.")
+    p = sub.add_parser(
+        "bank",
+        help="build a bank from folders (init) or check one (check)",
+        description="Build a model bank file from folders of models, or check "
+        "that every model of a bank loads and runs.",
+    )
     bank_sub = p.add_subparsers(dest="bank_command", metavar="BANK_COMMAND", required=True)
     q = bank_sub.add_parser(
-        "init", help="scan folders for models and write a bank file",
+        "init",
+        help="scan folders for models and write a bank file",
         description="Scan folders recursively for nnU-Net v2 result folders (one entry per "
-                    "fold), MONAI bundles (configs/inference.json + models/model.pt) and "
-                    "TorchScript files; write those that load to a commented bank YAML and "
-                    "list what was skipped and why (a bare state dict does not say its "
-                    "architecture: write its network/args entry by hand).")
+        "fold), MONAI bundles (configs/inference.json + models/model.pt) and "
+        "TorchScript files; write those that load to a commented bank YAML and "
+        "list what was skipped and why (a bare state dict does not say its "
+        "architecture: write its network/args entry by hand).",
+    )
     q.add_argument("folders", nargs="+", metavar="DIR", help="folders (or files) to scan")
     q.add_argument("--out", required=True, help="bank YAML file to write")
     q.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     q.set_defaults(func=_cmd_bank_init)
     q = bank_sub.add_parser(
-        "check", help="load every model of a bank and run one dummy window",
+        "check",
+        help="load every model of a bank and run one dummy window",
         description="Load every entry of a bank, run one zero window (1, in_channels, *roi) "
-                    "through it and print a table: name, format, parameters, layers and their "
-                    "output shapes, preprocessing, status. Exit code 1 if any entry fails. "
-                    "With --data, also run each entry's preprocessing on one target case and "
-                    "print its input and preprocessed shape and spacing, the share of the "
-                    "planned voxels inside the preprocessed image, and warnings (a spacing "
-                    "changed more than 3x on some axis, planned voxels cropped away).")
+        "through it and print a table: name, format, parameters, layers and their "
+        "output shapes, preprocessing, status. Exit code 1 if any entry fails. "
+        "With --data, also run each entry's preprocessing on one target case and "
+        "print its input and preprocessed shape and spacing, the share of the "
+        "planned voxels inside the preprocessed image, and warnings (a spacing "
+        "changed more than 3x on some axis, planned voxels cropped away).",
+    )
     q.add_argument("bank", help="model bank YAML file")
-    q.add_argument("--data", metavar="DIR", default=None,
-                   help="target dataset folder: show what each model's preprocessing does to "
-                        "one of its cases")
-    q.add_argument("--case", metavar="ID", default=None,
-                   help="with --data: the case to use (default: the dataset's first case)")
+    q.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="target dataset folder: show what each model's preprocessing does to one of its cases",
+    )
+    q.add_argument(
+        "--case",
+        metavar="ID",
+        default=None,
+        help="with --data: the case to use (default: the dataset's first case)",
+    )
     q.set_defaults(func=_cmd_bank_check)
     return parser
 
@@ -485,8 +628,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(interrupt, Interrupted):
             text = str(interrupt)
         elif getattr(args, "cache_dir", None) and args.command in ("rank", "demo"):
-            text = (f"features computed so far are kept in the cache "
-                    f"{Path(args.cache_dir).resolve()}; the same command resumes from there")
+            text = (
+                f"features computed so far are kept in the cache "
+                f"{Path(args.cache_dir).resolve()}; the same command resumes from there"
+            )
         else:
             text = "nothing was written"
         print(f"\nccfv {args.command}: interrupted (Ctrl-C): {text}", file=sys.stderr)

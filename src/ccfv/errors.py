@@ -45,8 +45,14 @@ def collect_ccfv_warnings(*, everything: bool = False) -> Iterator[list[str]]:
             warnings.simplefilter("ignore")
         shown = warnings.showwarning
 
-        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                 file: TextIO | None = None, line: str | None = None) -> None:
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
             if issubclass(category, CCFVWarning):
                 collected.append(str(message))
             else:

@@ -28,9 +28,19 @@ from ccfv.data.fingerprint import data_fingerprint
 from ccfv.errors import UserError, first_line
 from ccfv.progress import progress as progress_iter
 
-__all__ = ["PREDICTIONS", "FeatureTarget", "ModelFeatures", "check_dimensionality",
-           "extract_model", "network_dims", "output_probabilities", "plan_maker",
-           "split_predictions", "target_cases", "window_hint"]
+__all__ = [
+    "PREDICTIONS",
+    "FeatureTarget",
+    "ModelFeatures",
+    "check_dimensionality",
+    "extract_model",
+    "network_dims",
+    "output_probabilities",
+    "plan_maker",
+    "split_predictions",
+    "target_cases",
+    "window_hint",
+]
 
 #: Name under which the feature cache holds the source model's own predictions: its softmax
 #: (a sigmoid output becomes the two columns ``1 - p, p``) at the voxels planned for the last
@@ -76,12 +86,12 @@ def target_cases(data: str | Path, cases: int | None, seed: int) -> tuple[Any, l
     from ccfv.data import find_cases, select_cases
 
     dataset = find_cases(data)
-    return dataset, (list(dataset.cases) if cases is None
-                     else select_cases(dataset, cases, seed))
+    return dataset, (list(dataset.cases) if cases is None else select_cases(dataset, cases, seed))
 
 
-def plan_maker(loaded_cases: Sequence[Any], budget: str, counts: Sequence[int],
-               seed: int) -> Callable[[int], Any]:
+def plan_maker(
+    loaded_cases: Sequence[Any], budget: str, counts: Sequence[int], seed: int
+) -> Callable[[int], Any]:
     """``plan_for(n_layers)``: the sampling plan of the loaded cases for a model with that
     many hooked layers, made once per layer count (the same plan for every model)."""
     from ccfv.extract import make_plan
@@ -90,9 +100,14 @@ def plan_maker(loaded_cases: Sequence[Any], budget: str, counts: Sequence[int],
 
     def plan_for(n_layers: int) -> Any:
         if n_layers not in plans:
-            plans[n_layers] = make_plan([c.label for c in loaded_cases],
-                                        [c.case_id for c in loaded_cases], layers=n_layers,
-                                        budget=budget, counts=list(counts), seed=seed)
+            plans[n_layers] = make_plan(
+                [c.label for c in loaded_cases],
+                [c.case_id for c in loaded_cases],
+                layers=n_layers,
+                budget=budget,
+                counts=list(counts),
+                seed=seed,
+            )
         return plans[n_layers]
 
     return plan_for
@@ -143,10 +158,17 @@ class FeatureTarget:
         return {c.case_id: str(c.images[0]) for c in self.chosen}
 
 
-def extract_model(entry: Any, loaded_cases: Sequence[Any], plan_for: Callable[[int], Any],
-                  cache: Any, data_fp: str, device: str = "cpu", autocast: bool = False,
-                  progress: bool = True,
-                  case_files: Mapping[str, str] | None = None) -> ModelFeatures:
+def extract_model(
+    entry: Any,
+    loaded_cases: Sequence[Any],
+    plan_for: Callable[[int], Any],
+    cache: Any,
+    data_fp: str,
+    device: str = "cpu",
+    autocast: bool = False,
+    progress: bool = True,
+    case_files: Mapping[str, str] | None = None,
+) -> ModelFeatures:
     """Feature set of one bank entry on the loaded cases, from the cache where possible.
 
     ``case_files`` (``{case_id: image path}``, optional) names the files in messages. Raises
@@ -179,9 +201,9 @@ def extract_model(entry: Any, loaded_cases: Sequence[Any], plan_for: Callable[[i
     window = None  # (channels, roi) of the case in progress, for window_hint
     try:
         with LayerTap(model, taps) as forward:  # {name: map} for ``names`` and PREDICTIONS
-            for case, case_plan in progress_iter(zip(loaded_cases, plan.cases),
-                                                 desc=f"{entry.name}", unit="case",
-                                                 enabled=progress):
+            for case, case_plan in progress_iter(
+                zip(loaded_cases, plan.cases), desc=f"{entry.name}", unit="case", enabled=progress
+            ):
                 if cache.get_case(key, case.case_id) is not None:
                     continue
                 window = None
@@ -189,19 +211,34 @@ def extract_model(entry: Any, loaded_cases: Sequence[Any], plan_for: Callable[[i
                 # planned voxels outside the preprocessed image (a crop) are dropped, and
                 # counted later from the cached classes (ccfv.extract.dropped_voxels)
                 points, keep = case_plan.points_inside(
-                    names, grid_mapping(case.affine, affine), image.shape[1:],
-                    model=entry.name, case_file=(case_files or {}).get(case.case_id, ""),
-                    preprocessing=described)
+                    names,
+                    grid_mapping(case.affine, affine),
+                    image.shape[1:],
+                    model=entry.name,
+                    case_file=(case_files or {}).get(case.case_id, ""),
+                    preprocessing=described,
+                )
                 roi = list(pre.roi) if pre.roi else list(image.shape[1:])
                 points[PREDICTIONS] = points[names[-1]]
                 window = (int(image.shape[0]), roi)
-                feats = extract_at_points(forward, torch.as_tensor(image), points, roi,
-                                          overlap=pre.overlap, sw_batch_size=pre.sw_batch_size,
-                                          device=device, autocast=autocast)
-                parts = {name: (feats[name], cls[kept])
-                         for name, cls, kept in zip(names, case_plan.classes, keep)}
-                parts[PREDICTIONS] = (output_probabilities(feats[PREDICTIONS]),
-                                      case_plan.classes[-1][keep[-1]])
+                feats = extract_at_points(
+                    forward,
+                    torch.as_tensor(image),
+                    points,
+                    roi,
+                    overlap=pre.overlap,
+                    sw_batch_size=pre.sw_batch_size,
+                    device=device,
+                    autocast=autocast,
+                )
+                parts = {
+                    name: (feats[name], cls[kept])
+                    for name, cls, kept in zip(names, case_plan.classes, keep)
+                }
+                parts[PREDICTIONS] = (
+                    output_probabilities(feats[PREDICTIONS]),
+                    case_plan.classes[-1][keep[-1]],
+                )
                 cache.put_case(key, case.case_id, parts)
     except (RuntimeError, ValueError) as error:  # a forward pass that failed: say why if known
         if isinstance(error, UserError) or window is None:
@@ -210,8 +247,9 @@ def extract_model(entry: Any, loaded_cases: Sequence[Any], plan_for: Callable[[i
         if hint is None:
             raise
         raise UserError(f"{hint} ({type(error).__name__}: {first_line(error)})") from error
-    features = cache.assemble(key, [c.case_id for c in loaded_cases],
-                              info={"model": entry.name, "layers": names})
+    features = cache.assemble(
+        key, [c.case_id for c in loaded_cases], info={"model": entry.name, "layers": names}
+    )
     return ModelFeatures(entry.name, features, as_text, report.summary(), hit=False)
 
 
@@ -238,12 +276,17 @@ def check_dimensionality(entry: Any, model: Any, case: Any) -> None:
         return
     dims, kind = found
     shape = "x".join(str(n) for n in case.label.shape)
-    raise UserError(f"a {dims}D network ({kind} layers) on {ndim}D target data (case "
-                    f"{case.case_id}: {shape}): rank {ndim}D networks on this data (for MONAI "
-                    f"networks spatial_dims: {ndim} in the bank file), or this one on {dims}D "
-                    "data")
-def window_hint(entry: Any, model: Any, channels: int, roi: Sequence[int],
-                device: str = "cpu") -> str | None:
+    raise UserError(
+        f"a {dims}D network ({kind} layers) on {ndim}D target data (case "
+        f"{case.case_id}: {shape}): rank {ndim}D networks on this data (for MONAI "
+        f"networks spatial_dims: {ndim} in the bank file), or this one on {dims}D "
+        "data"
+    )
+
+
+def window_hint(
+    entry: Any, model: Any, channels: int, roi: Sequence[int], device: str = "cpu"
+) -> str | None:
     """Why a forward pass failed, when it is the window: the model runs on a zero window of
     ``roi`` rounded up to a multiple of 2, 4, ..., 64 (output of the window's size) but not on
     ``roi`` itself. Returns the sentence, or None when the window is not the cause."""
@@ -269,9 +312,11 @@ def window_hint(entry: Any, model: Any, channels: int, roi: Sequence[int],
             who = type(model).__name__
             if isinstance(strides, (list, tuple)) and strides:
                 who += " with strides " + ",".join(str(s) for s in strides)
-            return (f"{who} needs a window divisible by {divisor}; roi {text} is "
-                    f"not: use {'x'.join(map(str, fixed))} (preprocessing: roi: {fixed} in the "
-                    "bank file)")
+            return (
+                f"{who} needs a window divisible by {divisor}; roi {text} is "
+                f"not: use {'x'.join(map(str, fixed))} (preprocessing: roi: {fixed} in the "
+                "bank file)"
+            )
     return None
 
 
@@ -287,8 +332,7 @@ def output_probabilities(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def split_predictions(cached: Mapping[str, Any]) -> tuple[dict[str, Any],
-                                                          list[np.ndarray] | None]:
+def split_predictions(cached: Mapping[str, Any]) -> tuple[dict[str, Any], list[np.ndarray] | None]:
     """A cached feature set -> (the hooked layers' feature set, the predictions per case)."""
     features = {k: v for k, v in cached.items() if k != PREDICTIONS}
     predictions = [P for P, _ in cached[PREDICTIONS]] if PREDICTIONS in cached else None

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], *, desc: str, unit: str, enabled: bool = True,
-             leave: bool = False) -> Iterator[T]:
+def progress(
+    items: Iterable[T], *, desc: str, unit: str, enabled: bool = True, leave: bool = False
+) -> Iterator[T]:
     """``items`` with a tqdm bar named ``desc`` counting ``unit``; ``items`` itself when
     ``enabled`` is false. The items are listed first, so the bar knows its length."""
     if not enabled:

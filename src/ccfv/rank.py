@@ -40,9 +40,19 @@ from ccfv.passes import (
     target_cases,
 )
 
-__all__ = ["DEFAULT_CACHE", "Interrupted", "RankResult", "RankSettings", "check_bootstrap",
-           "check_cases", "check_folder", "check_methods", "drop_warning", "rank",
-           "score_features"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "Interrupted",
+    "RankResult",
+    "RankSettings",
+    "check_bootstrap",
+    "check_cases",
+    "check_folder",
+    "check_methods",
+    "drop_warning",
+    "rank",
+    "score_features",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -58,17 +68,19 @@ class Interrupted(KeyboardInterrupt):
 
 def check_cases(cases: object) -> None:
     """``cases``: None (all) or an integer >= 1."""
-    if cases is not None and (isinstance(cases, bool) or not isinstance(cases, int)
-                              or cases < 1):
-        raise UserError(f"--cases {cases}: give a number of cases >= 1, or leave it out to use "
-                        "all cases")
+    if cases is not None and (isinstance(cases, bool) or not isinstance(cases, int) or cases < 1):
+        raise UserError(
+            f"--cases {cases}: give a number of cases >= 1, or leave it out to use all cases"
+        )
 
 
 def check_bootstrap(bootstrap: object) -> None:
     """``bootstrap``: an integer >= 0 (0 turns it off)."""
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise UserError(f"--bootstrap {bootstrap}: give a number of resamples >= 1, or 0 to "
-                        "turn the bootstrap off")
+        raise UserError(
+            f"--bootstrap {bootstrap}: give a number of resamples >= 1, or 0 to "
+            "turn the bootstrap off"
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -142,19 +154,28 @@ class RankSettings:
             raise UserError(f"--budget {self.budget!r}: give {' or '.join(BUDGETS)}")
         counts = tuple(self.counts) if isinstance(self.counts, Iterable) else ()
         if not counts or not all(_is_int(c) and c >= 1 for c in counts):
-            raise UserError(f"counts {self.counts!r}: give voxels per case and class as "
-                            "integers >= 1, one per hooked layer from the bottleneck to the "
-                            "output, e.g. (100, 200, 400)")
+            raise UserError(
+                f"counts {self.counts!r}: give voxels per case and class as "
+                "integers >= 1, one per hooked layer from the bottleneck to the "
+                "output, e.g. (100, 200, 400)"
+            )
         put("counts", tuple(int(c) for c in counts))
         check_bootstrap(self.bootstrap)
         if self.cases == 1 and self.bootstrap:
-            raise UserError(f"--cases 1 with --bootstrap {self.bootstrap}: the bootstrap "
-                            "resamples target cases and needs at least 2: give --cases 2 or "
-                            "more, or --bootstrap 0")
-        if isinstance(self.level, bool) or not isinstance(self.level, (int, float)) \
-                or not 0 < self.level < 1:
-            raise UserError(f"level {self.level!r}: give the coverage of the bootstrap "
-                            "intervals, between 0 and 1 (e.g. 0.95)")
+            raise UserError(
+                f"--cases 1 with --bootstrap {self.bootstrap}: the bootstrap "
+                "resamples target cases and needs at least 2: give --cases 2 or "
+                "more, or --bootstrap 0"
+            )
+        if (
+            isinstance(self.level, bool)
+            or not isinstance(self.level, (int, float))
+            or not 0 < self.level < 1
+        ):
+            raise UserError(
+                f"level {self.level!r}: give the coverage of the bootstrap "
+                "intervals, between 0 and 1 (e.g. 0.95)"
+            )
         put("level", float(self.level))
         put("cache_dir", Path(self.cache_dir))
         put("failure_log", None if self.failure_log is None else Path(self.failure_log))
@@ -162,19 +183,25 @@ class RankSettings:
         put("progress", bool(self.progress))
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any],
-                     base: RankSettings | None = None) -> RankSettings:
+    def from_options(
+        cls, options: Mapping[str, Any], base: RankSettings | None = None
+    ) -> RankSettings:
         """Settings from keyword options (those of :func:`rank`), over ``base`` if given; an
         unknown option is a UserError listing the known ones."""
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(known))
         if unknown:
             ray = sorted(set(unknown) & {"address", "retries"})
-            hint = (f"; {' and '.join(ray)} belong to the Ray backend: "
-                    "rank(..., backend=ccfv.backends.ray.RayBackend(address=..., retries=...))"
-                    if ray else "")
-            raise UserError(f"unknown rank option(s) {', '.join(unknown)}: the options are "
-                            f"{', '.join(known)}{hint}")
+            hint = (
+                f"; {' and '.join(ray)} belong to the Ray backend: "
+                "rank(..., backend=ccfv.backends.ray.RayBackend(address=..., retries=...))"
+                if ray
+                else ""
+            )
+            raise UserError(
+                f"unknown rank option(s) {', '.join(unknown)}: the options are "
+                f"{', '.join(known)}{hint}"
+            )
         values = {f.name: getattr(base, f.name) for f in fields(cls)} if base else {}
         return cls(**{**values, **options})
 
@@ -229,10 +256,17 @@ class RankResult:
         ``method_failures``, ``dropped``, ``drop_warning`` and ``bootstrap`` only when there
         is something to say."""
         out: dict[str, Any] = {
-            "data": self.data, "bank": self.bank, "cases": list(self.cases),
-            "classes": self.classes, "label_rule": self.label_rule, "seed": self.seed,
-            "budget": self.budget, "counts": list(self.counts), "device": self.device,
-            "per_model": self.per_model}
+            "data": self.data,
+            "bank": self.bank,
+            "cases": list(self.cases),
+            "classes": self.classes,
+            "label_rule": self.label_rule,
+            "seed": self.seed,
+            "budget": self.budget,
+            "counts": list(self.counts),
+            "device": self.device,
+            "per_model": self.per_model,
+        }
         if self.notes:
             out["notes"] = self.notes
         if self.backend != "local":
@@ -263,17 +297,20 @@ def check_folder(path: str | Path, option: str) -> Path:
     """Create the folder ``path`` if needed and check that a file can be written in it."""
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{option} {folder} is a file, not a folder: give a folder (it is "
-                        "created if it does not exist)")
+        raise UserError(
+            f"{option} {folder} is a file, not a folder: give a folder (it is "
+            "created if it does not exist)"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise UserError(f"{option} {folder}: cannot write there ({exc.strerror or exc}): give "
-                        "a folder you may write to") from None
+        raise UserError(
+            f"{option} {folder}: cannot write there ({exc.strerror or exc}): give "
+            "a folder you may write to"
+        ) from None
     return folder
-
 
 
 def check_methods(methods: Sequence[str], n_cases: int, n_classes: int = 2) -> None:
@@ -298,18 +335,27 @@ def check_methods(methods: Sequence[str], n_cases: int, n_classes: int = 2) -> N
         predictions.append(output_probabilities(logits))
     for method in methods:
         estimator = get_estimator(method)
-        estimator = replace(estimator, options={
-            key: value for key, value in estimator.options.items()
-            if key not in ("layer", "layers") or value == "last"})
+        estimator = replace(
+            estimator,
+            options={
+                key: value
+                for key, value in estimator.options.items()
+                if key not in ("layer", "layers") or value == "last"
+            },
+        )
         try:
             with collect_ccfv_warnings(everything=True):  # made-up data: nothing to report
                 estimator(features, predictions=predictions)
         except Exception as error:  # noqa: BLE001 - a bad value may raise any type
-            text = str(error) if isinstance(error, UserError) else (
-                f"{type(error).__name__}: {first_line(error)}")
-            raise UserError(f"--methods {method} on {n_cases} target case(s): {text} (checked "
-                            "on a small test feature set, before any model runs)") from None
-
+            text = (
+                str(error)
+                if isinstance(error, UserError)
+                else (f"{type(error).__name__}: {first_line(error)}")
+            )
+            raise UserError(
+                f"--methods {method} on {n_cases} target case(s): {text} (checked "
+                "on a small test feature set, before any model runs)"
+            ) from None
 
 
 def drop_warning(dropped: dict[str, dict]) -> str:
@@ -320,15 +366,17 @@ def drop_warning(dropped: dict[str, dict]) -> str:
     if len(set(rates.values())) < 2:
         return ""
     shares = ", ".join(f"{m} {100 * r:.2f}%" for m, r in rates.items())
-    return ("the models' preprocessing dropped different shares of the planned voxels "
-            f"(outside the preprocessed image: {shares}), so their scores compare features of "
-            "different voxels; `ccfv bank check BANK --data DIR` shows each model's grid (align "
-            "the crops/roi, or rank those models separately)")
+    return (
+        "the models' preprocessing dropped different shares of the planned voxels "
+        f"(outside the preprocessed image: {shares}), so their scores compare features of "
+        "different voxels; `ccfv bank check BANK --data DIR` shows each model's grid (align "
+        "the crops/roi, or rank those models separately)"
+    )
 
 
-
-def _failure_message(result: RankResult, what: str, error: BaseException,
-                     failure_log: Path | None) -> str:
+def _failure_message(
+    result: RankResult, what: str, error: BaseException, failure_log: Path | None
+) -> str:
     """One line for a failure: the UserError's message, or the exception's type and first
     line with the traceback appended to ``failure_log`` (and kept in ``result.tracebacks``)."""
     remote = getattr(error, "traceback_text", None)  # a Ray worker's unexpected error
@@ -349,16 +397,18 @@ def _failure_message(result: RankResult, what: str, error: BaseException,
     return message + f" (traceback in {log_path})"
 
 
-
 def _log_collected(caught: list[str]) -> None:
     """The estimators' CCFVWarnings of one model, once each, at DEBUG level."""
     for text in dict.fromkeys(caught):
         _log.debug("estimator warning: %s", text)
 
 
-def score_features(features: Mapping[str, Any], methods: Sequence[str],
-                   predictions: Sequence[np.ndarray] | None = None,
-                   errors: dict[str, BaseException] | None = None) -> dict[str, float | None]:
+def score_features(
+    features: Mapping[str, Any],
+    methods: Sequence[str],
+    predictions: Sequence[np.ndarray] | None = None,
+    errors: dict[str, BaseException] | None = None,
+) -> dict[str, float | None]:
     """Every method's score on one model's feature set (and its predictions, for the
     estimators that read them).
 
@@ -384,19 +434,29 @@ def _backend(backend: FeatureBackend | str | None) -> FeatureBackend:
     if backend is None or backend == "local":
         return LocalBackend()
     if backend == "ray":
-        raise UserError("backend 'ray' given by name: give the backend object, "
-                        "backend=ccfv.backends.ray.RayBackend(address=..., retries=3) "
-                        "(ccfv.rank never imports the Ray backend itself)")
+        raise UserError(
+            "backend 'ray' given by name: give the backend object, "
+            "backend=ccfv.backends.ray.RayBackend(address=..., retries=3) "
+            "(ccfv.rank never imports the Ray backend itself)"
+        )
     if isinstance(backend, str) or not isinstance(backend, FeatureBackend):
-        raise UserError(f"backend {backend!r} is not one of local, ray: give None (local), "
-                        "ccfv.backends.LocalBackend() or ccfv.backends.ray.RayBackend(...)")
+        raise UserError(
+            f"backend {backend!r} is not one of local, ray: give None (local), "
+            "ccfv.backends.LocalBackend() or ccfv.backends.ray.RayBackend(...)"
+        )
     return backend
 
 
-def rank(bank: str | Path, data: str | Path, settings: RankSettings | None = None, *,
-         backend: FeatureBackend | str | None = None,
-         on_model: Callable[[str, Any, Any], None] | None = None,
-         log: Callable[[str], Any] | None = None, **options: Any) -> RankResult:
+def rank(
+    bank: str | Path,
+    data: str | Path,
+    settings: RankSettings | None = None,
+    *,
+    backend: FeatureBackend | str | None = None,
+    on_model: Callable[[str, Any, Any], None] | None = None,
+    log: Callable[[str], Any] | None = None,
+    **options: Any,
+) -> RankResult:
     """Score every model of ``bank`` on the labelled cases under ``data``.
 
     Parameters
@@ -437,9 +497,11 @@ def rank(bank: str | Path, data: str | Path, settings: RankSettings | None = Non
     from ccfv.extract import dropped_voxels
 
     if settings is not None and not isinstance(settings, RankSettings):
-        raise UserError(f"rank(bank, data, settings): settings is a "
-                        f"{type(settings).__name__}, not a RankSettings (give methods=... and "
-                        "the other options as keywords, or settings=RankSettings(...))")
+        raise UserError(
+            f"rank(bank, data, settings): settings is a "
+            f"{type(settings).__name__}, not a RankSettings (give methods=... and "
+            "the other options as keywords, or settings=RankSettings(...))"
+        )
     if options or settings is None:
         settings = RankSettings.from_options(options, settings)
     chosen_backend = _backend(backend)
@@ -455,37 +517,64 @@ def rank(bank: str | Path, data: str | Path, settings: RankSettings | None = Non
     check_folder(settings.cache_dir, "--cache-dir")
     entries = load_bank(bank)
     dataset, chosen = target_cases(data, settings.cases, settings.seed)
-    draws = (resample_cases(len(chosen), settings.bootstrap, settings.seed)
-             if settings.bootstrap else [])
+    draws = (
+        resample_cases(len(chosen), settings.bootstrap, settings.seed) if settings.bootstrap else []
+    )
     check_methods(methods, len(chosen), len(dataset.labels) or 2)
     loaded = [load_case(case, dataset.labels) for case in chosen]
     present = sorted({int(k) for case in loaded for k in np.unique(case.label)} - {0})
     if not present:
-        raise UserError(f"{data}: the selected {len(loaded)} case(s) hold no foreground label; "
-                        "choose other cases (--cases, --seed) or check the label files")
+        raise UserError(
+            f"{data}: the selected {len(loaded)} case(s) hold no foreground label; "
+            "choose other cases (--cases, --seed) or check the label files"
+        )
     missing = sorted(set(dataset.labels) - {0} - set(present))
     notes = []
     if missing and len(loaded) < len(dataset.cases):
-        notes.append(f"{data}: class(es) {missing} of dataset.json appear in none of the "
-                     f"{len(loaded)} selected cases (of {len(dataset.cases)}) and are not "
-                     "scored; select more cases (--cases) or another --seed to include them")
+        notes.append(
+            f"{data}: class(es) {missing} of dataset.json appear in none of the "
+            f"{len(loaded)} selected cases (of {len(dataset.cases)}) and are not "
+            "scored; select more cases (--cases) or another --seed to include them"
+        )
     elif missing:
-        notes.append(f"{data}: class(es) {missing} of dataset.json appear in none of the "
-                     f"dataset's {len(loaded)} cases (all of them are used) and are not "
-                     "scored; check the labels table of dataset.json and the label files")
+        notes.append(
+            f"{data}: class(es) {missing} of dataset.json appear in none of the "
+            f"dataset's {len(loaded)} cases (all of them are used) and are not "
+            "scored; check the labels table of dataset.json and the label files"
+        )
     for note in notes:
         say(logging.INFO, f"note: {note}")
-    target = FeatureTarget(bank=bank, data=data, entries=list(entries), cases=settings.cases,
-                           seed=settings.seed, chosen=list(chosen), loaded=loaded,
-                           labels=dataset.labels, budget=settings.budget,
-                           counts=settings.counts, cache_dir=settings.cache_dir,
-                           autocast=settings.autocast, progress=settings.progress)
+    target = FeatureTarget(
+        bank=bank,
+        data=data,
+        entries=list(entries),
+        cases=settings.cases,
+        seed=settings.seed,
+        chosen=list(chosen),
+        loaded=loaded,
+        labels=dataset.labels,
+        budget=settings.budget,
+        counts=settings.counts,
+        cache_dir=settings.cache_dir,
+        autocast=settings.autocast,
+        progress=settings.progress,
+    )
     table = dataset.class_table(present)  # the class table used: report.md, scores.json
-    result = RankResult(methods=methods, scores={}, data=str(data), bank=str(bank),
-                        cases=[c.case_id for c in loaded], classes=table["classes"],
-                        label_rule=table["rule"], seed=settings.seed, budget=settings.budget,
-                        counts=list(settings.counts), device=device, notes=notes,
-                        backend=chosen_backend.name)
+    result = RankResult(
+        methods=methods,
+        scores={},
+        data=str(data),
+        bank=str(bank),
+        cases=[c.case_id for c in loaded],
+        classes=table["classes"],
+        label_rule=table["rule"],
+        seed=settings.seed,
+        budget=settings.budget,
+        counts=list(settings.counts),
+        device=device,
+        notes=notes,
+        backend=chosen_backend.name,
+    )
     dropped: dict[str, dict[str, Any]] = {}  # per model: planned voxels outside its image
     replicates: dict[str, np.ndarray] = {}
     passes = chosen_backend.run(target, device)
@@ -508,21 +597,37 @@ def rank(bank: str | Path, data: str | Path, settings: RankSettings | None = Non
             errors: dict[str, BaseException] = {}
             got: ModelFeatures = next(coming)
             if got.model != entry.name:
-                raise RuntimeError(f"the {chosen_backend.name} feature backend handed back "
-                                   f"{got.model!r} where {entry.name!r} was due (bank order)")
+                raise RuntimeError(
+                    f"the {chosen_backend.name} feature backend handed back "
+                    f"{got.model!r} where {entry.name!r} was due (bank order)"
+                )
             if got.error is not None or got.features is None:
-                failed(entry.name, got.error or RuntimeError(
-                    f"the {chosen_backend.name} feature backend handed back no features"))
+                failed(
+                    entry.name,
+                    got.error
+                    or RuntimeError(
+                        f"the {chosen_backend.name} feature backend handed back no features"
+                    ),
+                )
                 continue
             try:
                 done.append(entry.name)
                 features, predictions = split_predictions(got.features)
-                dropped[entry.name] = dropped_voxels(target.plan_for(len(got.layers)),
-                                                     got.features, list(got.layers))
+                dropped[entry.name] = dropped_voxels(
+                    target.plan_for(len(got.layers)), got.features, list(got.layers)
+                )
                 if draws:  # the ranking method's tables are built once, for score and draws
-                    scores = _score_and_replicate(features, predictions, methods, draws,
-                                                  len(loaded), errors, replicates, entry.name,
-                                                  settings.progress)
+                    scores = _score_and_replicate(
+                        features,
+                        predictions,
+                        methods,
+                        draws,
+                        len(loaded),
+                        errors,
+                        replicates,
+                        entry.name,
+                        settings.progress,
+                    )
                 else:
                     scores = score_features(features, methods, predictions, errors)
                 result.scores[entry.name] = scores
@@ -532,25 +637,32 @@ def rank(bank: str | Path, data: str | Path, settings: RankSettings | None = Non
                 failed(entry.name, error)
                 continue
             for method, problem in errors.items():
-                message = _failure_message(result, f"{entry.name} / {method}", problem,
-                                           failure_log)
+                message = _failure_message(result, f"{entry.name} / {method}", problem, failure_log)
                 result.method_failures.setdefault(entry.name, {})[method] = message
                 say(logging.WARNING, f"{entry.name}: {method} FAILED: {message}")
             took = time.perf_counter() - start
             hit = got.hit
             result.per_model[entry.name] = (
                 f"layers {list(got.layers)}; {got.summary}; "
-                f"{'features from cache' if hit else f'features extracted in {took:.1f} s'}")
-            say(logging.INFO, f"{entry.name}: " + ", ".join(
-                f"{m} {'failed' if v is None else f'{v:.4f}'}"
-                for m, v in result.scores[entry.name].items())
-                + (" (cached features)" if hit else f" ({took:.1f} s)"))
+                f"{'features from cache' if hit else f'features extracted in {took:.1f} s'}"
+            )
+            say(
+                logging.INFO,
+                f"{entry.name}: "
+                + ", ".join(
+                    f"{m} {'failed' if v is None else f'{v:.4f}'}"
+                    for m, v in result.scores[entry.name].items()
+                )
+                + (" (cached features)" if hit else f" ({took:.1f} s)"),
+            )
             current = None
     except KeyboardInterrupt:
         passes.close()
         where = Path(settings.cache_dir).resolve()
-        text = (f"features of {len(done)} of {len(entries)} model(s) are complete in the cache "
-                f"{where}" + (f" ({', '.join(done)})" if done else ""))
+        text = (
+            f"features of {len(done)} of {len(entries)} model(s) are complete in the cache "
+            f"{where}" + (f" ({', '.join(done)})" if done else "")
+        )
         if current is not None and current not in done:
             text += f"; any case of {current} finished before Ctrl-C is kept there too"
         raise Interrupted(text + "; the same command resumes from there") from None
@@ -562,15 +674,21 @@ def rank(bank: str | Path, data: str | Path, settings: RankSettings | None = Non
             say(logging.WARNING, f"warning: {warning}")
     if replicates:
         full = {m: result.scores[m][methods[0]] for m in replicates}
-        result.bootstrap = summarize(methods[0], replicates, full, settings.level,
-                                     settings.seed)
+        result.bootstrap = summarize(methods[0], replicates, full, settings.level, settings.seed)
     return result
 
 
-def _score_and_replicate(features: Mapping[str, Any], predictions: Any, methods: list[str],
-                         draws: list[np.ndarray], n_cases: int,
-                         errors: dict[str, BaseException], replicates: dict[str, np.ndarray],
-                         model: str, progress: bool) -> dict[str, float | None]:
+def _score_and_replicate(
+    features: Mapping[str, Any],
+    predictions: Any,
+    methods: list[str],
+    draws: list[np.ndarray],
+    n_cases: int,
+    errors: dict[str, BaseException],
+    replicates: dict[str, np.ndarray],
+    model: str,
+    progress: bool,
+) -> dict[str, float | None]:
     """Every method's score, and the ranking method's bootstrap replicates (its tables built
     once, for the score and the draws) into ``replicates[model]``."""
     first: float | None
@@ -585,6 +703,11 @@ def _score_and_replicate(features: Mapping[str, Any], predictions: Any, methods:
     rest = score_features(features, methods[1:], predictions, errors)
     if scorer is not None:
         replicates[model] = replicate_scores(
-            features, predictions, get_estimator(methods[0]), draws,
-            progress=f"{model}: bootstrap" if progress else None, scorer=scorer)
+            features,
+            predictions,
+            get_estimator(methods[0]),
+            draws,
+            progress=f"{model}: bootstrap" if progress else None,
+            scorer=scorer,
+        )
     return {methods[0]: first, **rest}

@@ -49,8 +49,12 @@ from ccfv.errors import UserError
 from ccfv.evaluation import kendall_tau, pearson, regret, spearman, weighted_tau
 
 #: Rank statistics of an estimator (or of one half of the seeds) against the ground truth.
-CORRELATION_STATS = {"weighted_tau": weighted_tau, "kendall_tau": kendall_tau,
-                     "spearman": spearman, "pearson": pearson}
+CORRELATION_STATS = {
+    "weighted_tau": weighted_tau,
+    "kendall_tau": kendall_tau,
+    "spearman": spearman,
+    "pearson": pearson,
+}
 #: Split-half Spearman a target needs to enter the headline.
 RELIABLE_SPEARMAN = 0.8
 
@@ -75,14 +79,19 @@ class TargetRuns:
         dice = {name: list(m["dice"]) for name, m in models.items()}
         cases: dict[str, np.ndarray] = {}
         per_case: dict[str, Any] = {name: m.get("dice_per_case") for name, m in models.items()}
-        if per_case and all(v and all(isinstance(s, Mapping) for s in v)
-                            for v in per_case.values()):
+        if per_case and all(
+            v and all(isinstance(s, Mapping) for s in v) for v in per_case.values()
+        ):
             ids = sorted(next(iter(per_case.values()))[0])
             if all(sorted(s) == ids for v in per_case.values() for s in v):
                 for name, seeds in per_case.items():
                     cases[name] = np.array(
-                        [[[np.nan if x is None else float(x) for x in s[c]] for c in ids]
-                         for s in seeds], dtype=np.float64)
+                        [
+                            [[np.nan if x is None else float(x) for x in s[c]] for c in ids]
+                            for s in seeds
+                        ],
+                        dtype=np.float64,
+                    )
         return cls(dice, cases)
 
     def usable(self) -> list[str]:
@@ -110,8 +119,11 @@ def seed_dice_from_cases(cases: np.ndarray, weights: np.ndarray | None = None) -
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
         occurs = np.isfinite(per_class)
-        out = np.where(occurs.any(axis=2),
-                       np.nansum(per_class, axis=2) / np.maximum(occurs.sum(axis=2), 1), np.nan)
+        out = np.where(
+            occurs.any(axis=2),
+            np.nansum(per_class, axis=2) / np.maximum(occurs.sum(axis=2), 1),
+            np.nan,
+        )
     return out[0] if weights is None else out
 
 
@@ -163,14 +175,22 @@ def split_half(dice: np.ndarray) -> dict:
     """
     x = np.asarray(dice, dtype=np.float64)
     if x.ndim != 2 or not np.all(np.isfinite(x)):
-        raise UserError(f"split_half needs a (models, seeds) array of finite Dice, got shape "
-                        f"{x.shape}{' with NaN' if x.ndim == 2 else ''}")
+        raise UserError(
+            f"split_half needs a (models, seeds) array of finite Dice, got shape "
+            f"{x.shape}{' with NaN' if x.ndim == 2 else ''}"
+        )
     m, s = x.shape
     out: dict = {"n_seeds": s, "n_models": m}
     if s < 2 or m < 3:
-        return out | {k: None for k in CORRELATION_STATS} | {
-            "method": None, "n_splits": 0,
-            "note": f"{s} seed(s) and {m} model(s): needs >= 2 seeds and >= 3 models"}
+        return (
+            out
+            | {k: None for k in CORRELATION_STATS}
+            | {
+                "method": None,
+                "n_splits": 0,
+                "note": f"{s} seed(s) and {m} model(s): needs >= 2 seeds and >= 3 models",
+            }
+        )
     if s >= 4:
         pairs = [(x[:, list(a)].mean(axis=1), x[:, list(b)].mean(axis=1)) for a, b in _halves(s)]
         out["method"] = "split_half"
@@ -200,17 +220,25 @@ def seed_noise(dice: np.ndarray) -> dict:
     gaps = np.diff(finite)
     sd = float(np.mean(sds)) if sds else None
     gap = float(np.median(gaps)) if gaps.size else None
-    return {"mean_seed_sd": sd, "median_gap": gap,
-            "sd_over_gap": (sd / gap if sd is not None and gap else None),
-            "dice_range": ([float(finite[0]), float(finite[-1])] if finite.size else None)}
+    return {
+        "mean_seed_sd": sd,
+        "median_gap": gap,
+        "sd_over_gap": (sd / gap if sd is not None and gap else None),
+        "dice_range": ([float(finite[0]), float(finite[-1])] if finite.size else None),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # bootstrap replicates of the ground truth
 
 
-def replicate_truth(runs: TargetRuns, models: Sequence[str], n_boot: int = 2000,
-                    seed: int = 0, resample_cases: bool = True) -> np.ndarray:
+def replicate_truth(
+    runs: TargetRuns,
+    models: Sequence[str],
+    n_boot: int = 2000,
+    seed: int = 0,
+    resample_cases: bool = True,
+) -> np.ndarray:
     """``(n_boot, models)`` bootstrap replicates of the mean Dice of each model.
 
     Each replicate draws the test cases with replacement (one draw shared by every model and
@@ -229,7 +257,7 @@ def replicate_truth(runs: TargetRuns, models: Sequence[str], n_boot: int = 2000,
         weights = rng.multinomial(n_cases, np.full(n_cases, 1.0 / n_cases), size=n_boot)
     for i, m in enumerate(models):
         if use_cases:
-            per_seed = seed_dice_from_cases(runs.cases[m], weights)        # (B, S)
+            per_seed = seed_dice_from_cases(runs.cases[m], weights)  # (B, S)
         else:
             d = np.array([np.nan if v is None else float(v) for v in runs.dice[m]])
             per_seed = np.broadcast_to(d, (n_boot, d.size))
@@ -251,8 +279,9 @@ def _interval(values: Iterable[float | None], level: float = 0.95) -> list[float
     return [float(lo), float(hi)]
 
 
-def noise_ceiling(means: ArrayLike, sds: ArrayLike, n_seeds: int,
-                  n_boot: int = 2000, seed: int = 0) -> dict:
+def noise_ceiling(
+    means: ArrayLike, sds: ArrayLike, n_seeds: int, n_boot: int = 2000, seed: int = 0
+) -> dict:
     """What a perfect estimator would get against a ground truth of ``n_seeds`` seeds.
 
     Parametric bootstrap: the true mean Dice of model i is taken to be ``means[i]``; a
@@ -264,10 +293,11 @@ def noise_ceiling(means: ArrayLike, sds: ArrayLike, n_seeds: int,
     """
     mu = np.asarray(means, dtype=np.float64)
     sd = np.asarray(sds, dtype=np.float64)
-    if mu.shape != sd.shape or mu.size < 3 or not (np.isfinite(mu).all() and
-                                                    np.isfinite(sd).all()):
-        raise UserError(f"noise_ceiling needs finite means and seed sds of >= 3 models, got "
-                        f"{mu.size} and {sd.size}")
+    if mu.shape != sd.shape or mu.size < 3 or not (np.isfinite(mu).all() and np.isfinite(sd).all()):
+        raise UserError(
+            f"noise_ceiling needs finite means and seed sds of >= 3 models, got "
+            f"{mu.size} and {sd.size}"
+        )
     if n_seeds < 1:
         raise UserError(f"noise_ceiling: n_seeds {n_seeds}; give >= 1")
     rng = np.random.default_rng(seed)
@@ -276,14 +306,21 @@ def noise_ceiling(means: ArrayLike, sds: ArrayLike, n_seeds: int,
     for name, fn in {**CORRELATION_STATS, "regret": regret}.items():
         values = [fn(mu, t) for t in sims]
         finite = [v for v in values if v is not None]
-        out[name] = {"mean": float(np.mean(finite)) if finite else None,
-                     "interval": _interval(finite)}
+        out[name] = {
+            "mean": float(np.mean(finite)) if finite else None,
+            "interval": _interval(finite),
+        }
     return out
 
 
-def best_group(runs: TargetRuns, models: Sequence[str] | None = None, n_boot: int = 2000,
-               seed: int = 0, level: float = 0.95,
-               replicates: np.ndarray | None = None) -> dict:
+def best_group(
+    runs: TargetRuns,
+    models: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    replicates: np.ndarray | None = None,
+) -> dict:
     """The models the noise cannot tell from the best.
 
     The best is the model of highest mean Dice; a model belongs to the best group when the
@@ -330,9 +367,15 @@ def _finite_scores(scores: Mapping[str, float | None], models: Sequence[str]) ->
     return out
 
 
-def estimator_statistics(scores: Mapping[str, float | None], runs: TargetRuns,
-                         replicates: np.ndarray | None = None, group: Sequence[str] | None = None,
-                         n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def estimator_statistics(
+    scores: Mapping[str, float | None],
+    runs: TargetRuns,
+    replicates: np.ndarray | None = None,
+    group: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """One estimator on one target, with intervals.
 
     ``scores``: model -> score (larger = predicted better; None or non-finite: left out).
@@ -350,8 +393,10 @@ def estimator_statistics(scores: Mapping[str, float | None], runs: TargetRuns,
     finite = _finite_scores(scores, models)
     keep = [i for i, m in enumerate(models) if m in finite]
     if len(keep) < 3:
-        return {"n_models": len(keep), "note": f"{len(keep)} model(s) with a finite score: "
-                                               "needs >= 3"}
+        return {
+            "n_models": len(keep),
+            "note": f"{len(keep)} model(s) with a finite score: needs >= 3",
+        }
     names = [models[i] for i in keep]
     x = np.array([finite[m] for m in names])
     truth = _means(_matrix(runs, names))
@@ -371,18 +416,25 @@ def estimator_statistics(scores: Mapping[str, float | None], runs: TargetRuns,
     return out
 
 
-def paired_difference(scores_a: Mapping[str, float | None], scores_b: Mapping[str, float | None],
-                      runs: TargetRuns, statistic: str = "weighted_tau",
-                      replicates: np.ndarray | None = None, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> dict:
+def paired_difference(
+    scores_a: Mapping[str, float | None],
+    scores_b: Mapping[str, float | None],
+    runs: TargetRuns,
+    statistic: str = "weighted_tau",
+    replicates: np.ndarray | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Estimator A minus estimator B on one target: ``statistic`` (a key of
     :data:`CORRELATION_STATS` or ``regret``) of each against the same ground-truth replicates,
     their difference per replicate, its ``level`` interval. Only models both score count.
     Returns ``{"difference", "interval", "n_models"}`` (None where undefined)."""
     fn = {**CORRELATION_STATS, "regret": regret}.get(statistic)
     if fn is None:
-        raise UserError(f"unknown statistic {statistic!r}; known: "
-                        f"{', '.join([*CORRELATION_STATS, 'regret'])}")
+        raise UserError(
+            f"unknown statistic {statistic!r}; known: {', '.join([*CORRELATION_STATS, 'regret'])}"
+        )
     models = runs.usable()
     if replicates is None:
         replicates = replicate_truth(runs, models, n_boot, seed)
@@ -400,12 +452,16 @@ def paired_difference(scores_a: Mapping[str, float | None], scores_b: Mapping[st
         ra, rb = fn(a, r), fn(b, r)
         if ra is not None and rb is not None:
             diffs.append(ra - rb)
-    return {"difference": (va - vb if va is not None and vb is not None else None),
-            "interval": _interval(diffs, level), "n_models": len(keep)}
+    return {
+        "difference": (va - vb if va is not None and vb is not None else None),
+        "interval": _interval(diffs, level),
+        "n_models": len(keep),
+    }
 
 
-def across_targets(differences: Sequence[float | None], n_resamples: int = 9999,
-                   seed: int = 0) -> dict:
+def across_targets(
+    differences: Sequence[float | None], n_resamples: int = 9999, seed: int = 0
+) -> dict:
     """Per-target differences of two estimators (A - B): is A better across targets?
 
     ``sign_test``: two-sided binomial test of the number of positive differences among the
@@ -416,17 +472,24 @@ def across_targets(differences: Sequence[float | None], n_resamples: int = 9999,
     """
     from scipy.stats import binomtest, permutation_test
 
-    d = np.array([x for x in differences if x is not None and math.isfinite(x)],
-                 dtype=np.float64)
-    out: dict = {"n": int(d.size), "mean": float(d.mean()) if d.size else None,
-                 "positive": int((d > 0).sum()), "negative": int((d < 0).sum())}
+    d = np.array([x for x in differences if x is not None and math.isfinite(x)], dtype=np.float64)
+    out: dict = {
+        "n": int(d.size),
+        "mean": float(d.mean()) if d.size else None,
+        "positive": int((d > 0).sum()),
+        "negative": int((d < 0).sum()),
+    }
     nonzero = out["positive"] + out["negative"]
-    out["sign_test_p"] = (float(binomtest(out["positive"], nonzero, 0.5).pvalue)
-                          if nonzero else None)
+    out["sign_test_p"] = float(binomtest(out["positive"], nonzero, 0.5).pvalue) if nonzero else None
     if d.size >= 2 and np.any(d != 0):
-        res = permutation_test((d,), lambda x: np.mean(x), permutation_type="samples",
-                               n_resamples=n_resamples, alternative="two-sided",
-                               random_state=np.random.default_rng(seed))
+        res = permutation_test(
+            (d,),
+            lambda x: np.mean(x),
+            permutation_type="samples",
+            n_resamples=n_resamples,
+            alternative="two-sided",
+            random_state=np.random.default_rng(seed),
+        )
         out["permutation_p"] = float(min(1.0, res.pvalue))
     else:
         out["permutation_p"] = None
@@ -449,8 +512,13 @@ def rate_interval(hits: Sequence[bool], level: float = 0.95) -> dict:
 # one target, all estimators; the headline
 
 
-def target_report(runs: TargetRuns, scores: Mapping[str, Mapping[str, float | None]],
-                  n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def target_report(
+    runs: TargetRuns,
+    scores: Mapping[str, Mapping[str, float | None]],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Everything of one target: ``reliability`` (:func:`split_half`), ``noise``
     (:func:`seed_noise`), ``noise_ceiling`` (None with one seed), ``best_group``, ``truth``
     (mean Dice per model) and ``truth_interval`` (its bootstrap interval), per method of
@@ -461,38 +529,58 @@ def target_report(runs: TargetRuns, scores: Mapping[str, Mapping[str, float | No
     complete = matrix[:, np.isfinite(matrix).all(axis=0)]
     replicates = replicate_truth(runs, models, n_boot, seed)
     group = best_group(runs, models, replicates=replicates, level=level)
-    out: dict[str, Any] = {"n_models": len(models), "n_seeds": int(complete.shape[1]),
-           "n_test_cases": (int(runs.cases[models[0]].shape[1])
-                            if models and all(m in runs.cases for m in models) else None),
-           "reliability": split_half(complete), "noise": seed_noise(matrix),
-           "best_group": group,
-           "truth": {m: float(v) for m, v in zip(models, _means(matrix))},
-           "truth_interval": {m: _interval(replicates[:, i], level)
-                              for i, m in enumerate(models)}}
+    out: dict[str, Any] = {
+        "n_models": len(models),
+        "n_seeds": int(complete.shape[1]),
+        "n_test_cases": (
+            int(runs.cases[models[0]].shape[1])
+            if models and all(m in runs.cases for m in models)
+            else None
+        ),
+        "reliability": split_half(complete),
+        "noise": seed_noise(matrix),
+        "best_group": group,
+        "truth": {m: float(v) for m, v in zip(models, _means(matrix))},
+        "truth_interval": {m: _interval(replicates[:, i], level) for i, m in enumerate(models)},
+    }
     if complete.shape[1] >= 2 and len(models) >= 3:
-        out["noise_ceiling"] = noise_ceiling(_means(complete), complete.std(axis=1, ddof=1),
-                                             complete.shape[1], n_boot, seed)
+        out["noise_ceiling"] = noise_ceiling(
+            _means(complete), complete.std(axis=1, ddof=1), complete.shape[1], n_boot, seed
+        )
     else:
         out["noise_ceiling"] = None
     methods = list(dict.fromkeys(k for s in scores.values() for k in s))
     out["estimators"] = {
-        method: estimator_statistics({m: scores.get(m, {}).get(method) for m in models}, runs,
-                                     replicates, group["group"], level=level)
-        for method in methods}
+        method: estimator_statistics(
+            {m: scores.get(m, {}).get(method) for m in models},
+            runs,
+            replicates,
+            group["group"],
+            level=level,
+        )
+        for method in methods
+    }
     out["replicates"] = replicates  # for paired comparisons; not JSON (dropped by the report)
     return out
 
 
-def headline(reports: Mapping[str, Mapping], threshold: float = RELIABLE_SPEARMAN,
-             stats: Sequence[str] = ("weighted_tau", "spearman", "pearson", "regret")) -> dict:
+def headline(
+    reports: Mapping[str, Mapping],
+    threshold: float = RELIABLE_SPEARMAN,
+    stats: Sequence[str] = ("weighted_tau", "spearman", "pearson", "regret"),
+) -> dict:
     """Average each estimator's statistics over the targets whose split-half Spearman is >=
     ``threshold`` (``reliable``), with its best-group hit rate and top-3 recall (Wilson
     intervals); the other targets are listed in ``too_noisy`` with their reliability figures.
     """
-    reliable = [t for t, r in reports.items()
-                if (r["reliability"].get("spearman") or -2) >= threshold]
-    noisy = {t: {"reliability": r["reliability"], "noise": r["noise"]}
-             for t, r in reports.items() if t not in reliable}
+    reliable = [
+        t for t, r in reports.items() if (r["reliability"].get("spearman") or -2) >= threshold
+    ]
+    noisy = {
+        t: {"reliability": r["reliability"], "noise": r["noise"]}
+        for t, r in reports.items()
+        if t not in reliable
+    }
     methods = list(dict.fromkeys(m for t in reliable for m in reports[t]["estimators"]))
     table = {}
     for method in methods:
@@ -505,5 +593,4 @@ def headline(reports: Mapping[str, Mapping], threshold: float = RELIABLE_SPEARMA
         entry["best_group_hit"] = rate_interval([r["best_group_hit"] for r in rows])
         entry["top3_recall"] = rate_interval([r["top3_recall"] for r in rows])
         table[method] = entry
-    return {"threshold": threshold, "reliable": reliable, "too_noisy": noisy,
-            "estimators": table}
+    return {"threshold": threshold, "reliable": reliable, "too_noisy": noisy, "estimators": table}

@@ -14,5 +14,4 @@ know where the passes ran.
 from ccfv.backends.base import FeatureBackend, FeaturePasses, check_retries, check_torch_device
 from ccfv.backends.local import LocalBackend
 
-__all__ = ["FeatureBackend", "FeaturePasses", "LocalBackend", "check_retries",
-           "check_torch_device"]
+__all__ = ["FeatureBackend", "FeaturePasses", "LocalBackend", "check_retries", "check_torch_device"]

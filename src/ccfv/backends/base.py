@@ -52,19 +52,23 @@ def check_torch_device(device: str) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise UserError(f"--device {device!r} is not a torch device: give cpu, cuda or cuda:N "
-                        "(the N-th GPU)") from None
+        raise UserError(
+            f"--device {device!r} is not a torch device: give cpu, cuda or cuda:N (the N-th GPU)"
+        ) from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            build = (f"CUDA {torch.version.cuda} build" if torch.version.cuda
-                     else "a CPU-only build")
-            raise UserError(f"--device {device}: torch here ({torch.__version__}, {build}) sees "
-                            "no CUDA GPU: use --device cpu, or run where a GPU and a CUDA "
-                            "build of torch are installed")
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            raise UserError(
+                f"--device {device}: torch here ({torch.__version__}, {build}) sees "
+                "no CUDA GPU: use --device cpu, or run where a GPU and a CUDA "
+                "build of torch are installed"
+            )
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
-            raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s), "
-                            f"cuda:0 to cuda:{count - 1}")
+            raise UserError(
+                f"--device {device}: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
             raise UserError(f"--device {device}: MPS is not available here: use --device cpu")

@@ -45,9 +45,17 @@ class LocalPasses:
         target, files = self.target, self.target.case_files
         for entry in target.entries:
             try:
-                yield extract_model(entry, target.loaded, target.plan_for, target.cache,
-                                    target.data_fp, self.device, target.autocast,
-                                    target.progress, files)
+                yield extract_model(
+                    entry,
+                    target.loaded,
+                    target.plan_for,
+                    target.cache,
+                    target.data_fp,
+                    self.device,
+                    target.autocast,
+                    target.progress,
+                    files,
+                )
             except Exception as error:  # noqa: BLE001 - one model's failure is that model's
                 yield ModelFeatures(entry.name, error=error)
 

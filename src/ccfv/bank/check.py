@@ -58,8 +58,9 @@ def check_bank(path: str | Path) -> list[CheckRow]:
     path, data = read_bank_file(path)
     models = data.get("models") if isinstance(data, Mapping) else None
     if not isinstance(models, list) or not models:
-        raise UserError(f"{path}: a bank must be a mapping with 'models', a non-empty list of "
-                        "model entries")
+        raise UserError(
+            f"{path}: a bank must be a mapping with 'models', a non-empty list of model entries"
+        )
     base = path.resolve().parent
     rows: list[CheckRow] = []
     seen: set[str] = set()
@@ -72,8 +73,15 @@ def check_bank(path: str | Path) -> list[CheckRow]:
             rows.append(CheckRow(name=name, source_format=raw_kind(raw), error=str(error)))
             continue
         if entry.name in seen:
-            rows.append(CheckRow(name=name, source_format=entry.kind, error=(
-                f"model name '{entry.name}' is used twice; every model needs its own name")))
+            rows.append(
+                CheckRow(
+                    name=name,
+                    source_format=entry.kind,
+                    error=(
+                        f"model name '{entry.name}' is used twice; every model needs its own name"
+                    ),
+                )
+            )
             continue
         seen.add(entry.name)
         rows.extend(check_entries([entry]))
@@ -100,36 +108,45 @@ def check_entries(entries: Sequence[BankEntry]) -> list[CheckRow]:
             row.error = str(error)
             continue
         except Exception as exc:
-            row.error = (f"cannot be loaded ({type(exc).__name__}: "
-                         f"{first_line(exc, printable=True)})")
+            row.error = (
+                f"cannot be loaded ({type(exc).__name__}: {first_line(exc, printable=True)})"
+            )
             continue
         pre = entry.preprocessing
         if pre.roi is None:
             row.layers = [(s.key, None) for s in layers]
-            row.error = (f"model '{entry.name}': the window size is unknown (no "
-                         "preprocessing.roi" + kind_of(entry).window_note(entry)
-                         + "); add preprocessing: {roi: [96, 96, 96]} (the patch size it was "
-                         "trained with) to its entry")
+            row.error = (
+                f"model '{entry.name}': the window size is unknown (no "
+                "preprocessing.roi"
+                + kind_of(entry).window_note(entry)
+                + "); add preprocessing: {roi: [96, 96, 96]} (the patch size it was "
+                "trained with) to its entry"
+            )
             continue
         shape = (1, pre.in_channels or 1, *pre.roi)
         try:
             with hooked(model, layers) as feats, torch.no_grad():
                 model(torch.zeros(shape))
-                row.layers = [(s.key, tuple(feats[s.key].shape) if s.key in feats else None)
-                              for s in layers]
+                row.layers = [
+                    (s.key, tuple(feats[s.key].shape) if s.key in feats else None) for s in layers
+                ]
         except UserError as error:
             row.error = str(error)
             continue
         except Exception as exc:
-            row.error = (f"a zero window of shape {shape} does not run through it "
-                         f"({type(exc).__name__}: {first_line(exc, printable=True)}); "
-                         "check roi and "
-                         "in_channels in its preprocessing")
+            row.error = (
+                f"a zero window of shape {shape} does not run through it "
+                f"({type(exc).__name__}: {first_line(exc, printable=True)}); "
+                "check roi and "
+                "in_channels in its preprocessing"
+            )
             continue
         missing = [k for k, s in row.layers if s is None]
         if missing:
-            row.error = (f"layer(s) {', '.join(missing)} gave no tensor in a forward; choose "
-                         "other layers (ccfv layers lists them)")
+            row.error = (
+                f"layer(s) {', '.join(missing)} gave no tensor in a forward; choose "
+                "other layers (ccfv layers lists them)"
+            )
     return rows
 
 
@@ -140,12 +157,12 @@ def preprocessing_summary(entry: BankEntry) -> str:
 
 def format_check_table(rows: Sequence[CheckRow]) -> str:
     """A Markdown table of the check rows."""
-    header = ["name", "format", "parameters", "layers (output shape)", "preprocessing",
-              "status"]
+    header = ["name", "format", "parameters", "layers (output shape)", "preprocessing", "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        layers = "; ".join(
-            f"{k} {'x'.join(map(str, s)) if s else '?'}" for k, s in row.layers) or "-"
+        layers = (
+            "; ".join(f"{k} {'x'.join(map(str, s)) if s else '?'}" for k, s in row.layers) or "-"
+        )
         params = f"{row.n_params:,}" if row.n_params is not None else "-"
         status = "ok" if row.ok else "error: " + str(row.error).replace("\n", " ")
         cells = [row.name, row.source_format, params, layers, row.preprocessing or "-", status]

@@ -197,7 +197,7 @@ def strip_prefixes(state: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str,
         changed = False
         for prefix in STRIPPED_PREFIXES:
             if all(k.startswith(prefix) for k in out):
-                out = {k[len(prefix):]: v for k, v in out.items()}
+                out = {k[len(prefix) :]: v for k, v in out.items()}
                 removed.append(prefix)
                 changed = True
     return out, tuple(removed)
@@ -304,8 +304,13 @@ def _numpy_globals() -> list:
     dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUV"}
     dtypes.add(type(np.dtype("M8[s]")))
     dtypes.add(type(np.dtype("m8[s]")))
-    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *sorted(
-        (d for d in dtypes if d is not np.dtype), key=lambda d: d.__name__)]
+    return [
+        multiarray._reconstruct,
+        multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        *sorted((d for d in dtypes if d is not np.dtype), key=lambda d: d.__name__),
+    ]
 
 
 def load_torch_file(path: str | Path, what: str) -> Any:
@@ -331,8 +336,7 @@ def load_torch_file(path: str | Path, what: str) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what}: {path} is not a file; point it at a file written by "
-                        "torch.save")
+        raise UserError(f"{what}: {path} is not a file; point it at a file written by torch.save")
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -341,16 +345,17 @@ def load_torch_file(path: str | Path, what: str) -> Any:
         if not unsafe:  # torch's own text would advise weights_only=False: never
             raise UserError(
                 f"{what} is not a readable torch checkpoint ({_unpickler_reason(exc)}); "
-                "point it at a complete file written by torch.save") from None
+                "point it at a complete file written by torch.save"
+            ) from None
         modules = [name for name in unsafe if ".nn." in name or ".networks." in name]
-        kind = ("a whole pickled nn.Module" if modules
-                else "pickled Python objects besides tensors")
+        kind = "a whole pickled nn.Module" if modules else "pickled Python objects besides tensors"
         raise UserError(
             f"{what} holds {kind} ({_short(unsafe)}); ccfv reads checkpoints with "
             "torch.load(weights_only=True) only and never unpickles objects, since unpickling "
             "runs code from the file. Save the weights instead: "
             "torch.save(model.state_dict(), path) (with 'network'/'args' in the bank), or the "
-            "model as TorchScript: torch.jit.save(torch.jit.script(model), path)") from None
+            "model as TorchScript: torch.jit.save(torch.jit.script(model), path)"
+        ) from None
     except Exception as exc:  # not a zip/pickle file at all, truncated file, ...
         raise UserError(
             f"{what} is not a readable torch checkpoint ({type(exc).__name__}: "

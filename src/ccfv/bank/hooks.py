@@ -77,8 +77,6 @@ class LayerInfo(NamedTuple):
     output_shape: tuple[int, ...] | None
 
 
-
-
 class OutputsModel(torch.nn.Module):
     """Base of a Python shell around a module whose layers torch cannot hook.
 
@@ -253,12 +251,14 @@ def auto_layers(model: torch.nn.Module, *, entry: str = "?") -> list[LayerSpec]:
         if isinstance(model, OutputsModel):
             label = model.wrapped_label
             what = f"{label} {_type_name(model.wrapped())}"
-            note = (f"; a {label} model can only expose what its forward returns, as "
-                    f"'{TAP_PREFIX}<index or key>'")
+            note = (
+                f"; a {label} model can only expose what its forward returns, as "
+                f"'{TAP_PREFIX}<index or key>'"
+            )
         raise UserError(
             f"model '{entry}': 'layers: auto' knows {', '.join(AUTO_ARCHITECTURES)} (MONAI), not "
             f"{what}; run `ccfv layers` to list its layers and name 2-3 decoder layers in the "
-            "bank's 'layers' (e.g. [\"dec3\", \"dec2\", \"head:input\"])" + note
+            'bank\'s \'layers\' (e.g. ["dec3", "dec2", "head:input"])' + note
         )
     mods = dict(model.named_modules())
     specs = rule(mods)
@@ -272,8 +272,9 @@ def auto_layers(model: torch.nn.Module, *, entry: str = "?") -> list[LayerSpec]:
     return specs
 
 
-def check_layers(model: torch.nn.Module, layers: Sequence[LayerSpec], entry: str,
-                 source: str) -> None:
+def check_layers(
+    model: torch.nn.Module, layers: Sequence[LayerSpec], entry: str, source: str
+) -> None:
     """A UserError when a named layer is not a module of ``model`` (close names are listed)
     or cannot be hooked (inside a TorchScript module); ``entry``/``source`` for messages."""
     mods = dict(model.named_modules())

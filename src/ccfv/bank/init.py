@@ -100,8 +100,9 @@ def scan_folders(
 def _scan_dir(root: Path, base: Path, found: list, skipped: list) -> None:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and d not in _IGNORED_DIRS)
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS
+        )
         items = scan_folder(here, base)
         if items is not None:  # a model folder of some kind: not descended into
             _sort(items, found, skipped)
@@ -150,23 +151,29 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def write_bank(
-    out: str | Path, loaded: Sequence[Candidate], skipped: Sequence[Skipped],
-    folders: Sequence[str | Path], *, force: bool = False,
+    out: str | Path,
+    loaded: Sequence[Candidate],
+    skipped: Sequence[Skipped],
+    folders: Sequence[str | Path],
+    *,
+    force: bool = False,
 ) -> Path:
     """Write the commented bank YAML file (``force`` overwrites an existing one)."""
     out = Path(out).expanduser()
     if out.exists() and not force:
         raise UserError(f"{out} exists; give another --out or --force to overwrite it")
     if not loaded:
-        raise UserError("found no model that loads in " + ", ".join(map(str, folders))
-                        + "; nothing written (see the skipped list)")
+        raise UserError(
+            "found no model that loads in "
+            + ", ".join(map(str, folders))
+            + "; nothing written (see the skipped list)"
+        )
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# ccfv model bank written by `ccfv bank init` on {now}",
         "# scanned: " + ", ".join(str(Path(f).expanduser().resolve()) for f in folders),
         f"# {len(loaded)} model(s) loaded, {len(skipped)} skipped (listed at the end).",
-        "# Relative paths are read from this file's folder. Check it: ccfv bank check "
-        f"{out.name}",
+        f"# Relative paths are read from this file's folder. Check it: ccfv bank check {out.name}",
         "models:",
     ]
     for cand in loaded:
@@ -185,8 +192,10 @@ def write_bank(
         lines.append("")
         lines.append("# skipped:")
         for item in skipped:
-            lines.append(f"#   {printable_text(str(item.path))}: "
-                         + printable_text(item.reason.replace("\n", " ")))
+            lines.append(
+                f"#   {printable_text(str(item.path))}: "
+                + printable_text(item.reason.replace("\n", " "))
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out

@@ -21,8 +21,15 @@ from ccfv.bank.transforms import (
     orthonormal_affine,
 )
 
-__all__ = ["ORTHONORMAL_TOL", "RAS_LABELS", "as_meta_tensor", "describe_preprocessing",
-           "entry_preprocess", "make_preprocess", "orthonormal_affine"]
+__all__ = [
+    "ORTHONORMAL_TOL",
+    "RAS_LABELS",
+    "as_meta_tensor",
+    "describe_preprocessing",
+    "entry_preprocess",
+    "make_preprocess",
+    "orthonormal_affine",
+]
 
 
 def entry_preprocess(entry: BankEntry, ndim: int) -> PreprocessFn:

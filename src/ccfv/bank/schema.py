@@ -107,9 +107,7 @@ def read_bank_file(path: str | Path) -> tuple[Path, Any]:
         raise UserError(f"bank file {path} is not valid YAML: {exc}") from None
 
 
-def parse_bank(
-    data: Any, base_dir: str | Path, *, source: str = "<bank dict>"
-) -> list[BankEntry]:
+def parse_bank(data: Any, base_dir: str | Path, *, source: str = "<bank dict>") -> list[BankEntry]:
     """Validate a bank already parsed into Python objects.
 
     Parameters
@@ -173,6 +171,11 @@ def _parse_entry(raw: Any, index: int, base: Path, source: str) -> BankEntry:
             "unique name"
         )
     name = name.strip()
-    ctx = ParseContext(name=name, base=base, source=source, where=f"{source}: model '{name}'",
-                       entry_keys=entry_keys())
+    ctx = ParseContext(
+        name=name,
+        base=base,
+        source=source,
+        where=f"{source}: model '{name}'",
+        entry_keys=entry_keys(),
+    )
     return parse_entry(raw, ctx)

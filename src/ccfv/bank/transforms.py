@@ -47,9 +47,17 @@ from monai.transforms import (
 from ccfv.bank.entry import Intensity, Preprocessing
 from ccfv.errors import UserError
 
-__all__ = ["ORTHONORMAL_TOL", "RAS_LABELS", "PreprocessFn", "as_meta_tensor",
-           "describe_keys", "make_preprocess", "orthonormal_affine", "summarize_keys",
-           "window_summary"]
+__all__ = [
+    "ORTHONORMAL_TOL",
+    "RAS_LABELS",
+    "PreprocessFn",
+    "as_meta_tensor",
+    "describe_keys",
+    "make_preprocess",
+    "orthonormal_affine",
+    "summarize_keys",
+    "window_summary",
+]
 
 #: Orientation labels: (start, end) of each world axis, RAS+ as in nibabel.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -180,8 +188,8 @@ def _intensity_transforms(it: Intensity) -> list[Callable]:
         lo, hi = it.clip  # type: ignore[misc]
         clip = _Clip(lo, hi)
         if it.mean is not None:
-            return [clip, NormalizeIntensity(subtrahend=it.mean,  # type: ignore[arg-type]
-                                             divisor=it.std)]  # type: ignore[arg-type]
+            norm = NormalizeIntensity(subtrahend=it.mean, divisor=it.std)  # type: ignore[arg-type]
+            return [clip, norm]
         return [clip, NormalizeIntensity(channel_wise=True)]
     if it.kind == "zscore":
         return [NormalizeIntensity(nonzero=it.nonzero, channel_wise=True)]
@@ -201,7 +209,9 @@ def _intensity_transforms(it: Intensity) -> list[Callable]:
             ScaleIntensityRange(
                 a_min=it.a_min,  # type: ignore[arg-type]
                 a_max=it.a_max,  # type: ignore[arg-type]
-                b_min=it.b_min, b_max=it.b_max, clip=bool(it.clip),
+                b_min=it.b_min,
+                b_max=it.b_max,
+                clip=bool(it.clip),
             )
         ]
     raise AssertionError(f"unknown intensity kind {it.kind}")

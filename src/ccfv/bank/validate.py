@@ -162,11 +162,7 @@ def parse_preprocessing(value: Any, args: Mapping[str, Any], where: str) -> Prep
         roi = tuple(ints(roi, f"{where}.roi", lengths=(2, 3)))
 
     overlap = value.get("overlap", 0.25)
-    if (
-        isinstance(overlap, bool)
-        or not isinstance(overlap, (int, float))
-        or not 0 <= overlap < 1
-    ):
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
         raise UserError(f"{where}.overlap must be a number in [0, 1), got {overlap!r}")
 
     sw = value.get("sw_batch_size", 2)
@@ -211,9 +207,7 @@ def parse_intensity(value: Any, where: str) -> Intensity:
     if kind not in INTENSITY_KEYS:
         close = difflib.get_close_matches(str(kind), list(INTENSITY_KEYS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(
-            f"{where}.kind is {kind!r}{hint} Choose one of {', '.join(INTENSITY_KEYS)}"
-        )
+        raise UserError(f"{where}.kind is {kind!r}{hint} Choose one of {', '.join(INTENSITY_KEYS)}")
     check_keys(value, ("kind", *INTENSITY_KEYS[kind]), f"{where} (kind {kind})")
     w = f"{where} (kind {kind})"
     if kind == "none":
@@ -352,9 +346,11 @@ def orientation_codes(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise UserError(f"{where} must be axis codes such as 'RAS', got {value!r}")
     codes = value.strip().upper()
-    ok = len(codes) in (2, 3) and all(
-        sum(c in letters for c in codes) <= 1 for letters in _AXIS_LETTERS
-    ) and all(any(c in letters for letters in _AXIS_LETTERS) for c in codes)
+    ok = (
+        len(codes) in (2, 3)
+        and all(sum(c in letters for c in codes) <= 1 for letters in _AXIS_LETTERS)
+        and all(any(c in letters for letters in _AXIS_LETTERS) for c in codes)
+    )
     if not ok:
         raise UserError(
             f"{where} {value!r} is not a valid orientation: use one letter of L/R, A/P, S/I per "

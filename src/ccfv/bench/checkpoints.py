@@ -15,6 +15,7 @@ from ccfv.files import atomic_write
 
 __all__ = ["load_checkpoint", "load_pretrained", "save_checkpoint"]
 
+
 def load_pretrained(
     model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], head: str
 ) -> dict[str, Any]:
@@ -119,8 +120,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: Mapping[str,
     plain_meta = _plain(dict(meta))
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda handle: torch.save({"state_dict": state,
-                                                         "meta": plain_meta}, handle))
+    return atomic_write(
+        path, lambda handle: torch.save({"state_dict": state, "meta": plain_meta}, handle)
+    )
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -74,23 +74,58 @@ DEFAULTS: dict = {
     # per-target fine-tuning budget {task: steps}, overriding finetune.steps for those targets
     "finetune_steps": {},
     "architectures": ["unet", "unetr"],
-    "pretrain": {"steps": 600, "batch_size": 8, "lr": 1e-3, "seed": 0, "schedule": "constant",
-                 "val_fraction": 0.0, "eval_every": 0},
-    "finetune": {"steps": 150, "batch_size": 8, "lr": 1e-3, "seeds": [0, 1],
-                 "schedule": "constant", "val_fraction": 0.0, "eval_every": 0},
-    "convergence": {"budgets": [250, 500, 1000, 2000], "eval_every": 50, "seed": 0,
-                    "architectures": None},
+    "pretrain": {
+        "steps": 600,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "seed": 0,
+        "schedule": "constant",
+        "val_fraction": 0.0,
+        "eval_every": 0,
+    },
+    "finetune": {
+        "steps": 150,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "seeds": [0, 1],
+        "schedule": "constant",
+        "val_fraction": 0.0,
+        "eval_every": 0,
+    },
+    "convergence": {
+        "budgets": [250, 500, 1000, 2000],
+        "eval_every": 50,
+        "seed": 0,
+        "architectures": None,
+    },
     "scoring": {
-        "cases": 12, "seed": 0, "counts": [100, 200, 400],
-        "methods": ["ccfv", "ccfv-official", "logme", "transrate", "leep", "gbc", "hscore",
-                    "reg-hscore", "nleep", "nce", "parc", "sfda"],
+        "cases": 12,
+        "seed": 0,
+        "counts": [100, 200, 400],
+        "methods": [
+            "ccfv",
+            "ccfv-official",
+            "logme",
+            "transrate",
+            "leep",
+            "gbc",
+            "hscore",
+            "reg-hscore",
+            "nleep",
+            "nce",
+            "parc",
+            "sfda",
+        ],
         "proportional": ["ccfv", "ccfv-official"],
     },
     # bootstrap replicates of the ground truth behind every interval of the reliability section
     "statistics": {"bootstrap": 1000},
     "quick": {
-        "size": 32, "max_cases": 10, "test_fraction": 0.4,
-        "pretrain": {"steps": 12}, "finetune": {"steps": 6},
+        "size": 32,
+        "max_cases": 10,
+        "test_fraction": 0.4,
+        "pretrain": {"steps": 12},
+        "finetune": {"steps": 6},
         "scoring": {"cases": 4, "counts": [10, 20, 40]},
         "statistics": {"bootstrap": 100},
     },
@@ -102,8 +137,10 @@ FREE_FORM = ("quick", "groups", "source_cases", "train_cases", "finetune_steps")
 
 #: Keys added by protocol v2 with the value that reproduces v1: left out of the cache digests
 #: while they keep it, so that v1 caches keep their names.
-V2_DEFAULTS = {"pretrain": {"schedule": "constant", "val_fraction": 0.0, "eval_every": 0},
-               "finetune": {"schedule": "constant", "val_fraction": 0.0, "eval_every": 0}}
+V2_DEFAULTS = {
+    "pretrain": {"schedule": "constant", "val_fraction": 0.0, "eval_every": 0},
+    "finetune": {"schedule": "constant", "val_fraction": 0.0, "eval_every": 0},
+}
 
 
 def digest_view(key: str, value):
@@ -118,8 +155,7 @@ def _merge(base: dict, override: dict, where: str) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key not in base:
-            raise UserError(f"{where}: unknown key {key!r}; known keys: "
-                            f"{', '.join(base)}")
+            raise UserError(f"{where}: unknown key {key!r}; known keys: {', '.join(base)}")
         if isinstance(base[key], dict) and key not in FREE_FORM:
             if not isinstance(value, dict):
                 raise UserError(f"{where}: {key!r} must be a mapping, got {value!r}")
@@ -135,7 +171,7 @@ class TaskSpec:
 
     name: str
     path: Path
-    parent: str | None = None                   # derived: the task whose cases it reads
+    parent: str | None = None  # derived: the task whose cases it reads
     labels: dict[str, list[int]] | None = None  # derived: class name -> the folder's label ids
 
 
@@ -164,9 +200,15 @@ class BenchConfig:
             if isinstance(entry, dict):
                 parent = str(entry["from"])
                 path = plain[parent] if parent in plain else folder(parent)
-                out[str(entry["name"])] = TaskSpec(str(entry["name"]), path, path.name, {
-                    str(k): [int(i) for i in (v if isinstance(v, list) else [v])]
-                    for k, v in entry["labels"].items()})
+                out[str(entry["name"])] = TaskSpec(
+                    str(entry["name"]),
+                    path,
+                    path.name,
+                    {
+                        str(k): [int(i) for i in (v if isinstance(v, list) else [v])]
+                        for k, v in entry["labels"].items()
+                    },
+                )
             else:
                 path = folder(entry)
                 out[path.name] = TaskSpec(path.name, path)
@@ -191,8 +233,10 @@ class BenchConfig:
             return [n for n in names if specs[n].parent is None]
         derived = [t for t in targets if t in specs and specs[t].parent is not None]
         if derived:
-            raise UserError(f"{self.source}: targets {derived} are derived source tasks; a "
-                            "target is a task folder of its own")
+            raise UserError(
+                f"{self.source}: targets {derived} are derived source tasks; a "
+                "target is a task folder of its own"
+            )
         unknown = [t for t in targets if t not in names]
         if unknown:
             raise UserError(f"{self.source}: targets {unknown} are not among the tasks {names}")
@@ -226,42 +270,56 @@ def _check_tasks(config: dict, path: Path) -> None:
     """``size`` and the ``tasks`` entries: folder names, or {name, from, labels} mappings."""
     size = config["size"]
     ok = (isinstance(size, int) and not isinstance(size, bool) and size > 0) or (
-        isinstance(size, list) and len(size) in (2, 3)
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size))
+        isinstance(size, list)
+        and len(size) in (2, 3)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    )
     if not ok:
-        raise UserError(f"{path}: size {size!r}: give one int (square 2D images), [x, y] or "
-                        "[x, y, z]")
+        raise UserError(
+            f"{path}: size {size!r}: give one int (square 2D images), [x, y] or [x, y, z]"
+        )
     names = []
     for entry in config["tasks"]:
         if isinstance(entry, dict):
             keys = set(entry)
-            if keys != {"name", "from", "labels"} or not isinstance(entry["labels"], dict) \
-                    or not entry["labels"]:
-                raise UserError(f"{path}: task entry {entry!r}: a derived task is "
-                                "{name: ..., from: <task folder>, labels: {class: [ids]}}")
+            if (
+                keys != {"name", "from", "labels"}
+                or not isinstance(entry["labels"], dict)
+                or not entry["labels"]
+            ):
+                raise UserError(
+                    f"{path}: task entry {entry!r}: a derived task is "
+                    "{name: ..., from: <task folder>, labels: {class: [ids]}}"
+                )
             for cls, ids in entry["labels"].items():
                 ids = ids if isinstance(ids, list) else [ids]
                 if not ids or not all(isinstance(i, int) and i > 0 for i in ids):
-                    raise UserError(f"{path}: task {entry['name']!r}: labels.{cls}: {ids!r}; "
-                                    "give the folder's label ids (integers >= 1)")
+                    raise UserError(
+                        f"{path}: task {entry['name']!r}: labels.{cls}: {ids!r}; "
+                        "give the folder's label ids (integers >= 1)"
+                    )
             names.append(str(entry["name"]))
         elif isinstance(entry, str):
             names.append(Path(entry).name)
         else:
-            raise UserError(f"{path}: task entry {entry!r}: give a folder name or a derived "
-                            "task mapping")
+            raise UserError(
+                f"{path}: task entry {entry!r}: give a folder name or a derived task mapping"
+            )
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise UserError(f"{path}: task names {repeated} appear more than once; each task needs "
-                        "its own name")
+        raise UserError(
+            f"{path}: task names {repeated} appear more than once; each task needs its own name"
+        )
 
 
 def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
     """Read a benchmark config, fill the defaults, apply the ``quick`` overrides if asked."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"benchmark config {path} does not exist: pass a YAML file such as "
-                        "benchmarks/transfer2d.yaml")
+        raise UserError(
+            f"benchmark config {path} does not exist: pass a YAML file such as "
+            "benchmarks/transfer2d.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -274,8 +332,10 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
         config["name"] = f"{config['name']}-quick"
     boot = config["statistics"]["bootstrap"]
     if isinstance(boot, bool) or not isinstance(boot, Integral) or boot < 10:
-        raise UserError(f"{path}: statistics.bootstrap: {boot!r} must be an integer >= 10 (the "
-                        "bootstrap replicates behind every interval; 1000 for a full run)")
+        raise UserError(
+            f"{path}: statistics.bootstrap: {boot!r} must be an integer >= 10 (the "
+            "bootstrap replicates behind every interval; 1000 for a full run)"
+        )
     root = Path(config["data_root"])
     config["data_root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
     if len(config["tasks"]) < 2:
@@ -284,79 +344,108 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
     resolved = BenchConfig(raw=config, source=str(path))
     for name, task_dir in resolved.task_paths.items():
         if not (task_dir / "dataset.json").is_file():
-            raise UserError(f"{path}: task {name!r}: {task_dir / 'dataset.json'} not found; tasks "
-                            "are Decathlon folders (dataset.json, imagesTr, labelsTr) under "
-                            f"data_root ({root})")
+            raise UserError(
+                f"{path}: task {name!r}: {task_dir / 'dataset.json'} not found; tasks "
+                "are Decathlon folders (dataset.json, imagesTr, labelsTr) under "
+                f"data_root ({root})"
+            )
     from ccfv.bench.networks import ARCHITECTURES
     from ccfv.estimators.registry import get_estimator
 
     for arch in config["architectures"]:
         if arch not in ARCHITECTURES:
-            raise UserError(f"{path}: unknown architecture {arch!r}; known: "
-                            f"{', '.join(ARCHITECTURES)}")
+            raise UserError(
+                f"{path}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+            )
     for method in config["scoring"]["methods"] + config["scoring"]["proportional"]:
         get_estimator(method)
     import re
 
     for task, pattern in config["groups"].items():
         if task not in resolved.task_paths:
-            raise UserError(f"{path}: groups names task {task!r}, which is not among the "
-                            f"tasks {list(resolved.task_paths)}")
+            raise UserError(
+                f"{path}: groups names task {task!r}, which is not among the "
+                f"tasks {list(resolved.task_paths)}"
+            )
         try:
             if re.compile(pattern).groups < 1:
                 raise re.error("no capturing group")
         except (re.error, TypeError) as error:
-            raise UserError(f"{path}: groups.{task}: {pattern!r} is not a regular expression "
-                            f"with a capturing group for the patient id ({error})") from None
+            raise UserError(
+                f"{path}: groups.{task}: {pattern!r} is not a regular expression "
+                f"with a capturing group for the patient id ({error})"
+            ) from None
     for task, count in config["source_cases"].items():
         if task not in resolved.task_specs:
-            raise UserError(f"{path}: source_cases names task {task!r}, which is not among the "
-                            f"tasks {list(resolved.task_specs)}")
+            raise UserError(
+                f"{path}: source_cases names task {task!r}, which is not among the "
+                f"tasks {list(resolved.task_specs)}"
+            )
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise UserError(f"{path}: source_cases.{task}: {count!r}; give a number of cases "
-                            ">= 1")
+            raise UserError(f"{path}: source_cases.{task}: {count!r}; give a number of cases >= 1")
     for spec in resolved.task_specs.values():
         if spec.parent is not None and not config["source_cases"].get(spec.parent):
-            raise UserError(f"{path}: task {spec.name!r} is derived from {spec.parent!r}, which "
-                            f"sets no cases aside: add source_cases: {{{spec.parent}: N}}")
+            raise UserError(
+                f"{path}: task {spec.name!r} is derived from {spec.parent!r}, which "
+                f"sets no cases aside: add source_cases: {{{spec.parent}: N}}"
+            )
     value = config["train_cases"]
-    for task, count in (value.items() if isinstance(value, dict) else
-                        ([] if value is None else [("every task", value)])):
+    for task, count in (
+        value.items()
+        if isinstance(value, dict)
+        else ([] if value is None else [("every task", value)])
+    ):
         if task != "every task" and task not in resolved.task_specs:
-            raise UserError(f"{path}: train_cases names task {task!r}, which is not among the "
-                            f"tasks {list(resolved.task_specs)}")
+            raise UserError(
+                f"{path}: train_cases names task {task!r}, which is not among the "
+                f"tasks {list(resolved.task_specs)}"
+            )
         if isinstance(count, bool) or not isinstance(count, int) or count < 2:
-            raise UserError(f"{path}: train_cases ({task}): {count!r}; give a number of "
-                            "target-train cases (groups) >= 2")
+            raise UserError(
+                f"{path}: train_cases ({task}): {count!r}; give a number of "
+                "target-train cases (groups) >= 2"
+            )
     if not isinstance(config["finetune_steps"], dict):
-        raise UserError(f"{path}: finetune_steps {config['finetune_steps']!r}: give a mapping "
-                        "{task: steps}, e.g. finetune_steps: {acdc_cine_mri2d: 2000}")
+        raise UserError(
+            f"{path}: finetune_steps {config['finetune_steps']!r}: give a mapping "
+            "{task: steps}, e.g. finetune_steps: {acdc_cine_mri2d: 2000}"
+        )
     for task, steps in config["finetune_steps"].items():
         if task not in resolved.task_specs:
-            raise UserError(f"{path}: finetune_steps names task {task!r}, which is not among "
-                            f"the tasks {list(resolved.task_specs)}")
+            raise UserError(
+                f"{path}: finetune_steps names task {task!r}, which is not among "
+                f"the tasks {list(resolved.task_specs)}"
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise UserError(f"{path}: finetune_steps ({task}): {steps!r}; give a number of "
-                            "fine-tuning steps >= 1")
+            raise UserError(
+                f"{path}: finetune_steps ({task}): {steps!r}; give a number of "
+                "fine-tuning steps >= 1"
+            )
     for stage in ("pretrain", "finetune"):
         cfg = config[stage]
         if cfg["schedule"] not in ("constant", "poly"):
-            raise UserError(f"{path}: {stage}.schedule {cfg['schedule']!r}: give constant or "
-                            "poly")
+            raise UserError(f"{path}: {stage}.schedule {cfg['schedule']!r}: give constant or poly")
         if not (isinstance(cfg["val_fraction"], (int, float)) and 0 <= cfg["val_fraction"] < 1):
-            raise UserError(f"{path}: {stage}.val_fraction {cfg['val_fraction']!r}: give a "
-                            "fraction in [0, 1)")
-        if isinstance(cfg["eval_every"], bool) or not isinstance(cfg["eval_every"], int) \
-                or cfg["eval_every"] < 0:
-            raise UserError(f"{path}: {stage}.eval_every {cfg['eval_every']!r}: give a number "
-                            "of steps >= 0")
+            raise UserError(
+                f"{path}: {stage}.val_fraction {cfg['val_fraction']!r}: give a fraction in [0, 1)"
+            )
+        if (
+            isinstance(cfg["eval_every"], bool)
+            or not isinstance(cfg["eval_every"], int)
+            or cfg["eval_every"] < 0
+        ):
+            raise UserError(
+                f"{path}: {stage}.eval_every {cfg['eval_every']!r}: give a number of steps >= 0"
+            )
     budgets = config["convergence"]["budgets"]
     if not budgets or not all(isinstance(b, int) and b >= 1 for b in budgets):
         raise UserError(f"{path}: convergence.budgets {budgets!r}: give step counts >= 1")
     for arch in config["convergence"]["architectures"] or []:
         if arch not in config["architectures"]:
-            raise UserError(f"{path}: convergence.architectures: {arch!r} is not among the "
-                            f"benchmark's architectures {config['architectures']}")
+            raise UserError(
+                f"{path}: convergence.architectures: {arch!r} is not among the "
+                f"benchmark's architectures {config['architectures']}"
+            )
     if len(config["finetune"]["seeds"]) < 1:
         raise UserError(f"{path}: finetune.seeds is empty: give at least one seed")
     resolved.targets  # noqa: B018 -- validates the target names

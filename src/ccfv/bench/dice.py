@@ -10,6 +10,7 @@ from ccfv.bench.training import _check_data, _device_of, _to_input
 
 __all__ = ["dice_per_case", "dice_per_class", "mean_dice"]
 
+
 def dice_per_class(
     model: torch.nn.Module,
     images: np.ndarray,
@@ -55,8 +56,8 @@ def dice_per_class(
     try:
         with torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
-                x = _to_input(images[start:start + batch_size], device)
-                y = torch.from_numpy(np.asarray(labels[start:start + batch_size], dtype=np.int64))
+                x = _to_input(images[start : start + batch_size], device)
+                y = torch.from_numpy(np.asarray(labels[start : start + batch_size], dtype=np.int64))
                 logits = model(x)
                 if logits.shape[1] != n_classes:
                     raise ValueError(
@@ -99,20 +100,21 @@ def dice_per_case(
     try:
         with torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
-                logits = model(_to_input(images[start:start + batch_size], device))
+                logits = model(_to_input(images[start : start + batch_size], device))
                 if logits.shape[1] != n_classes:
                     raise ValueError(
                         f"the network outputs {logits.shape[1]} channels, n_classes is {n_classes}"
                     )
                 pred = logits.argmax(dim=1).cpu().numpy()
-                for j, (p, g) in enumerate(zip(pred, labels[start:start + batch_size])):
+                for j, (p, g) in enumerate(zip(pred, labels[start : start + batch_size])):
                     for k in range(1, n_classes):
                         gk = g == k
                         n_g = int(gk.sum())
                         if n_g:
                             pk = p == k
-                            out[start + j, k - 1] = 2.0 * int((pk & gk).sum()) / (
-                                int(pk.sum()) + n_g)
+                            out[start + j, k - 1] = (
+                                2.0 * int((pk & gk).sum()) / (int(pk.sum()) + n_g)
+                            )
     finally:
         model.train(was_training)
     return out
@@ -123,7 +125,8 @@ def mean_dice(per_case: np.ndarray) -> float | None:
     (the benchmark's Dice of a split, from :func:`dice_per_case`); None when no class occurs."""
     with np.errstate(all="ignore"):
         counts = np.isfinite(per_case).sum(axis=0)
-        per_class = np.where(counts > 0, np.nansum(per_case, axis=0) / np.maximum(counts, 1),
-                             np.nan)
+        per_class = np.where(
+            counts > 0, np.nansum(per_case, axis=0) / np.maximum(counts, 1), np.nan
+        )
     finite = per_class[np.isfinite(per_class)]
     return float(finite.mean()) if finite.size else None

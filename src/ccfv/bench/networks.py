@@ -36,8 +36,7 @@ _SIZE_MULTIPLE = {"unet": 8, "unetr": 16, "segresnet": 8, "dynunet": 8}
 #: (transposed convolution + residual unit) that outputs the logits; UNETR's is ``out``;
 #: SegResNet's is the convolution of ``conv_final`` (after its norm and activation, which keep
 #: their pre-trained weights); DynUNet's is ``output_block``.
-_HEADS = {"unet": "model.2", "unetr": "out", "segresnet": "conv_final.2",
-          "dynunet": "output_block"}
+_HEADS = {"unet": "model.2", "unetr": "out", "segresnet": "conv_final.2", "dynunet": "output_block"}
 
 
 def _unetr_projection_arg() -> str:
@@ -94,9 +93,7 @@ def network_spec(
         Unknown architecture, or a size the architecture cannot take.
     """
     if arch not in _HEADS:
-        raise UserError(
-            f"unknown benchmark architecture '{arch}'; known: {', '.join(_HEADS)}"
-        )
+        raise UserError(f"unknown benchmark architecture '{arch}'; known: {', '.join(_HEADS)}")
     in_channels, out_channels = int(in_channels), int(out_channels)
     if in_channels < 1 or out_channels < 2:
         raise UserError(
@@ -107,18 +104,27 @@ def network_spec(
     dims = len(sizes)
     io = {"spatial_dims": dims, "in_channels": in_channels, "out_channels": out_channels}
     if arch == "unet":
-        return {"network": _UNET, "args": {**io, "channels": [16, 32, 64, 128],
-                                           "strides": [2, 2, 2], "num_res_units": 1}}
+        return {
+            "network": _UNET,
+            "args": {**io, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
+        }
     if arch == "segresnet":
-        return {"network": _SEGRESNET, "args": {**io, "init_filters": 8,
-                                                "blocks_down": [1, 2, 2, 4],
-                                                "blocks_up": [1, 1, 1]}}
+        return {
+            "network": _SEGRESNET,
+            "args": {**io, "init_filters": 8, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},
+        }
     if arch == "dynunet":
-        return {"network": _DYNUNET, "args": {**io, "kernel_size": [3, 3, 3, 3],
-                                              "strides": [1, 2, 2, 2],
-                                              "upsample_kernel_size": [2, 2, 2],
-                                              "filters": [8, 16, 32, 64],
-                                              "norm_name": "instance"}}
+        return {
+            "network": _DYNUNET,
+            "args": {
+                **io,
+                "kernel_size": [3, 3, 3, 3],
+                "strides": [1, 2, 2, 2],
+                "upsample_kernel_size": [2, 2, 2],
+                "filters": [8, 16, 32, 64],
+                "norm_name": "instance",
+            },
+        }
     return {
         "network": _UNETR,
         "args": {
@@ -159,9 +165,7 @@ def _builder(arch: str) -> Callable[..., torch.nn.Module]:
 
 
 #: Benchmark architectures: name -> ``build(in_channels, out_channels, size) -> Module``.
-ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
-    arch: _builder(arch) for arch in _HEADS
-}
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {arch: _builder(arch) for arch in _HEADS}
 
 
 def head_module(arch: str) -> str:

@@ -31,8 +31,10 @@ from ccfv.files import atomic_write
 
 #: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
 #: layer), to set class consistency against the fine-tuned Dice of each class.
-CLASS_CONSISTENCY: dict[str, dict[str, Any]] = {"ccfv": {"normalize_consistency": True},
-                                                "ccfv-paper": {}}
+CLASS_CONSISTENCY: dict[str, dict[str, Any]] = {
+    "ccfv": {"normalize_consistency": True},
+    "ccfv-paper": {},
+}
 
 
 def mean_class_dice(model: dict) -> dict[str, float]:
@@ -68,9 +70,11 @@ def class_statistics(target: dict, variants) -> dict:
         for cls, by_model in points.items():
             x = [v[0] for v in by_model.values()]
             y = [v[1] for v in by_model.values()]
-            across_models[cls] = {"weighted_tau": weighted_tau(x, y) if len(x) >= 3 else None,
-                                  "spearman": spearman(x, y) if len(x) >= 3 else None,
-                                  "n_models": len(x)}
+            across_models[cls] = {
+                "weighted_tau": weighted_tau(x, y) if len(x) >= 3 else None,
+                "spearman": spearman(x, y) if len(x) >= 3 else None,
+                "n_models": len(x),
+            }
         within = []
         models = {m for by_model in points.values() for m in by_model}
         for model in sorted(models):
@@ -81,10 +85,12 @@ def class_statistics(target: dict, variants) -> dict:
                     within.append(rho)
         out[variant] = {
             "across_models": across_models,
-            "across_classes": {"mean_spearman": float(np.mean(within)) if within else None,
-                               "share_positive": (float(np.mean([r > 0 for r in within]))
-                                                  if within else None),
-                               "n_models": len(within)}}
+            "across_classes": {
+                "mean_spearman": float(np.mean(within)) if within else None,
+                "share_positive": (float(np.mean([r > 0 for r in within])) if within else None),
+                "n_models": len(within),
+            },
+        }
     return out
 
 
@@ -97,8 +103,7 @@ def plot_class_consistency(target_name: str, target: dict, variants, path: str |
     import matplotlib.pyplot as plt
 
     variants = list(variants)
-    fig, axes = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 4.2), squeeze=False)
     for ax, variant in zip(axes.flat, variants):
         for i, (cls, by_model) in enumerate(class_points(target, variant).items()):
             x = [v[0] for v in by_model.values()]

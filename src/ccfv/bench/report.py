@@ -76,19 +76,23 @@ def reliability_statistics(summary: dict, main: list[str], n_boot: int = BOOTSTR
                 a = {m: scores[m].get(REFERENCE) for m in scores}
                 b = {m: scores[m].get(other) for m in scores}
                 row["per_target"][t] = {
-                    stat: paired_difference(a, b, runs, stat,
-                                            replicates=reports[t]["replicates"])
-                    for stat in ("weighted_tau", "spearman")}
+                    stat: paired_difference(a, b, runs, stat, replicates=reports[t]["replicates"])
+                    for stat in ("weighted_tau", "spearman")
+                }
             for name, subset in (("reliable", head["reliable"]), ("all", list(runs_of))):
                 row[f"across_{name}"] = {
-                    stat: across_targets([row["per_target"][t][stat]["difference"]
-                                          for t in subset])
-                    for stat in ("weighted_tau", "spearman")}
+                    stat: across_targets([row["per_target"][t][stat]["difference"] for t in subset])
+                    for stat in ("weighted_tau", "spearman")
+                }
             paired[other] = row
     for r in reports.values():
         r.pop("replicates", None)
-    return {"per_target": reports, "headline": head, "n_boot": n_boot,
-            "paired": {"reference": REFERENCE, "versus": paired}}
+    return {
+        "per_target": reports,
+        "headline": head,
+        "n_boot": n_boot,
+        "paired": {"reference": REFERENCE, "versus": paired},
+    }
 
 
 def _iv(entry: dict | None, digits: int = 2) -> str:
@@ -103,19 +107,24 @@ def _iv(entry: dict | None, digits: int = 2) -> str:
 def reliability_section(rel: dict, main: list[str]) -> list[str]:
     """The reliability statistics as markdown (see docs/explanation/benchmark-statistics.md)."""
     reports, head = rel["per_target"], rel["headline"]
-    md = ["", "## Reliability of the ground truth", "",
-          "Split-half reliability: with >= 4 seeds, every balanced split of the seeds into two "
-          "halves, the correlation between the halves' mean Dice, averaged (with 2-3 seeds: "
-          "one seed against the mean of the others). Noise ceiling: what a perfect estimator "
-          "would expect against this ground truth (parametric bootstrap from each model's mean "
-          "and seed sd). Best group: the models whose difference to the best is not "
-          f"significant (95% bootstrap interval over test cases and seeds, "
-          f"{rel.get('n_boot', BOOTSTRAP)} "
-          "replicates).", "",
-          "| target | models | seeds | test cases | method | split-half wtau | split-half "
-          "Spearman | split-half Kendall | Dice range | seed sd | median gap | noise ceiling "
-          "wtau | noise ceiling Spearman | best group |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        "",
+        "## Reliability of the ground truth",
+        "",
+        "Split-half reliability: with >= 4 seeds, every balanced split of the seeds into two "
+        "halves, the correlation between the halves' mean Dice, averaged (with 2-3 seeds: "
+        "one seed against the mean of the others). Noise ceiling: what a perfect estimator "
+        "would expect against this ground truth (parametric bootstrap from each model's mean "
+        "and seed sd). Best group: the models whose difference to the best is not "
+        f"significant (95% bootstrap interval over test cases and seeds, "
+        f"{rel.get('n_boot', BOOTSTRAP)} "
+        "replicates).",
+        "",
+        "| target | models | seeds | test cases | method | split-half wtau | split-half "
+        "Spearman | split-half Kendall | Dice range | seed sd | median gap | noise ceiling "
+        "wtau | noise ceiling Spearman | best group |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t, r in reports.items():
         rel_t, noise, ceiling = r["reliability"], r["noise"], r["noise_ceiling"] or {}
         rng = noise["dice_range"]
@@ -128,57 +137,99 @@ def reliability_section(rel: dict, main: list[str]) -> list[str]:
             f"{_fmt((ceiling.get('weighted_tau') or {}).get('mean'), 2)} | "
             f"{_fmt((ceiling.get('spearman') or {}).get('mean'), 2)} | "
             f"{len(r['best_group']['group'])}: {', '.join(r['best_group']['group'][:4])}"
-            f"{' ...' if len(r['best_group']['group']) > 4 else ''} |")
+            f"{' ...' if len(r['best_group']['group']) > 4 else ''} |"
+        )
     reliable = head["reliable"]
-    md += ["", f"## Headline: targets with split-half Spearman >= {head['threshold']}", "",
-           f"Reliable targets: {', '.join(reliable) if reliable else 'none'}. Ground truth too "
-           "noisy (left out of the headline): "
-           + (", ".join(f"{t} (split-half Spearman {_fmt(v['reliability'].get('spearman'), 2)}"
-                        f", seed sd {_fmt(v['noise']['mean_seed_sd'], 3)}, median gap "
-                        f"{_fmt(v['noise']['median_gap'], 3)})"
-                        for t, v in head["too_noisy"].items()) or "none") + ".", ""]
+    md += [
+        "",
+        f"## Headline: targets with split-half Spearman >= {head['threshold']}",
+        "",
+        f"Reliable targets: {', '.join(reliable) if reliable else 'none'}. Ground truth too "
+        "noisy (left out of the headline): "
+        + (
+            ", ".join(
+                f"{t} (split-half Spearman {_fmt(v['reliability'].get('spearman'), 2)}"
+                f", seed sd {_fmt(v['noise']['mean_seed_sd'], 3)}, median gap "
+                f"{_fmt(v['noise']['median_gap'], 3)})"
+                for t, v in head["too_noisy"].items()
+            )
+            or "none"
+        )
+        + ".",
+        "",
+    ]
     if reliable:
-        md += ["| method | targets | weighted tau | Spearman | Pearson | top-1 regret | "
-               "best-group hit rate | top-3 recall |", "|---|---|---|---|---|---|---|---|"]
+        md += [
+            "| method | targets | weighted tau | Spearman | Pearson | top-1 regret | "
+            "best-group hit rate | top-3 recall |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
 
         def rate(x):
-            return (f"{x['rate']:.2f} [{x['interval'][0]:.2f}, {x['interval'][1]:.2f}]"
-                    if x["rate"] is not None else "–")
+            return (
+                f"{x['rate']:.2f} [{x['interval'][0]:.2f}, {x['interval'][1]:.2f}]"
+                if x["rate"] is not None
+                else "–"
+            )
 
         for m in main:
             e = head["estimators"].get(m)
             if e:
-                md.append(f"| `{m}` | {e['n_targets']} | {_fmt(e['weighted_tau'])} | "
-                          f"{_fmt(e['spearman'])} | {_fmt(e['pearson'])} | "
-                          f"{_fmt(e['regret'])} | {rate(e['best_group_hit'])} | "
-                          f"{rate(e['top3_recall'])} |")
+                md.append(
+                    f"| `{m}` | {e['n_targets']} | {_fmt(e['weighted_tau'])} | "
+                    f"{_fmt(e['spearman'])} | {_fmt(e['pearson'])} | "
+                    f"{_fmt(e['regret'])} | {rate(e['best_group_hit'])} | "
+                    f"{rate(e['top3_recall'])} |"
+                )
     targets = list(reports)
-    for stat, title in (("weighted_tau", "Weighted tau"), ("spearman", "Spearman"),
-                        ("regret", "Top-1 regret (Dice)")):
-        md += ["", f"### {title} per target, with 95% intervals (test cases and seeds "
-                   "resampled)", "", "| method | " + " | ".join(targets) + " |",
-               "|---|" + "---|" * len(targets)]
+    for stat, title in (
+        ("weighted_tau", "Weighted tau"),
+        ("spearman", "Spearman"),
+        ("regret", "Top-1 regret (Dice)"),
+    ):
+        md += [
+            "",
+            f"### {title} per target, with 95% intervals (test cases and seeds resampled)",
+            "",
+            "| method | " + " | ".join(targets) + " |",
+            "|---|" + "---|" * len(targets),
+        ]
         for m in main:
-            md.append(f"| `{m}` | " + " | ".join(
-                _iv(reports[t]["estimators"].get(m, {}).get(stat)) for t in targets) + " |")
-    md += ["", "### Best-group hit (top-1 in the best group) / top-3 recall per target", "",
-           "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+            md.append(
+                f"| `{m}` | "
+                + " | ".join(_iv(reports[t]["estimators"].get(m, {}).get(stat)) for t in targets)
+                + " |"
+            )
+    md += [
+        "",
+        "### Best-group hit (top-1 in the best group) / top-3 recall per target",
+        "",
+        "| method | " + " | ".join(targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
     for m in main:
         cells = []
         for t in targets:
             e = reports[t]["estimators"].get(m, {})
-            cells.append("–" if "best_group_hit" not in e else
-                         f"{'yes' if e['best_group_hit'] else 'no'} / "
-                         f"{'yes' if e['top3_recall'] else 'no'}")
+            cells.append(
+                "–"
+                if "best_group_hit" not in e
+                else f"{'yes' if e['best_group_hit'] else 'no'} / "
+                f"{'yes' if e['top3_recall'] else 'no'}"
+            )
         md.append(f"| `{m}` | " + " | ".join(cells) + " |")
     versus = rel["paired"]["versus"]
     if versus:
         ref = rel["paired"]["reference"]
-        md += ["", f"### Paired: `{ref}` minus each method (weighted tau; 95% interval over "
-                   "the same replicates; across targets: sign test / permutation test p)", "",
-               "| method | " + " | ".join(targets) + " | reliable targets: mean, +/-, p "
-               "(sign, perm.) | all targets: mean, +/-, p (sign, perm.) |",
-               "|---|" + "---|" * (len(targets) + 2)]
+        md += [
+            "",
+            f"### Paired: `{ref}` minus each method (weighted tau; 95% interval over "
+            "the same replicates; across targets: sign test / permutation test p)",
+            "",
+            "| method | " + " | ".join(targets) + " | reliable targets: mean, +/-, p "
+            "(sign, perm.) | all targets: mean, +/-, p (sign, perm.) |",
+            "|---|" + "---|" * (len(targets) + 2),
+        ]
         for other, row in versus.items():
             cells = []
             for t in targets:
@@ -188,17 +239,22 @@ def reliability_section(rel: dict, main: list[str]) -> list[str]:
             def across(a):
                 if not a["n"]:
                     return "–"
-                return (f"{_fmt(a['mean'])}, {a['positive']}/{a['negative']}, "
-                        f"{_fmt(a['sign_test_p'], 2)} / {_fmt(a['permutation_p'], 2)}")
+                return (
+                    f"{_fmt(a['mean'])}, {a['positive']}/{a['negative']}, "
+                    f"{_fmt(a['sign_test_p'], 2)} / {_fmt(a['permutation_p'], 2)}"
+                )
 
-            md.append(f"| `{other}` | " + " | ".join(cells) + " | "
-                      f"{across(row['across_reliable']['weighted_tau'])} | "
-                      f"{across(row['across_all']['weighted_tau'])} |")
+            md.append(
+                f"| `{other}` | " + " | ".join(cells) + " | "
+                f"{across(row['across_reliable']['weighted_tau'])} | "
+                f"{across(row['across_all']['weighted_tau'])} |"
+            )
     return md
 
 
-def plot_fig2(target: str, models: dict, report: dict, methods: list[str],
-              path: str | Path) -> Path:
+def plot_fig2(
+    target: str, models: dict, report: dict, methods: list[str], path: str | Path
+) -> Path:
     """Fig. 2 of the paper with the noise drawn in: per method, the standardised score
     against each model's mean fine-tuned Dice with its 95% interval (test cases and seeds
     resampled); marker = architecture, colour = source task, black edge = the best group, red
@@ -221,11 +277,14 @@ def plot_fig2(target: str, models: dict, report: dict, methods: list[str],
     n = len(methods)
     ncols = min(3, max(1, n))
     nrows = math.ceil(n / ncols) if n else 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows + 1.0),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows + 1.0), squeeze=False)
     for ax, method in zip(axes.flat, methods):
-        usable = [m for m in names if models[m].get("scores", {}).get(method) is not None
-                  and math.isfinite(models[m]["scores"][method])]
+        usable = [
+            m
+            for m in names
+            if models[m].get("scores", {}).get(method) is not None
+            and math.isfinite(models[m]["scores"][method])
+        ]
         if len(usable) < 3:
             ax.axis("off")
             continue
@@ -237,13 +296,28 @@ def plot_fig2(target: str, models: dict, report: dict, methods: list[str],
             y = truth[m]
             iv = intervals.get(m) or [y, y]
             arch, source = m.split("__", 1)
-            ax.errorbar(zi, y, yerr=[[y - iv[0]], [iv[1] - y]], fmt="none",
-                        ecolor=colours[source], alpha=0.6, lw=1, zorder=2)
-            ax.scatter([zi], [y], marker=markers[arch], s=44, color=colours[source],
-                       edgecolors="black" if m in group else "none", linewidths=1.2, zorder=3)
+            ax.errorbar(
+                zi,
+                y,
+                yerr=[[y - iv[0]], [iv[1] - y]],
+                fmt="none",
+                ecolor=colours[source],
+                alpha=0.6,
+                lw=1,
+                zorder=2,
+            )
+            ax.scatter(
+                [zi],
+                [y],
+                marker=markers[arch],
+                s=44,
+                color=colours[source],
+                edgecolors="black" if m in group else "none",
+                linewidths=1.2,
+                zorder=3,
+            )
             if m == pick:
-                ax.scatter([zi], [y], s=170, facecolors="none", edgecolors="red", lw=1.4,
-                           zorder=4)
+                ax.scatter([zi], [y], s=170, facecolors="none", edgecolors="red", lw=1.4, zorder=4)
         e = report["estimators"].get(method, {})
         ax.set_title(f"{method}\nweighted tau {_iv(e.get('weighted_tau'))}", fontsize=8.5)
         ax.set_xlabel("standardised score", fontsize=8)
@@ -254,11 +328,13 @@ def plot_fig2(target: str, models: dict, report: dict, methods: list[str],
         ax.axis("off")
     handles = [Line2D([], [], marker=markers[a], ls="", color="grey", label=a) for a in archs]
     handles += [Line2D([], [], marker="o", ls="", color=colours[s], label=s) for s in sources]
-    handles += [Line2D([], [], marker="o", ls="", mfc="white", mec="black", label="best group"),
-                Line2D([], [], marker="o", ls="", mfc="none", mec="red", ms=10,
-                       label="ranked first")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7.5,
-               frameon=False)
+    handles += [
+        Line2D([], [], marker="o", ls="", mfc="white", mec="black", label="best group"),
+        Line2D([], [], marker="o", ls="", mfc="none", mec="red", ms=10, label="ranked first"),
+    ]
+    fig.legend(
+        handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7.5, frameon=False
+    )
     fig.suptitle(f"{target}: score vs fine-tuned Dice", fontsize=10)
     fig.tight_layout(rect=(0, 0.9 / (3.8 * nrows + 1.0) + 0.03, 1, 0.97))
     path = Path(path)
@@ -285,12 +361,17 @@ def seed_spread(models: dict) -> dict:
     ``mean_seed_sd``: mean over models of the standard deviation of Dice over seeds;
     ``median_gap``: median difference in mean Dice between models adjacent in the Dice order.
     """
-    sds = [float(np.std([d for d in m["dice"] if d is not None], ddof=1))
-           for m in models.values() if sum(d is not None for d in m["dice"]) > 1]
+    sds = [
+        float(np.std([d for d in m["dice"] if d is not None], ddof=1))
+        for m in models.values()
+        if sum(d is not None for d in m["dice"]) > 1
+    ]
     means = sorted(truth_of(models).values())
     gaps = np.diff(means)
-    return {"mean_seed_sd": float(np.mean(sds)) if sds else None,
-            "median_gap": float(np.median(gaps)) if gaps.size else None}
+    return {
+        "mean_seed_sd": float(np.mean(sds)) if sds else None,
+        "median_gap": float(np.median(gaps)) if gaps.size else None,
+    }
 
 
 def target_statistics(models: dict) -> dict[str, dict]:
@@ -318,44 +399,62 @@ def average(per_target: dict[str, dict[str, dict]]) -> dict[str, dict]:
     for method in methods:
         row = {}
         for stat in STATS:
-            values = [t[method][stat] for t in per_target.values()
-                      if method in t and t[method][stat] is not None]
+            values = [
+                t[method][stat]
+                for t in per_target.values()
+                if method in t and t[method][stat] is not None
+            ]
             row[stat] = float(np.mean(values)) if values else None
-        row["n_targets"] = sum(method in t and t[method]["weighted_tau"] is not None
-                               for t in per_target.values())
+        row["n_targets"] = sum(
+            method in t and t[method]["weighted_tau"] is not None for t in per_target.values()
+        )
         out[method] = row
     return out
 
 
 def _fmt(value, digits=3) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
         else f"{value:.{digits}f}"
+    )
 
 
 def _table(per_target, avg, methods, stat, targets, multi=None) -> list[str]:
     """A method x target table of ``stat`` with the average (and the multi-class average)."""
-    head = "| method | " + " | ".join(targets) + " | average |" + (
-        " multi-class average |" if multi else "")
+    head = (
+        "| method | "
+        + " | ".join(targets)
+        + " | average |"
+        + (" multi-class average |" if multi else "")
+    )
     lines = [head, "|" + "---|" * (len(targets) + 2 + bool(multi))]
     for method in methods:
         cells = [_fmt(per_target[t].get(method, {}).get(stat)) for t in targets]
         extra = f" {_fmt(multi.get(method, {}).get(stat))} |" if multi else ""
-        lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {_fmt(avg[method][stat])} |"
-                     + extra)
+        lines.append(
+            f"| `{method}` | " + " | ".join(cells) + f" | {_fmt(avg[method][stat])} |" + extra
+        )
     return lines
 
 
 def _class_section(summary: dict, per_class: dict, targets: list[str]) -> list[str]:
     """The per-class analysis (:mod:`ccfv.bench.per_class`) as markdown."""
-    md = ["", "## Per-class consistency against per-class Dice", "",
-          "Class consistency score c_k = -mean over layers of log C_k (C_k: mean W2 between the "
-          "cases' Gaussians of class k on the target-train cases; higher = more consistent), "
-          "against the fine-tuned Dice of class k (test split, mean over seeds). Across models: "
-          "weighted tau / Spearman over the bank, per class. Across classes: Spearman over the "
-          "classes of one model, mean over the models (share of models where it is > 0).", "",
-          "| target | class | " + " | ".join(f"`{v}` across models (wtau / rho)"
-                                             for v in CLASS_CONSISTENCY) + " |",
-          "|---|---|" + "---|" * len(CLASS_CONSISTENCY)]
+    md = [
+        "",
+        "## Per-class consistency against per-class Dice",
+        "",
+        "Class consistency score c_k = -mean over layers of log C_k (C_k: mean W2 between the "
+        "cases' Gaussians of class k on the target-train cases; higher = more consistent), "
+        "against the fine-tuned Dice of class k (test split, mean over seeds). Across models: "
+        "weighted tau / Spearman over the bank, per class. Across classes: Spearman over the "
+        "classes of one model, mean over the models (share of models where it is > 0).",
+        "",
+        "| target | class | "
+        + " | ".join(f"`{v}` across models (wtau / rho)" for v in CLASS_CONSISTENCY)
+        + " |",
+        "|---|---|" + "---|" * len(CLASS_CONSISTENCY),
+    ]
     for t in targets:
         stats = per_class.get(t)
         if not stats:
@@ -370,23 +469,35 @@ def _class_section(summary: dict, per_class: dict, targets: list[str]) -> list[s
             cells = []
             for v in CLASS_CONSISTENCY:
                 row = stats[v]["across_classes"]
-                cells.append(f"across classes: rho {_fmt(row['mean_spearman'])} "
-                             f"({_fmt(row['share_positive'], 2)} > 0)")
+                cells.append(
+                    f"across classes: rho {_fmt(row['mean_spearman'])} "
+                    f"({_fmt(row['share_positive'], 2)} > 0)"
+                )
             md.append(f"| {t} | *all classes* | " + " | ".join(cells) + " |")
     return md
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def _finetune_seconds(summary: dict) -> float:
-    return float(sum(sum(m.get("finetune_seconds") or [])
-                     for t in summary["targets"].values() for m in t["models"].values()))
+    return float(
+        sum(
+            sum(m.get("finetune_seconds") or [])
+            for t in summary["targets"].values()
+            for m in t["models"].values()
+        )
+    )
 
 
 #: The options of the variant study: a CC-FV method with one of them switches a part of the
@@ -400,7 +511,8 @@ def is_ablation(method: str) -> bool:
     (``ccfv``, ``ccfv-pca[whiten=true]``, ...) are methods like the baselines."""
     options = method.partition("[")[2]
     return method.startswith("ccfv") and (
-        "@" in method or any(f"{o}=" in options for o in ABLATION_OPTIONS))
+        "@" in method or any(f"{o}=" in options for o in ABLATION_OPTIONS)
+    )
 
 
 def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
@@ -416,23 +528,30 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     within = {}
     for t in targets:
         models = summary["targets"][t]["models"]
-        per_arch = {a: target_statistics({n: m for n, m in models.items()
-                                          if n.split("__")[0] == a})
-                    for a in config["architectures"]}
+        per_arch = {
+            a: target_statistics({n: m for n, m in models.items() if n.split("__")[0] == a})
+            for a in config["architectures"]
+        }
         within[t] = average(per_arch)
     within_avg = average(within)
     multi_targets = [t for t in targets if len(summary["targets"][t].get("classes", [])) >= 2]
     multi = average({t: per_target[t] for t in multi_targets}) if multi_targets else None
     # the multi-class column only where it differs from the average over all targets
     multi_column = multi if multi_targets and len(multi_targets) < len(targets) else None
-    per_class = {t: class_statistics(summary["targets"][t], CLASS_CONSISTENCY) for t in targets
-                 if any(m.get("class_consistency") for m in
-                        summary["targets"][t]["models"].values())}
-    summary["statistics"] = {"per_target": per_target, "average": avg, "seed_spread": spreads,
-                             "multiclass_targets": multi_targets, "average_multiclass": multi,
-                             "within_architecture": {"per_target": within,
-                                                     "average": within_avg},
-                             "per_class": per_class}
+    per_class = {
+        t: class_statistics(summary["targets"][t], CLASS_CONSISTENCY)
+        for t in targets
+        if any(m.get("class_consistency") for m in summary["targets"][t]["models"].values())
+    }
+    summary["statistics"] = {
+        "per_target": per_target,
+        "average": avg,
+        "seed_spread": spreads,
+        "multiclass_targets": multi_targets,
+        "average_multiclass": multi,
+        "within_architecture": {"per_target": within, "average": within_avg},
+        "per_class": per_class,
+    }
     summary["commit"] = _commit()
     methods = list(avg)
     main = [m for m in methods if not is_ablation(m)]
@@ -441,80 +560,117 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     ablations = [m for m in methods if m.startswith("ccfv")]
     seeds = config["finetune"]["seeds"]
     n_models = {t: len(summary["targets"][t]["models"]) for t in targets}
-    md = [f"# Transfer benchmark `{config['name']}`", "",
-          f"Leave one task out over {len(targets)} target(s); per target a bank of "
-          f"{', '.join(f'{n_models[t]}' for t in targets)} models "
-          f"({', '.join(config['architectures'])} pre-trained on every other task, and from "
-          f"scratch); ground truth: Dice on the target's test split after fine-tuning, "
-          f"mean over {len(seeds)} seed(s) {seeds}. Estimators on "
-          f"{config['scoring']['cases']} target-train cases. Commit `{summary['commit'][:12]}`. "
-          f"Training time recorded by the stages: pre-training "
-          f"{summary.get('pretrain_seconds', 0) / 60:.1f} min, fine-tuning "
-          f"{_finetune_seconds(summary) / 60:.1f} min; this invocation (cached stages are read, "
-          f"not redone) {summary.get('wall_seconds', 0) / 60:.1f} min. "
-          "Larger is better for every statistic except regret."
-          + (f" Multi-class targets (the multi-class average): {', '.join(multi_targets)}."
-             if multi_targets else ""), "",
-          "## Weighted Kendall tau (the paper's Table 1)", ""]
+    md = [
+        f"# Transfer benchmark `{config['name']}`",
+        "",
+        f"Leave one task out over {len(targets)} target(s); per target a bank of "
+        f"{', '.join(f'{n_models[t]}' for t in targets)} models "
+        f"({', '.join(config['architectures'])} pre-trained on every other task, and from "
+        f"scratch); ground truth: Dice on the target's test split after fine-tuning, "
+        f"mean over {len(seeds)} seed(s) {seeds}. Estimators on "
+        f"{config['scoring']['cases']} target-train cases. Commit `{summary['commit'][:12]}`. "
+        f"Training time recorded by the stages: pre-training "
+        f"{summary.get('pretrain_seconds', 0) / 60:.1f} min, fine-tuning "
+        f"{_finetune_seconds(summary) / 60:.1f} min; this invocation (cached stages are read, "
+        f"not redone) {summary.get('wall_seconds', 0) / 60:.1f} min. "
+        "Larger is better for every statistic except regret."
+        + (
+            f" Multi-class targets (the multi-class average): {', '.join(multi_targets)}."
+            if multi_targets
+            else ""
+        ),
+        "",
+        "## Weighted Kendall tau (the paper's Table 1)",
+        "",
+    ]
     md += _table(per_target, avg, main, "weighted_tau", targets, multi_column)
     md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets, multi_column)
-    md += ["", "## Spearman rho", ""] + _table(per_target, avg, main, "spearman", targets,
-                                                multi_column)
+    md += ["", "## Spearman rho", ""] + _table(
+        per_target, avg, main, "spearman", targets, multi_column
+    )
     md += ["", "## Top-1 regret (best Dice - Dice of the model ranked first)", ""]
     md += _table(per_target, avg, main, "regret", targets, multi_column)
-    md += ["", "## Within one architecture (weighted tau among the models of one "
-           "architecture, averaged over the architectures)", "",
-           "Ranking the sources of one architecture, without comparing architectures:", ""]
-    md += _table(within, within_avg, [m for m in main if m in within_avg], "weighted_tau",
-                 targets)
+    md += [
+        "",
+        "## Within one architecture (weighted tau among the models of one "
+        "architecture, averaged over the architectures)",
+        "",
+        "Ranking the sources of one architecture, without comparing architectures:",
+        "",
+    ]
+    md += _table(within, within_avg, [m for m in main if m in within_avg], "weighted_tau", targets)
     md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
     md += _table(per_target, avg, ablations, "weighted_tau", targets, multi_column)
     md += reliability_section(rel, main)
     if summary.get("sources"):
-        md += ["", "## Source models: validation Dice on their own source task", "",
-               "A held-out share of each source task's cases (`pretrain.val_fraction`), the "
-               "checkpoint of best validation Dice kept (a source model that learned little is "
-               "not a pre-trained model).", "", "| source model | validation Dice | steps | "
-               "last loss |", "|---|---|---|---|"]
+        md += [
+            "",
+            "## Source models: validation Dice on their own source task",
+            "",
+            "A held-out share of each source task's cases (`pretrain.val_fraction`), the "
+            "checkpoint of best validation Dice kept (a source model that learned little is "
+            "not a pre-trained model).",
+            "",
+            "| source model | validation Dice | steps | last loss |",
+            "|---|---|---|---|",
+        ]
         for name, src in summary["sources"].items():
-            md.append(f"| {name} | {_fmt(src.get('source_val_dice'), 4)} | "
-                      f"{src.get('steps') or '–'} | {_fmt(src.get('loss_last'), 3)} |")
+            md.append(
+                f"| {name} | {_fmt(src.get('source_val_dice'), 4)} | "
+                f"{src.get('steps') or '–'} | {_fmt(src.get('loss_last'), 3)} |"
+            )
     md += _class_section(summary, per_class, targets)
-    md += ["", "## Ground truth and its noise", "",
-           "| target | models | mean seed sd of Dice | median gap between adjacent models |",
-           "|---|---|---|---|"]
+    md += [
+        "",
+        "## Ground truth and its noise",
+        "",
+        "| target | models | mean seed sd of Dice | median gap between adjacent models |",
+        "|---|---|---|---|",
+    ]
     for t in targets:
-        md.append(f"| {t} | {n_models[t]} | {_fmt(spreads[t]['mean_seed_sd'], 4)} | "
-                  f"{_fmt(spreads[t]['median_gap'], 4)} |")
+        md.append(
+            f"| {t} | {n_models[t]} | {_fmt(spreads[t]['mean_seed_sd'], 4)} | "
+            f"{_fmt(spreads[t]['median_gap'], 4)} |"
+        )
     for t in targets:
         models = summary["targets"][t]["models"]
         classes = summary["targets"][t].get("classes", [])
         by_class = classes if len(classes) >= 2 else []
-        md += ["", f"### {t}", "", "| model | Dice per seed | mean |"
-               + "".join(f" {c} |" for c in by_class), "|---|---|---|" + "---|" * len(by_class)]
+        md += [
+            "",
+            f"### {t}",
+            "",
+            "| model | Dice per seed | mean |" + "".join(f" {c} |" for c in by_class),
+            "|---|---|---|" + "---|" * len(by_class),
+        ]
         for name, m in sorted(models.items(), key=lambda kv: -truth_of(models).get(kv[0], -1)):
             dice_k = mean_class_dice(m)
-            md.append(f"| {name} | {', '.join(_fmt(d, 4) for d in m['dice'])} | "
-                      f"{_fmt(truth_of(models).get(name), 4)} |"
-                      + "".join(f" {_fmt(dice_k.get(c), 4)} |" for c in by_class))
+            md.append(
+                f"| {name} | {', '.join(_fmt(d, 4) for d in m['dice'])} | "
+                f"{_fmt(truth_of(models).get(name), 4)} |"
+                + "".join(f" {_fmt(dice_k.get(c), 4)} |" for c in by_class)
+            )
     paths = {}
     for t in targets:
         models = summary["targets"][t]["models"]
         scores = {name: m["scores"] for name, m in models.items()}
         usable = [m for m in main if per_target[t].get(m, {}).get("n_models", 0) >= 3]
         if usable and t in rel["per_target"]:
-            paths[f"fig2_{t}"] = plot_fig2(t, models, rel["per_target"][t], usable,
-                                           out / f"fig2_{t}.png")
+            paths[f"fig2_{t}"] = plot_fig2(
+                t, models, rel["per_target"][t], usable, out / f"fig2_{t}.png"
+            )
             md += ["", f"![{t}](fig2_{t}.png)"]
         elif usable:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CCFVWarning)
-                paths[f"fig2_{t}"] = plot_scores_vs_truth(scores, truth_of(models),
-                                                          out / f"fig2_{t}.png", methods=usable)
+                paths[f"fig2_{t}"] = plot_scores_vs_truth(
+                    scores, truth_of(models), out / f"fig2_{t}.png", methods=usable
+                )
             md += ["", f"![{t}](fig2_{t}.png)"]
         if t in multi_targets and t in per_class:
             paths[f"classes_{t}"] = plot_class_consistency(
-                t, summary["targets"][t], CLASS_CONSISTENCY, out / f"classes_{t}.png")
+                t, summary["targets"][t], CLASS_CONSISTENCY, out / f"classes_{t}.png"
+            )
             md += ["", f"![per-class consistency, {t}](classes_{t}.png)"]
     (out / "tables.md").write_text("\n".join(md) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
@@ -536,8 +692,11 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     ``tracks`` records each run's config, commit and training times.
     """
     out = Path(out)
-    merged: dict[str, Any] = {"targets": {}, "tracks": {},
-                              "statistics": {"per_target": {}, "per_track": {}, "headline": {}}}
+    merged: dict[str, Any] = {
+        "targets": {},
+        "tracks": {},
+        "statistics": {"per_target": {}, "per_track": {}, "headline": {}},
+    }
     within_per_target = {}
     reliability: dict = {}  # per target, from the tracks that have it (protocol v2 reports)
     n_boots: set = set()  # their bootstrap replicates (statistics.bootstrap of each track)
@@ -545,8 +704,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     for folder in results:
         path = Path(folder) / "summary.json"
         if not path.is_file():
-            raise UserError(f"{path} does not exist: run `ccfv bench --config ... --out "
-                            f"{folder}` first")
+            raise UserError(
+                f"{path} does not exist: run `ccfv bench --config ... --out {folder}` first"
+            )
         run = json.loads(path.read_text())
         track = run["config"]["name"]
         if track in merged["tracks"]:
@@ -555,8 +715,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         if clash:
             raise UserError(f"{path}: targets {sorted(clash)} are already in another track")
         stats = run["statistics"]
-        merged["tracks"][track] = {k: run.get(k) for k in ("config", "commit", "wall_seconds",
-                                                             "pretrain_seconds")}
+        merged["tracks"][track] = {
+            k: run.get(k) for k in ("config", "commit", "wall_seconds", "pretrain_seconds")
+        }
         merged["tracks"][track]["finetune_seconds"] = _finetune_seconds(run)
         for t, target in run["targets"].items():
             merged["targets"][t] = {**target, "track": track}
@@ -566,41 +727,56 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
                 n_boots.add(stats["reliability"].get("n_boot", BOOTSTRAP))
             within_per_target[t] = stats["within_architecture"]["per_target"][t]
         merged["statistics"]["per_track"][track] = {
-            "targets": list(run["targets"]), "average": stats["average"],
+            "targets": list(run["targets"]),
+            "average": stats["average"],
             "multiclass_targets": stats.get("multiclass_targets", []),
             "average_multiclass": stats.get("average_multiclass"),
-            "within_architecture": stats["within_architecture"]["average"]}
-        columns.append((f"{track}: average over {len(run['targets'])} target(s)",
-                        stats["average"]))
+            "within_architecture": stats["within_architecture"]["average"],
+        }
+        columns.append((f"{track}: average over {len(run['targets'])} target(s)", stats["average"]))
         if stats.get("average_multiclass") and len(stats["multiclass_targets"]) < len(
-                run["targets"]):
-            columns.append((f"{track}: multi-class average "
-                            f"({', '.join(stats['multiclass_targets'])})",
-                            stats["average_multiclass"]))
+            run["targets"]
+        ):
+            columns.append(
+                (
+                    f"{track}: multi-class average ({', '.join(stats['multiclass_targets'])})",
+                    stats["average_multiclass"],
+                )
+            )
     if len(merged["tracks"]) > 1:
         everything = merged["statistics"]["per_target"]
         merged["statistics"]["average_all"] = average(everything)
         columns.append((f"all {len(everything)} targets", merged["statistics"]["average_all"]))
         merged["statistics"]["within_architecture_all"] = average(within_per_target)
-        columns.append((f"all {len(everything)} targets, within one architecture",
-                        merged["statistics"]["within_architecture_all"]))
+        columns.append(
+            (
+                f"all {len(everything)} targets, within one architecture",
+                merged["statistics"]["within_architecture_all"],
+            )
+        )
     methods = list(dict.fromkeys(m for _, avg in columns for m in avg))
     headline = merged["statistics"]["headline"]
     for method in methods:
-        headline[method] = {name: avg.get(method, {}).get("weighted_tau")
-                            for name, avg in columns}
-    md = ["# Benchmark headline: weighted Kendall tau", "",
-          "| method | " + " | ".join(name for name, _ in columns) + " |",
-          "|---|" + "---|" * len(columns)]
+        headline[method] = {name: avg.get(method, {}).get("weighted_tau") for name, avg in columns}
+    md = [
+        "# Benchmark headline: weighted Kendall tau",
+        "",
+        "| method | " + " | ".join(name for name, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for method in methods:
-        md.append(f"| `{method}` | " + " | ".join(_fmt(v) for v in headline[method].values())
-                  + " |")
+        md.append(
+            f"| `{method}` | " + " | ".join(_fmt(v) for v in headline[method].values()) + " |"
+        )
     if reliability:
         from ccfv.reliability import headline as reliable_headline
 
-        rel = {"per_target": reliability, "headline": reliable_headline(reliability),
-               "n_boot": "/".join(str(n) for n in sorted(n_boots)),
-               "paired": {"reference": REFERENCE, "versus": {}}}
+        rel = {
+            "per_target": reliability,
+            "headline": reliable_headline(reliability),
+            "n_boot": "/".join(str(n) for n in sorted(n_boots)),
+            "paired": {"reference": REFERENCE, "versus": {}},
+        }
         merged["statistics"]["reliability"] = rel
         md += reliability_section(rel, [m for m in methods if not is_ablation(m)])
     out.mkdir(parents=True, exist_ok=True)
@@ -625,8 +801,14 @@ def plot_convergence(target: str, entry: dict, path: str | Path) -> Path:
         for j, (steps, run) in enumerate(sorted(budgets.items(), key=lambda kv: int(kv[0]))):
             if run.get("curve"):
                 curve = np.asarray(run["curve"], dtype=float)
-                ax.plot(curve[:, 0], curve[:, 1], color=colour, alpha=0.35 + 0.65 * (j + 1)
-                        / len(budgets), lw=1.2, label=model if j == len(budgets) - 1 else None)
+                ax.plot(
+                    curve[:, 0],
+                    curve[:, 1],
+                    color=colour,
+                    alpha=0.35 + 0.65 * (j + 1) / len(budgets),
+                    lw=1.2,
+                    label=model if j == len(budgets) - 1 else None,
+                )
             if run.get("test_dice") is not None:
                 ax.plot([int(steps)], [run["test_dice"]], "x", color=colour, ms=7)
     ax.set_xlabel("fine-tuning steps (one run per budget; x: test Dice at the end)")

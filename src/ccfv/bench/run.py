@@ -156,8 +156,9 @@ def _device_digest(device: str) -> str:
     return "" if kind == "cpu" else BenchConfig.digest_of({"device": kind})
 
 
-def pretrain_path(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
-                  device: str = "cpu") -> Path:
+def pretrain_path(
+    config: BenchConfig, arch: str, task: PreparedTask | None, work: Path, device: str = "cpu"
+) -> Path:
     """Where :func:`pretrain` caches ``arch`` pre-trained on ``task`` (None: initialisation)."""
     source = task.name if task is not None else SCRATCH
     digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed")
@@ -167,8 +168,15 @@ def pretrain_path(config: BenchConfig, arch: str, task: PreparedTask | None, wor
     return work / "pretrain" / f"{model_name(arch, source)}-{digest}.pt"
 
 
-def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Path,
-             progress: bool, log, device: str = "cpu") -> Path:
+def pretrain(
+    config: BenchConfig,
+    arch: str,
+    task: PreparedTask | None,
+    work: Path,
+    progress: bool,
+    log,
+    device: str = "cpu",
+) -> Path:
     """The checkpoint of ``arch`` pre-trained on ``task`` (None: the seeded initialisation),
     trained on ``device`` (the weights are initialised on the CPU, so every device starts from
     the same ones). With ``pretrain.val_fraction``, that fraction of the source's cases (by
@@ -204,40 +212,71 @@ def pretrain(config: BenchConfig, arch: str, task: PreparedTask | None, work: Pa
         folder = config.task_specs[source].parent or source
         group = config["groups"].get(folder)
         if cfg["val_fraction"] > 0 and len(set(_group_keys(task.case_ids, group, source))) < 2:
-            log(f"pre-training {arch} on {source}: {len(task.case_ids)} case(s), too few to "
-                "hold any out: no source validation Dice")
+            log(
+                f"pre-training {arch} on {source}: {len(task.case_ids)} case(s), too few to "
+                "hold any out: no source validation Dice"
+            )
         elif cfg["val_fraction"] > 0:
-            whole = PreparedTask(task.name, task.images, task.labels, task.case_ids, every,
-                                 np.zeros(0, dtype=np.int64), task.class_names,
-                                 task.train_folder)
+            whole = PreparedTask(
+                task.name,
+                task.images,
+                task.labels,
+                task.case_ids,
+                every,
+                np.zeros(0, dtype=np.int64),
+                task.class_names,
+                task.train_folder,
+            )
             fit, val = carve_validation(whole, cfg["val_fraction"], config["split_seed"], group)
 
         def validate(net):
-            value = mean_dice(dice_per_case(net, task.images[val], task.labels[val],
-                                            n_classes=n_out))
+            value = mean_dice(
+                dice_per_case(net, task.images[val], task.labels[val], n_classes=n_out)
+            )
             return 0.0 if value is None else value
 
-        info = train(model, task.images[fit], task.labels[fit], steps=cfg["steps"],
-                     batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
-                     schedule=cfg["schedule"], validate=validate if val.size else None,
-                     eval_every=cfg["eval_every"],
-                     progress=f"pre-train {arch} on {source}" if progress else None)
+        info = train(
+            model,
+            task.images[fit],
+            task.labels[fit],
+            steps=cfg["steps"],
+            batch_size=cfg["batch_size"],
+            lr=cfg["lr"],
+            seed=cfg["seed"],
+            schedule=cfg["schedule"],
+            validate=validate if val.size else None,
+            eval_every=cfg["eval_every"],
+            progress=f"pre-train {arch} on {source}" if progress else None,
+        )
         meta.update(info)
         if val.size:
-            meta.update(source_val_dice=info["best_value"],
-                        source_val_cases=[task.case_ids[i] for i in val])
-        log(f"pre-trained {arch} on {source}: loss {info['loss_first']:.3f} -> "
+            meta.update(
+                source_val_dice=info["best_value"], source_val_cases=[task.case_ids[i] for i in val]
+            )
+        log(
+            f"pre-trained {arch} on {source}: loss {info['loss_first']:.3f} -> "
             f"{info['loss_last']:.3f} in {time.perf_counter() - start:.0f} s"
-            + (f", validation Dice {info['best_value']:.4f} (step {info['best_step']})"
-               if val.size else ""))
+            + (
+                f", validation Dice {info['best_value']:.4f} (step {info['best_step']})"
+                if val.size
+                else ""
+            )
+        )
     with torch.no_grad():
         save_checkpoint(model, path, meta)
     return path
 
 
-def finetune_path(config: BenchConfig, name: str, target: PreparedTask, seed: int,
-                  work: Path, device: str = "cpu", steps: int | None = None,
-                  folder: str = "finetune") -> Path:
+def finetune_path(
+    config: BenchConfig,
+    name: str,
+    target: PreparedTask,
+    seed: int,
+    work: Path,
+    device: str = "cpu",
+    steps: int | None = None,
+    folder: str = "finetune",
+) -> Path:
     """Where :func:`finetune` caches one run (``steps`` overrides ``finetune.steps`` and the
     target's ``finetune_steps``)."""
     cfg = dict(config["finetune"])
@@ -246,9 +285,9 @@ def finetune_path(config: BenchConfig, name: str, target: PreparedTask, seed: in
     if steps is not None:
         cfg["steps"] = int(steps)
     # the seed is in the file name, not the digest: adding a seed keeps the runs already made
-    digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed",
-                           "test_fraction") + config.digest_of(
-        digest_view("finetune", {k: v for k, v in cfg.items() if k != "seeds"}))
+    digest = config.digest(
+        "pretrain", "size", "channels", "max_cases", "split_seed", "test_fraction"
+    ) + config.digest_of(digest_view("finetune", {k: v for k, v in cfg.items() if k != "seeds"}))
     if config["groups"].get(target.name):  # a split by patient is another split
         digest += config.digest_of(config["groups"][target.name])
     if config.train_cases(target.name) is not None:
@@ -257,10 +296,19 @@ def finetune_path(config: BenchConfig, name: str, target: PreparedTask, seed: in
     return work / folder / target.name / f"{name}__{digest}__seed{seed}.json"
 
 
-def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
-             target: PreparedTask, seed: int, work: Path, progress: bool,
-             device: str = "cpu", steps: int | None = None,
-             folder: str = "finetune") -> dict:
+def finetune(
+    config: BenchConfig,
+    arch: str,
+    checkpoint: Path,
+    name: str,
+    target: PreparedTask,
+    seed: int,
+    work: Path,
+    progress: bool,
+    device: str = "cpu",
+    steps: int | None = None,
+    folder: str = "finetune",
+) -> dict:
     """Fine-tune one bank model on the target's train split (on ``device``); Dice on its test
     split, per class and per test case. With ``finetune.val_fraction``, a validation split
     carved out of target-train (by group, the same for every model and seed) selects the
@@ -287,8 +335,9 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
     path = finetune_path(config, name, target, seed, work, device, steps, folder)
     if path.is_file():
         return json.loads(path.read_text())
-    fit, val = carve_validation(target, cfg["val_fraction"], config["split_seed"],
-                                config["groups"].get(target.name))
+    fit, val = carve_validation(
+        target, cfg["val_fraction"], config["split_seed"], config["groups"].get(target.name)
+    )
     set_seed(seed)
     model = ARCHITECTURES[arch](config["channels"], target.n_classes, config["size"])
     state = load_torch_file(checkpoint, f"benchmark checkpoint {checkpoint}")["state_dict"]
@@ -296,45 +345,68 @@ def finetune(config: BenchConfig, arch: str, checkpoint: Path, name: str,
     model.to(device)
 
     def validate(net):
-        value = mean_dice(dice_per_case(net, target.images[val], target.labels[val],
-                                        n_classes=target.n_classes))
+        value = mean_dice(
+            dice_per_case(net, target.images[val], target.labels[val], n_classes=target.n_classes)
+        )
         return 0.0 if value is None else value
 
     start = time.perf_counter()
-    info = train(model, target.images[fit], target.labels[fit],
-                 steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
-                 schedule=cfg["schedule"], validate=validate if val.size else None,
-                 eval_every=cfg["eval_every"],
-                 progress=f"fine-tune {name} on {target.name} (seed {seed})" if progress
-                 else None)
-    per_case = dice_per_case(model, target.images[target.test], target.labels[target.test],
-                             n_classes=target.n_classes)
+    info = train(
+        model,
+        target.images[fit],
+        target.labels[fit],
+        steps=cfg["steps"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        seed=seed,
+        schedule=cfg["schedule"],
+        validate=validate if val.size else None,
+        eval_every=cfg["eval_every"],
+        progress=f"fine-tune {name} on {target.name} (seed {seed})" if progress else None,
+    )
+    per_case = dice_per_case(
+        model, target.images[target.test], target.labels[target.test], n_classes=target.n_classes
+    )
     with np.errstate(all="ignore"):
         counts = np.isfinite(per_case).sum(axis=0)
-        per_class = np.where(counts > 0, np.nansum(per_case, axis=0) / np.maximum(counts, 1),
-                             np.nan)
+        per_class = np.where(
+            counts > 0, np.nansum(per_case, axis=0) / np.maximum(counts, 1), np.nan
+        )
     names = [target.class_names.get(k + 1, str(k + 1)) for k in range(per_case.shape[1])]
-    result = {"model": name, "target": target.name, "seed": seed,
-              "dice": mean_dice(per_case),
-              "dice_per_class": {c: (float(v) if math.isfinite(v) else None)
-                                 for c, v in zip(names, per_class)},
-              "dice_per_case": {target.case_ids[i]: [float(v) if math.isfinite(v) else None
-                                                     for v in row]
-                                for i, row in zip(target.test, per_case)},
-              "seconds": time.perf_counter() - start, "device": str(device),
-              "steps": cfg["steps"], "loss_first": info["loss_first"],
-              "loss_last": info["loss_last"], "loaded_tensors": loaded["loaded"],
-              "reinitialised": loaded["reinitialised"]}
+    result = {
+        "model": name,
+        "target": target.name,
+        "seed": seed,
+        "dice": mean_dice(per_case),
+        "dice_per_class": {
+            c: (float(v) if math.isfinite(v) else None) for c, v in zip(names, per_class)
+        },
+        "dice_per_case": {
+            target.case_ids[i]: [float(v) if math.isfinite(v) else None for v in row]
+            for i, row in zip(target.test, per_case)
+        },
+        "seconds": time.perf_counter() - start,
+        "device": str(device),
+        "steps": cfg["steps"],
+        "loss_first": info["loss_first"],
+        "loss_last": info["loss_last"],
+        "loaded_tensors": loaded["loaded"],
+        "reinitialised": loaded["reinitialised"],
+    }
     if val.size:
-        result["validation"] = {"cases": [target.case_ids[i] for i in val],
-                                "curve": info["curve"], "best_step": info["best_step"],
-                                "best_dice": info["best_value"]}
+        result["validation"] = {
+            "cases": [target.case_ids[i] for i in val],
+            "curve": info["curve"],
+            "best_step": info["best_step"],
+            "best_dice": info["best_value"],
+        }
     _write_json(path, result)
     return result
 
 
-def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple],
-               work: Path) -> Path:
+def write_bank(
+    config: BenchConfig, target: PreparedTask, bank: dict[str, tuple], work: Path
+) -> Path:
     """The bank YAML of one target: every model with its network, checkpoint, layers auto."""
     from ccfv.bank.checkpoint import load_torch_file
     from ccfv.bench.train import network_spec
@@ -343,17 +415,28 @@ def write_bank(config: BenchConfig, target: PreparedTask, bank: dict[str, tuple]
     for name, (arch, checkpoint) in bank.items():
         meta = load_torch_file(checkpoint, f"benchmark checkpoint {checkpoint}")["meta"]
         spec = network_spec(arch, config["channels"], meta["out_channels"], config["size"])
-        models.append({"name": name, **spec, "checkpoint": str(Path(checkpoint).resolve()),
-                       "layers": "auto",
-                       "preprocessing": {"intensity": {"kind": "range", "a_min": 0,
-                                                       "a_max": 255, "b_min": 0, "b_max": 1},
-                                         "roi": config.spatial_size}})
+        models.append(
+            {
+                "name": name,
+                **spec,
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "layers": "auto",
+                "preprocessing": {
+                    "intensity": {
+                        "kind": "range",
+                        "a_min": 0,
+                        "a_max": 255,
+                        "b_min": 0,
+                        "b_max": 1,
+                    },
+                    "roi": config.spatial_size,
+                },
+            }
+        )
     path = work / "scores" / target.name / "bank.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
     return path
-
-
 
 
 def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
@@ -375,16 +458,30 @@ def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
     return out
 
 
-def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, work: Path,
-                 progress: bool, log, device: str = "cpu") -> tuple[dict, dict]:
+def score_target(
+    config: BenchConfig,
+    target: PreparedTask,
+    bank_file: Path,
+    work: Path,
+    progress: bool,
+    log,
+    device: str = "cpu",
+) -> tuple[dict, dict]:
     """Every method's score of every bank model on the target's train split, and each
     model's per-class consistency (:func:`class_consistency`)."""
     from ccfv.rank import rank
 
     cfg = config["scoring"]
-    common = dict(cases=min(cfg["cases"], len(target.train)), seed=cfg["seed"], device=device,
-                  counts=cfg["counts"], cache_dir=work / "features", bootstrap=0,
-                  progress=progress, log=lambda *_: None)
+    common = dict(
+        cases=min(cfg["cases"], len(target.train)),
+        seed=cfg["seed"],
+        device=device,
+        counts=cfg["counts"],
+        cache_dir=work / "features",
+        bootstrap=0,
+        progress=progress,
+        log=lambda *_: None,
+    )
     per_class = {}
 
     def record(model, features, _predictions):
@@ -392,29 +489,47 @@ def score_target(config: BenchConfig, target: PreparedTask, bank_file: Path, wor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
-        fixed = rank(bank_file, target.train_folder, methods=cfg["methods"], budget="fixed",
-                     on_model=record, **common)
+        fixed = rank(
+            bank_file,
+            target.train_folder,
+            methods=cfg["methods"],
+            budget="fixed",
+            on_model=record,
+            **common,
+        )
         scores = {m: dict(v) for m, v in fixed.scores.items()}
         failures = dict(fixed.failures)
         if cfg["proportional"]:
-            prop = rank(bank_file, target.train_folder, methods=cfg["proportional"],
-                        budget="proportional", **common)
+            prop = rank(
+                bank_file,
+                target.train_folder,
+                methods=cfg["proportional"],
+                budget="proportional",
+                **common,
+            )
             for model, values in prop.scores.items():
                 for method, value in values.items():
                     scores[model][method + PROPORTIONAL] = value
             failures.update({m: e for m, e in prop.failures.items() if m not in failures})
     for model, error in failures.items():
         log(f"{target.name}: {model}: scoring FAILED: {error}")
-    return scores, {"cases": fixed.details["cases"], "failures": failures,
-                    "class_consistency": per_class}
+    return scores, {
+        "cases": fixed.details["cases"],
+        "failures": failures,
+        "class_consistency": per_class,
+    }
 
 
 def _pretrain_seconds(paths) -> float:
     """Training time recorded in the pre-trained checkpoints (0 for initialisations)."""
     from ccfv.bank.checkpoint import load_torch_file
 
-    return float(sum(load_torch_file(p, f"benchmark checkpoint {p}")["meta"]
-                     .get("seconds", 0.0) for p in set(paths)))
+    return float(
+        sum(
+            load_torch_file(p, f"benchmark checkpoint {p}")["meta"].get("seconds", 0.0)
+            for p in set(paths)
+        )
+    )
 
 
 def _prepare_all(config: BenchConfig, work: Path, log) -> dict[str, PreparedTask]:
@@ -422,15 +537,20 @@ def _prepare_all(config: BenchConfig, work: Path, log) -> dict[str, PreparedTask
     targets = set(config.targets)
     for name, spec in config.task_specs.items():
         folder = spec.parent or name
-        tasks[name] = prepare_task(spec.path, work, size=config["size"],
-                                   channels=config["channels"], max_cases=config["max_cases"],
-                                   test_fraction=config["test_fraction"],
-                                   split_seed=config["split_seed"],
-                                   group=config["groups"].get(folder),
-                                   reserve=config["source_cases"].get(folder, 0),
-                                   derived=spec.labels, name=name,
-                                   train_cases=(config.train_cases(name) if name in targets
-                                                else None))
+        tasks[name] = prepare_task(
+            spec.path,
+            work,
+            size=config["size"],
+            channels=config["channels"],
+            max_cases=config["max_cases"],
+            test_fraction=config["test_fraction"],
+            split_seed=config["split_seed"],
+            group=config["groups"].get(folder),
+            reserve=config["source_cases"].get(folder, 0),
+            derived=spec.labels,
+            name=name,
+            train_cases=(config.train_cases(name) if name in targets else None),
+        )
         t = tasks[name]
         if spec.parent:
             role = f"source only ({len(t.train)} cases set aside from {spec.parent})"
@@ -443,32 +563,64 @@ def _prepare_all(config: BenchConfig, work: Path, log) -> dict[str, PreparedTask
         log(f"task {name}: {role}, {t.n_classes - 1} foreground class(es)")
     for name in config.targets:
         if len(tasks[name].test) == 0 or len(tasks[name].train) < 2:
-            raise UserError(f"{config.source}: target {name} has {len(tasks[name].train)} "
-                            f"train and {len(tasks[name].test)} test case(s); a target needs at "
-                            "least 2 train and 1 test case: make it a source only (`targets`)")
+            raise UserError(
+                f"{config.source}: target {name} has {len(tasks[name].train)} "
+                f"train and {len(tasks[name].test)} test case(s); a target needs at "
+                "least 2 train and 1 test case: make it a source only (`targets`)"
+            )
     return tasks
 
 
 def _pretrain_all(config, tasks, jobs, work, progress, log, device) -> dict:
     """Every (arch, source) checkpoint of ``jobs``, shared with other processes by claims."""
-    paths = {(arch, src): pretrain_path(config, arch, None if src == SCRATCH else tasks[src],
-                                        work, device) for arch, src in jobs}
-    _run_claimed([(paths[j], j) for j in jobs], lambda job: job[0].is_file(),
-                 lambda job: pretrain(config, job[1][0], None if job[1][1] == SCRATCH
-                                      else tasks[job[1][1]], work, progress, log, device))
+    paths = {
+        (arch, src): pretrain_path(
+            config, arch, None if src == SCRATCH else tasks[src], work, device
+        )
+        for arch, src in jobs
+    }
+    _run_claimed(
+        [(paths[j], j) for j in jobs],
+        lambda job: job[0].is_file(),
+        lambda job: pretrain(
+            config,
+            job[1][0],
+            None if job[1][1] == SCRATCH else tasks[job[1][1]],
+            work,
+            progress,
+            log,
+            device,
+        ),
+    )
     return paths
 
 
 def _scores_path(config: BenchConfig, target: PreparedTask, work: Path, device: str) -> Path:
-    digest = config.digest("pretrain", "size", "channels", "max_cases", "split_seed",
-                           "test_fraction", "scoring", "architectures", "groups")
+    digest = config.digest(
+        "pretrain",
+        "size",
+        "channels",
+        "max_cases",
+        "split_seed",
+        "test_fraction",
+        "scoring",
+        "architectures",
+        "groups",
+    )
     digest += config.digest_of({"train_cases": config.train_cases(target.name)})
     digest += _cases_digest(config, target.name) + _device_digest(device)
     return work / "scores" / target.name / f"scores-{digest}.json"
 
 
-def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progress: bool = True,
-              log=print, device: str = "cpu") -> dict:
+def run_bench(
+    config: BenchConfig,
+    work: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log=print,
+    device: str = "cpu",
+) -> dict:
     """Run (or resume) the whole benchmark; write results to ``out``; return the summary.
 
     ``device`` (``cpu``, ``cuda``, ``cuda:1``) runs pre-training, fine-tuning and the feature
@@ -485,58 +637,85 @@ def run_bench(config: BenchConfig, work: str | Path, out: str | Path, *, progres
     archs = config["architectures"]
     targets = config.targets
     jobs = [(arch, SCRATCH) for arch in archs] + [
-        (arch, name) for arch in archs for name in tasks if any(t != name for t in targets)]
+        (arch, name) for arch in archs for name in tasks if any(t != name for t in targets)
+    ]
     checkpoints = _pretrain_all(config, tasks, jobs, work, progress, log, device)
-    sources = {f"{arch}__{src}": {k: meta.get(k) for k in ("source_val_dice", "loss_last",
-                                                              "steps", "seconds")}
-               for (arch, src), meta in ((j, _meta(checkpoints[j])) for j in jobs)
-               if src != SCRATCH}
+    sources = {
+        f"{arch}__{src}": {
+            k: meta.get(k) for k in ("source_val_dice", "loss_last", "steps", "seconds")
+        }
+        for (arch, src), meta in ((j, _meta(checkpoints[j])) for j in jobs)
+        if src != SCRATCH
+    }
     summary: dict[str, Any] = {"config": config.raw, "targets": {}, "sources": sources}
     for target_name in targets:
         target = tasks[target_name]
-        bank = {model_name(arch, src): (arch, checkpoints[(arch, src)])
-                for arch in archs for src in [*(n for n in tasks if n != target_name), SCRATCH]}
+        bank = {
+            model_name(arch, src): (arch, checkpoints[(arch, src)])
+            for arch in archs
+            for src in [*(n for n in tasks if n != target_name), SCRATCH]
+        }
         seeds = config["finetune"]["seeds"]
-        runs_of = [(finetune_path(config, name, target, seed, work, device), (name, seed))
-                   for name in bank for seed in seeds]
+        runs_of = [
+            (finetune_path(config, name, target, seed, work, device), (name, seed))
+            for name in bank
+            for seed in seeds
+        ]
 
         def compute(job, target=target, bank=bank):
             name, seed = job[1]
-            result = finetune(config, bank[name][0], bank[name][1], name, target, seed, work,
-                              progress, device)
-            log(f"{target.name}: {name}: seed {seed}: fine-tuned Dice "
+            result = finetune(
+                config, bank[name][0], bank[name][1], name, target, seed, work, progress, device
+            )
+            log(
+                f"{target.name}: {name}: seed {seed}: fine-tuned Dice "
                 + ("n/a" if result["dice"] is None else f"{result['dice']:.4f}")
-                + (f" (validation {result['validation']['best_dice']:.4f} at step "
-                   f"{result['validation']['best_step']})" if "validation" in result else ""))
+                + (
+                    f" (validation {result['validation']['best_dice']:.4f} at step "
+                    f"{result['validation']['best_step']})"
+                    if "validation" in result
+                    else ""
+                )
+            )
 
         _run_claimed(runs_of, lambda job: job[0].is_file(), compute)
         models = {}
         for name in bank:
-            runs = [json.loads(finetune_path(config, name, target, seed, work, device)
-                               .read_text()) for seed in seeds]
-            models[name] = {"dice": [r["dice"] for r in runs],
-                            "dice_per_class": [r["dice_per_class"] for r in runs],
-                            "finetune_seconds": [r["seconds"] for r in runs]}
+            runs = [
+                json.loads(finetune_path(config, name, target, seed, work, device).read_text())
+                for seed in seeds
+            ]
+            models[name] = {
+                "dice": [r["dice"] for r in runs],
+                "dice_per_class": [r["dice_per_class"] for r in runs],
+                "finetune_seconds": [r["seconds"] for r in runs],
+            }
             if all("dice_per_case" in r for r in runs):
                 models[name]["dice_per_case"] = [r["dice_per_case"] for r in runs]
             if all("validation" in r for r in runs):
                 models[name]["validation_dice"] = [r["validation"]["best_dice"] for r in runs]
-            log(f"{target_name}: {name}: fine-tuned Dice "
-                + ", ".join("n/a" if d is None else f"{d:.4f}" for d in models[name]["dice"]))
-        summary["targets"][target_name] = {"models": models,
-                                           "classes": [target.class_names.get(k, str(k))
-                                                       for k in range(1, target.n_classes)],
-                                           "spatial_dims": len(config.spatial_size),
-                                           "finetune_steps": config.finetune_steps(target_name)
-                                           or config["finetune"]["steps"],
-                                           "train": [target.case_ids[i] for i in target.train],
-                                           "test": [target.case_ids[i] for i in target.test]}
+            log(
+                f"{target_name}: {name}: fine-tuned Dice "
+                + ", ".join("n/a" if d is None else f"{d:.4f}" for d in models[name]["dice"])
+            )
+        summary["targets"][target_name] = {
+            "models": models,
+            "classes": [target.class_names.get(k, str(k)) for k in range(1, target.n_classes)],
+            "spatial_dims": len(config.spatial_size),
+            "finetune_steps": config.finetune_steps(target_name) or config["finetune"]["steps"],
+            "train": [target.case_ids[i] for i in target.train],
+            "test": [target.case_ids[i] for i in target.test],
+        }
         _write_json(work / "summary.partial.json", summary)
+
     # scoring, target after target; a target another process is scoring is read at the end
     def score(job):
         target = tasks[job[1]]
-        bank = {model_name(arch, src): (arch, checkpoints[(arch, src)])
-                for arch in archs for src in [*(n for n in tasks if n != target.name), SCRATCH]}
+        bank = {
+            model_name(arch, src): (arch, checkpoints[(arch, src)])
+            for arch in archs
+            for src in [*(n for n in tasks if n != target.name), SCRATCH]
+        }
         bank_file = write_bank(config, target, bank, work)
         scores, info = score_target(config, target, bank_file, work, progress, log, device)
         _write_json(job[0], {"scores": scores, "info": info})
@@ -569,12 +748,21 @@ def _check_device(device: str) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu "
-                            "(the default) or install a CUDA build of torch")
+            raise UserError(
+                f"--device {device}: torch sees no CUDA GPU here; use --device cpu "
+                "(the default) or install a CUDA build of torch"
+            )
 
 
-def run_convergence(config: BenchConfig, work: str | Path, out: str | Path, *,
-                    progress: bool = True, log=print, device: str = "cpu") -> dict:
+def run_convergence(
+    config: BenchConfig,
+    work: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log=print,
+    device: str = "cpu",
+) -> dict:
     """The convergence study that chooses ``finetune.steps``: per target, for each architecture
     of ``convergence.architectures`` (default: the first), the scratch model and the model
     pre-trained on the first other source task are fine-tuned with seed ``convergence.seed``
@@ -601,17 +789,43 @@ def run_convergence(config: BenchConfig, work: str | Path, out: str | Path, *,
     study_config = BenchConfig(raw=base, source=config.source)
     for target_name, models in plan.items():
         target = tasks[target_name]
-        runs = [(finetune_path(study_config, model_name(a, s), target, conv["seed"], work,
-                               device, steps, "convergence"), (a, s, steps))
-                for a, s in models for steps in conv["budgets"]]
+        runs = [
+            (
+                finetune_path(
+                    study_config,
+                    model_name(a, s),
+                    target,
+                    conv["seed"],
+                    work,
+                    device,
+                    steps,
+                    "convergence",
+                ),
+                (a, s, steps),
+            )
+            for a, s in models
+            for steps in conv["budgets"]
+        ]
 
         def compute(job, target=target):
             arch, src, steps = job[1]
-            result = finetune(study_config, arch, checkpoints[(arch, src)],
-                              model_name(arch, src), target, conv["seed"], work, progress,
-                              device, steps=steps, folder="convergence")
-            log(f"convergence {target.name}: {model_name(arch, src)}: {steps} steps: test Dice "
-                f"{result['dice']}")
+            result = finetune(
+                study_config,
+                arch,
+                checkpoints[(arch, src)],
+                model_name(arch, src),
+                target,
+                conv["seed"],
+                work,
+                progress,
+                device,
+                steps=steps,
+                folder="convergence",
+            )
+            log(
+                f"convergence {target.name}: {model_name(arch, src)}: {steps} steps: test Dice "
+                f"{result['dice']}"
+            )
 
         _run_claimed(runs, lambda job: job[0].is_file(), compute)
         entry: dict[str, dict[str, Any]] = {}
@@ -619,10 +833,13 @@ def run_convergence(config: BenchConfig, work: str | Path, out: str | Path, *,
             r = json.loads(path.read_text())
             v = r.get("validation", {})
             entry.setdefault(model_name(arch, src), {})[str(steps)] = {
-                "curve": v.get("curve"), "best_validation_dice": v.get("best_dice"),
+                "curve": v.get("curve"),
+                "best_validation_dice": v.get("best_dice"),
                 "best_step": v.get("best_step"),
                 "final_validation_dice": (v["curve"][-1][1] if v.get("curve") else None),
-                "test_dice": r["dice"], "seconds": r["seconds"]}
+                "test_dice": r["dice"],
+                "seconds": r["seconds"],
+            }
         study["targets"][target_name] = entry
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "convergence.json", study)

@@ -53,13 +53,13 @@ class PreparedTask:
     """One task in the benchmark's input format."""
 
     name: str
-    images: np.ndarray         # uint8 (N, C, *size)
-    labels: np.ndarray         # int64 (N, *size)
+    images: np.ndarray  # uint8 (N, C, *size)
+    labels: np.ndarray  # int64 (N, *size)
     case_ids: list[str]
-    train: np.ndarray          # int64 indices into the cases
+    train: np.ndarray  # int64 indices into the cases
     test: np.ndarray
     class_names: dict[int, str]
-    train_folder: Path         # Decathlon folder of the train split, for ccfv rank
+    train_folder: Path  # Decathlon folder of the train split, for ccfv rank
     reserved: list[str] | None = None  # case ids set aside for the derived source tasks
 
     @property
@@ -86,15 +86,17 @@ def _write_case(tmp: Path, case: str, image: np.ndarray, label: np.ndarray) -> d
 
         pixels = np.moveaxis(image, 0, -1)
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
-            tmp / "imagesTr" / f"{case}.png")
+            tmp / "imagesTr" / f"{case}.png"
+        )
         Image.fromarray(label.astype(np.uint8)).save(tmp / "labelsTr" / f"{case}.png")
         return {"image": f"./imagesTr/{case}.png", "label": f"./labelsTr/{case}.png"}
     import nibabel as nib
 
     voxels = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # channels last
     nib.save(nib.Nifti1Image(voxels, np.eye(4)), tmp / "imagesTr" / f"{case}.nii.gz")
-    nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)),
-             tmp / "labelsTr" / f"{case}.nii.gz")
+    nib.save(
+        nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), tmp / "labelsTr" / f"{case}.nii.gz"
+    )
     return {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
 
 
@@ -104,13 +106,21 @@ def _write_train_folder(folder: Path, task: PreparedTask) -> None:
     tmp = folder.with_name(folder.name + ".partial")
     (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
     (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
-    training = [_write_case(tmp, task.case_ids[i], task.images[i], task.labels[i])
-                for i in task.train]
-    (tmp / "dataset.json").write_text(json.dumps({
-        "name": f"{task.name} (benchmark train split)",
-        "tensorImageSize": f"{task.labels.ndim - 1}D",
-        "labels": {str(k): v for k, v in task.class_names.items()},
-        "numTraining": len(training), "training": training}, indent=1))
+    training = [
+        _write_case(tmp, task.case_ids[i], task.images[i], task.labels[i]) for i in task.train
+    ]
+    (tmp / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": f"{task.name} (benchmark train split)",
+                "tensorImageSize": f"{task.labels.ndim - 1}D",
+                "labels": {str(k): v for k, v in task.class_names.items()},
+                "numTraining": len(training),
+                "training": training,
+            },
+            indent=1,
+        )
+    )
     if folder.exists():
         import shutil
 
@@ -128,27 +138,36 @@ def _group_keys(ids: list[str], group: str | None, task: str) -> list[str]:
     for case in ids:
         match = re.search(group, case)
         if match is None:
-            raise UserError(f"task {task}: case id {case!r} does not match the group pattern "
-                            f"{group!r}: fix `groups` in the benchmark config")
+            raise UserError(
+                f"task {task}: case id {case!r} does not match the group pattern "
+                f"{group!r}: fix `groups` in the benchmark config"
+            )
         keys.append(match.group(1))
     return keys
 
 
-def _reserve(keys: list[str], n: int, split_seed: int, group: str | None,
-             task: str) -> set[str]:
+def _reserve(keys: list[str], n: int, split_seed: int, group: str | None, task: str) -> set[str]:
     """The ``n`` groups (cases when ungrouped) set aside for derived source tasks, seeded;
     ``keys`` are the cases' groups (:func:`_group_keys`)."""
     names = sorted(set(keys))
     if n >= len(names) - 2:
-        raise UserError(f"task {task}: source_cases {n} leaves {len(names) - n} of its "
-                        f"{len(names)} {'groups' if group else 'cases'} for its own train/test "
-                        "split; it needs at least 3: lower source_cases")
+        raise UserError(
+            f"task {task}: source_cases {n} leaves {len(names) - n} of its "
+            f"{len(names)} {'groups' if group else 'cases'} for its own train/test "
+            "split; it needs at least 3: lower source_cases"
+        )
     order = np.random.default_rng([split_seed, 11]).permutation(len(names))
     return {names[i] for i in order[:n]}
 
 
-def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | None,
-           task: str, train_cases: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _split(
+    ids: list[str],
+    test_fraction: float,
+    split_seed: int,
+    group: str | None,
+    task: str,
+    train_cases: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/test indices, by case or (``group``) by the regex's first group; with
     ``train_cases``, that many cases (groups) are train and all the others test."""
     n = len(ids)
@@ -156,8 +175,10 @@ def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | N
         order = np.random.default_rng([split_seed, 7]).permutation(n)
         if train_cases is not None:
             if train_cases > n - 1:
-                raise UserError(f"task {task}: train_cases {train_cases} leaves no test case "
-                                f"among its {n} cases: lower train_cases")
+                raise UserError(
+                    f"task {task}: train_cases {train_cases} leaves no test case "
+                    f"among its {n} cases: lower train_cases"
+                )
             n_test = n - train_cases
         else:
             n_test = min(n - 2, max(1, round(test_fraction * n)))
@@ -165,13 +186,17 @@ def _split(ids: list[str], test_fraction: float, split_seed: int, group: str | N
     keys = _group_keys(ids, group, task)
     names = sorted(set(keys))
     if len(names) < 2:
-        raise UserError(f"task {task}: the group pattern {group!r} finds {len(names)} group(s) "
-                        "among the chosen cases; a split by group needs at least 2")
+        raise UserError(
+            f"task {task}: the group pattern {group!r} finds {len(names)} group(s) "
+            "among the chosen cases; a split by group needs at least 2"
+        )
     order = np.random.default_rng([split_seed, 7]).permutation(len(names))
     if train_cases is not None:
         if train_cases > len(names) - 1:
-            raise UserError(f"task {task}: train_cases {train_cases} leaves no test group "
-                            f"among its {len(names)} groups: lower train_cases")
+            raise UserError(
+                f"task {task}: train_cases {train_cases} leaves no test group "
+                f"among its {len(names)} groups: lower train_cases"
+            )
         n_test = len(names) - train_cases
     else:
         n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))
@@ -189,11 +214,21 @@ def _remap(label: np.ndarray, derived: dict[str, list[int]]) -> np.ndarray:
     return out
 
 
-def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], channels: int,
-                 max_cases: int, test_fraction: float, split_seed: int,
-                 group: str | None = None, reserve: int = 0,
-                 derived: dict[str, list[int]] | None = None,
-                 name: str | None = None, train_cases: int | None = None) -> PreparedTask:
+def prepare_task(
+    path: str | Path,
+    work: str | Path,
+    *,
+    size: int | list[int],
+    channels: int,
+    max_cases: int,
+    test_fraction: float,
+    split_seed: int,
+    group: str | None = None,
+    reserve: int = 0,
+    derived: dict[str, list[int]] | None = None,
+    name: str | None = None,
+    train_cases: int | None = None,
+) -> PreparedTask:
     """Read, normalise, resize and split one task, or load it from ``work`` (see module doc).
 
     ``size`` is an int (square 2D images) or one value per spatial axis (2D or 3D; the task's
@@ -209,12 +244,20 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
     path = Path(path)
     name = name or path.name
     if derived is not None and reserve < 1:
-        raise UserError(f"task {name} is derived from {path.name}, which sets no cases aside "
-                        f"for it: set source_cases: {{{path.name}: N}} in the benchmark config")
+        raise UserError(
+            f"task {name} is derived from {path.name}, which sets no cases aside "
+            f"for it: set source_cases: {{{path.name}: N}} in the benchmark config"
+        )
     grid = spatial_size(size)
-    settings: dict[str, Any] = {"size": size, "channels": channels, "max_cases": max_cases,
-                                "test_fraction": test_fraction, "split_seed": split_seed,
-                                "source": str(path.resolve()), "format": 1}
+    settings: dict[str, Any] = {
+        "size": size,
+        "channels": channels,
+        "max_cases": max_cases,
+        "test_fraction": test_fraction,
+        "split_seed": split_seed,
+        "source": str(path.resolve()),
+        "format": 1,
+    }
     # keys added only when used, so that plain tasks keep the digest they always had
     if group is not None:
         settings["group"] = group
@@ -233,14 +276,23 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
     if derived is not None:
         class_names = {0: "background", **{k: str(v) for k, v in enumerate(derived, start=1)}}
     else:
-        class_names = ({int(k): str(v) for k, v in dataset.labels.items()}
-                       or {0: "background", 1: "foreground"})
+        class_names = {int(k): str(v) for k, v in dataset.labels.items()} or {
+            0: "background",
+            1: "foreground",
+        }
     if npz.is_file():
         with np.load(npz) as z:
-            task = PreparedTask(name, z["images"], z["labels"],
-                                [str(c) for c in z["case_ids"]], z["train"], z["test"],
-                                class_names, base / "train",
-                                [str(c) for c in z["reserved"]] if "reserved" in z else None)
+            task = PreparedTask(
+                name,
+                z["images"],
+                z["labels"],
+                [str(c) for c in z["case_ids"]],
+                z["train"],
+                z["test"],
+                class_names,
+                base / "train",
+                [str(c) for c in z["reserved"]] if "reserved" in z else None,
+            )
         _write_train_folder(task.train_folder, task)
         return task
     with warnings.catch_warnings():
@@ -260,17 +312,21 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
     for case in chosen:
         loaded = load_case(case, dataset.labels)
         if loaded.ndim != len(grid):
-            raise UserError(f"task {path.name}: case {case.case_id} is {loaded.ndim}D but the "
-                            f"benchmark size {size} is {len(grid)}D: give `size` as "
-                            f"{'one int or [x, y]' if loaded.ndim == 2 else '[x, y, z]'}, and "
-                            "keep 2D and 3D tasks in separate configs")
+            raise UserError(
+                f"task {path.name}: case {case.case_id} is {loaded.ndim}D but the "
+                f"benchmark size {size} is {len(grid)}D: give `size` as "
+                f"{'one int or [x, y]' if loaded.ndim == 2 else '[x, y, z]'}, and "
+                "keep 2D and 3D tasks in separate configs"
+            )
         image = loaded.image.astype(np.float32)
         if image.shape[0] == 1 and channels > 1:
             image = np.repeat(image, channels, axis=0)
         if image.shape[0] != channels:
-            raise UserError(f"task {path.name}: case {case.case_id} has {image.shape[0]} "
-                            f"channels but the benchmark input has {channels}: set `channels` "
-                            "in the config")
+            raise UserError(
+                f"task {path.name}: case {case.case_id} has {image.shape[0]} "
+                f"channels but the benchmark input has {channels}: set `channels` "
+                "in the config"
+            )
         image = _scale(image)
         image = np.asarray(resize_image(torch.as_tensor(image)))
         label = np.asarray(resize_label(torch.as_tensor(loaded.label[None].astype(np.float32))))
@@ -285,24 +341,46 @@ def prepare_task(path: str | Path, work: str | Path, *, size: int | list[int], c
         train, test = np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
     else:
         train, test = _split(ids, test_fraction, split_seed, group, path.name, train_cases)
-    task = PreparedTask(name, np.stack(images), np.stack(labels), ids, train, test,
-                        class_names, base / "train", reserved)
-    _atomic_savez(npz, images=task.images, labels=task.labels, case_ids=np.array(ids),
-                  train=train, test=test,
-                  **({"reserved": np.array(reserved)} if reserved is not None else {}))
-    split: dict[str, Any] = {"task": name, "settings": settings, "group": group,
-                             "train": [ids[i] for i in train], "test": [ids[i] for i in test]}
+    task = PreparedTask(
+        name,
+        np.stack(images),
+        np.stack(labels),
+        ids,
+        train,
+        test,
+        class_names,
+        base / "train",
+        reserved,
+    )
+    _atomic_savez(
+        npz,
+        images=task.images,
+        labels=task.labels,
+        case_ids=np.array(ids),
+        train=train,
+        test=test,
+        **({"reserved": np.array(reserved)} if reserved is not None else {}),
+    )
+    split: dict[str, Any] = {
+        "task": name,
+        "settings": settings,
+        "group": group,
+        "train": [ids[i] for i in train],
+        "test": [ids[i] for i in test],
+    }
     if reserved is not None:
         split["sources" if derived is None else "from"] = (
-            reserved if derived is None else {"task": path.name, "cases": ids})
+            reserved if derived is None else {"task": path.name, "cases": ids}
+        )
     base.mkdir(parents=True, exist_ok=True)
     (base / "split.json").write_text(json.dumps(split, indent=1))
     _write_train_folder(task.train_folder, task)
     return task
 
 
-def carve_validation(task: PreparedTask, fraction: float, split_seed: int,
-                     group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def carve_validation(
+    task: PreparedTask, fraction: float, split_seed: int, group: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Split a target's train indices into (fit, validation), seeded and by group when the task
     has a ``group`` pattern: ``round(fraction * G)`` of its G train cases (groups), at least 1
     and leaving at least 1, validate (checkpoint selection); the test split is never touched.
@@ -314,9 +392,11 @@ def carve_validation(task: PreparedTask, fraction: float, split_seed: int,
     keys = _group_keys(ids, group, task.name)
     names = sorted(set(keys))
     if len(names) < 2:
-        raise UserError(f"task {task.name}: a validation split needs at least 2 train "
-                        f"{'groups' if group else 'cases'}, it has {len(names)}: raise "
-                        "train_cases or set finetune.val_fraction: 0")
+        raise UserError(
+            f"task {task.name}: a validation split needs at least 2 train "
+            f"{'groups' if group else 'cases'}, it has {len(names)}: raise "
+            "train_cases or set finetune.val_fraction: 0"
+        )
     n_val = min(len(names) - 1, max(1, round(fraction * len(names))))
     order = np.random.default_rng([split_seed, 13]).permutation(len(names))
     chosen = {names[i] for i in order[:n_val]}

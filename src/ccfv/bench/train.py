@@ -35,12 +35,12 @@ from __future__ import annotations
 from ccfv.bench.checkpoints import _names, _plain, load_checkpoint, load_pretrained, save_checkpoint
 from ccfv.bench.dice import dice_per_case, dice_per_class, mean_dice
 from ccfv.bench.networks import (
-                                 _HEADS,
-                                 _SIZE_MULTIPLE,
-                                 ARCHITECTURES,
-                                 build_network,
-                                 head_module,
-                                 network_spec,
+    _HEADS,
+    _SIZE_MULTIPLE,
+    ARCHITECTURES,
+    build_network,
+    head_module,
+    network_spec,
 )
 from ccfv.bench.training import _check_data, _device_of, _to_input, augment_batch, set_seed, train
 

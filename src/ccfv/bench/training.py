@@ -146,8 +146,9 @@ def train(
     """
     _check_data(images, labels)
     if steps < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, "
-                         f"{batch_size}, {lr}")
+        raise ValueError(
+            f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
+        )
     device = _device_of(model)
     batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
     batch_rng, augment_rng = np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
@@ -161,6 +162,15 @@ def train(
         target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
         return inputs, target
 
-    return fit(model, batches, steps=steps, lr=lr, seed=seed, schedule=schedule,
-               validate=validate, eval_every=eval_every, progress=progress,
-               max_label=int(labels.max()))
+    return fit(
+        model,
+        batches,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        schedule=schedule,
+        validate=validate,
+        eval_every=eval_every,
+        progress=progress,
+        max_label=int(labels.max()),
+    )

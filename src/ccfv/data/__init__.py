@@ -15,5 +15,15 @@ from ccfv.data.load import load_case
 from ccfv.data.masks import to_class_ids
 from ccfv.data.select import select_cases
 
-__all__ = ["Case", "Dataset", "LoadedCase", "SUPPORTED_EXTS", "data_fingerprint", "find_cases",
-           "load_case", "read_file", "select_cases", "to_class_ids"]
+__all__ = [
+    "Case",
+    "Dataset",
+    "LoadedCase",
+    "SUPPORTED_EXTS",
+    "data_fingerprint",
+    "find_cases",
+    "load_case",
+    "read_file",
+    "select_cases",
+    "to_class_ids",
+]

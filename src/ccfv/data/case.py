@@ -93,10 +93,14 @@ class Dataset:
         ``{"classes": {id: name}, "rule": label_rule}``: ``labels`` when known, else the
         class ids ``values`` found in the loaded label maps (named ``class_<id>``).
         """
-        labels = self.labels or {int(v): "background" if int(v) == 0 else f"class_{int(v)}"
-                                 for v in sorted(set(values) | {0})}
-        return {"classes": {int(k): str(v) for k, v in sorted(labels.items())},
-                "rule": self.label_rule or "label values taken as class ids"}
+        labels = self.labels or {
+            int(v): "background" if int(v) == 0 else f"class_{int(v)}"
+            for v in sorted(set(values) | {0})
+        }
+        return {
+            "classes": {int(k): str(v) for k, v in sorted(labels.items())},
+            "rule": self.label_rule or "label values taken as class ids",
+        }
 
 
 @dataclass

@@ -36,8 +36,10 @@ def file_digest(path: str | Path) -> str:
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as exc:
-        raise UserError(f"{path}: cannot read this file to fingerprint it "
-                        f"({exc.strerror or exc}); check that it exists and is readable") from exc
+        raise UserError(
+            f"{path}: cannot read this file to fingerprint it "
+            f"({exc.strerror or exc}); check that it exists and is readable"
+        ) from exc
 
 
 def data_fingerprint(cases: Iterable, labels: Mapping[int, str] | None = None) -> str:

@@ -87,8 +87,11 @@ def not_a_file(path: str | Path) -> str | None:
     return "a device file"
 
 
-def check_is_file(path: str | Path, what: str = "an image or label file",
-                  fix: str = "check the path or the dataset listing it") -> None:
+def check_is_file(
+    path: str | Path,
+    what: str = "an image or label file",
+    fix: str = "check the path or the dataset listing it",
+) -> None:
     """Raise a :class:`UserError` saying what ``path`` is when it is not a regular file."""
     kind = not_a_file(path)
     if kind == "missing":
@@ -102,7 +105,8 @@ def _check_ext(path: Path) -> str:
     if not ext:
         raise UserError(
             f"{path}: unsupported file format {''.join(path.suffixes) or '(no extension)'!r}; "
-            f"convert it to one of {', '.join(SUPPORTED_EXTS)}")
+            f"convert it to one of {', '.join(SUPPORTED_EXTS)}"
+        )
     check_is_file(path)
     return ext
 
@@ -144,13 +148,16 @@ def read_file(path: str | Path, *, label: bool = False) -> tuple[np.ndarray, np.
     except UserError:
         raise
     except Exception as exc:  # a corrupt or truncated file: say which one
-        raise UserError(f"{path}: cannot read this file ({type(exc).__name__}: {exc}); "
-                        "check that it is complete and in the format its extension says") from exc
+        raise UserError(
+            f"{path}: cannot read this file ({type(exc).__name__}: {exc}); "
+            "check that it is complete and in the format its extension says"
+        ) from exc
     if label:
         if array.shape[0] != 1:
             raise UserError(
                 f"{path}: a label map must have one channel, this file has {array.shape[0]} "
-                f"(shape {tuple(array.shape[1:])} x {array.shape[0]}); save one class-id map")
+                f"(shape {tuple(array.shape[1:])} x {array.shape[0]}); save one class-id map"
+            )
         array = array[0]
     return array, affine
 
@@ -192,8 +199,10 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     elif array.ndim == 4:  # Decathlon: x, y, z, c
         array = np.moveaxis(array, -1, 0)
     else:
-        raise UserError(f"{path}: a {array.ndim}D NIfTI of shape {array.shape} is not an image "
-                        "this tool reads; give 2D/3D volumes, channels last for several channels")
+        raise UserError(
+            f"{path}: a {array.ndim}D NIfTI of shape {array.shape} is not an image "
+            "this tool reads; give 2D/3D volumes, channels last for several channels"
+        )
     return array, np.asarray(img.affine, dtype=np.float64)
 
 
@@ -204,8 +213,10 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     dim = img.GetDimension()
     vector = img.GetNumberOfComponentsPerPixel() > 1
     if dim > 4 or (dim == 4 and vector):
-        raise UserError(f"{path}: a {dim}D image is not supported; give 2D/3D images, "
-                        "several channels as a vector image or as one file per channel")
+        raise UserError(
+            f"{path}: a {dim}D image is not supported; give 2D/3D images, "
+            "several channels as a vector image or as one file per channel"
+        )
     array = sitk.GetArrayFromImage(img)  # ITK's reversed order: ([c4,] k, j, i[, c])
     if dim == 4:  # the 4th axis holds the channels, as in a Decathlon 4D NIfTI
         dim = 3
@@ -228,8 +239,10 @@ def _read_picture(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
     with Image.open(path) as im:
         n_frames = getattr(im, "n_frames", 1)
         if n_frames > 1:
-            raise UserError(f"{path}: a picture with {n_frames} frames/pages is not supported; "
-                            "save one 2D picture per file, or a 3D stack as NIfTI")
+            raise UserError(
+                f"{path}: a picture with {n_frames} frames/pages is not supported; "
+                "save one 2D picture per file, or a 3D stack as NIfTI"
+            )
         mode = im.mode
         if mode in ("1", "L", "I", "F") or mode.startswith("I;16") or (label and mode == "P"):
             array = np.asarray(im)[None]  # palette masks give their indices
@@ -242,7 +255,8 @@ def _read_picture(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
                 raise UserError(
                     f"{path}: a colour mask (mode {mode}) whose channels differ, e.g. "
                     f"RGB {tuple(int(v) for v in array[:, r, c])} at row {r}, column {c}; "
-                    "save masks as single-channel class ids (or grey levels)")
+                    "save masks as single-channel class ids (or grey levels)"
+                )
             array = array[:1]
         else:  # RGB, RGBA (alpha dropped), palette images, CMYK, YCbCr, ...
             array = np.moveaxis(np.asarray(im.convert("RGB")), -1, 0)

@@ -56,12 +56,26 @@ def load_case(case: Case, labels: Mapping[int, str] | None = None) -> LoadedCase
         check_intensities(array, path)
     first_path, (first, affine) = case.images[0], parts[0]
     for path, (array, other) in zip(case.images[1:], parts[1:]):
-        _check_same_grid(first_path, first.shape[1:], affine, path, array.shape[1:], other,
-                         f"channel files of case {case.case_id!r}")
+        _check_same_grid(
+            first_path,
+            first.shape[1:],
+            affine,
+            path,
+            array.shape[1:],
+            other,
+            f"channel files of case {case.case_id!r}",
+        )
     image = np.concatenate([array.astype(np.float32, copy=False) for array, _ in parts], axis=0)
     raw_label, label_affine = read_file(case.label, label=True)
-    _check_same_grid(first_path, image.shape[1:], affine, case.label, raw_label.shape,
-                     label_affine, f"image and label of case {case.case_id!r}")
+    _check_same_grid(
+        first_path,
+        image.shape[1:],
+        affine,
+        case.label,
+        raw_label.shape,
+        label_affine,
+        f"image and label of case {case.case_id!r}",
+    )
     label = to_class_ids(raw_label, case.label, labels, picture=is_picture(case.label))
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, : label.ndim], axis=0))
     return LoadedCase(case.case_id, image, label, affine, spacing)
@@ -86,31 +100,40 @@ def check_intensities(array: np.ndarray, path: str | Path) -> None:
             raise UserError(
                 f"{path}: {n_nan} NaN and {n_inf} Inf voxel value(s) of {array.size} (the first "
                 f"at {where}); a network cannot read non-finite intensities. Replace them in "
-                "the file (e.g. numpy.nan_to_num, or the background intensity)")
+                "the file (e.g. numpy.nan_to_num, or the background intensity)"
+            )
     if not array.size:
         return
     flat = array.reshape(array.shape[0], -1)
     constant = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
     if len(constant):
         values = ", ".join(repr(flat[c, 0].item()) for c in constant[:4])
-        which = ("the image holds" if len(constant) == array.shape[0] == 1 else
-                 f"channel(s) {constant.tolist()} of {array.shape[0]} hold")
+        which = (
+            "the image holds"
+            if len(constant) == array.shape[0] == 1
+            else f"channel(s) {constant.tolist()} of {array.shape[0]} hold"
+        )
         warnings.warn(
             f"{path}: {which} one value ({values}) in all {flat.shape[1]} voxels, a constant "
             "image: "
             "no signal to read (z-score normalisation leaves zeros); check that this is the "
-            "intended file", CCFVWarning, stacklevel=3)
+            "intended file",
+            CCFVWarning,
+            stacklevel=3,
+        )
 
 
 def _check_same_grid(path_a, shape_a, affine_a, path_b, shape_b, affine_b, what: str) -> None:
     if tuple(shape_a) != tuple(shape_b):
         raise UserError(
             f"{path_b}: spatial shape {tuple(shape_b)} differs from {tuple(shape_a)} of "
-            f"{path_a} ({what}); resample or crop them onto the same voxel grid")
+            f"{path_a} ({what}); resample or crop them onto the same voxel grid"
+        )
     gap = float(np.abs(affine_a - affine_b).max())
     if gap > AFFINE_TOLERANCE_MM:
         with np.printoptions(precision=4, suppress=True):
             raise UserError(
                 f"{path_b}: affine differs from that of {path_a} by up to {gap:.4g} mm "
                 f"(tolerance {AFFINE_TOLERANCE_MM} mm; {what}):\n{affine_b}\nvs\n{affine_a}\n"
-                "put both on the same voxel grid (same origin, spacing and direction)")
+                "put both on the same voxel grid (same origin, spacing and direction)"
+            )

@@ -49,28 +49,35 @@ def parse_labels(raw: object, source: str | Path) -> dict[int, str]:
         not non-negative integers, or an id given twice.
     """
     if not isinstance(raw, Mapping) or not raw:
-        raise UserError(f"{source}: 'labels' must be a non-empty mapping such as "
-                        f'{{"0": "background", "1": "liver"}}, got {raw!r}')
+        raise UserError(
+            f"{source}: 'labels' must be a non-empty mapping such as "
+            f'{{"0": "background", "1": "liver"}}, got {raw!r}'
+        )
     regions = {k: v for k, v in raw.items() if isinstance(v, (list, tuple))}
     if regions:
         name, ids = next(iter(regions.items()))
         raise UserError(
             f"{source}: region labels are not supported ({name!r}: {ids!r} is a region, a union "
-            "of classes, from nnU-Net region-based training); give one integer id per class")
+            "of classes, from nnU-Net region-based training); give one integer id per class"
+        )
     if all(_as_int(k) is not None for k in raw):
         pairs = [(_as_int(k), str(v)) for k, v in raw.items()]
     else:
         pairs = [(_as_int(v), str(k)) for k, v in raw.items()]
     bad = [name for i, name in pairs if i is None or i < 0]
     if bad:
-        raise UserError(f"{source}: labels {bad} have no non-negative integer class id; use "
-                        f'{{"0": "background", "1": "name", ...}} or {{"name": id, ...}}')
+        raise UserError(
+            f"{source}: labels {bad} have no non-negative integer class id; use "
+            f'{{"0": "background", "1": "name", ...}} or {{"name": id, ...}}'
+        )
     checked = [(i, name) for i, name in pairs if i is not None]  # all of them: none is bad
     out: dict[int, str] = {}
     for i, name in checked:
         if i in out:
-            raise UserError(f"{source}: class id {i} is given twice ({out[i]!r} and {name!r}); "
-                            "give each class its own id")
+            raise UserError(
+                f"{source}: class id {i} is given twice ({out[i]!r} and {name!r}); "
+                "give each class its own id"
+            )
         out[i] = name
     return dict(sorted(out.items()))
 
@@ -126,9 +133,11 @@ def _names(ids: Iterable[int]) -> dict[int, str]:
 
 #: Picture masks of a plain folder hold at most this many classes (background included).
 MAX_PICTURE_CLASSES = 16
-_FIX = ("save the masks with nearest-neighbour resampling and no smoothing or anti-aliasing, "
-        "one value per class (0/1 or 0/255 for a binary mask, 0, 1, 2, ... or evenly spaced "
-        "grey levels for several classes), or give a dataset.json with 'labels'")
+_FIX = (
+    "save the masks with nearest-neighbour resampling and no smoothing or anti-aliasing, "
+    "one value per class (0/1 or 0/255 for a binary mask, 0, 1, 2, ... or evenly spaced "
+    "grey levels for several classes), or give a dataset.json with 'labels'"
+)
 
 
 def _show(values: Sequence[int], most: int = 12) -> str:
@@ -166,8 +175,7 @@ def picture_class_table(values_by_file: Mapping[Path, Iterable[int]]) -> tuple[d
         One line saying how the values were read, for reports.
     """
     top = MAX_PICTURE_CLASSES - 1
-    kinds: dict[str, list[tuple[Path, list[int]]]] = {"01": [], "0255": [], "ids": [],
-                                                     "grey": []}
+    kinds: dict[str, list[tuple[Path, list[int]]]] = {"01": [], "0255": [], "ids": [], "grey": []}
     for path, raw in values_by_file.items():
         vals = sorted(set(int(v) for v in raw))
         if set(vals) <= {0, 1} and 1 in vals or set(vals) <= {0}:
@@ -182,7 +190,8 @@ def picture_class_table(values_by_file: Mapping[Path, Iterable[int]]) -> tuple[d
                     f"{path}: a mask with values {_show(vals)}: not class ids (0..{top}), "
                     "not a binary mask (0/1 or 0/255) and not evenly spaced grey levels "
                     f"(0..255, at most {MAX_PICTURE_CLASSES} classes); such values usually come "
-                    f"from interpolation or anti-aliasing and would become false classes; {_FIX}")
+                    f"from interpolation or anti-aliasing and would become false classes; {_FIX}"
+                )
             kinds["grey"].append((Path(path), vals))
     counts = {k: len(v) for k, v in kinds.items()}
     if kinds["ids"] and kinds["grey"]:
@@ -198,7 +207,8 @@ def picture_class_table(values_by_file: Mapping[Path, Iterable[int]]) -> tuple[d
             path, vals = kinds["grey"][0]
             raise UserError(
                 f"{path}: mask values {_show(vals)} look like grey levels, but no mask of "
-                f"{Path(path).parent} holds 255, so the number of classes is unknown; {_FIX}")
+                f"{Path(path).parent} holds 255, so the number of classes is unknown; {_FIX}"
+            )
         union: set[int] = {255}
         for path, vals in members:
             union.update(vals)
@@ -206,23 +216,33 @@ def picture_class_table(values_by_file: Mapping[Path, Iterable[int]]) -> tuple[d
                 raise UserError(
                     f"{path}: mask values {_show(vals)} do not fit evenly spaced grey levels "
                     f"together with those of the masks before it ({_show(sorted(union))}, at "
-                    f"most {MAX_PICTURE_CLASSES} classes); {_FIX}")
+                    f"most {MAX_PICTURE_CLASSES} classes); {_FIX}"
+                )
         n = grey_levels(union)
         assert n is not None
         if n > MAX_PICTURE_CLASSES:
-            raise UserError(f"{members[0][0]}: the masks hold grey levels of {n} classes, more "
-                            f"than {MAX_PICTURE_CLASSES}; {_FIX}")
+            raise UserError(
+                f"{members[0][0]}: the masks hold grey levels of {n} classes, more "
+                f"than {MAX_PICTURE_CLASSES}; {_FIX}"
+            )
         return _names(range(n)), (
             f"picture masks read as 8-bit grey levels of {n} classes (level k*255/{n - 1} -> "
-            f"class k; {_masks(counts['grey'] + counts['0255'])})")
+            f"class k; {_masks(counts['grey'] + counts['0255'])})"
+        )
     if kinds["ids"]:
         ids = sorted({v for _, vals in kinds["ids"] + kinds["01"] for v in vals} | {0})
-        return _names(ids), (f"picture mask values taken as class ids {ids} "
-                             f"({_masks(counts['ids'] + counts['01'])})")
-    parts = [f"{_masks(counts['01'])} 0/1" if counts["01"] else "",
-             f"{_masks(counts['0255'])} 0/255" if counts["0255"] else ""]
-    return _names([0, 1]), ("binary picture masks: 0 -> background, 1 and 255 -> class 1 ("
-                            + ", ".join(p for p in parts if p) + ")")
+        return _names(ids), (
+            f"picture mask values taken as class ids {ids} ({_masks(counts['ids'] + counts['01'])})"
+        )
+    parts = [
+        f"{_masks(counts['01'])} 0/1" if counts["01"] else "",
+        f"{_masks(counts['0255'])} 0/255" if counts["0255"] else "",
+    ]
+    return _names([0, 1]), (
+        "binary picture masks: 0 -> background, 1 and 255 -> class 1 ("
+        + ", ".join(p for p in parts if p)
+        + ")"
+    )
 
 
 def _masks(n: int) -> str:
@@ -238,11 +258,16 @@ def _mixed(a: tuple[Path, list[int]], what_a: str, b: tuple[Path, list[int]], wh
     raise UserError(
         f"{b[0]}: mask values {_show(b[1])} ({what_b}) while {a[0]} holds {_show(a[1])} "
         f"({what_a}): the masks of one folder must encode classes the same way, or the same "
-        f"value would mean different classes; {_FIX}")
+        f"value would mean different classes; {_FIX}"
+    )
 
 
-def to_class_ids(array: np.ndarray, path: str | Path, labels: Mapping[int, str] | None = None,
-                 picture: bool = False) -> np.ndarray:
+def to_class_ids(
+    array: np.ndarray,
+    path: str | Path,
+    labels: Mapping[int, str] | None = None,
+    picture: bool = False,
+) -> np.ndarray:
     """Return a label map as int64 class ids, following the module's mask-value rule.
 
     Parameters
@@ -265,8 +290,10 @@ def to_class_ids(array: np.ndarray, path: str | Path, labels: Mapping[int, str] 
     path = Path(path)
     if array.dtype.kind not in "biu":
         if array.dtype.kind != "f":
-            raise UserError(f"{path}: label values of type {array.dtype} are not class ids; "
-                            "save the label map with an integer type")
+            raise UserError(
+                f"{path}: label values of type {array.dtype} are not class ids; "
+                "save the label map with an integer type"
+            )
         rounded = np.rint(array)
         bad = ~(np.abs(array - rounded) <= 1e-3)  # NaN counts as bad
         if bad.any():
@@ -274,13 +301,15 @@ def to_class_ids(array: np.ndarray, path: str | Path, labels: Mapping[int, str] 
             raise UserError(
                 f"{path}: label values must be integer class ids, found {float(array[idx])} at "
                 f"voxel {tuple(int(i) for i in idx)}; save the label map with integer values "
-                "(not interpolated or resampled with a linear filter)")
+                "(not interpolated or resampled with a linear filter)"
+            )
         array = rounded
     out = array.astype(np.int64)
     values = [int(v) for v in np.unique(out)]
     if values and values[0] < 0:
-        raise UserError(f"{path}: negative label value {values[0]}; class ids are 0 "
-                        "(background), 1, 2, ...")
+        raise UserError(
+            f"{path}: negative label value {values[0]}; class ids are 0 (background), 1, 2, ..."
+        )
     ids = sorted(int(i) for i in labels) if labels else []
     if labels and ids:
         if set(values) <= set(ids):
@@ -292,7 +321,8 @@ def to_class_ids(array: np.ndarray, path: str | Path, labels: Mapping[int, str] 
         raise UserError(
             f"{path}: label values {unknown} are not among the dataset's class ids {ids} "
             f"(labels: {dict(labels)}); fix the label map or add the classes to dataset.json "
-            "'labels'")
+            "'labels'"
+        )
     if picture:
         levels = grey_levels(values)
         if levels is not None and max(values) > levels - 1:
@@ -308,5 +338,7 @@ def _remap(out: np.ndarray, values: list[int], n: int, ids: np.ndarray, path: Pa
     warnings.warn(
         f"masks in {path.parent}: values {values} read as 8-bit grey levels of {n} classes and "
         f"mapped to class ids {new} (level k = k*255/{n - 1} -> k-th class id)",
-        CCFVWarning, stacklevel=3)
+        CCFVWarning,
+        stacklevel=3,
+    )
     return lut[out]

@@ -47,8 +47,11 @@ def select_cases(cases: Iterable[Case] | Dataset, n: int, seed: int = 0) -> list
         raise UserError("no case to select from; check the dataset folder")
     ordered = sorted(cases, key=lambda case: (case.case_id, case.dataset))
     if n > len(ordered):
-        warnings.warn(f"asked for {n} cases but only {len(ordered)} exist; using all of them",
-                      CCFVWarning, stacklevel=2)
+        warnings.warn(
+            f"asked for {n} cases but only {len(ordered)} exist; using all of them",
+            CCFVWarning,
+            stacklevel=2,
+        )
         n = len(ordered)
     order = np.random.default_rng(seed).permutation(len(ordered))
     return [ordered[i] for i in sorted(order[: int(n)])]

@@ -84,12 +84,20 @@ def write_task(task: str, root: Path, n_cases: int = 8, seed: int = 0) -> Path:
         crop_affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
         name = f"{task}_{c:03d}.nii.gz"
         nib.save(nib.Nifti1Image(image.astype(np.float32), crop_affine), folder / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(labels[window].astype(np.uint8), crop_affine),
-                 folder / "labelsTr" / name)
+        nib.save(
+            nib.Nifti1Image(labels[window].astype(np.uint8), crop_affine),
+            folder / "labelsTr" / name,
+        )
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {"name": task, "description": f"{task} on crops of the MNI152 2009a template (nilearn)",
-            "tensorImageSize": "3D", "modality": {"0": "T1w MRI"},
-            "labels": LABEL_NAMES[task], "numTraining": n_cases, "training": training,
-            "licence": "ICBM 2009a template: free use with attribution (see nilearn)"}
+    meta = {
+        "name": task,
+        "description": f"{task} on crops of the MNI152 2009a template (nilearn)",
+        "tensorImageSize": "3D",
+        "modality": {"0": "T1w MRI"},
+        "labels": LABEL_NAMES[task],
+        "numTraining": n_cases,
+        "training": training,
+        "licence": "ICBM 2009a template: free use with attribution (see nilearn)",
+    }
     atomic_write(folder / "dataset.json", json.dumps(meta, indent=1))
     return folder

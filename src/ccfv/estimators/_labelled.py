@@ -56,7 +56,8 @@ def labelled_samples(features: FeatureSet, layer: str | None, method: str) -> La
         raise UserError(
             f"{method}: the {len(y)} samples of layer {name!r} hold a single class (id "
             f"{int(classes[0])}); the score compares classes and needs at least 2: sample "
-            "background (0) and foreground voxels")
+            "background (0) and foreground voxels"
+        )
     return Labelled(X, labels.reshape(-1), classes, counts, str(name))
 
 
@@ -83,8 +84,7 @@ def spectrum(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return lam[keep], W[:, keep], right
 
 
-def left_projections(X: np.ndarray, Y: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def left_projections(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``U^T Y`` and ``|Y - U U^T Y|^2`` per column, for the left singular vectors U of X.
 
     Returns ``(lam, P, residual)``: the numerically nonzero squared singular values (r,),
@@ -96,7 +96,7 @@ def left_projections(X: np.ndarray, Y: np.ndarray
     lam, W, right = spectrum(X)
     if right:
         P = (W.T @ (X.T @ Y)) / np.sqrt(lam)[:, None]
-        residual = np.maximum(np.sum(Y ** 2, axis=0) - np.sum(P ** 2, axis=0), 0.0)
+        residual = np.maximum(np.sum(Y**2, axis=0) - np.sum(P**2, axis=0), 0.0)
     else:
         P = W.T @ Y
         if lam.size == X.shape[0]:

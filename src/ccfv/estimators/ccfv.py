@@ -109,13 +109,15 @@ class _Notes(list):
         warnings.warn(note, CCFVWarning, stacklevel=3)
 
 
-def _pair_distances(gaussians, distance: str, variant: str, ridge: float,
-                    workers: int | None = None) -> np.ndarray:
+def _pair_distances(
+    gaussians, distance: str, variant: str, ridge: float, workers: int | None = None
+) -> np.ndarray:
     if distance == "wasserstein":
         if variant == "official":
             return np.sqrt(np.abs(w2_squared_pairs(gaussians, workers=workers)))
-        return np.sqrt(np.maximum(w2_squared_pairs(gaussians, round_off_to_zero=True,
-                                                   workers=workers), 0.0))
+        return np.sqrt(
+            np.maximum(w2_squared_pairs(gaussians, round_off_to_zero=True, workers=workers), 0.0)
+        )
     if distance == "kl":
         return kl_pairs(gaussians, ridge)
     return bhattacharyya_pairs(gaussians, ridge)
@@ -127,15 +129,19 @@ def _energy(V: np.ndarray, s: float, normalise: bool, eps: float, where: str, no
         norms = np.linalg.norm(V, axis=1, keepdims=True)
         zero = norms[:, 0] == 0
         if zero.any():
-            notes.append(f"{where}: {int(zero.sum())} all-zero feature vector(s) cannot be put on "
-                         "the unit sphere and stay at the origin")
+            notes.append(
+                f"{where}: {int(zero.sum())} all-zero feature vector(s) cannot be put on "
+                "the unit sphere and stay at the origin"
+            )
             norms[zero] = 1.0
         V = V / norms
     dist = pdist(V) if eps == 0 else np.sqrt(pdist(V, "sqeuclidean") + eps)
     close = dist <= COINCIDENT
     if close.any():
-        notes.append(f"{where}: {int(close.sum())} of {dist.size} sample pairs coincide; their "
-                     f"distance is floored at {COINCIDENT:g} (pass eps > 0 to soften)")
+        notes.append(
+            f"{where}: {int(close.sum())} of {dist.size} sample pairs coincide; their "
+            f"distance is floored at {COINCIDENT:g} (pass eps > 0 to soften)"
+        )
         dist = np.maximum(dist, COINCIDENT)
     if s == 0:
         return float(np.mean(-np.log(dist)))
@@ -156,11 +162,11 @@ class _LayerTables:
     """One layer's per-case and per-pair quantities; :meth:`CCFVTables.parts` sums them up."""
 
     layer: str
-    case_variety: np.ndarray | None = None      # paper: 1 / E_s(v_j), NaN where skipped
-    variety_kept: np.ndarray | None = None      # official: cases with samples
-    pair_variety: np.ndarray | None = None      # official: (N, N) cross-case energies
-    class_valid: dict[int, np.ndarray] = field(default_factory=dict)   # cases with >= 2
-    class_pairs: dict[int, np.ndarray] = field(default_factory=dict)   # (N, N) distances
+    case_variety: np.ndarray | None = None  # paper: 1 / E_s(v_j), NaN where skipped
+    variety_kept: np.ndarray | None = None  # official: cases with samples
+    pair_variety: np.ndarray | None = None  # official: (N, N) cross-case energies
+    class_valid: dict[int, np.ndarray] = field(default_factory=dict)  # cases with >= 2
+    class_pairs: dict[int, np.ndarray] = field(default_factory=dict)  # (N, N) distances
 
 
 def _variety_tables(t: _LayerTables, cases, variant, s, normalise, eps, notes) -> None:
@@ -186,11 +192,11 @@ def _variety_tables(t: _LayerTables, cases, variant, s, normalise, eps, notes) -
     t.case_variety = np.full(len(cases), np.nan)
     for c, (X, _) in enumerate(cases):
         if X.shape[0] < 2:
-            notes.append(f"layer {layer!r}: case {c} has {X.shape[0]} sample(s); left out of "
-                         "feature variety")
+            notes.append(
+                f"layer {layer!r}: case {c} has {X.shape[0]} sample(s); left out of feature variety"
+            )
             continue
-        t.case_variety[c] = 1.0 / _energy(X, s, normalise, eps, f"layer {layer!r}, case {c}",
-                                          notes)
+        t.case_variety[c] = 1.0 / _energy(X, s, normalise, eps, f"layer {layer!r}, case {c}", notes)
 
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:
@@ -199,23 +205,29 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1.0)
 
 
-def _consistency_tables(t: _LayerTables, cases, classes, variant, distance, ridge,
-                        sphere, notes, workers=None) -> None:
+def _consistency_tables(
+    t: _LayerTables, cases, classes, variant, distance, ridge, sphere, notes, workers=None
+) -> None:
     for k in classes:
         gaussians, kept = [], []
         for c, (X, y) in enumerate(cases):
             Xk = _unit_rows(X[y == k]) if sphere else X[y == k]
             if Xk.shape[0] < 2:
-                notes.append(f"layer {t.layer!r}: class {k} has {Xk.shape[0]} sample(s) in case "
-                             f"{c}; that case is left out of the class's pairs")
+                notes.append(
+                    f"layer {t.layer!r}: class {k} has {Xk.shape[0]} sample(s) in case "
+                    f"{c}; that case is left out of the class's pairs"
+                )
                 continue
             gaussians.append(fit_gaussian(Xk))
             kept.append(c)
         valid = np.zeros(len(cases), dtype=bool)
         valid[kept] = True
         t.class_valid[k] = valid
-        dist = (_pair_distances(gaussians, distance, variant, ridge, workers) if len(kept) >= 2
-                else np.zeros(0))
+        dist = (
+            _pair_distances(gaussians, distance, variant, ridge, workers)
+            if len(kept) >= 2
+            else np.zeros(0)
+        )
         t.class_pairs[k] = _pair_matrix(len(cases), np.asarray(kept, dtype=np.int64), dist)
 
 
@@ -230,8 +242,10 @@ def _variety(t: _LayerTables, idx: np.ndarray, variant: str) -> float:
         assert t.variety_kept is not None and t.pair_variety is not None
         kept = idx[np.isin(idx, t.variety_kept)]
         if kept.size < 2:
-            raise UserError(f"layer {t.layer!r}: fewer than 2 cases have samples; variety is "
-                            "undefined: add cases")
+            raise UserError(
+                f"layer {t.layer!r}: fewer than 2 cases have samples; variety is "
+                "undefined: add cases"
+            )
         return float(np.mean(_upper(t.pair_variety, kept)))
     assert t.case_variety is not None
     values = t.case_variety[idx]
@@ -251,8 +265,10 @@ def _consistency(t: _LayerTables, idx: np.ndarray, variant: str, notes):
         kept = idx[t.class_valid[k][idx]]
         n_k = kept.size
         if n_k < 2:
-            notes.append(f"layer {t.layer!r}: class {k} has >= 2 samples in {n_k} case(s); it "
-                         "contributes nothing to class consistency")
+            notes.append(
+                f"layer {t.layer!r}: class {k} has >= 2 samples in {n_k} case(s); it "
+                "contributes nothing to class consistency"
+            )
             continue
         dist = _upper(matrix, kept)
         pairs[k] = dist.size
@@ -266,7 +282,8 @@ def _consistency(t: _LayerTables, idx: np.ndarray, variant: str, notes):
     if not pairs:
         raise UserError(
             f"layer {t.layer!r}: no foreground class has at least 2 samples in at least 2 cases, "
-            "so class consistency is undefined: sample more voxels per class or add cases")
+            "so class consistency is undefined: sample more voxels per class or add cases"
+        )
     return total, per_class, pairs
 
 
@@ -275,15 +292,26 @@ def _log_ratio(layer: str, numerator: float, denominator: float, what: str) -> f
         raise UserError(
             f"layer {layer!r}: cannot take log({what}) with {what} = {numerator!r}/{denominator!r}"
             "; both must be positive and finite (with s = 0 the energy can be negative: use s > 0"
-            "; a consistency of 0 means identical Gaussians in every case)")
+            "; a consistency of 0 means identical Gaussians in every case)"
+        )
     return math.log(numerator / denominator)
 
 
-def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
-               consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
-               normalize: bool | None = None, eps: float | None = None,
-               layers: Sequence[str] | None = None, ridge: float = 1e-3,
-               normalize_consistency: bool = False, workers: int | None = None) -> CCFVTables:
+def ccfv_tables(
+    features: FeatureSet,
+    variant: str = "paper",
+    *,
+    distance: str = "wasserstein",
+    consistency_only: bool = False,
+    variety_only: bool = False,
+    s: float = 1.0,
+    normalize: bool | None = None,
+    eps: float | None = None,
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    normalize_consistency: bool = False,
+    workers: int | None = None,
+) -> CCFVTables:
     """The per-case and per-pair quantities of CC-FV, from which any subset of cases is scored.
 
     Every CC-FV term is a mean (or sum) of per-case values (paper variety) or per-case-pair
@@ -312,10 +340,13 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
         raise UserError(f"energy exponent s={s!r}: use a finite s >= 0 (the paper uses s = 1)")
     if not ridge > 0:
         raise UserError(f"ridge={ridge!r}: use a positive ridge (default 1e-3)")
-    if workers is not None and (not isinstance(workers, numbers.Integral)
-                                or isinstance(workers, bool) or workers < 1):
-        raise UserError(f"workers={workers!r}: use an integer >= 1 (threads for the W2 pairs) "
-                        "or leave it unset for the usable CPU cores")
+    if workers is not None and (
+        not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1
+    ):
+        raise UserError(
+            f"workers={workers!r}: use an integer >= 1 (threads for the W2 pairs) "
+            "or leave it unset for the usable CPU cores"
+        )
     normalise = (variant == "paper") if normalize is None else bool(normalize)
     eps = (0.0 if variant == "paper" else OFFICIAL_EPS) if eps is None else float(eps)
     if not (eps >= 0 and math.isfinite(eps)):
@@ -323,12 +354,21 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
     data = validate_feature_set(features, layers=layers)
     classes = foreground_classes(data)
     if not classes and not variety_only:
-        raise UserError("no sample carries a foreground class id (> 0): class consistency "
-                        "needs labelled foreground voxels; check the labels of the feature set")
-    options = dict(distance=distance, consistency_only=consistency_only,
-                   variety_only=variety_only, s=s, normalize=normalise, eps=eps,
-                   layers=list(data), ridge=ridge,
-                   normalize_consistency=bool(normalize_consistency))
+        raise UserError(
+            "no sample carries a foreground class id (> 0): class consistency "
+            "needs labelled foreground voxels; check the labels of the feature set"
+        )
+    options = dict(
+        distance=distance,
+        consistency_only=consistency_only,
+        variety_only=variety_only,
+        s=s,
+        normalize=normalise,
+        eps=eps,
+        layers=list(data),
+        ridge=ridge,
+        normalize_consistency=bool(normalize_consistency),
+    )
     notes = _Notes()
     tables = []
     # small matrices only (one Gaussian per case and class, d x d at most): one BLAS thread
@@ -339,8 +379,17 @@ def ccfv_tables(features: FeatureSet, variant: str = "paper", *, distance: str =
             if not consistency_only:
                 _variety_tables(t, cases, variant, s, normalise, eps, notes)
             if not variety_only:
-                _consistency_tables(t, cases, classes, variant, distance, ridge,
-                                    normalize_consistency, notes, workers)
+                _consistency_tables(
+                    t,
+                    cases,
+                    classes,
+                    variant,
+                    distance,
+                    ridge,
+                    normalize_consistency,
+                    notes,
+                    workers,
+                )
             tables.append(t)
     n_cases = len(next(iter(data.values())))
     return CCFVTables(variant, options, tables, n_cases, list(notes))
@@ -358,8 +407,11 @@ class CCFVTables:
 
     def parts(self, cases: CaseIndices | None = None) -> CCFVResult:
         """The CC-FV result over ``cases`` (indices of distinct cases; default all)."""
-        idx = (np.arange(self.n_cases) if cases is None
-               else np.unique(np.asarray(cases, dtype=np.int64)))
+        idx = (
+            np.arange(self.n_cases)
+            if cases is None
+            else np.unique(np.asarray(cases, dtype=np.int64))
+        )
         if idx.size and (idx[0] < 0 or idx[-1] >= self.n_cases):
             raise UserError(f"case indices {list(idx)} outside 0..{self.n_cases - 1}")
         notes = _Notes()
@@ -368,8 +420,9 @@ class CCFVTables:
         parts = []
         for t in self.layers:
             variety = None if consistency_only else _variety(t, idx, self.variant)
-            consistency, per_class, pairs = (None, {}, {}) if variety_only else _consistency(
-                t, idx, self.variant, notes)
+            consistency, per_class, pairs = (
+                (None, {}, {}) if variety_only else _consistency(t, idx, self.variant, notes)
+            )
             if variety_only:
                 assert variety is not None  # ccfv_tables rejects variety_only with consistency_only
                 term = _log_ratio(t.layer, variety, 1.0, "variety")
@@ -382,19 +435,34 @@ class CCFVTables:
             parts.append(LayerParts(t.layer, variety, consistency, term, per_class, pairs))
         terms = [p.term for p in parts]
         score = float(np.mean(terms) if self.variant == "paper" else np.sum(terms))
-        return CCFVResult(score=score, variant=self.variant, options=dict(self.options),
-                          layers=parts, warnings=self.notes + list(notes))
+        return CCFVResult(
+            score=score,
+            variant=self.variant,
+            options=dict(self.options),
+            layers=parts,
+            warnings=self.notes + list(notes),
+        )
 
     def score(self, cases: CaseIndices | None = None) -> float:
         """The CC-FV score over ``cases`` (default all)."""
         return self.parts(cases).score
 
 
-def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = "wasserstein",
-               consistency_only: bool = False, variety_only: bool = False, s: float = 1.0,
-               normalize: bool | None = None, eps: float | None = None,
-               layers: Sequence[str] | None = None, ridge: float = 1e-3,
-               normalize_consistency: bool = False, workers: int | None = None) -> CCFVResult:
+def ccfv_parts(
+    features: FeatureSet,
+    variant: str = "paper",
+    *,
+    distance: str = "wasserstein",
+    consistency_only: bool = False,
+    variety_only: bool = False,
+    s: float = 1.0,
+    normalize: bool | None = None,
+    eps: float | None = None,
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    normalize_consistency: bool = False,
+    workers: int | None = None,
+) -> CCFVResult:
     """CC-FV score of one model's feature set, with its per-layer parts.
 
     Parameters
@@ -430,10 +498,20 @@ def ccfv_parts(features: FeatureSet, variant: str = "paper", *, distance: str = 
     CCFVResult
         ``score``, ``layers`` (one :class:`LayerParts` each), ``warnings`` (every skip).
     """
-    return ccfv_tables(features, variant, distance=distance, consistency_only=consistency_only,
-                       variety_only=variety_only, s=s, normalize=normalize, eps=eps,
-                       layers=layers, ridge=ridge,
-                       normalize_consistency=normalize_consistency, workers=workers).parts()
+    return ccfv_tables(
+        features,
+        variant,
+        distance=distance,
+        consistency_only=consistency_only,
+        variety_only=variety_only,
+        s=s,
+        normalize=normalize,
+        eps=eps,
+        layers=layers,
+        ridge=ridge,
+        normalize_consistency=normalize_consistency,
+        workers=workers,
+    ).parts()
 
 
 def ccfv_score(features: FeatureSet, variant: str = "paper", **options) -> float:

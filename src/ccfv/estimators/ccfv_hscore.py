@@ -64,15 +64,16 @@ class CCFVHScoreTables:
         terms = {}
         for layer in sub:
             k = np.unique(np.concatenate([y for _, y in sub[layer]])).size
-            h = func(sub, layer=layer)      # raises for fewer than 2 classes
+            h = func(sub, layer=layer)  # raises for fewer than 2 classes
             if not h > 0:
                 raise UserError(
                     f"ccfv-hscore: layer {layer!r}: the {self.discriminability} is {h!r}: the "
                     "class means coincide in the features (or they are constant), so log H is "
-                    "undefined: check the layer")
+                    "undefined: check the layer"
+                )
             terms[layer] = math.log(h / (k - 1))
         for part in self.consistency.parts(idx).layers:
-            terms[part.layer] += part.term          # consistency_only: log(1 / C)
+            terms[part.layer] += part.term  # consistency_only: log(1 / C)
         return terms
 
     def score(self, cases: CaseIndices | None = None) -> float:
@@ -80,27 +81,47 @@ class CCFVHScoreTables:
         return float(np.mean(list(self.layer_terms(cases).values())))
 
 
-def ccfv_hscore_tables(features: FeatureSet, *, discriminability: str = "hscore",
-                       centre: bool = True, distance: str = "wasserstein",
-                       layers: Sequence[str] | None = None,
-                       ridge: float = 1e-3, workers: int | None = None) -> CCFVHScoreTables:
+def ccfv_hscore_tables(
+    features: FeatureSet,
+    *,
+    discriminability: str = "hscore",
+    centre: bool = True,
+    distance: str = "wasserstein",
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    workers: int | None = None,
+) -> CCFVHScoreTables:
     """The default CC-FV's consistency tables beside the features (see the module)."""
     if discriminability not in DISCRIMINABILITY:
-        raise UserError(f"ccfv-hscore: discriminability={discriminability!r}: use one of "
-                        f"{', '.join(DISCRIMINABILITY)}")
+        raise UserError(
+            f"ccfv-hscore: discriminability={discriminability!r}: use one of "
+            f"{', '.join(DISCRIMINABILITY)}"
+        )
     data = validate_feature_set(features, layers=layers)
-    for layer in data:                       # the class check first: a clear message
+    for layer in data:  # the class check first: a clear message
         DISCRIMINABILITY[discriminability](data, layer=layer)
-    tables = ccfv_tables(centred(data) if centre else data, "paper", distance=distance,
-                         ridge=ridge, consistency_only=True,
-                         normalize_consistency=True, workers=workers)
+    tables = ccfv_tables(
+        centred(data) if centre else data,
+        "paper",
+        distance=distance,
+        ridge=ridge,
+        consistency_only=True,
+        normalize_consistency=True,
+        workers=workers,
+    )
     return CCFVHScoreTables(tables, data, discriminability)
 
 
-def ccfv_hscore_score(features: FeatureSet, *, discriminability: str = "hscore",
-                      centre: bool = True, distance: str = "wasserstein",
-                      layers: Sequence[str] | None = None,
-                      ridge: float = 1e-3, workers: int | None = None) -> float:
+def ccfv_hscore_score(
+    features: FeatureSet,
+    *,
+    discriminability: str = "hscore",
+    centre: bool = True,
+    distance: str = "wasserstein",
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    workers: int | None = None,
+) -> float:
     """``ccfv-hscore``: ``mean_l log(H_l / ((K - 1) C_l))``, H-score over class consistency
     (larger = better).
 
@@ -111,6 +132,12 @@ def ccfv_hscore_score(features: FeatureSet, *, discriminability: str = "hscore",
     centre : compute C_l on the features centred on each layer's pooled mean.
     distance, layers, ridge, workers : as :func:`ccfv.ccfv_parts`.
     """
-    return ccfv_hscore_tables(features, discriminability=discriminability, centre=centre,
-                              distance=distance, layers=layers, ridge=ridge,
-                              workers=workers).score()
+    return ccfv_hscore_tables(
+        features,
+        discriminability=discriminability,
+        centre=centre,
+        distance=distance,
+        layers=layers,
+        ridge=ridge,
+        workers=workers,
+    ).score()

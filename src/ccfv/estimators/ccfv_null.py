@@ -70,11 +70,11 @@ class CCFVNullTables:
         """``{layer: term}`` over ``cases`` (default all)."""
         observed = self.observed.parts(cases).layers
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CCFVWarning)   # the same skips as the observed
+            warnings.simplefilter("ignore", CCFVWarning)  # the same skips as the observed
             null = np.array([[p.consistency for p in t.parts(cases).layers] for t in self.null])
         terms = {}
         for l, part in enumerate(observed):
-            c_obs = float(part.consistency or 0.0)   # consistency_only: never None
+            c_obs = float(part.consistency or 0.0)  # consistency_only: never None
             values = null[:, l].astype(np.float64)
             if self.statistic == "log_ratio":
                 mean = float(values.mean())
@@ -82,7 +82,8 @@ class CCFVNullTables:
                     raise UserError(
                         f"ccfv-null: layer {part.layer!r}: class consistency {c_obs!r} (null "
                         f"mean {mean!r}); a consistency of 0 means identical class Gaussians in "
-                        "every case: check that the features vary")
+                        "every case: check that the features vary"
+                    )
                 terms[part.layer] = math.log(mean / c_obs)
             else:
                 sd = float(values.std(ddof=1))
@@ -90,7 +91,8 @@ class CCFVNullTables:
                     raise UserError(
                         f"ccfv-null: layer {part.layer!r}: the permuted consistencies do not "
                         "vary (sd 0), so z is undefined: use statistic=log_ratio or more "
-                        "permutations")
+                        "permutations"
+                    )
                 terms[part.layer] = (float(values.mean()) - c_obs) / sd
         return terms
 
@@ -108,24 +110,38 @@ def _permutations(data, seed: int, permutations: int) -> list[dict]:
         for copy in copies:
             copy[layer] = []
         for X, y in cases:
-            rng = np.random.default_rng([seed, zlib.crc32(layer.encode()),
-                                         zlib.crc32(np.ascontiguousarray(y).tobytes())])
+            rng = np.random.default_rng(
+                [seed, zlib.crc32(layer.encode()), zlib.crc32(np.ascontiguousarray(y).tobytes())]
+            )
             for copy in copies:
                 copy[layer].append((X, rng.permutation(y)))
     return copies
 
 
-def ccfv_null_tables(features: FeatureSet, *, permutations: int = 10, seed: int = 0,
-                     statistic: str = "log_ratio", centre: bool = True,
-                     distance: str = "wasserstein",
-                     layers: Sequence[str] | None = None, ridge: float = 1e-3,
-                     workers: int | None = None) -> CCFVNullTables:
+def ccfv_null_tables(
+    features: FeatureSet,
+    *,
+    permutations: int = 10,
+    seed: int = 0,
+    statistic: str = "log_ratio",
+    centre: bool = True,
+    distance: str = "wasserstein",
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    workers: int | None = None,
+) -> CCFVNullTables:
     """The observed and ``permutations`` label-permuted consistency tables of the default
     CC-FV (class Gaussians on the unit sphere), labels permuted within each case, seeded."""
-    if isinstance(permutations, bool) or not isinstance(permutations, numbers.Integral) \
-            or permutations < 1 or (statistic == "z" and permutations < 2):
-        raise UserError(f"ccfv-null: permutations={permutations!r}: use an integer >= 1 "
-                        "(>= 2 with statistic=z; default 10)")
+    if (
+        isinstance(permutations, bool)
+        or not isinstance(permutations, numbers.Integral)
+        or permutations < 1
+        or (statistic == "z" and permutations < 2)
+    ):
+        raise UserError(
+            f"ccfv-null: permutations={permutations!r}: use an integer >= 1 "
+            "(>= 2 with statistic=z; default 10)"
+        )
     if statistic not in STATISTICS:
         raise UserError(f"ccfv-null: statistic={statistic!r}: use one of {STATISTICS}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -134,25 +150,41 @@ def ccfv_null_tables(features: FeatureSet, *, permutations: int = 10, seed: int 
     if centre:
         data = centred(data)
     if not any(np.unique(y).size >= 2 for cases in data.values() for _, y in cases):
-        raise UserError("ccfv-null: no case holds samples of two classes (background "
-                        "included), so permuting the labels within a case changes nothing "
-                        "and the null is the observed class consistency: sample background "
-                        "and foreground voxels")
-    options = dict(distance=distance, ridge=ridge, consistency_only=True,
-                   normalize_consistency=True, workers=workers)
+        raise UserError(
+            "ccfv-null: no case holds samples of two classes (background "
+            "included), so permuting the labels within a case changes nothing "
+            "and the null is the observed class consistency: sample background "
+            "and foreground voxels"
+        )
+    options = dict(
+        distance=distance,
+        ridge=ridge,
+        consistency_only=True,
+        normalize_consistency=True,
+        workers=workers,
+    )
     observed = ccfv_tables(data, "paper", **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CCFVWarning)
-        null = [ccfv_tables(copy, "paper", **options)
-                for copy in _permutations(data, int(seed), int(permutations))]
+        null = [
+            ccfv_tables(copy, "paper", **options)
+            for copy in _permutations(data, int(seed), int(permutations))
+        ]
     return CCFVNullTables(observed, null, statistic)
 
 
-def ccfv_null_score(features: FeatureSet, *, permutations: int = 10, seed: int = 0,
-                    statistic: str = "log_ratio", centre: bool = True,
-                    distance: str = "wasserstein",
-                    layers: Sequence[str] | None = None, ridge: float = 1e-3,
-                    workers: int | None = None) -> float:
+def ccfv_null_score(
+    features: FeatureSet,
+    *,
+    permutations: int = 10,
+    seed: int = 0,
+    statistic: str = "log_ratio",
+    centre: bool = True,
+    distance: str = "wasserstein",
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    workers: int | None = None,
+) -> float:
     """``ccfv-null``: class consistency against its value with the labels permuted within each
     case (larger = the classes are more consistent across cases than chance).
 
@@ -166,7 +198,14 @@ def ccfv_null_score(features: FeatureSet, *, permutations: int = 10, seed: int =
     centre : centre each layer on its pooled mean first (see the module docstring).
     distance, layers, ridge, workers : as :func:`ccfv.ccfv_parts`.
     """
-    return ccfv_null_tables(features, permutations=permutations, seed=seed,
-                            statistic=statistic, centre=centre, distance=distance,
-                            layers=layers,
-                            ridge=ridge, workers=workers).score()
+    return ccfv_null_tables(
+        features,
+        permutations=permutations,
+        seed=seed,
+        statistic=statistic,
+        centre=centre,
+        distance=distance,
+        layers=layers,
+        ridge=ridge,
+        workers=workers,
+    ).score()

@@ -49,8 +49,9 @@ from ccfv.estimators.featureset import FeatureSet, validate_feature_set
 DEFAULT_COMPONENTS = 8
 
 
-def centred(data: dict[str, list[tuple[np.ndarray, np.ndarray]]]
-            ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+def centred(
+    data: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Every layer's features minus their mean pooled over all its cases (a validated feature
     set in, labels unchanged)."""
     out = {}
@@ -60,9 +61,13 @@ def centred(data: dict[str, list[tuple[np.ndarray, np.ndarray]]]
     return out
 
 
-def principal_features(features: FeatureSet, components: int = DEFAULT_COMPONENTS, *,
-                       whiten: bool = False, layers: Sequence[str] | None = None
-                       ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+def principal_features(
+    features: FeatureSet,
+    components: int = DEFAULT_COMPONENTS,
+    *,
+    whiten: bool = False,
+    layers: Sequence[str] | None = None,
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Every layer's features centred on the pooled mean and projected on its top
     ``components`` principal directions (whitened with ``whiten``); labels unchanged.
 
@@ -76,10 +81,15 @@ def principal_features(features: FeatureSet, components: int = DEFAULT_COMPONENT
     CCFVWarning
         A layer with fewer principal directions than ``components`` (scored on those).
     """
-    if isinstance(components, bool) or not isinstance(components, numbers.Integral) \
-            or components < 1:
-        raise UserError(f"ccfv-pca: components={components!r}: use an integer >= 1 "
-                        f"(default {DEFAULT_COMPONENTS})")
+    if (
+        isinstance(components, bool)
+        or not isinstance(components, numbers.Integral)
+        or components < 1
+    ):
+        raise UserError(
+            f"ccfv-pca: components={components!r}: use an integer >= 1 "
+            f"(default {DEFAULT_COMPONENTS})"
+        )
     data = validate_feature_set(features, layers=layers)
     out = {}
     for layer, cases in data.items():
@@ -88,15 +98,20 @@ def principal_features(features: FeatureSet, components: int = DEFAULT_COMPONENT
         Xc = pooled - mu
         lam, W, right = spectrum(Xc)
         if lam.size == 0:
-            raise UserError(f"ccfv-pca: every sampled feature of layer {layer!r} is the same "
-                            "vector, so it has no principal direction: check the layer")
+            raise UserError(
+                f"ccfv-pca: every sampled feature of layer {layer!r} is the same "
+                "vector, so it has no principal direction: check the layer"
+            )
         k = min(int(components), lam.size)
         if k < components:
-            warnings.warn(f"ccfv-pca: layer {layer!r} has {lam.size} principal direction(s) "
-                          f"(dim {pooled.shape[1]}), fewer than components={components}; it is "
-                          "scored on those, so its terms are not on the common number of "
-                          "dimensions: lower components to the smallest layer of the bank",
-                          CCFVWarning, stacklevel=2)
+            warnings.warn(
+                f"ccfv-pca: layer {layer!r} has {lam.size} principal direction(s) "
+                f"(dim {pooled.shape[1]}), fewer than components={components}; it is "
+                "scored on those, so its terms are not on the common number of "
+                "dimensions: lower components to the smallest layer of the bank",
+                CCFVWarning,
+                stacklevel=2,
+            )
         lam = lam[:k]
         V = W[:, :k] if right else Xc.T @ W[:, :k] / np.sqrt(lam)
         if whiten:
@@ -105,21 +120,42 @@ def principal_features(features: FeatureSet, components: int = DEFAULT_COMPONENT
     return out
 
 
-def ccfv_pca_tables(features: FeatureSet, *, components: int = DEFAULT_COMPONENTS,
-                    whiten: bool = False, distance: str = "wasserstein", s: float = 1.0,
-                    layers: Sequence[str] | None = None, ridge: float = 1e-3,
-                    workers: int | None = None) -> CCFVTables:
+def ccfv_pca_tables(
+    features: FeatureSet,
+    *,
+    components: int = DEFAULT_COMPONENTS,
+    whiten: bool = False,
+    distance: str = "wasserstein",
+    s: float = 1.0,
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    workers: int | None = None,
+) -> CCFVTables:
     """The CC-FV tables (:func:`ccfv.estimators.ccfv.ccfv_tables`, default ``ccfv``) of the
     principal features (:func:`principal_features`); ``.score(cases)`` re-scores a subset."""
     projected = principal_features(features, components, whiten=whiten, layers=layers)
-    return ccfv_tables(projected, "paper", distance=distance, s=s, ridge=ridge,
-                       normalize_consistency=True, workers=workers)
+    return ccfv_tables(
+        projected,
+        "paper",
+        distance=distance,
+        s=s,
+        ridge=ridge,
+        normalize_consistency=True,
+        workers=workers,
+    )
 
 
-def ccfv_pca_score(features: FeatureSet, *, components: int = DEFAULT_COMPONENTS,
-                   whiten: bool = False, distance: str = "wasserstein", s: float = 1.0,
-                   layers: Sequence[str] | None = None, ridge: float = 1e-3,
-                   workers: int | None = None) -> float:
+def ccfv_pca_score(
+    features: FeatureSet,
+    *,
+    components: int = DEFAULT_COMPONENTS,
+    whiten: bool = False,
+    distance: str = "wasserstein",
+    s: float = 1.0,
+    layers: Sequence[str] | None = None,
+    ridge: float = 1e-3,
+    workers: int | None = None,
+) -> float:
     """``ccfv-pca``: the default CC-FV on each layer's features centred on the pooled target
     mean and projected on their top ``components`` principal directions (larger = better).
 
@@ -131,5 +167,13 @@ def ccfv_pca_score(features: FeatureSet, *, components: int = DEFAULT_COMPONENTS
     whiten : divide each component by its standard deviation.
     distance, s, layers, ridge, workers : as :func:`ccfv.ccfv_parts`.
     """
-    return ccfv_pca_tables(features, components=components, whiten=whiten, distance=distance,
-                           s=s, layers=layers, ridge=ridge, workers=workers).score()
+    return ccfv_pca_tables(
+        features,
+        components=components,
+        whiten=whiten,
+        distance=distance,
+        s=s,
+        layers=layers,
+        ridge=ridge,
+        workers=workers,
+    ).score()

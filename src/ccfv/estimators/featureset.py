@@ -24,8 +24,9 @@ FeatureSet = Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]
 CaseIndices = Sequence[int] | np.ndarray
 
 
-def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = None,
-                         min_cases: int = 2) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+def validate_feature_set(
+    features: FeatureSet, layers: Sequence[str] | None = None, min_cases: int = 2
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Check a feature set and return it as ``{layer: [(X float64, y int64), ...]}``.
 
     Parameters
@@ -45,7 +46,8 @@ def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = No
     if not isinstance(features, Mapping) or len(features) == 0:
         raise FeatureSetError(
             "the feature set is empty or not a mapping: pass {layer_name: [(X, y) per case]}, "
-            "X of shape (n_samples, dim), y of shape (n_samples,)")
+            "X of shape (n_samples, dim), y of shape (n_samples,)"
+        )
     names = list(features.keys())
     if layers is not None:
         layers = [layers] if isinstance(layers, str) else list(layers)
@@ -53,9 +55,10 @@ def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = No
         if unknown:
             raise FeatureSetError(
                 f"unknown layer(s) {unknown}: this feature set has layers {names}; "
-                "pass a subset of those to `layers`")
+                "pass a subset of those to `layers`"
+            )
         if not layers:
-            raise FeatureSetError("`layers` selects no layer: name at least one of " f"{names}")
+            raise FeatureSetError(f"`layers` selects no layer: name at least one of {names}")
         names = layers
     out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     n_cases = None
@@ -64,15 +67,18 @@ def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = No
         if isinstance(cases, (np.ndarray, str)) or not isinstance(cases, Sequence):
             raise FeatureSetError(
                 f"layer {name!r}: expected a list of (X, y) pairs, one per case, got "
-                f"{type(cases).__name__}")
+                f"{type(cases).__name__}"
+            )
         if len(cases) < min_cases:
             raise FeatureSetError(
                 f"layer {name!r} holds {len(cases)} case(s); at least {min_cases} are needed "
-                "to compare cases: add labelled target cases")
+                "to compare cases: add labelled target cases"
+            )
         if n_cases is not None and len(cases) != n_cases:
             raise FeatureSetError(
                 f"layer {name!r} holds {len(cases)} cases but layer {names[0]!r} holds "
-                f"{n_cases}: every layer must hold the same cases in the same order")
+                f"{n_cases}: every layer must hold the same cases in the same order"
+            )
         n_cases = len(cases)
         dim = None
         checked = []
@@ -81,27 +87,31 @@ def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = No
                 X, y = pair
             except (TypeError, ValueError):
                 raise FeatureSetError(
-                    f"layer {name!r}, case {c}: expected a pair (X, y), got "
-                    f"{type(pair).__name__}") from None
+                    f"layer {name!r}, case {c}: expected a pair (X, y), got {type(pair).__name__}"
+                ) from None
             X = np.asarray(X)
             y = np.asarray(y)
             if X.ndim != 2:
                 raise FeatureSetError(
                     f"layer {name!r}, case {c}: X has shape {X.shape}; expected "
-                    "(n_samples, dim): one row per sampled voxel")
+                    "(n_samples, dim): one row per sampled voxel"
+                )
             if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
                 raise FeatureSetError(
-                    f"layer {name!r}, case {c}: X has dtype {X.dtype}; expected real numbers")
+                    f"layer {name!r}, case {c}: X has dtype {X.dtype}; expected real numbers"
+                )
             if y.ndim != 1 or y.shape[0] != X.shape[0]:
                 raise FeatureSetError(
                     f"layer {name!r}, case {c}: {X.shape[0]} feature rows but labels of shape "
-                    f"{y.shape}; expected one class id per row")
+                    f"{y.shape}; expected one class id per row"
+                )
             if dim is None:
                 dim = X.shape[1]
             elif X.shape[1] != dim:
                 raise FeatureSetError(
                     f"layer {name!r}, case {c}: features have dim {X.shape[1]} but case 0 has "
-                    f"dim {dim}; all cases of one layer must come from the same layer")
+                    f"dim {dim}; all cases of one layer must come from the same layer"
+                )
             if dim == 0:
                 raise FeatureSetError(f"layer {name!r}: features have dim 0")
             X = X.astype(np.float64, copy=True)
@@ -111,25 +121,32 @@ def validate_feature_set(features: FeatureSet, layers: Sequence[str] | None = No
                 raise FeatureSetError(
                     f"layer {name!r}, case {c}: {int(bad.sum())} non-finite feature value(s), "
                     f"first {X[row, col]} at sample {row}, channel {col}; the model produced "
-                    "NaN/Inf: check its input normalisation or run it in float32")
+                    "NaN/Inf: check its input normalisation or run it in float32"
+                )
             if y.size and not np.issubdtype(y.dtype, np.integer):
-                if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
-                        and np.all(y == np.round(y))):
+                if not (
+                    np.issubdtype(y.dtype, np.floating)
+                    and np.all(np.isfinite(y))
+                    and np.all(y == np.round(y))
+                ):
                     raise FeatureSetError(
                         f"layer {name!r}, case {c}: labels must be integer class ids, got "
-                        f"dtype {y.dtype} with values such as {y.flat[0]!r}")
+                        f"dtype {y.dtype} with values such as {y.flat[0]!r}"
+                    )
             y = y.astype(np.int64, copy=True)
             if y.size and y.min() < 0:
                 raise FeatureSetError(
                     f"layer {name!r}, case {c}: negative class id {int(y.min())}; class ids "
-                    "are 0 (background) and 1..C")
+                    "are 0 (background) and 1..C"
+                )
             checked.append((X, y))
         out[name] = checked
     return out
 
 
 def foreground_classes(
-        features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> list[int]:
+    features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+) -> list[int]:
     """Sorted foreground class ids (> 0) present anywhere in a validated feature set."""
     ids: set[int] = set()
     for cases in features.values():
@@ -147,8 +164,9 @@ def _chosen_layer(features: FeatureSet, layer: str | None) -> str | None:
     return names[-1] if names else None
 
 
-def layer_samples(features: FeatureSet, layer: str | None = None, min_cases: int = 1
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layer_samples(
+    features: FeatureSet, layer: str | None = None, min_cases: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One layer's samples pooled over cases, for the estimators that ignore case structure.
 
     Parameters
@@ -166,8 +184,9 @@ def layer_samples(features: FeatureSet, layer: str | None = None, min_cases: int
     case : int64 (n,), the case index of each row
     """
     name = _chosen_layer(features, layer)
-    checked = validate_feature_set(features, layers=None if name is None else [name],
-                                   min_cases=min_cases)
+    checked = validate_feature_set(
+        features, layers=None if name is None else [name], min_cases=min_cases
+    )
     cases = checked[name] if name is not None else []
     X = np.concatenate([X for X, _ in cases])
     y = np.concatenate([y for _, y in cases])
@@ -180,9 +199,13 @@ def layer_samples(features: FeatureSet, layer: str | None = None, min_cases: int
 Predictions = Sequence[np.ndarray]
 
 
-def validate_predictions(predictions: Predictions | None, features: FeatureSet,
-                         layer: str | None = None, *, method: str = "this estimator"
-                         ) -> np.ndarray:
+def validate_predictions(
+    predictions: Predictions | None,
+    features: FeatureSet,
+    layer: str | None = None,
+    *,
+    method: str = "this estimator",
+) -> np.ndarray:
     """Check source-model predictions against a feature set and pool them over cases.
 
     ``predictions`` holds one array per case, shape ``(n_samples, n_source_classes)``: the
@@ -204,16 +227,17 @@ def validate_predictions(predictions: Predictions | None, features: FeatureSet,
         raise FeatureSetError(
             f"{method} needs the source model's predictions (its softmax over its source "
             "classes at the sampled voxels), given as predictions=[P per case]; `ccfv rank` "
-            "extracts them with the features")
+            "extracts them with the features"
+        )
     name = _chosen_layer(features, layer)
-    checked = validate_feature_set(features, layers=None if name is None else [name],
-                                   min_cases=1)
+    checked = validate_feature_set(features, layers=None if name is None else [name], min_cases=1)
     cases = checked[name] if name is not None else []  # None: validation raised already
     if isinstance(predictions, np.ndarray) or len(predictions) != len(cases):
         n = "an array" if isinstance(predictions, np.ndarray) else f"{len(predictions)} case(s)"
         raise FeatureSetError(
             f"predictions hold {n} but layer {name!r} holds {len(cases)} cases: give one "
-            "(n_samples, n_source_classes) array per case, aligned with the layer's rows")
+            "(n_samples, n_source_classes) array per case, aligned with the layer's rows"
+        )
     pooled = []
     width = None
     for c, (P, (X, _)) in enumerate(zip(predictions, cases)):
@@ -221,18 +245,21 @@ def validate_predictions(predictions: Predictions | None, features: FeatureSet,
         if P.ndim != 2 or P.shape[0] != X.shape[0]:
             raise FeatureSetError(
                 f"predictions, case {c}: shape {P.shape}, but layer {name!r} has "
-                f"{X.shape[0]} rows in that case; expected ({X.shape[0]}, n_source_classes)")
+                f"{X.shape[0]} rows in that case; expected ({X.shape[0]}, n_source_classes)"
+            )
         if width is None:
             width = P.shape[1]
         elif P.shape[1] != width:
             raise FeatureSetError(
-                f"predictions, case {c}: {P.shape[1]} source classes but case 0 has {width}")
+                f"predictions, case {c}: {P.shape[1]} source classes but case 0 has {width}"
+            )
         if not np.all(np.isfinite(P)):
             raise FeatureSetError(f"predictions, case {c}: NaN or Inf values")
         if P.size and (P.min() < 0 or not np.allclose(P.sum(axis=1), 1.0, atol=1e-4)):
             raise FeatureSetError(
                 f"predictions, case {c}: rows must be probabilities (>= 0, summing to 1; "
-                f"row 0 sums to {P[0].sum():.6g}): apply a softmax to logits first")
+                f"row 0 sums to {P[0].sum():.6g}): apply a softmax to logits first"
+            )
         pooled.append(P)
     if width is None or width < 1:
         raise FeatureSetError("predictions have no source class")

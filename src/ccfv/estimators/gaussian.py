@@ -72,13 +72,14 @@ def default_workers() -> int:
     """Threads for the pairwise W2 work: the CPU cores this process may use, at most 8."""
     try:
         cores = len(os.sched_getaffinity(0))
-    except AttributeError:                                   # not on Linux
+    except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(8, cores))
 
 
-def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False,
-                     workers: int | None = None) -> np.ndarray:
+def w2_squared_pairs(
+    gaussians: list[Gaussian], round_off_to_zero: bool = False, workers: int | None = None
+) -> np.ndarray:
     """Squared 2-Wasserstein distances of all pairs i < j, in ``scipy.spatial.distance.pdist``
     order.
 
@@ -100,7 +101,7 @@ def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False,
     # every factor's columns side by side, (d, N * r_max): case j's are columns j*r_max...
     wide = np.ascontiguousarray(factors.transpose(1, 0, 2)).reshape(d, n * r_max)
     tiny = 64 * np.finfo(np.float64).eps
-    squared_means = np.sum(means ** 2, axis=1)
+    squared_means = np.sum(means**2, axis=1)
 
     def row(i: int) -> np.ndarray:
         factor = gaussians[i].factor
@@ -108,12 +109,12 @@ def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False,
         if factor.shape[1] == 0:
             nuclear = np.zeros(m)
         else:
-            cross = (factor.T @ wide[:, (i + 1) * r_max:]).reshape(factor.shape[1], m, r_max)
+            cross = (factor.T @ wide[:, (i + 1) * r_max :]).reshape(factor.shape[1], m, r_max)
             nuclear = nuclear_norms(np.ascontiguousarray(cross.transpose(1, 0, 2)))
-        mean_gap = np.sum((means[i + 1:] - means[i]) ** 2, axis=1)
-        sq = mean_gap + traces[i] + traces[i + 1:] - 2.0 * nuclear
+        mean_gap = np.sum((means[i + 1 :] - means[i]) ** 2, axis=1)
+        sq = mean_gap + traces[i] + traces[i + 1 :] - 2.0 * nuclear
         if round_off_to_zero:
-            scale = squared_means[i] + squared_means[i + 1:] + traces[i] + traces[i + 1:]
+            scale = squared_means[i] + squared_means[i + 1 :] + traces[i] + traces[i + 1 :]
             sq[sq <= tiny * scale] = 0.0
         return sq
 
@@ -123,8 +124,10 @@ def w2_squared_pairs(gaussians: list[Gaussian], round_off_to_zero: bool = False,
     if workers <= 1 or n < 3:
         rows = [row(i) for i in range(n - 1)]
     else:
-        with threadpool_limits(limits=1, user_api="blas"), \
-                ThreadPoolExecutor(max_workers=workers) as pool:
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            ThreadPoolExecutor(max_workers=workers) as pool,
+        ):
             rows = list(pool.map(row, range(n - 1)))
     return np.concatenate(rows)
 
@@ -181,10 +184,10 @@ def kl_pairs(gaussians: list[Gaussian], ridge: float) -> np.ndarray:
     d = means.shape[1]
     out = []
     for i in range(len(gaussians) - 1):
-        gap = means[i + 1:] - means[i]
-        tr_ji = np.einsum("mab,ab->m", inverses[i + 1:], covs[i])
-        tr_ij = np.einsum("ab,mab->m", inverses[i], covs[i + 1:])
-        maha = np.einsum("ma,mab,mb->m", gap, inverses[i + 1:] + inverses[i], gap)
+        gap = means[i + 1 :] - means[i]
+        tr_ji = np.einsum("mab,ab->m", inverses[i + 1 :], covs[i])
+        tr_ij = np.einsum("ab,mab->m", inverses[i], covs[i + 1 :])
+        maha = np.einsum("ma,mab,mb->m", gap, inverses[i + 1 :] + inverses[i], gap)
         out.append(0.25 * (tr_ji + tr_ij + maha - 2 * d))
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -52,8 +52,13 @@ COVARIANCES = ("diagonal", "spherical")
 VARIANCE_FLOOR = 1e-4
 
 
-def gbc_score(features: FeatureSet, *, layer: str | None = None, covariance: str = "diagonal",
-              pca_dim: int | None = 64) -> float:
+def gbc_score(
+    features: FeatureSet,
+    *,
+    layer: str | None = None,
+    covariance: str = "diagonal",
+    pca_dim: int | None = 64,
+) -> float:
     """GBC of one layer's pooled features for the voxel classes (larger = better, <= 0).
 
     Parameters
@@ -79,14 +84,15 @@ def gbc_score(features: FeatureSet, *, layer: str | None = None, covariance: str
     """
     if covariance not in COVARIANCES:
         raise UserError(f"gbc: covariance must be one of {COVARIANCES}, got {covariance!r}")
-    if pca_dim is not None and not (isinstance(pca_dim, (int, np.integer))
-                                    and not isinstance(pca_dim, bool) and pca_dim >= 1):
+    if pca_dim is not None and not (
+        isinstance(pca_dim, (int, np.integer)) and not isinstance(pca_dim, bool) and pca_dim >= 1
+    ):
         raise UserError(f"gbc: pca_dim must be a positive integer or None, got {pca_dim!r}")
     data = labelled_samples(features, layer, "gbc")
     X = data.X
     if pca_dim is not None and X.shape[1] > pca_dim:
         X = _principal_components(X, pca_dim)
-    X = X[:, np.ptp(X, axis=0) > 0]                       # drop channels constant everywhere
+    X = X[:, np.ptp(X, axis=0) > 0]  # drop channels constant everywhere
     means, variances = _class_moments(X, data.labels, data.classes.size)
     distances = _bhattacharyya(means, variances, covariance)
     coefficients = np.exp(-distances)
@@ -100,8 +106,8 @@ def _principal_components(X: np.ndarray, dim: int) -> np.ndarray:
     lam, W, right = spectrum(Xc)
     keep = min(dim, lam.size)
     if right:
-        return Xc @ W[:, :keep]                           # W = V: the principal axes
-    return W[:, :keep] * np.sqrt(lam[:keep])              # W = U: scores are U diag(s)
+        return Xc @ W[:, :keep]  # W = V: the principal axes
+    return W[:, :keep] * np.sqrt(lam[:keep])  # W = U: scores are U diag(s)
 
 
 def _class_moments(X: np.ndarray, labels: np.ndarray, n_classes: int):
@@ -122,7 +128,7 @@ def _bhattacharyya(means: np.ndarray, variances: np.ndarray, covariance: str) ->
     d = means.shape[1]
     if covariance == "spherical":
         variances = variances.mean(axis=1, keepdims=True) if d else np.ones((len(means), 1))
-        weight = float(d)                                 # log det of sbar I_d is d log sbar
+        weight = float(d)  # log det of sbar I_d is d log sbar
     else:
         weight = 1.0
     diff2 = (means[:, None, :] - means[None, :, :]) ** 2

@@ -76,7 +76,7 @@ def hscore(features: FeatureSet, *, layer: str | None = None) -> float:
     """
     data = labelled_samples(features, layer, "hscore")
     _, projected, _ = _class_projections(data)
-    return _within_bound(float(np.sum(projected ** 2 / data.counts)), data)
+    return _within_bound(float(np.sum(projected**2 / data.counts)), data)
 
 
 def regularized_hscore(features: FeatureSet, *, layer: str | None = None) -> float:
@@ -104,10 +104,11 @@ def regularized_hscore(features: FeatureSet, *, layer: str | None = None) -> flo
         return 0.0
     n, d = Xc.shape
     alpha = _ledoit_wolf_shrinkage(Xc, lam)
-    mean_var = float(np.sum(lam)) / (n * d)               # m = tr(S)/d
+    mean_var = float(np.sum(lam)) / (n * d)  # m = tr(S)/d
     weights = lam / ((1.0 - alpha) * lam + n * alpha * mean_var)
     return _within_bound(
-        float((1.0 - alpha) * np.sum(weights[:, None] * projected ** 2 / data.counts)), data)
+        float((1.0 - alpha) * np.sum(weights[:, None] * projected**2 / data.counts)), data
+    )
 
 
 def _within_bound(value: float, data: Labelled) -> float:
@@ -130,12 +131,12 @@ def _ledoit_wolf_shrinkage(Xc: np.ndarray, lam: np.ndarray) -> float:
     """Ledoit-Wolf shrinkage of centred samples Xc (n x d); ``lam``: its nonzero s_i^2."""
     n, d = Xc.shape
     if d == 1:
-        return 0.0                                        # scikit-learn's convention
-    eig = lam / n                                         # nonzero eigenvalues of S
+        return 0.0  # scikit-learn's convention
+    eig = lam / n  # nonzero eigenvalues of S
     mu = float(np.sum(eig)) / d
-    frob2 = float(np.sum(eig ** 2))                       # ||S||_F^2
-    fourth = float(np.sum(np.sum(Xc ** 2, axis=1) ** 2))  # sum_i |x_i|^4
+    frob2 = float(np.sum(eig**2))  # ||S||_F^2
+    fourth = float(np.sum(np.sum(Xc**2, axis=1) ** 2))  # sum_i |x_i|^4
     beta = (fourth / n - frob2) / (n * d)
-    delta = (frob2 - d * mu ** 2) / d                     # ||S - mu I||_F^2 / d
+    delta = (frob2 - d * mu**2) / d  # ||S - mu I||_F^2 / d
     beta = min(beta, delta)
     return 0.0 if beta <= 0.0 else beta / delta

@@ -60,11 +60,11 @@ def leep_score(features: FeatureSet, predictions, *, layer: str | None = None) -
 
 def _leep(theta: np.ndarray, labels: np.ndarray) -> float:
     """LEEP from probabilities ``theta`` (n, Z) and target labels 0..K-1 (n,)."""
-    theta = theta / theta.sum(axis=1, keepdims=True)     # exact row sums (inputs are within 1e-4)
+    theta = theta / theta.sum(axis=1, keepdims=True)  # exact row sums (inputs are within 1e-4)
     n = theta.shape[0]
     n_classes = int(labels.max()) + 1
     joint = np.stack([theta[labels == k].sum(axis=0) for k in range(n_classes)]) / n  # P(y, z)
-    marginal = joint.sum(axis=0)                          # P(z)
+    marginal = joint.sum(axis=0)  # P(z)
     conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
     expected = np.einsum("iz,iz->i", theta, conditional[labels])
     # ``expected`` is a convex combination of the P(y_i | z) <= 1, so <= 1 in exact arithmetic;

@@ -76,8 +76,9 @@ _SETTLED = 1e-9
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def logme_score(features: FeatureSet, *, layer: str | None = None, max_iter: int = 100,
-                tol: float = 1e-3) -> float:
+def logme_score(
+    features: FeatureSet, *, layer: str | None = None, max_iter: int = 100, tol: float = 1e-3
+) -> float:
     """LogME of one layer's pooled features for the voxel classes (larger = better).
 
     Parameters
@@ -108,36 +109,43 @@ def logme_score(features: FeatureSet, *, layer: str | None = None, max_iter: int
         features barely explain (hundreds of iterations) while the evidence has long settled;
         that case is not warned about.
     """
-    if isinstance(max_iter, bool) or not (isinstance(max_iter, (int, np.integer))
-                                          and max_iter >= 1):
+    if isinstance(max_iter, bool) or not (
+        isinstance(max_iter, (int, np.integer)) and max_iter >= 1
+    ):
         raise UserError(f"logme: max_iter must be a positive integer, got {max_iter!r}")
     if not (np.isfinite(tol) and tol > 0):
         raise UserError(f"logme: tol must be a positive number, got {tol!r}")
     data = labelled_samples(features, layer, "logme")
     F = data.X
     n, d = F.shape
-    sigma, Xp, residual = left_projections(F, data.one_hot())   # x = U^T y per class
+    sigma, Xp, residual = left_projections(F, data.one_hot())  # x = U^T y per class
     if sigma.size == 0:
-        raise UserError(f"logme: every feature of layer {data.layer!r} is 0; LogME needs "
-                        "features that vary: check the layer and the model")
-    residual[residual <= _EXACT_FIT * data.counts] = 0.0      # y in the span of the features
+        raise UserError(
+            f"logme: every feature of layer {data.layer!r} is 0; LogME needs "
+            "features that vary: check the layer and the model"
+        )
+    residual[residual <= _EXACT_FIT * data.counts] = 0.0  # y in the span of the features
     k = sigma.size
     evidences = []
     for c, klass in enumerate(data.classes):
-        ev = _class_evidence(sigma, Xp[:, c], float(residual[c]), float(data.counts[c]), n,
-                             max_iter, tol)
+        ev = _class_evidence(
+            sigma, Xp[:, c], float(residual[c]), float(data.counts[c]), n, max_iter, tol
+        )
         if ev.status == "unbounded":
             raise UserError(
                 f"logme: the indicator of class {int(klass)} is an exact linear function of "
                 f"the {d} features of layer {data.layer!r} (rank {k} < {n} samples, zero "
                 "residual), so its evidence grows without bound; LogME cannot rank such "
-                "features: check for a feature channel that copies the labels")
+                "features: check for a feature channel that copies the labels"
+            )
         if ev.status == "max_iter":
             warnings.warn(
                 f"logme: the fixed point of class {int(klass)} (layer {data.layer!r}) did not "
                 f"converge in {max_iter} iterations (alpha/beta = {ev.alpha / ev.beta:.3g}); "
-                "its evidence at the last iterate is used: raise max_iter", CCFVWarning,
-                stacklevel=2)
+                "its evidence at the last iterate is used: raise max_iter",
+                CCFVWarning,
+                stacklevel=2,
+            )
         evidences.append(ev.evidence / n)
     return float(np.mean(evidences))
 
@@ -161,8 +169,8 @@ def _posterior_terms(sigma, x2, r2, n, t):
     """gamma, n - gamma, |m|^2 and |y - F m|^2 at t = alpha/beta (no cancellation)."""
     denom = sigma + t
     gamma = float(np.sum(sigma / denom))
-    rest = (n - sigma.size) + float(np.sum(t / denom))   # n - gamma, exact for tiny t
-    m2 = float(np.sum(sigma * x2 / denom ** 2))
+    rest = (n - sigma.size) + float(np.sum(t / denom))  # n - gamma, exact for tiny t
+    m2 = float(np.sum(sigma * x2 / denom**2))
     res2 = float(np.sum(x2 * (t / denom) ** 2)) + r2
     return gamma, rest, m2, res2
 
@@ -172,9 +180,14 @@ def _log_evidence(sigma, x2, r2, n, alpha, beta):
     t = alpha / beta
     _, _, m2, res2 = _posterior_terms(sigma, x2, r2, n, t)
     k = sigma.size
-    return (0.5 * k * math.log(alpha) + 0.5 * (n - k) * math.log(beta)
-            - 0.5 * float(np.sum(np.log(t + sigma))) - 0.5 * beta * res2 - 0.5 * alpha * m2
-            - 0.5 * n * _LOG_2PI)
+    return (
+        0.5 * k * math.log(alpha)
+        + 0.5 * (n - k) * math.log(beta)
+        - 0.5 * float(np.sum(np.log(t + sigma)))
+        - 0.5 * beta * res2
+        - 0.5 * alpha * m2
+        - 0.5 * n * _LOG_2PI
+    )
 
 
 def _weight_free_limit(y2, n):
@@ -186,8 +199,9 @@ def _noise_free_limit(sigma, x2, n):
     """sup over alpha of the evidence as beta -> inf, for F of full row rank (k = n)."""
     q = float(np.sum(x2 / sigma))
     alpha = n / q
-    return (0.5 * n * (math.log(alpha) - 1.0 - _LOG_2PI)
-            - 0.5 * float(np.sum(np.log(sigma)))), alpha
+    return (
+        0.5 * n * (math.log(alpha) - 1.0 - _LOG_2PI) - 0.5 * float(np.sum(np.log(sigma)))
+    ), alpha
 
 
 def _class_evidence(sigma, x, r2, y2, n, max_iter, tol) -> _Evidence:
@@ -196,8 +210,8 @@ def _class_evidence(sigma, x, r2, y2, n, max_iter, tol) -> _Evidence:
     ``sigma``: retained squared singular values of F (k,); ``x``: U^T y (k,); ``r2``: squared
     norm of y outside the span of U; ``y2``: |y|^2; ``n``: the number of samples.
     """
-    x2 = x ** 2
-    if not np.any(x2 > 0):                                # y orthogonal to every feature
+    x2 = x**2
+    if not np.any(x2 > 0):  # y orthogonal to every feature
         return _Evidence(_weight_free_limit(y2, n), math.inf, n / y2, 0, "alpha_inf")
     t_large = _T_LARGE * sigma[0]
     t_asymptotic = _T_ASYMPTOTIC * sigma[0]
@@ -209,7 +223,7 @@ def _class_evidence(sigma, x, r2, y2, n, max_iter, tol) -> _Evidence:
     t = alpha / beta
     for it in range(1, max_iter + 1):
         gamma, rest, m2, res2 = _posterior_terms(sigma, x2, r2, n, t)
-        if res2 == 0.0:                                   # t underflowed: the noise-free limit
+        if res2 == 0.0:  # t underflowed: the noise-free limit
             return _noise_free_or_unbounded(sigma, x2, n, it)
         previous = (alpha, beta)
         alpha, beta = gamma / m2, rest / res2
@@ -221,8 +235,9 @@ def _class_evidence(sigma, x, r2, y2, n, max_iter, tol) -> _Evidence:
         done = abs(t_new - t) <= tol * t
         t = t_new
         if done:
-            return _Evidence(_log_evidence(sigma, x2, r2, n, alpha, beta), alpha, beta, it,
-                             "converged")
+            return _Evidence(
+                _log_evidence(sigma, x2, r2, n, alpha, beta), alpha, beta, it, "converged"
+            )
     value = _log_evidence(sigma, x2, r2, n, alpha, beta)
     before = _log_evidence(sigma, x2, r2, n, *previous) if max_iter > 1 else -math.inf
     settled = abs(value - before) <= _SETTLED * abs(value)

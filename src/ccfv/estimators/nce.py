@@ -60,7 +60,7 @@ def _nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
     n_classes, n_source = int(labels.max()) + 1, int(z.max()) + 1
     counts = np.bincount(labels * n_source + z, minlength=n_classes * n_source)
     joint = counts.reshape(n_classes, n_source) / n
-    marginal = joint.sum(axis=0)                          # > 0 for every occurring z
+    marginal = joint.sum(axis=0)  # > 0 for every occurring z
     nonzero = joint > 0
     # joint <= marginal holds in floating point too (a rounded sum of non-negative terms is
     # >= each term) and rounded division is monotone, so ratio <= 1 and NCE <= 0 without a clip

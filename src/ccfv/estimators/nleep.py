@@ -67,9 +67,16 @@ MIXTURES = ("fast", "sklearn")
 REG_COVAR, TOL, MAX_ITER = 1e-6, 1e-3, 100
 
 
-def nleep_score(features: FeatureSet, *, layer: str | None = None, variance: float = 0.8,
-                components_per_class: int = 5, seed: int = 0, mixture: str = "fast",
-                threads: int | None = 1) -> float:
+def nleep_score(
+    features: FeatureSet,
+    *,
+    layer: str | None = None,
+    variance: float = 0.8,
+    components_per_class: int = 5,
+    seed: int = 0,
+    mixture: str = "fast",
+    threads: int | None = 1,
+) -> float:
     """N-LEEP of a feature set's layer.
 
     Parameters
@@ -99,39 +106,58 @@ def nleep_score(features: FeatureSet, *, layer: str | None = None, variance: flo
     """
     if not (isinstance(variance, numbers.Real) and 0 < variance <= 1):
         raise UserError(f"nleep: variance={variance!r} must be a fraction in (0, 1], e.g. 0.8")
-    if (not isinstance(components_per_class, numbers.Integral)
-            or isinstance(components_per_class, bool) or components_per_class < 1):
-        raise UserError(f"nleep: components_per_class={components_per_class!r} must be an "
-                        "integer >= 1, e.g. 5")
+    if (
+        not isinstance(components_per_class, numbers.Integral)
+        or isinstance(components_per_class, bool)
+        or components_per_class < 1
+    ):
+        raise UserError(
+            f"nleep: components_per_class={components_per_class!r} must be an integer >= 1, e.g. 5"
+        )
     if mixture not in MIXTURES:
         raise UserError(f"nleep: mixture={mixture!r} must be one of {', '.join(MIXTURES)}")
-    if threads is not None and (not isinstance(threads, numbers.Integral)
-                                or isinstance(threads, bool) or threads < 1):
-        raise UserError(f"nleep: threads={threads!r} must be an integer >= 1 (default 1) or "
-                        "None to keep the process's BLAS threads")
+    if threads is not None and (
+        not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 1
+    ):
+        raise UserError(
+            f"nleep: threads={threads!r} must be an integer >= 1 (default 1) or "
+            "None to keep the process's BLAS threads"
+        )
     data = labelled_samples(features, layer, "nleep")
     X, labels = data.X, data.labels
     with threadpool_limits(limits=threads):
-        theta = _gmm_posteriors(X, n_classes=int(labels.max()) + 1, variance=float(variance),
-                                components_per_class=int(components_per_class), seed=seed,
-                                mixture=mixture)
+        theta = _gmm_posteriors(
+            X,
+            n_classes=int(labels.max()) + 1,
+            variance=float(variance),
+            components_per_class=int(components_per_class),
+            seed=seed,
+            mixture=mixture,
+        )
     return _leep(theta, labels)
 
 
-def _gmm_posteriors(X: np.ndarray, *, n_classes: int, variance: float,
-                    components_per_class: int, seed: int, mixture: str = "fast") -> np.ndarray:
+def _gmm_posteriors(
+    X: np.ndarray,
+    *,
+    n_classes: int,
+    variance: float,
+    components_per_class: int,
+    seed: int,
+    mixture: str = "fast",
+) -> np.ndarray:
     """PCA to ``variance`` of the energy, then the posteriors of a seeded Gaussian mixture."""
     if not np.any(np.ptp(X, axis=0) > 0):
         raise UserError(
             "nleep: every feature channel is constant over the samples, so there is nothing for "
-            "the PCA and the mixture to fit: check that the layer's features are not all equal")
+            "the PCA and the mixture to fit: check that the layer's features are not all equal"
+        )
     pca = PCA(n_components=None if variance >= 1 else variance, svd_solver="full")
     reduced = pca.fit_transform(X)
     n_components = min(components_per_class * n_classes, X.shape[0])
     if mixture == "fast":
         return _em_posteriors(reduced, n_components, seed)
-    gmm = GaussianMixture(n_components=n_components, covariance_type="full",
-                          random_state=seed)
+    gmm = GaussianMixture(n_components=n_components, covariance_type="full", random_state=seed)
     gmm.fit(reduced)
     return gmm.predict_proba(reduced)
 
@@ -142,12 +168,12 @@ def _em_posteriors(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
     (k-means initialisation, ``reg_covar`` 1e-6, ``tol`` 1e-3, 100 iterations, one init)."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
-    random_state = check_random_state(seed)        # as GaussianMixture.fit_predict does
+    random_state = check_random_state(seed)  # as GaussianMixture.fit_predict does
     label = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(X).labels_
     resp = np.zeros((n, n_components))
     resp[np.arange(n), label] = 1
     weights, means, prec_chol = _m_step(X, resp)
-    weights /= n                                       # initialisation: weights = nk / n
+    weights /= n  # initialisation: weights = nk / n
     lower_bound, converged = -np.inf, False
     for _ in range(MAX_ITER):
         previous = lower_bound
@@ -159,9 +185,12 @@ def _em_posteriors(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
             converged = True
             break
     if not converged:
-        warnings.warn("nleep: the Gaussian mixture's EM did not converge in "
-                      f"{MAX_ITER} iterations; its last parameters are used", ConvergenceWarning,
-                      stacklevel=3)
+        warnings.warn(
+            "nleep: the Gaussian mixture's EM did not converge in "
+            f"{MAX_ITER} iterations; its last parameters are used",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     return np.exp(_e_step(X, weights, means, prec_chol)[1])
 
 
@@ -183,7 +212,8 @@ def _m_step(X: np.ndarray, resp: np.ndarray):
             raise UserError(
                 "nleep: a Gaussian component of the mixture collapsed (singular covariance: "
                 "duplicated or too few samples for the components); use fewer "
-                "components_per_class or another layer") from None
+                "components_per_class or another layer"
+            ) from None
         prec_chol[k] = scipy.linalg.solve_triangular(cov_chol, eye, lower=True).T
     return nk, means, prec_chol
 

@@ -67,8 +67,14 @@ MAX_SAMPLES = 3000
 DECIMALS = 12
 
 
-def parc_score(features: FeatureSet, *, layer: str | None = None, pca_dim: int | None = 32,
-               max_samples: int | None = MAX_SAMPLES, seed: int = 0) -> float:
+def parc_score(
+    features: FeatureSet,
+    *,
+    layer: str | None = None,
+    pca_dim: int | None = 32,
+    max_samples: int | None = MAX_SAMPLES,
+    seed: int = 0,
+) -> float:
     """PARC of a feature set's layer, in [-100, 100].
 
     Parameters
@@ -91,14 +97,22 @@ def parc_score(features: FeatureSet, *, layer: str | None = None, pca_dim: int |
         Fewer than 2 classes, no two samples of one class, features of (numerical) rank < 2,
         a sample whose reduced features are all equal, or an option out of range.
     """
-    if pca_dim is not None and (not isinstance(pca_dim, numbers.Integral)
-                                or isinstance(pca_dim, bool) or pca_dim < 2):
-        raise UserError(f"parc: pca_dim={pca_dim!r} must be an integer >= 2 (the paper uses 32) "
-                        "or None for no PCA")
-    if max_samples is not None and (not isinstance(max_samples, numbers.Integral)
-                                    or isinstance(max_samples, bool) or max_samples < 10):
-        raise UserError(f"parc: max_samples={max_samples!r} must be an integer >= 10 (default "
-                        f"{MAX_SAMPLES}) or None for no cap")
+    if pca_dim is not None and (
+        not isinstance(pca_dim, numbers.Integral) or isinstance(pca_dim, bool) or pca_dim < 2
+    ):
+        raise UserError(
+            f"parc: pca_dim={pca_dim!r} must be an integer >= 2 (the paper uses 32) "
+            "or None for no PCA"
+        )
+    if max_samples is not None and (
+        not isinstance(max_samples, numbers.Integral)
+        or isinstance(max_samples, bool)
+        or max_samples < 10
+    ):
+        raise UserError(
+            f"parc: max_samples={max_samples!r} must be an integer >= 10 (default "
+            f"{MAX_SAMPLES}) or None for no cap"
+        )
     data = labelled_samples(features, layer, "parc")
     X, labels = data.X, data.labels
     if max_samples is not None and len(labels) > max_samples:
@@ -114,20 +128,23 @@ def _stratified_subsample(labels: np.ndarray, size: int, seed: int) -> np.ndarra
     quota = size * counts / counts.sum()
     take = np.maximum(np.floor(quota).astype(np.int64), np.minimum(counts, 2))
     surplus = int(take.sum()) - size
-    while surplus > 0:                        # the at-least-2 rule overshot: trim the largest
+    while surplus > 0:  # the at-least-2 rule overshot: trim the largest
         c = int(np.argmax(take))
         take[c] -= 1
         surplus -= 1
     remainder = quota - np.floor(quota)
-    for c in np.argsort(-remainder, kind="stable"):   # largest remainders first
+    for c in np.argsort(-remainder, kind="stable"):  # largest remainders first
         if surplus == 0:
             break
         if take[c] < counts[c]:
             take[c] += 1
             surplus += 1
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=int(take[c]), replace=False)
-              for c in range(len(counts)) if take[c] > 0]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), size=int(take[c]), replace=False)
+        for c in range(len(counts))
+        if take[c] > 0
+    ]
     return np.sort(np.concatenate(chosen))
 
 
@@ -150,7 +167,8 @@ def _reduce(X: np.ndarray, pca_dim: int | None) -> np.ndarray:
         raise UserError(
             f"parc: the features have {reduced.shape[1]} channel(s) of non-zero variance "
             "(numerical rank < 2); PARC correlates samples across channels and needs at "
-            "least 2: use another layer")
+            "least 2: use another layer"
+        )
     return reduced
 
 
@@ -162,7 +180,8 @@ def _parc(F: np.ndarray, labels: np.ndarray, ranks: str = "one-sort") -> float:
         raise UserError(
             f"parc: {int(flat.sum())} sample(s) (first: row {int(np.flatnonzero(flat)[0])}) "
             "have all reduced features equal, so their correlation with other samples is "
-            "undefined: use another layer or pca_dim")
+            "undefined: use another layer or pca_dim"
+        )
     # 1 - Pearson in i < j order, on a grid of 1e-12 (as integers: rint(D * 1e12), the
     # numerator of np.round(D, 12)), so that pairs equal in exact arithmetic (duplicated
     # samples) tie instead of being ordered by their round-off
@@ -170,14 +189,15 @@ def _parc(F: np.ndarray, labels: np.ndarray, ranks: str = "one-sort") -> float:
     different = pdist(labels[:, None].astype(np.float64), "cityblock") > 0
     if ranks == "two-sorts":
         return _spearman_two_sorts(np.round(dissimilarity, DECIMALS), different)
-    np.multiply(dissimilarity, 10.0 ** DECIMALS, out=dissimilarity)
+    np.multiply(dissimilarity, 10.0**DECIMALS, out=dissimilarity)
     grid = np.rint(dissimilarity).astype(np.int64)
     m = grid.size
     m1 = int(np.count_nonzero(different))
     if m1 == 0 or m1 == m:
         raise UserError(
             "parc: no two samples share a class, so there is no within-class pair to compare "
-            "with the between-class pairs: sample at least 2 voxels of some class")
+            "with the between-class pairs: sample at least 2 voxels of some class"
+        )
     # one sort of (dissimilarity, group) keys gives the tie groups of the dissimilarities and
     # how many between-class pairs each holds; a tie group starting at 0-based position a
     # with t members has the tie-averaged 1-based rank a + (t + 1) / 2
@@ -192,11 +212,12 @@ def _parc(F: np.ndarray, labels: np.ndarray, ranks: str = "one-sort") -> float:
     between = np.add.reduceat(in_group, starts)
     rank_sum = float(np.sum(between * (2 * starts + ties + 1))) / 2.0
     ties = ties.astype(np.float64)
-    rank_var = (m * m - 1.0) / 12.0 - np.sum(ties ** 3 - ties) / (12.0 * m)
+    rank_var = (m * m - 1.0) / 12.0 - np.sum(ties**3 - ties) / (12.0 * m)
     if rank_var <= 0:
         raise UserError(
             "parc: every pair of samples is equally (dis)similar, so the Spearman correlation "
-            "is undefined: the features carry no pairwise structure; use another layer")
+            "is undefined: the features carry no pairwise structure; use another layer"
+        )
     return _spearman(rank_sum, rank_var, m, m1)
 
 
@@ -210,7 +231,8 @@ def _spearman_two_sorts(dissimilarity: np.ndarray, different: np.ndarray) -> flo
     if m1 == 0 or m1 == m:
         raise UserError(
             "parc: no two samples share a class, so there is no within-class pair to compare "
-            "with the between-class pairs: sample at least 2 voxels of some class")
+            "with the between-class pairs: sample at least 2 voxels of some class"
+        )
     ordered = np.sort(grid)
     group = np.sort(grid[different])
     below = np.searchsorted(ordered, group, side="left")
@@ -218,11 +240,12 @@ def _spearman_two_sorts(dissimilarity: np.ndarray, different: np.ndarray) -> flo
     rank_sum = float(np.sum(below + upto + 1)) / 2.0
     edges = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1], [True])))
     ties = np.diff(edges).astype(np.float64)
-    rank_var = (m * m - 1.0) / 12.0 - np.sum(ties ** 3 - ties) / (12.0 * m)
+    rank_var = (m * m - 1.0) / 12.0 - np.sum(ties**3 - ties) / (12.0 * m)
     if rank_var <= 0:
         raise UserError(
             "parc: every pair of samples is equally (dis)similar, so the Spearman correlation "
-            "is undefined: the features carry no pairwise structure; use another layer")
+            "is undefined: the features carry no pairwise structure; use another layer"
+        )
     return _spearman(rank_sum, rank_var, m, m1)
 
 

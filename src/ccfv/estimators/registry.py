@@ -83,8 +83,7 @@ class Estimator:
         """``scorer(case_indices) -> float``: the score on a subset of the cases."""
         if self.tables is not None:
             return self.tables(features, **self._options(features, options)).score
-        return subset_scorer(lambda sub, preds: self(sub, preds, **options), features,
-                             predictions)
+        return subset_scorer(lambda sub, preds: self(sub, preds, **options), features, predictions)
 
 
 def subset_scorer(score: Callable, features, predictions=None) -> Callable[[CaseIndices], float]:
@@ -107,12 +106,15 @@ def subset_scorer(score: Callable, features, predictions=None) -> Callable[[Case
 DEFAULT_CCFV: dict[str, Any] = {"variant": "paper", "normalize_consistency": True}
 
 ESTIMATORS: dict[str, Estimator] = {
-    "ccfv": Estimator(partial(ccfv_score, **DEFAULT_CCFV),
-                      tables=partial(ccfv_tables, **DEFAULT_CCFV)),
-    "ccfv-paper": Estimator(partial(ccfv_score, variant="paper"),
-                            tables=partial(ccfv_tables, variant="paper")),
-    "ccfv-official": Estimator(partial(ccfv_score, variant="official"),
-                               tables=partial(ccfv_tables, variant="official")),
+    "ccfv": Estimator(
+        partial(ccfv_score, **DEFAULT_CCFV), tables=partial(ccfv_tables, **DEFAULT_CCFV)
+    ),
+    "ccfv-paper": Estimator(
+        partial(ccfv_score, variant="paper"), tables=partial(ccfv_tables, variant="paper")
+    ),
+    "ccfv-official": Estimator(
+        partial(ccfv_score, variant="official"), tables=partial(ccfv_tables, variant="official")
+    ),
     "logme": Estimator(logme_score),
     "transrate": Estimator(transrate_score),
     "leep": Estimator(leep_score, needs_predictions=True),
@@ -139,26 +141,34 @@ def get_estimator(name: str) -> Estimator:
     match = _METHOD.match(name) if isinstance(name, str) else None
     base = match.group(1) if match else name
     if base not in ESTIMATORS:
-        raise UserError(f"unknown method {name!r}: known methods are "
-                        f"{', '.join(ESTIMATORS)} (options as in ccfv[distance=kl])")
+        raise UserError(
+            f"unknown method {name!r}: known methods are "
+            f"{', '.join(ESTIMATORS)} (options as in ccfv[distance=kl])"
+        )
     estimator = ESTIMATORS[base]
     if match is None or not match.group(2):
         return estimator
     signature = inspect.signature(estimator.func)
-    if estimator.tables is not None and any(p.kind == p.VAR_KEYWORD
-                                            for p in signature.parameters.values()):
+    if estimator.tables is not None and any(
+        p.kind == p.VAR_KEYWORD for p in signature.parameters.values()
+    ):
         signature = inspect.signature(estimator.tables)  # CC-FV: the options are named there
-    accepted = [p for p in signature.parameters.values()
-                if p.kind == p.KEYWORD_ONLY or (p.default is not p.empty
-                                                and p.kind == p.POSITIONAL_OR_KEYWORD)]
+    accepted = [
+        p
+        for p in signature.parameters.values()
+        if p.kind == p.KEYWORD_ONLY
+        or (p.default is not p.empty and p.kind == p.POSITIONAL_OR_KEYWORD)
+    ]
     known = {p.name for p in accepted} - {"variant"}
     options = {}
     for item in filter(None, (part.strip() for part in match.group(2).split(";"))):
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or key not in known:
-            raise UserError(f"method {name!r}: {item!r} is not an option of {base}; write "
-                            f"{base}[key=value; ...] with keys among {', '.join(sorted(known))}")
+            raise UserError(
+                f"method {name!r}: {item!r} is not an option of {base}; write "
+                f"{base}[key=value; ...] with keys among {', '.join(sorted(known))}"
+            )
         options[key] = yaml.safe_load(text.strip())
     return replace(estimator, options=options)
 

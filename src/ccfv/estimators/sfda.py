@@ -122,12 +122,13 @@ def _lda_scores(X: np.ndarray, labels: np.ndarray, shrinkage: float) -> np.ndarr
         raise UserError(
             "sfda: the features are constant within every class (zero within-class scatter), "
             "so the Fisher discriminant is undefined: use another layer or check that the "
-            "features are not all equal")
+            "features are not all equal"
+        )
     regularised = (1.0 - shrinkage) * within
     regularised.flat[:: d + 1] += shrinkage * mean_var
     evals, evecs = np.linalg.eigh(regularised)
     evals = np.maximum(evals, evals[-1] * d * np.finfo(np.float64).eps)
-    coef = ((means @ evecs) / evals) @ evecs.T                  # mu_k^T (S_w^l)^-1, (C, d)
+    coef = ((means @ evecs) / evals) @ evecs.T  # mu_k^T (S_w^l)^-1, (C, d)
     intercept = -0.5 * np.sum(coef * means, axis=1) + np.log(counts / counts.sum())
     return X @ coef.T + intercept
 
@@ -136,6 +137,6 @@ def _confmix(X: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> np.nd
     """x~_i = q_i x_i + (1 - q_i) (mean of the other classes' means)."""
     _, means = _class_means(X, labels)
     n_classes = means.shape[0]
-    others = (means.sum(axis=0) - means) / (n_classes - 1)     # (C, d)
+    others = (means.sum(axis=0) - means) / (n_classes - 1)  # (C, d)
     q = confidence[:, None]
     return q * X + (1.0 - q) * others[labels]

@@ -37,8 +37,7 @@ from ccfv.estimators._labelled import labelled_samples, squared_singular_values
 from ccfv.estimators.featureset import FeatureSet
 
 
-def transrate_score(features: FeatureSet, *, layer: str | None = None,
-                    eps: float = 1e-4) -> float:
+def transrate_score(features: FeatureSet, *, layer: str | None = None, eps: float = 1e-4) -> float:
     """TransRate of one layer's pooled features for the voxel classes (larger = better).
 
     Parameters

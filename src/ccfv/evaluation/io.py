@@ -23,8 +23,11 @@ from ccfv.files import atomic_write
 def _read_rows(path: str | Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what} file {path} does not exist" if not path.exists()
-                        else f"{what} file {path} is not a file")
+        raise UserError(
+            f"{what} file {path} does not exist"
+            if not path.exists()
+            else f"{what} file {path} is not a file"
+        )
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -50,8 +53,9 @@ def _number(text: str, path, line: int, column: str, model: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise UserError(f"{path}, line {line}: {column} of model {model!r} is {text!r}, not a "
-                        "number") from None
+        raise UserError(
+            f"{path}, line {line}: {column} of model {model!r} is {text!r}, not a number"
+        ) from None
 
 
 def _new_model(model: str, seen: dict[str, int], path, line: int) -> None:
@@ -59,8 +63,10 @@ def _new_model(model: str, seen: dict[str, int], path, line: int) -> None:
     if not model:
         raise UserError(f"{path}, line {line}: empty model name")
     if model in seen:
-        raise UserError(f"{path}, line {line}: model {model!r} appears twice (also on line "
-                        f"{seen[model]}); keep one line per model")
+        raise UserError(
+            f"{path}, line {line}: model {model!r} appears twice (also on line "
+            f"{seen[model]}); keep one line per model"
+        )
     seen[model] = line
 
 
@@ -75,8 +81,10 @@ def read_scores_csv(path: str | Path) -> dict[str, dict[str, float | None]]:
     """
     header, rows = _read_rows(path, "scores")
     if header[0].lower() != "model":
-        raise UserError(f"{path}, line 1: the first column is {header[0]!r}, expected 'model' "
-                        "followed by one column per method (as `ccfv rank` writes scores.csv)")
+        raise UserError(
+            f"{path}, line 1: the first column is {header[0]!r}, expected 'model' "
+            "followed by one column per method (as `ccfv rank` writes scores.csv)"
+        )
     methods = header[1:]
     if not methods:
         raise UserError(f"{path}, line 1: no method column after 'model'")
@@ -89,8 +97,10 @@ def read_scores_csv(path: str | Path) -> dict[str, dict[str, float | None]]:
     seen: dict[str, int] = {}
     for line, cells in rows:
         if len(cells) != len(header):
-            raise UserError(f"{path}, line {line}: {len(cells)} cells, the header has "
-                            f"{len(header)} ({', '.join(header)})")
+            raise UserError(
+                f"{path}, line {line}: {len(cells)} cells, the header has "
+                f"{len(header)} ({', '.join(header)})"
+            )
         model = cells[0]
         _new_model(model, seen, path, line)
         values = {}
@@ -115,25 +125,31 @@ def read_truth_csv(path: str | Path) -> dict[str, float]:
     lower = [h.lower() for h in header]
     missing = [c for c in ("model", "dice") if c not in lower]
     if missing:
-        raise UserError(f"{path}, line 1: no {' and no '.join(map(repr, missing))} column "
-                        f"(header: {', '.join(header) or '(empty)'}); the fine-tuned truth "
-                        "needs the columns model,dice")
+        raise UserError(
+            f"{path}, line 1: no {' and no '.join(map(repr, missing))} column "
+            f"(header: {', '.join(header) or '(empty)'}); the fine-tuned truth "
+            "needs the columns model,dice"
+        )
     i_model, i_dice = lower.index("model"), lower.index("dice")
     truth: dict[str, float] = {}
     seen: dict[str, int] = {}
     for line, cells in rows:
         if len(cells) <= max(i_model, i_dice):
-            raise UserError(f"{path}, line {line}: {len(cells)} cells, expected the columns "
-                            f"{', '.join(header)}")
+            raise UserError(
+                f"{path}, line {line}: {len(cells)} cells, expected the columns {', '.join(header)}"
+            )
         model, text = cells[i_model], cells[i_dice]
         _new_model(model, seen, path, line)
         if text == "":
-            raise UserError(f"{path}, line {line}: model {model!r} has no dice value; give its "
-                            "fine-tuned Dice or remove the line")
+            raise UserError(
+                f"{path}, line {line}: model {model!r} has no dice value; give its "
+                "fine-tuned Dice or remove the line"
+            )
         dice = _number(text, path, line, "dice", model)
         if not math.isfinite(dice):
-            raise UserError(f"{path}, line {line}: dice of model {model!r} is {text!r}, not a "
-                            "finite number")
+            raise UserError(
+                f"{path}, line {line}: dice of model {model!r} is {text!r}, not a finite number"
+            )
         truth[model] = dice
     if not truth:
         raise UserError(f"{path} has a header but no model line")
@@ -156,8 +172,9 @@ def write_evaluation_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
     writer = csv.writer(text)
     writer.writerow([*COLUMNS, "n_models"])
     for row in rows:
-        writer.writerow([row["method"], *(_fmt_csv(row[c]) for c in COLUMNS[1:]),
-                         _fmt_csv(row["n_models"])])
+        writer.writerow(
+            [row["method"], *(_fmt_csv(row[c]) for c in COLUMNS[1:]), _fmt_csv(row["n_models"])]
+        )
     return atomic_write(path, text.getvalue())
 
 

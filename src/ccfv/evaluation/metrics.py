@@ -30,8 +30,15 @@ from numpy.typing import ArrayLike
 from ccfv.errors import CCFVWarning, UserError
 
 #: The columns of ``evaluation.csv``, in order (``n_models`` follows them).
-COLUMNS = ("method", "weighted_tau", "kendall_tau", "spearman", "pearson", "top1_relative",
-           "regret")
+COLUMNS = (
+    "method",
+    "weighted_tau",
+    "kendall_tau",
+    "spearman",
+    "pearson",
+    "top1_relative",
+    "regret",
+)
 #: Correlation columns: undefined (None) when the score or the truth is constant.
 CORRELATIONS = ("weighted_tau", "kendall_tau", "spearman", "pearson")
 #: Fewest models a method must have (finite score and a fine-tuned Dice) to be evaluated.
@@ -42,19 +49,24 @@ MIN_MODELS = 3
 # statistics on two paired vectors
 # --------------------------------------------------------------------------------------------
 
+
 def _pair(scores: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(scores, dtype=float).ravel()
     y = np.asarray(truth, dtype=float).ravel()
     if x.shape != y.shape:
-        raise UserError(f"scores and truth have different lengths ({x.size} and {y.size}): "
-                        "give one score and one fine-tuned Dice per model, in the same order")
+        raise UserError(
+            f"scores and truth have different lengths ({x.size} and {y.size}): "
+            "give one score and one fine-tuned Dice per model, in the same order"
+        )
     if x.size < 2:
         raise UserError(f"{x.size} model(s): a correlation needs at least 2 models")
     bad = ~(np.isfinite(x) & np.isfinite(y))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise UserError(f"entry {i} is not a finite number (score {x[i]!r}, truth {y[i]!r}): "
-                        "leave models without a finite score or Dice out")
+        raise UserError(
+            f"entry {i} is not a finite number (score {x[i]!r}, truth {y[i]!r}): "
+            "leave models without a finite score or Dice out"
+        )
     return x, y
 
 
@@ -181,6 +193,7 @@ def regret(scores: ArrayLike, truth: ArrayLike) -> float:
 # one row per method
 # --------------------------------------------------------------------------------------------
 
+
 class Evaluation(list):
     """The rows of :func:`evaluate` (a list of dicts, one per method) plus ``warnings``:
     messages about models that could not be paired between the two files."""
@@ -215,9 +228,14 @@ def _names(models) -> str:
     return shown + (f" and {len(models) - 10} more" if len(models) > 10 else "")
 
 
-def evaluate(scores: Mapping[str, Mapping[str, float | None]], truth: Mapping[str, float], *,
-             methods: Sequence[str] | None = None, scores_name: str = "the scores",
-             truth_name: str = "the truth") -> Evaluation:
+def evaluate(
+    scores: Mapping[str, Mapping[str, float | None]],
+    truth: Mapping[str, float],
+    *,
+    methods: Sequence[str] | None = None,
+    scores_name: str = "the scores",
+    truth_name: str = "the truth",
+) -> Evaluation:
     """Evaluate every method's score against the fine-tuned Dice.
 
     ``scores``: model -> method -> score (``None`` or a non-finite value where the model
@@ -242,21 +260,29 @@ def evaluate(scores: Mapping[str, Mapping[str, float | None]], truth: Mapping[st
     else:
         unknown = [m for m in methods if m not in all_methods]
         if unknown:
-            raise UserError(f"{scores_name} has no column {', '.join(map(repr, unknown))}: "
-                            f"its methods are {', '.join(all_methods) or '(none)'}")
+            raise UserError(
+                f"{scores_name} has no column {', '.join(map(repr, unknown))}: "
+                f"its methods are {', '.join(all_methods) or '(none)'}"
+            )
     if not methods:
-        raise UserError(f"{scores_name} holds no method column: it needs a `model` column "
-                        "followed by one column per method (as `ccfv rank` writes scores.csv)")
+        raise UserError(
+            f"{scores_name} holds no method column: it needs a `model` column "
+            "followed by one column per method (as `ccfv rank` writes scores.csv)"
+        )
 
     only_scores = [m for m in scores if m not in truth]
     only_truth = [m for m in truth if m not in scores]
     messages = []
     if only_scores:
-        messages.append(f"{len(only_scores)} model(s) of {scores_name} have no fine-tuned Dice "
-                        f"in {truth_name} and are left out: {_names(only_scores)}")
+        messages.append(
+            f"{len(only_scores)} model(s) of {scores_name} have no fine-tuned Dice "
+            f"in {truth_name} and are left out: {_names(only_scores)}"
+        )
     if only_truth:
-        messages.append(f"{len(only_truth)} model(s) of {truth_name} are not in {scores_name} "
-                        f"and are left out: {_names(only_truth)}")
+        messages.append(
+            f"{len(only_truth)} model(s) of {truth_name} are not in {scores_name} "
+            f"and are left out: {_names(only_truth)}"
+        )
     for message in messages:
         warnings.warn(message, CCFVWarning, stacklevel=2)
 
@@ -289,28 +315,42 @@ def evaluate(scores: Mapping[str, Mapping[str, float | None]], truth: Mapping[st
                 f"{scores_name} and a fine-tuned Dice in {truth_name}"
                 + (f" ({'; '.join(detail)})" if detail else "")
                 + f"; at least {MIN_MODELS} are needed. Fix: check that the model names match "
-                  "in the two files, rescore or fine-tune the missing models, or leave this "
-                  "method out (--methods)")
+                "in the two files, rescore or fine-tune the missing models, or leave this "
+                "method out (--methods)"
+            )
         xa, ya = np.array(x), np.array(y)
-        row = {"method": method,
-               "weighted_tau": weighted_tau(xa, ya), "kendall_tau": kendall_tau(xa, ya),
-               "spearman": spearman(xa, ya), "pearson": pearson(xa, ya),
-               "top1_relative": top1_relative(xa, ya), "regret": regret(xa, ya),
-               "n_models": len(models), "models": models, "notes": notes}
+        row = {
+            "method": method,
+            "weighted_tau": weighted_tau(xa, ya),
+            "kendall_tau": kendall_tau(xa, ya),
+            "spearman": spearman(xa, ya),
+            "pearson": pearson(xa, ya),
+            "top1_relative": top1_relative(xa, ya),
+            "regret": regret(xa, ya),
+            "n_models": len(models),
+            "models": models,
+            "notes": notes,
+        }
         if _constant(xa):
-            notes.append(f"the score is the same for all {len(models)} models: correlations "
-                         "are undefined (left empty) and the pick counts as the worst model")
+            notes.append(
+                f"the score is the same for all {len(models)} models: correlations "
+                "are undefined (left empty) and the pick counts as the worst model"
+            )
         elif _constant(ya):
-            notes.append(f"the fine-tuned Dice is the same for all {len(models)} models: "
-                         "correlations are undefined (left empty)")
+            notes.append(
+                f"the fine-tuned Dice is the same for all {len(models)} models: "
+                "correlations are undefined (left empty)"
+            )
         else:
             undefined = [c for c in CORRELATIONS if row[c] is None]
             if undefined:
                 notes.append(f"undefined (left empty): {', '.join(undefined)}")
             tied = int(np.sum(xa == xa.max()))
             if tied > 1:
-                notes.append(f"{tied} models share the top score: the pick counts as the one "
-                             "with the lowest Dice")
+                notes.append(
+                    f"{tied} models share the top score: the pick counts as the one "
+                    "with the lowest Dice"
+                )
         if row["top1_relative"] is None:
             notes.append("top1_relative is undefined: the best fine-tuned Dice is not positive")
         rows.append(row)

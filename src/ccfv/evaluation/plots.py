@@ -14,10 +14,14 @@ from ccfv.evaluation.metrics import _first_pick, evaluate
 from ccfv.files import atomic_write
 
 
-def plot_scores_vs_truth(scores: Mapping[str, Mapping[str, float | None]],
-                         truth: Mapping[str, float], path: str | Path, *,
-                         rows: Sequence[Mapping] | None = None,
-                         methods: Sequence[str] | None = None) -> Path:
+def plot_scores_vs_truth(
+    scores: Mapping[str, Mapping[str, float | None]],
+    truth: Mapping[str, float],
+    path: str | Path,
+    *,
+    rows: Sequence[Mapping] | None = None,
+    methods: Sequence[str] | None = None,
+) -> Path:
     """Draw the CC-FV paper's Fig. 2 for each method and write it as a PNG (atomically).
 
     One panel per method: the standardised score (z-score over the models used,
@@ -55,17 +59,28 @@ def plot_scores_vs_truth(scores: Mapping[str, Mapping[str, float | None]],
         colours = ["tab:red" if m == pick else "tab:blue" for m in models]
         ax.scatter(z, y, c=colours, s=36, zorder=3)
         for zi, yi, m in zip(z, y, models):
-            ax.annotate(m, (zi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7,
-                        annotation_clip=False)
+            ax.annotate(
+                m,
+                (zi, yi),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=7,
+                annotation_clip=False,
+            )
         if sd > 0:
             slope, intercept = np.polyfit(z, y, 1)
             grid = np.linspace(z.min(), z.max(), 2)
             ax.plot(grid, slope * grid + intercept, color="grey", lw=1, ls="--", zorder=2)
-        ax.set_title(f"{row['method']}\nweighted tau = {stat(row['weighted_tau'])}, "
-                     f"Pearson r = {stat(row['pearson'])}", fontsize=9)
-        ax.set_xlabel("standardised score (z over the models)\n"
-                      f"picked: {pick}" + ("" if pick == best else f" (best: {best})"),
-                      fontsize=8)
+        ax.set_title(
+            f"{row['method']}\nweighted tau = {stat(row['weighted_tau'])}, "
+            f"Pearson r = {stat(row['pearson'])}",
+            fontsize=9,
+        )
+        ax.set_xlabel(
+            "standardised score (z over the models)\n"
+            f"picked: {pick}" + ("" if pick == best else f" (best: {best})"),
+            fontsize=8,
+        )
         ax.set_ylabel("fine-tuned Dice", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.margins(x=0.25, y=0.1)

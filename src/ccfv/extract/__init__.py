@@ -29,9 +29,21 @@ from ccfv.extract.sample import Forward, extract_at_points, extract_at_points_na
 from ccfv.extract.windows import POINT_TOL, WindowLayout, inside_image, window_layout
 
 __all__ = [
-    "CACHE_FORMAT", "FeatureCache", "cache_key",
+    "CACHE_FORMAT",
+    "FeatureCache",
+    "cache_key",
     "LayerTap",
-    "PLAN_FORMAT", "CasePlan", "SamplingPlan", "dropped_voxels", "label_hash", "make_plan",
-    "Forward", "extract_at_points", "extract_at_points_naive",
-    "POINT_TOL", "WindowLayout", "inside_image", "window_layout",
+    "PLAN_FORMAT",
+    "CasePlan",
+    "SamplingPlan",
+    "dropped_voxels",
+    "label_hash",
+    "make_plan",
+    "Forward",
+    "extract_at_points",
+    "extract_at_points_naive",
+    "POINT_TOL",
+    "WindowLayout",
+    "inside_image",
+    "window_layout",
 ]

@@ -50,14 +50,16 @@ _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, Typ
 
 def cache_key(model_fingerprint: str, data_fingerprint: str, plan_fingerprint: str) -> str:
     """The cache key of one (model, data, plan): sha256 hex of the three fingerprints."""
-    text = json.dumps([CACHE_FORMAT, str(model_fingerprint), str(data_fingerprint),
-                       str(plan_fingerprint)])
+    text = json.dumps(
+        [CACHE_FORMAT, str(model_fingerprint), str(data_fingerprint), str(plan_fingerprint)]
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _pack(meta: dict, arrays: dict) -> Callable:
     def write(fh):
         np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
+
     return write
 
 
@@ -86,7 +88,10 @@ class FeatureCache:
                 f"version writes {CACHE_FORMAT} (the data part of the key now hashes the "
                 "files' content), so those files are never read again and every model's "
                 "features are extracted once more; delete the old *.npz / *.json / *.cases "
-                "files of that folder to free the space", CCFVWarning, stacklevel=2)
+                "files of that folder to free the space",
+                CCFVWarning,
+                stacklevel=2,
+            )
 
     def older_format(self) -> str | None:
         """The older format the cache folder's files were written in, or None (none, or
@@ -144,14 +149,21 @@ class FeatureCache:
                         cases.append((X.astype(np.float64), y.astype(np.int64)))
                     out[layer] = cases
         except _READ_ERRORS as exc:
-            warnings.warn(f"feature cache file {str(path)!r} is unreadable ({exc}); treating it "
-                          "as missing: the features will be recomputed", CCFVWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"feature cache file {str(path)!r} is unreadable ({exc}); treating it "
+                "as missing: the features will be recomputed",
+                CCFVWarning,
+                stacklevel=2,
+            )
             return None
         return out
 
-    def put(self, key: str, features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
-            info: Mapping | None = None) -> Path:
+    def put(
+        self,
+        key: str,
+        features: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+        info: Mapping | None = None,
+    ) -> Path:
         """Store a feature set under ``key`` atomically; return the ``.npz`` path.
 
         Parameters
@@ -167,8 +179,10 @@ class FeatureCache:
             raise UserError("the feature set to cache is empty: extract at least one layer")
         n_cases = {len(features[layer]) for layer in layers}
         if len(n_cases) != 1:
-            raise UserError(f"layers of the feature set to cache hold different numbers of "
-                            f"cases {sorted(n_cases)}: every layer must hold every case")
+            raise UserError(
+                f"layers of the feature set to cache hold different numbers of "
+                f"cases {sorted(n_cases)}: every layer must hold every case"
+            )
         arrays, dims = {}, {}
         for li, layer in enumerate(layers):
             for ci, (X, y) in enumerate(features[layer]):
@@ -177,12 +191,12 @@ class FeatureCache:
                 try:
                     _check_pair(X, y, f"layer {layer!r} case {ci}")
                 except ValueError as exc:
-                    raise UserError(f"cannot cache the feature set: {exc}; X must be (n, d) "
-                                    "and y (n,)") from exc
+                    raise UserError(
+                        f"cannot cache the feature set: {exc}; X must be (n, d) and y (n,)"
+                    ) from exc
                 arrays[f"l{li}_c{ci}_X"], arrays[f"l{li}_c{ci}_y"] = X, y
                 dims[layer] = int(X.shape[1])
-        meta = {"format": CACHE_FORMAT, "key": key, "layers": layers,
-                "n_cases": n_cases.pop()}
+        meta = {"format": CACHE_FORMAT, "key": key, "layers": layers, "n_cases": n_cases.pop()}
         self._note_format()
         atomic_write(path, _pack(meta, arrays))
         sidecar = {**meta, "dims": dims, **(dict(info) if info else {})}
@@ -212,8 +226,11 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["__meta__"]))
-                if (meta.get("format") != CACHE_FORMAT or meta.get("key") != key
-                        or meta.get("case_id") != str(case_id)):
+                if (
+                    meta.get("format") != CACHE_FORMAT
+                    or meta.get("key") != key
+                    or meta.get("case_id") != str(case_id)
+                ):
                     raise ValueError("format, key or case id differs")
                 out = {}
                 for li, layer in enumerate(meta["layers"]):
@@ -221,13 +238,18 @@ class FeatureCache:
                     _check_pair(X, y, f"layer {layer!r}")
                     out[layer] = (X.astype(np.float64), y.astype(np.int64))
         except _READ_ERRORS as exc:
-            warnings.warn(f"feature cache part {str(path)!r} (case {case_id!r}) is unreadable "
-                          f"({exc}); treating it as missing", CCFVWarning, stacklevel=2)
+            warnings.warn(
+                f"feature cache part {str(path)!r} (case {case_id!r}) is unreadable "
+                f"({exc}); treating it as missing",
+                CCFVWarning,
+                stacklevel=2,
+            )
             return None
         return out
 
-    def put_case(self, key: str, case_id: str,
-                 features: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    def put_case(
+        self, key: str, case_id: str, features: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    ) -> Path:
         """Store the features ``{layer: (X, y)}`` of one case of ``key`` atomically."""
         arrays, layers = {}, list(features)
         for li, layer in enumerate(layers):
@@ -241,8 +263,9 @@ class FeatureCache:
         atomic_write(path, _pack(meta, arrays))
         return path
 
-    def assemble(self, key: str, case_ids: Sequence[str], info: Mapping | None = None
-                 ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]] | None:
+    def assemble(
+        self, key: str, case_ids: Sequence[str], info: Mapping | None = None
+    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]] | None:
         """Join the per-case parts of ``case_ids`` into the feature set of ``key``.
 
         When every part is present and they share the same layers, the whole set is written
@@ -257,14 +280,19 @@ class FeatureCache:
         if any(list(p) != layers for p in parts):
             return None
         features = {layer: [p[layer] for p in parts] for layer in layers}
-        self.put(key, features, info={"case_ids": [str(c) for c in case_ids],
-                                      **(dict(info) if info else {})})
+        self.put(
+            key,
+            features,
+            info={"case_ids": [str(c) for c in case_ids], **(dict(info) if info else {})},
+        )
         shutil.rmtree(self._parts_dir(key), ignore_errors=True)
         return features
 
     @staticmethod
     def _check_key(key: str) -> str:
         if not isinstance(key, str) or not _KEY.match(key):
-            raise UserError(f"feature cache key {key!r} is not a plain file name: use "
-                            "cache_key(model_fp, data_fp, plan_fp)")
+            raise UserError(
+                f"feature cache key {key!r} is not a plain file name: use "
+                "cache_key(model_fp, data_fp, plan_fp)"
+            )
         return key

@@ -28,8 +28,14 @@ import numpy as np
 
 from ccfv.errors import UserError
 
-__all__ = ["SPACING_RATIO", "GeometryRow", "check_bank_geometry", "check_geometry",
-           "format_geometry_table", "spacing_warnings"]
+__all__ = [
+    "SPACING_RATIO",
+    "GeometryRow",
+    "check_bank_geometry",
+    "check_geometry",
+    "format_geometry_table",
+    "spacing_warnings",
+]
 
 #: A preprocessing that changes an axis's voxel size by more than this factor gets a warning.
 SPACING_RATIO = 3.0
@@ -59,8 +65,9 @@ def _spacing(affine: np.ndarray, ndim: int) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:ndim, :ndim], axis=0)
 
 
-def spacing_warnings(in_affine: np.ndarray, out_affine: np.ndarray, ndim: int,
-                     ratio: float = SPACING_RATIO) -> list[str]:
+def spacing_warnings(
+    in_affine: np.ndarray, out_affine: np.ndarray, ndim: int, ratio: float = SPACING_RATIO
+) -> list[str]:
     """Warnings for preprocessed axes whose voxel size differs more than ``ratio`` times from
     that of the input axis pointing the same way (matched by direction cosines). When the
     target voxel sizes, given in another axis order, would change no axis more than ``ratio``
@@ -84,20 +91,25 @@ def spacing_warnings(in_affine: np.ndarray, out_affine: np.ndarray, ndim: int,
     for a in range(ndim):
         change = s_out[a] / matched[a]
         if change > ratio or change < 1.0 / ratio:
-            hint = ("almost always a spacing written for another orientation: give `spacing` "
-                    "in the order of the axes after `orientation` (here "
-                    f"{[round(float(s_out[i]), 3) for i in reordered]})" if other_order else
-                    "check that this resampling is intended (it changes the voxel count and "
-                    "what a window of `roi` covers)")
+            hint = (
+                "almost always a spacing written for another orientation: give `spacing` "
+                "in the order of the axes after `orientation` (here "
+                f"{[round(float(s_out[i]), 3) for i in reordered]})"
+                if other_order
+                else "check that this resampling is intended (it changes the voxel count and "
+                "what a window of `roi` covers)"
+            )
             out.append(
                 f"axis {a} of the preprocessed image has {s_out[a]:.3g} mm voxels along input "
                 f"axis {match[a]} of {matched[a]:.3g} mm ({max(change, 1 / change):.1f}x "
-                f"{'finer' if change < 1 else 'coarser'}): {hint}")
+                f"{'finer' if change < 1 else 'coarser'}): {hint}"
+            )
     return out
 
 
-def check_geometry(entries: Sequence, data: str | Path, case: str | None = None,
-                   seed: int = 0) -> list[GeometryRow]:
+def check_geometry(
+    entries: Sequence, data: str | Path, case: str | None = None, seed: int = 0
+) -> list[GeometryRow]:
     """One :class:`GeometryRow` per entry for one case of ``data``.
 
     Parameters
@@ -121,9 +133,11 @@ def check_geometry(entries: Sequence, data: str | Path, case: str | None = None,
     if case is not None:
         chosen = next((c for c in dataset.cases if c.case_id == case), None)
         if chosen is None:
-            raise UserError(f"{data}: no case {case!r} (cases: "
-                            f"{', '.join(c.case_id for c in dataset.cases[:5])}, ...); give one "
-                            "of them to --case")
+            raise UserError(
+                f"{data}: no case {case!r} (cases: "
+                f"{', '.join(c.case_id for c in dataset.cases[:5])}, ...); give one "
+                "of them to --case"
+            )
     if chosen is None:
         raise UserError(f"{data}: no labelled cases found")
     loaded = load_case(chosen, dataset.labels)
@@ -131,17 +145,24 @@ def check_geometry(entries: Sequence, data: str | Path, case: str | None = None,
     plan = make_plan([loaded.label], [loaded.case_id], layers=3, seed=seed).cases[0]
     rows = []
     for entry in entries:
-        row = GeometryRow(name=entry.name, case_id=loaded.case_id,
-                          input_shape=tuple(loaded.label.shape),
-                          input_spacing=tuple(float(s) for s in _spacing(loaded.affine, ndim)))
+        row = GeometryRow(
+            name=entry.name,
+            case_id=loaded.case_id,
+            input_shape=tuple(loaded.label.shape),
+            input_spacing=tuple(float(s) for s in _spacing(loaded.affine, ndim)),
+        )
         rows.append(row)
         try:
             image, affine = entry_preprocess(entry, ndim)(loaded.image, loaded.affine)
             row.output_shape = tuple(int(n) for n in image.shape[1:])
             row.output_spacing = tuple(float(s) for s in _spacing(affine, ndim))
-            _, keep = plan.points_inside(["l0", "l1", "l2"], grid_mapping(loaded.affine, affine),
-                                         row.output_shape, model=entry.name,
-                                         case_file=str(chosen.images[0]))
+            _, keep = plan.points_inside(
+                ["l0", "l1", "l2"],
+                grid_mapping(loaded.affine, affine),
+                row.output_shape,
+                model=entry.name,
+                case_file=str(chosen.images[0]),
+            )
         except UserError as error:
             row.error = str(error)
             continue
@@ -155,12 +176,14 @@ def check_geometry(entries: Sequence, data: str | Path, case: str | None = None,
             row.warnings.append(
                 f"{row.planned - row.inside} of {row.planned} planned voxels lie outside the "
                 "preprocessed image (cropped): `rank` drops them for this model and counts "
-                "them in scores.json")
+                "them in scores.json"
+            )
     return rows
 
 
-def check_bank_geometry(bank: str | Path, data: str | Path, case: str | None = None,
-                        seed: int = 0) -> list[GeometryRow]:
+def check_bank_geometry(
+    bank: str | Path, data: str | Path, case: str | None = None, seed: int = 0
+) -> list[GeometryRow]:
     """:func:`check_geometry` for the entries of a bank file that parse (the others are the
     failed rows of ``ccfv bank check``'s first table)."""
     from collections.abc import Mapping
@@ -180,21 +203,31 @@ def check_bank_geometry(bank: str | Path, data: str | Path, case: str | None = N
 
 def format_geometry_table(rows: Sequence[GeometryRow]) -> str:
     """A Markdown table of the rows, then one line per warning or error."""
+
     def grid(shape, spacing):
         if not shape:
             return "-"
-        return ("x".join(map(str, shape)) + " @ "
-                + "x".join(f"{s:.3g}" for s in spacing) + " mm")
+        return "x".join(map(str, shape)) + " @ " + "x".join(f"{s:.3g}" for s in spacing) + " mm"
 
-    header = ["name", "case", "input shape @ spacing", "preprocessed shape @ spacing",
-              "planned voxels inside"]
+    header = [
+        "name",
+        "case",
+        "input shape @ spacing",
+        "preprocessed shape @ spacing",
+        "planned voxels inside",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     for row in rows:
         share = row.share_inside
         inside = "-" if share is None else f"{row.inside}/{row.planned} ({100 * share:.1f}%)"
-        cells = [row.name, row.case_id, grid(row.input_shape, row.input_spacing),
-                 grid(row.output_shape, row.output_spacing), inside]
+        cells = [
+            row.name,
+            row.case_id,
+            grid(row.input_shape, row.input_spacing),
+            grid(row.output_shape, row.output_spacing),
+            inside,
+        ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
         if row.error:
             notes.append(f"error: {row.name}: {row.error}")

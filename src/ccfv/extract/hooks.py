@@ -68,22 +68,30 @@ class LayerTap:
     ...     feats = extract_at_points(tap, image, points, roi_size=(64, 64, 32))
     """
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence[Layer] | Mapping[str, Layer],
-                 *, copy: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layers: Sequence[Layer] | Mapping[str, Layer],
+        *,
+        copy: bool = False,
+    ):
         where = "LayerTap layers"
         if isinstance(layers, (str, LayerSpec)):
             layers = [layers]
         if isinstance(layers, Mapping):
-            items = [(alias, _spec(layer, f"{where}[{alias!r}]")) for alias, layer in
-                     layers.items()]
+            items = [
+                (alias, _spec(layer, f"{where}[{alias!r}]")) for alias, layer in layers.items()
+            ]
         else:
             items = []
             for layer in layers:
                 spec = _spec(layer, where)
                 items.append((layer if isinstance(layer, str) else spec.key, spec))
         if not items:
-            raise UserError(f"{where}: no layer to hook: name at least one submodule of the "
-                            "model (see `ccfv layers` or model.named_modules())")
+            raise UserError(
+                f"{where}: no layer to hook: name at least one submodule of the "
+                "model (see `ccfv layers` or model.named_modules())"
+            )
         self.model = model
         #: ``{returned name: LayerSpec}``, in the order the maps are returned.
         self.layers: dict[str, LayerSpec] = dict(items)
@@ -96,9 +104,12 @@ class LayerTap:
         """Run the model on ``batch`` and return ``{name: feature map}`` of every layer."""
         if self.model.training and not self._warned:
             self._warned = True
-            warnings.warn("the model is in training mode (dropout and batch statistics change "
-                          "the features): call model.eval() before extracting", CCFVWarning,
-                          stacklevel=2)
+            warnings.warn(
+                "the model is in training mode (dropout and batch statistics change "
+                "the features): call model.eval() before extracting",
+                CCFVWarning,
+                stacklevel=2,
+            )
         if not self._handles:
             raise UserError("this LayerTap is closed: create a new one to read features")
         self.model(batch)
@@ -109,7 +120,8 @@ class LayerTap:
             raise UserError(
                 f"layer(s) {', '.join(missing)} did not fire in the forward pass (or gave no "
                 "tensor): hook modules that the model's forward actually calls, with a tensor "
-                "as their output or first input")
+                "as their output or first input"
+            )
         out = {name: store[spec.key] for name, spec in self.layers.items()}
         store.clear()  # no reference kept between calls
         return out

@@ -42,8 +42,15 @@ import numpy as np
 
 from ccfv.errors import UserError
 
-__all__ = ["CasePlan", "SamplingPlan", "make_plan", "label_hash", "dropped_voxels",
-           "grid_mapping", "PLAN_FORMAT"]
+__all__ = [
+    "CasePlan",
+    "SamplingPlan",
+    "make_plan",
+    "label_hash",
+    "dropped_voxels",
+    "grid_mapping",
+    "PLAN_FORMAT",
+]
 
 #: Bumped whenever the sampling algorithm changes, so that cached features are recomputed.
 PLAN_FORMAT = "ccfv-plan-1"
@@ -78,9 +85,9 @@ class CasePlan:
     classes: list[np.ndarray]
     label_sha256: str = ""
 
-    def points(self, layer_names: Sequence[str],
-               to_image: Callable[[np.ndarray], np.ndarray] | None = None
-               ) -> dict[str, np.ndarray]:
+    def points(
+        self, layer_names: Sequence[str], to_image: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Sampled positions per layer name, as :func:`ccfv.extract.extract_at_points` takes them.
 
         Parameters
@@ -98,7 +105,8 @@ class CasePlan:
             raise UserError(
                 f"case {self.case_id!r}: the sampling plan has {len(self.indices)} layer(s) but "
                 f"{len(layer_names)} layer name(s) were given ({list(layer_names)}): make the "
-                "plan with layers equal to the number of hooked layers")
+                "plan with layers equal to the number of hooked layers"
+            )
         out = {}
         for name, idx in zip(layer_names, self.indices):
             pts = idx.astype(np.float64)
@@ -107,10 +115,16 @@ class CasePlan:
             out[name] = pts
         return out
 
-    def points_inside(self, layer_names: Sequence[str],
-                      to_image: Callable[[np.ndarray], np.ndarray] | None,
-                      image_shape: Sequence[int], *, model: str = "", case_file: str = "",
-                      preprocessing: str = "") -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    def points_inside(
+        self,
+        layer_names: Sequence[str],
+        to_image: Callable[[np.ndarray], np.ndarray] | None,
+        image_shape: Sequence[int],
+        *,
+        model: str = "",
+        case_file: str = "",
+        preprocessing: str = "",
+    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """Like :meth:`points`, keeping only the points that lie in the preprocessed image.
 
         A planned voxel whose mapped position lies within the image's extent
@@ -149,7 +163,8 @@ class CasePlan:
                     f"model {model or '?'}: case {self.case_id!r} ({case_file or 'no file'}): "
                     f"the planned voxels are {pts.shape[1]}D but the preprocessed image has "
                     f"spatial shape {shape}; the preprocessing ({preprocessing or 'none'}) must "
-                    "keep the number of spatial axes")
+                    "keep the number of spatial axes"
+                )
             inside = inside_image(pts, shape)
             points[name] = clamp_to_image(pts[inside], shape)
             keep.append(inside)
@@ -164,7 +179,8 @@ class CasePlan:
                 f"voxel {self.indices[-1][0].tolist()} lands at {example}: check that the "
                 "case's image and label share one affine, and that the preprocessing is written "
                 "for this data (`ccfv bank check BANK --data DIR` shows where the voxels land); "
-                "fix or remove the entry's preprocessing")
+                "fix or remove the entry's preprocessing"
+            )
         return points, keep
 
 
@@ -200,18 +216,23 @@ def dropped_voxels(plan: SamplingPlan, features: dict, layer_names: Sequence[str
             planned = np.bincount(case.classes[l].astype(np.intp, copy=False))
             y = np.asarray(features[name][c][1], dtype=np.intp)
             got = np.bincount(y, minlength=planned.size) if y.size else np.zeros_like(planned)
-            if got.size > planned.size or np.any(got[:planned.size] > planned):
-                raise ValueError(f"case {case.case_id!r}, layer {name!r}: the features hold more "
-                                 "voxels of a class than the plan has; not this plan's features")
-            lost = planned - got[:planned.size]
+            if got.size > planned.size or np.any(got[: planned.size] > planned):
+                raise ValueError(
+                    f"case {case.case_id!r}, layer {name!r}: the features hold more "
+                    "voxels of a class than the plan has; not this plan's features"
+                )
+            lost = planned - got[: planned.size]
             planned_total += int(planned.sum())
             dropped_total += int(lost.sum())
             for k in np.flatnonzero(lost):
                 entry = per_case.setdefault(case.case_id, {})
                 entry[str(int(k))] = entry.get(str(int(k)), 0) + int(lost[k])
-    return {"planned": planned_total, "dropped": dropped_total,
-            "rate": dropped_total / planned_total if planned_total else 0.0,
-            "per_case": per_case}
+    return {
+        "planned": planned_total,
+        "dropped": dropped_total,
+        "rate": dropped_total / planned_total if planned_total else 0.0,
+        "per_case": per_case,
+    }
 
 
 @dataclass(frozen=True)
@@ -257,11 +278,16 @@ class SamplingPlan:
         return {
             "format": PLAN_FORMAT,
             "settings": self.settings,
-            "cases": [{
-                "case_id": c.case_id, "shape": list(c.shape), "label_sha256": c.label_sha256,
-                "indices": [i.tolist() for i in c.indices],
-                "classes": [k.tolist() for k in c.classes],
-            } for c in self.cases],
+            "cases": [
+                {
+                    "case_id": c.case_id,
+                    "shape": list(c.shape),
+                    "label_sha256": c.label_sha256,
+                    "indices": [i.tolist() for i in c.indices],
+                    "classes": [k.tolist() for k in c.classes],
+                }
+                for c in self.cases
+            ],
         }
 
     @classmethod
@@ -270,21 +296,29 @@ class SamplingPlan:
         if d.get("format") != PLAN_FORMAT:
             raise UserError(
                 f"sampling plan format {d.get('format')!r} is not {PLAN_FORMAT!r}: "
-                "re-create the plan with this version of ccfv")
+                "re-create the plan with this version of ccfv"
+            )
         cases = []
         for c in d["cases"]:
             ndim = len(c["shape"])
-            cases.append(CasePlan(
-                case_id=c["case_id"], shape=tuple(int(s) for s in c["shape"]),
-                indices=[np.asarray(i, dtype=np.int64).reshape(-1, ndim) for i in c["indices"]],
-                classes=[np.asarray(k, dtype=np.int64).reshape(-1) for k in c["classes"]],
-                label_sha256=c.get("label_sha256", "")))
+            cases.append(
+                CasePlan(
+                    case_id=c["case_id"],
+                    shape=tuple(int(s) for s in c["shape"]),
+                    indices=[np.asarray(i, dtype=np.int64).reshape(-1, ndim) for i in c["indices"]],
+                    classes=[np.asarray(k, dtype=np.int64).reshape(-1) for k in c["classes"]],
+                    label_sha256=c.get("label_sha256", ""),
+                )
+            )
         return cls(cases=cases, settings=dict(d["settings"]))
 
     def save(self, path: str | Path) -> None:
         """Write the plan to an ``.npz`` (arrays + a JSON header); see :meth:`load`."""
-        header = {"format": PLAN_FORMAT, "settings": self.settings,
-                  "cases": [[c.case_id, list(c.shape), c.label_sha256] for c in self.cases]}
+        header = {
+            "format": PLAN_FORMAT,
+            "settings": self.settings,
+            "cases": [[c.case_id, list(c.shape), c.label_sha256] for c in self.cases],
+        }
         # Any: mypy would match a **dict of arrays against savez_compressed's allow_pickle: bool
         arrays: dict[str, Any] = {"header": np.array(json.dumps(header))}
         for i, c in enumerate(self.cases):
@@ -303,21 +337,32 @@ class SamplingPlan:
                 if header.get("format") != PLAN_FORMAT:
                     raise UserError(
                         f"sampling plan {str(path)!r} has format {header.get('format')!r}, not "
-                        f"{PLAN_FORMAT!r}: re-create the plan with this version of ccfv")
+                        f"{PLAN_FORMAT!r}: re-create the plan with this version of ccfv"
+                    )
                 layers = int(header["settings"]["layers"])
                 cases = []
                 for i, (cid, shape, sha) in enumerate(header["cases"]):
-                    cases.append(CasePlan(
-                        case_id=cid, shape=tuple(shape), label_sha256=sha,
-                        indices=[z[f"case{i}_layer{l}_indices"].astype(np.int64)
-                                 for l in range(layers)],
-                        classes=[z[f"case{i}_layer{l}_classes"].astype(np.int64)
-                                 for l in range(layers)]))
+                    cases.append(
+                        CasePlan(
+                            case_id=cid,
+                            shape=tuple(shape),
+                            label_sha256=sha,
+                            indices=[
+                                z[f"case{i}_layer{l}_indices"].astype(np.int64)
+                                for l in range(layers)
+                            ],
+                            classes=[
+                                z[f"case{i}_layer{l}_classes"].astype(np.int64)
+                                for l in range(layers)
+                            ],
+                        )
+                    )
         except (OSError, ValueError, KeyError) as exc:
             if isinstance(exc, UserError):
                 raise
-            raise UserError(f"cannot read sampling plan {str(path)!r} ({exc}): "
-                            "re-create it with make_plan") from exc
+            raise UserError(
+                f"cannot read sampling plan {str(path)!r} ({exc}): re-create it with make_plan"
+            ) from exc
         return cls(cases=cases, settings=header["settings"])
 
 
@@ -342,6 +387,7 @@ def grid_mapping(label_affine: np.ndarray, image_affine: np.ndarray):
 
 # --- construction ------------------------------------------------------------------------
 
+
 def _per_layer(values, layers: int, what: str) -> list:
     """Bottleneck->output list of ``layers`` values: the last ``layers``, or the last repeated."""
     if np.isscalar(values):
@@ -350,7 +396,7 @@ def _per_layer(values, layers: int, what: str) -> list:
     if not values:
         raise UserError(f"`{what}` is empty: give one value per layer, e.g. (100, 200, 400)")
     if layers <= len(values):
-        return values[len(values) - layers:]
+        return values[len(values) - layers :]
     return values + [values[-1]] * (layers - len(values))
 
 
@@ -359,7 +405,8 @@ def _as_label_map(label, case_id: str) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise UserError(
             f"case {case_id!r}: label map has shape {arr.shape}; expected a 2D or 3D map of "
-            "class ids (squeeze any channel axis first)")
+            "class ids (squeeze any channel axis first)"
+        )
     if arr.size == 0:
         raise UserError(f"case {case_id!r}: label map is empty (shape {arr.shape})")
     if arr.dtype.kind == "b":
@@ -368,13 +415,16 @@ def _as_label_map(label, case_id: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise UserError(
                 f"case {case_id!r}: label map (dtype {arr.dtype}) holds non-integer values: "
-                "labels must be class ids; resample label maps with nearest-neighbour")
+                "labels must be class ids; resample label maps with nearest-neighbour"
+            )
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "iu":
         raise UserError(f"case {case_id!r}: label map has dtype {arr.dtype}; expected integers")
     if arr.dtype.kind == "i" and arr.min() < 0:
-        raise UserError(f"case {case_id!r}: label map holds negative value {int(arr.min())}; "
-                        "class ids must be 0 (background) or positive")
+        raise UserError(
+            f"case {case_id!r}: label map holds negative value {int(arr.min())}; "
+            "class ids must be 0 (background) or positive"
+        )
     return np.ascontiguousarray(arr)
 
 
@@ -384,7 +434,7 @@ def label_hash(label: np.ndarray) -> str:
     h = hashlib.sha256(repr(tuple(arr.shape)).encode())
     flat = arr.reshape(-1)
     for start in range(0, flat.size, _CHUNK):
-        h.update(flat[start:start + _CHUNK].astype("<i8").tobytes())
+        h.update(flat[start : start + _CHUNK].astype("<i8").tobytes())
     return h.hexdigest()
 
 
@@ -392,16 +442,21 @@ def _class_counts(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-chunk class counts ``(n_chunks, K)`` and the class ids present in the map."""
     kmax = int(flat.max())
     if kmax > 1_000_000:
-        raise UserError(f"label map holds class id {kmax}; class ids must be small integers "
-                        "0..C (relabel the classes)")
-    rows = [np.bincount(flat[s:s + _CHUNK].astype(np.intp, copy=False), minlength=kmax + 1)
-            for s in range(0, flat.size, _CHUNK)]
+        raise UserError(
+            f"label map holds class id {kmax}; class ids must be small integers "
+            "0..C (relabel the classes)"
+        )
+    rows = [
+        np.bincount(flat[s : s + _CHUNK].astype(np.intp, copy=False), minlength=kmax + 1)
+        for s in range(0, flat.size, _CHUNK)
+    ]
     per_chunk = np.stack(rows).astype(np.int64)
     return per_chunk, np.flatnonzero(per_chunk.sum(axis=0) > 0)
 
 
-def _flat_positions(flat: np.ndarray, per_chunk_k: np.ndarray, k: int,
-                    ranks: np.ndarray) -> np.ndarray:
+def _flat_positions(
+    flat: np.ndarray, per_chunk_k: np.ndarray, k: int, ranks: np.ndarray
+) -> np.ndarray:
     """``np.flatnonzero(flat == k)[ranks]`` for sorted ``ranks``, one chunk at a time."""
     ends = np.cumsum(per_chunk_k)
     chunk_of = np.searchsorted(ends, ranks, side="right")
@@ -409,7 +464,7 @@ def _flat_positions(flat: np.ndarray, per_chunk_k: np.ndarray, k: int,
     for c in np.unique(chunk_of):
         sel = chunk_of == c
         start = int(c) * _CHUNK
-        local = np.flatnonzero(flat[start:start + _CHUNK] == k)
+        local = np.flatnonzero(flat[start : start + _CHUNK] == k)
         offset = ends[c] - per_chunk_k[c]
         out[sel] = start + local[ranks[sel] - offset]
     return out
@@ -417,13 +472,20 @@ def _flat_positions(flat: np.ndarray, per_chunk_k: np.ndarray, k: int,
 
 def _case_words(case_id: str) -> list[int]:
     digest = hashlib.sha256(case_id.encode("utf-8")).digest()
-    return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
-def make_plan(labels: Sequence[np.ndarray], case_ids: Sequence[str], layers: int,
-              budget: str = "fixed", counts: int | Sequence[int] = DEFAULT_COUNTS,
-              fraction: float | Sequence[float] = DEFAULT_FRACTION, min_per_class: int = 2,
-              max_per_class: int = 2000, seed: int = 0) -> SamplingPlan:
+def make_plan(
+    labels: Sequence[np.ndarray],
+    case_ids: Sequence[str],
+    layers: int,
+    budget: str = "fixed",
+    counts: int | Sequence[int] = DEFAULT_COUNTS,
+    fraction: float | Sequence[float] = DEFAULT_FRACTION,
+    min_per_class: int = 2,
+    max_per_class: int = 2000,
+    seed: int = 0,
+) -> SamplingPlan:
     """Plan the voxels to sample from every case, per layer and class.
 
     Parameters
@@ -460,8 +522,9 @@ def make_plan(labels: Sequence[np.ndarray], case_ids: Sequence[str], layers: int
     labels = list(labels)
     case_ids = [str(c) for c in case_ids]
     if len(labels) != len(case_ids):
-        raise UserError(f"{len(labels)} label maps but {len(case_ids)} case ids: give one id "
-                        "per label map")
+        raise UserError(
+            f"{len(labels)} label maps but {len(case_ids)} case ids: give one id per label map"
+        )
     dupes = sorted({c for c in case_ids if case_ids.count(c) > 1})
     if dupes:
         raise UserError(f"duplicate case ids {dupes}: every case needs a unique id")
@@ -480,13 +543,21 @@ def make_plan(labels: Sequence[np.ndarray], case_ids: Sequence[str], layers: int
         if any(not (0.0 < f <= 1.0) for f in fractions):
             raise UserError(f"fraction={fraction!r}: every fraction must lie in (0, 1]")
         if not (1 <= int(min_per_class) <= int(max_per_class)):
-            raise UserError(f"min_per_class={min_per_class}, max_per_class={max_per_class}: "
-                            "need 1 <= min_per_class <= max_per_class")
-        settings = {"budget": "proportional", "fraction": fractions,
-                    "min_per_class": int(min_per_class), "max_per_class": int(max_per_class)}
+            raise UserError(
+                f"min_per_class={min_per_class}, max_per_class={max_per_class}: "
+                "need 1 <= min_per_class <= max_per_class"
+            )
+        settings = {
+            "budget": "proportional",
+            "fraction": fractions,
+            "min_per_class": int(min_per_class),
+            "max_per_class": int(max_per_class),
+        }
     else:
-        raise UserError(f"budget={budget!r}: choose 'fixed' (released code: counts per class) "
-                        "or 'proportional' (paper: a fraction of each class's voxels)")
+        raise UserError(
+            f"budget={budget!r}: choose 'fixed' (released code: counts per class) "
+            "or 'proportional' (paper: a fraction of each class's voxels)"
+        )
     settings = {"layers": layers, **settings, "seed": int(seed)}
 
     cases = []
@@ -503,18 +574,32 @@ def make_plan(labels: Sequence[np.ndarray], case_ids: Sequence[str], layers: int
                 if budget == "fixed":
                     m = counts_per_layer[l]
                 else:
-                    m = int(np.clip(round(fractions[l] * n_k), settings["min_per_class"],
-                                    settings["max_per_class"]))
+                    m = int(
+                        np.clip(
+                            round(fractions[l] * n_k),
+                            settings["min_per_class"],
+                            settings["max_per_class"],
+                        )
+                    )
                 m = min(m, n_k)
                 rng = np.random.default_rng([int(seed), *words, layers - 1 - l, int(k)])
                 ranks = np.sort(rng.choice(n_k, size=m, replace=False))
                 flat_pos.append(_flat_positions(flat, per_chunk[:, k], int(k), ranks))
                 cls.append(np.full(m, k, dtype=np.int64))
             positions = np.concatenate(flat_pos) if flat_pos else np.empty(0, np.int64)
-            idx_layers.append(np.stack(np.unravel_index(positions, arr.shape), axis=1)
-                              .astype(np.int64).reshape(-1, arr.ndim))
+            idx_layers.append(
+                np.stack(np.unravel_index(positions, arr.shape), axis=1)
+                .astype(np.int64)
+                .reshape(-1, arr.ndim)
+            )
             cls_layers.append(np.concatenate(cls) if cls else np.empty(0, np.int64))
-        cases.append(CasePlan(case_id=case_id, shape=tuple(int(s) for s in arr.shape),
-                              indices=idx_layers, classes=cls_layers,
-                              label_sha256=label_hash(arr)))
+        cases.append(
+            CasePlan(
+                case_id=case_id,
+                shape=tuple(int(s) for s in arr.shape),
+                indices=idx_layers,
+                classes=cls_layers,
+                label_sha256=label_hash(arr),
+            )
+        )
     return SamplingPlan(cases=cases, settings=settings)

@@ -38,12 +38,18 @@ __all__ = ["extract_at_points", "extract_at_points_naive", "Forward"]
 Forward = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
-def extract_at_points(forward: Forward, image: torch.Tensor | np.ndarray,
-                      points: Mapping[str, np.ndarray], roi_size: Sequence[int] | int,
-                      overlap: float | Sequence[float] = 0.25, sw_batch_size: int = 2,
-                      device: str | torch.device = "cpu", autocast: bool = False,
-                      padding_value: float = 0.0, progress: bool = False
-                      ) -> dict[str, np.ndarray]:
+def extract_at_points(
+    forward: Forward,
+    image: torch.Tensor | np.ndarray,
+    points: Mapping[str, np.ndarray],
+    roi_size: Sequence[int] | int,
+    overlap: float | Sequence[float] = 0.25,
+    sw_batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    autocast: bool = False,
+    padding_value: float = 0.0,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Features of hooked layers at continuous voxel positions, by sliding-window inference.
 
     For every window (MONAI's layout, in MONAI's order) that holds at least one point, the
@@ -101,16 +107,33 @@ def extract_at_points(forward: Forward, image: torch.Tensor | np.ndarray,
     >>> with LayerTap(model.eval(), ["model.1.submodule", "model.2"]) as tap:  # doctest: +SKIP
     ...     feats = extract_at_points(tap, image, {"model.2": pts}, roi_size=(64, 64, 32))
     """
-    return _extract(forward, image, points, roi_size, overlap, sw_batch_size, device, autocast,
-                    padding_value, progress, _sample_grid)
+    return _extract(
+        forward,
+        image,
+        points,
+        roi_size,
+        overlap,
+        sw_batch_size,
+        device,
+        autocast,
+        padding_value,
+        progress,
+        _sample_grid,
+    )
 
 
-def extract_at_points_naive(forward: Forward, image: torch.Tensor | np.ndarray,
-                            points: Mapping[str, np.ndarray], roi_size: Sequence[int] | int,
-                            overlap: float | Sequence[float] = 0.25, sw_batch_size: int = 2,
-                            device: str | torch.device = "cpu", autocast: bool = False,
-                            padding_value: float = 0.0, progress: bool = False
-                            ) -> dict[str, np.ndarray]:
+def extract_at_points_naive(
+    forward: Forward,
+    image: torch.Tensor | np.ndarray,
+    points: Mapping[str, np.ndarray],
+    roi_size: Sequence[int] | int,
+    overlap: float | Sequence[float] = 0.25,
+    sw_batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    autocast: bool = False,
+    padding_value: float = 0.0,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Reference for :func:`extract_at_points`: upsample each map to the window, then index.
 
     Same windows, same point-to-window assignment and same return value as
@@ -123,32 +146,47 @@ def extract_at_points_naive(forward: Forward, image: torch.Tensor | np.ndarray,
     for name, pts in points.items():
         arr = np.asarray(pts, dtype=np.float64)
         if arr.size and not np.all(arr == np.round(arr)):
-            raise UserError(f"points of layer {name!r}: the naive extraction reads integer voxel "
-                            "positions only; round the points or use extract_at_points")
-    return _extract(forward, image, points, roi_size, overlap, sw_batch_size, device, autocast,
-                    padding_value, progress, _sample_upsampled)
+            raise UserError(
+                f"points of layer {name!r}: the naive extraction reads integer voxel "
+                "positions only; round the points or use extract_at_points"
+            )
+    return _extract(
+        forward,
+        image,
+        points,
+        roi_size,
+        overlap,
+        sw_batch_size,
+        device,
+        autocast,
+        padding_value,
+        progress,
+        _sample_upsampled,
+    )
 
 
 # --- samplers: maps (B, C, *spatial_l) + local points -> (B, C, Pmax) ----------------------
 
-def _sample_grid(maps: torch.Tensor, local: list[np.ndarray], roi: tuple[int, ...]
-                 ) -> torch.Tensor:
+
+def _sample_grid(maps: torch.Tensor, local: list[np.ndarray], roi: tuple[int, ...]) -> torch.Tensor:
     """Interpolate ``maps`` at window-local points; ``local[b]`` is ``(P_b, ndim)``."""
     ndim = len(roi)
     pmax = max(len(q) for q in local)
     unit = np.zeros((len(local), pmax, ndim), dtype=np.float64)  # pad rows: window centre
     r = np.asarray(roi, dtype=np.float64)
     for b, q in enumerate(local):
-        unit[b, :len(q)] = (2.0 * q + 1.0) / r - 1.0
+        unit[b, : len(q)] = (2.0 * q + 1.0) / r - 1.0
     grid = torch.from_numpy(unit[..., ::-1].copy()).to(device=maps.device, dtype=torch.float32)
     grid = grid.reshape(len(local), pmax, *([1] * (ndim - 1)), ndim)
-    out = F.grid_sample(maps.float(), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
+    out = F.grid_sample(
+        maps.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out.reshape(out.shape[0], out.shape[1], pmax)
 
 
-def _sample_upsampled(maps: torch.Tensor, local: list[np.ndarray], roi: tuple[int, ...]
-                      ) -> torch.Tensor:
+def _sample_upsampled(
+    maps: torch.Tensor, local: list[np.ndarray], roi: tuple[int, ...]
+) -> torch.Tensor:
     """Upsample ``maps`` to ``roi`` (align_corners=False), then index at integer points."""
     mode = "trilinear" if len(roi) == 3 else "bilinear"
     up = F.interpolate(maps.float(), size=roi, mode=mode, align_corners=False)
@@ -157,20 +195,34 @@ def _sample_upsampled(maps: torch.Tensor, local: list[np.ndarray], roi: tuple[in
     for b, q in enumerate(local):
         if len(q):
             idx = torch.from_numpy(np.rint(q).astype(np.int64)).to(up.device)
-            out[b, :, :len(q)] = up[(b, slice(None), *idx.T)]
+            out[b, :, : len(q)] = up[(b, slice(None), *idx.T)]
     return out
 
 
 # --- the loop ------------------------------------------------------------------------------
 
-def _extract(forward, image, points, roi_size, overlap, sw_batch_size, device, autocast,
-             padding_value, progress, sampler) -> dict[str, np.ndarray]:
+
+def _extract(
+    forward,
+    image,
+    points,
+    roi_size,
+    overlap,
+    sw_batch_size,
+    device,
+    autocast,
+    padding_value,
+    progress,
+    sampler,
+) -> dict[str, np.ndarray]:
     image = torch.as_tensor(image)
     if hasattr(image, "as_tensor"):  # a MONAI MetaTensor: drop the metadata
         image = image.as_tensor()
     if image.ndim not in (3, 4):
-        raise UserError(f"image has shape {tuple(image.shape)}: expected (C, H, W) or "
-                        "(C, D, H, W), channel first, without a batch axis")
+        raise UserError(
+            f"image has shape {tuple(image.shape)}: expected (C, H, W) or "
+            "(C, D, H, W), channel first, without a batch axis"
+        )
     if not image.is_floating_point():
         image = image.float()
     if not isinstance(sw_batch_size, (int, np.integer)) or sw_batch_size < 1:
@@ -211,20 +263,35 @@ def _extract(forward, image, points, roi_size, overlap, sw_batch_size, device, a
     try:
         with torch.no_grad():
             while pos < len(todo):
-                windows = todo[pos:pos + batch_size]
+                windows = todo[pos : pos + batch_size]
                 try:
-                    _run_batch(forward, padded, layout, windows, by_window, local, out,
-                               n_points, device, use_autocast, sampler)
+                    _run_batch(
+                        forward,
+                        padded,
+                        layout,
+                        windows,
+                        by_window,
+                        local,
+                        out,
+                        n_points,
+                        device,
+                        use_autocast,
+                        sampler,
+                    )
                 except torch.cuda.OutOfMemoryError as exc:
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     if batch_size == 1:
                         raise UserError(
                             f"out of GPU memory with a single window of size {layout.roi_size}: "
-                            "use a smaller roi_size, autocast=True, or device='cpu'") from exc
+                            "use a smaller roi_size, autocast=True, or device='cpu'"
+                        ) from exc
                     batch_size //= 2
-                    warnings.warn(f"out of GPU memory: retrying with sw_batch_size={batch_size}",
-                                  CCFVWarning, stacklevel=3)
+                    warnings.warn(
+                        f"out of GPU memory: retrying with sw_batch_size={batch_size}",
+                        CCFVWarning,
+                        stacklevel=3,
+                    )
                     continue
                 pos += len(windows)
                 if bar is not None:
@@ -239,8 +306,19 @@ def _extract(forward, image, points, roi_size, overlap, sw_batch_size, device, a
     return filled
 
 
-def _run_batch(forward, padded, layout: WindowLayout, windows, by_window, local, out,
-               n_points, device, use_autocast, sampler) -> None:
+def _run_batch(
+    forward,
+    padded,
+    layout: WindowLayout,
+    windows,
+    by_window,
+    local,
+    out,
+    n_points,
+    device,
+    use_autocast,
+    sampler,
+) -> None:
     """One forward pass over ``windows``; writes the sampled rows into ``out`` in place."""
     batch = torch.stack([padded[(slice(None), *layout.slices(w))] for w in windows])
     batch = batch.to(device)
@@ -252,15 +330,22 @@ def _run_batch(forward, padded, layout: WindowLayout, windows, by_window, local,
     del batch
     for name in out:
         if name not in maps:
-            raise UserError(f"layer {name!r} has points but the forward pass returned only "
-                            f"layers {list(maps)}: hook that layer or rename the points")
+            raise UserError(
+                f"layer {name!r} has points but the forward pass returned only "
+                f"layers {list(maps)}: hook that layer or rename the points"
+            )
         fmap = maps[name]
-        if (not isinstance(fmap, torch.Tensor) or fmap.ndim != layout.ndim + 2
-                or fmap.shape[0] != len(windows)):
+        if (
+            not isinstance(fmap, torch.Tensor)
+            or fmap.ndim != layout.ndim + 2
+            or fmap.shape[0] != len(windows)
+        ):
             shape = tuple(fmap.shape) if isinstance(fmap, torch.Tensor) else type(fmap).__name__
-            raise UserError(f"layer {name!r}: feature map of shape {shape} for a batch of "
-                            f"{len(windows)} window(s); expected (B, C, *spatial) with "
-                            f"{layout.ndim} spatial axes: hook a module that outputs a map")
+            raise UserError(
+                f"layer {name!r}: feature map of shape {shape} for a batch of "
+                f"{len(windows)} window(s); expected (B, C, *spatial) with "
+                f"{layout.ndim} spatial axes: hook a module that outputs a map"
+            )
         if out[name] is None:
             out[name] = np.zeros((n_points[name], fmap.shape[1]), dtype=np.float32)
         rows = [by_window[name].get(w, np.empty(0, np.int64)) for w in windows]
@@ -271,4 +356,4 @@ def _run_batch(forward, padded, layout: WindowLayout, windows, by_window, local,
         values = sampler(sub, [local[name][rows[b]] for b in keep], layout.roi_size)
         values = values.cpu().numpy()
         for j, b in enumerate(keep):
-            out[name][rows[b]] = values[j, :, :len(rows[b])].T
+            out[name][rows[b]] = values[j, :, : len(rows[b])].T

@@ -54,6 +54,7 @@ def clamp_to_image(points: np.ndarray, shape) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64)
     return np.clip(pts, -0.5, np.asarray(shape, dtype=np.float64) - 0.5)
 
+
 #: A window at least this many times the image's size (voxel count) gives a warning.
 PADDING_WARNING = 8
 
@@ -107,7 +108,8 @@ class WindowLayout:
         if pts.ndim != 2 or pts.shape[1] != self.ndim:
             raise UserError(
                 f"{what}: expected an array of shape (P, {self.ndim}) of voxel coordinates for "
-                f"a {self.ndim}D image, got shape {pts.shape}")
+                f"a {self.ndim}D image, got shape {pts.shape}"
+            )
         if not np.all(np.isfinite(pts)):
             raise UserError(f"{what}: holds NaN or Inf coordinates")
         bad = np.flatnonzero(~inside_image(pts, self.image_shape))
@@ -118,7 +120,8 @@ class WindowLayout:
                 f"{self.image_shape}, e.g. point {i} at {np.round(pts[i], 3).tolist()} (valid: "
                 "-0.5 <= p <= n - 0.5 per axis): give voxel coordinates in this image's grid, "
                 "mapped through the affine of the image after its preprocessing, or drop the "
-                "points outside first (ccfv.extract.inside_image)")
+                "points outside first (ccfv.extract.inside_image)"
+            )
         return clamp_to_image(pts, self.image_shape)
 
     def assign(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,18 +140,24 @@ class WindowLayout:
         per_axis = []
         for a in range(self.ndim):
             s = self.axis_starts[a].astype(np.float64)[None, :]
-            p = pts[:, a:a + 1]
+            p = pts[:, a : a + 1]
             dist = np.minimum(p - s + 0.5, s + self.roi_size[a] - 0.5 - p)
             per_axis.append(np.argmax(dist, axis=1))  # first maximum: lower start on ties
         grid_shape = tuple(len(s) for s in self.axis_starts)
-        window = (np.ravel_multi_index(tuple(per_axis), grid_shape).astype(np.int64)
-                  if pts.shape[0] else np.empty(0, np.int64))
+        window = (
+            np.ravel_multi_index(tuple(per_axis), grid_shape).astype(np.int64)
+            if pts.shape[0]
+            else np.empty(0, np.int64)
+        )
         local = pts - self.starts[window].astype(np.float64)
         return window, local
 
 
-def window_layout(image_shape: Sequence[int], roi_size: Sequence[int] | int,
-                  overlap: float | Sequence[float] = 0.25) -> WindowLayout:
+def window_layout(
+    image_shape: Sequence[int],
+    roi_size: Sequence[int] | int,
+    overlap: float | Sequence[float] = 0.25,
+) -> WindowLayout:
     """The sliding windows MONAI's ``sliding_window_inference`` uses on an image.
 
     Parameters
@@ -173,11 +182,16 @@ def window_layout(image_shape: Sequence[int], roi_size: Sequence[int] | int,
         roi_size = (int(roi_size),) * ndim
     roi_size = tuple(int(r) for r in roi_size)
     if len(roi_size) != ndim:
-        raise UserError(f"roi_size={roi_size} has {len(roi_size)} entries but the image is "
-                        f"{ndim}D (spatial shape {image_shape}): give one size per axis")
+        raise UserError(
+            f"roi_size={roi_size} has {len(roi_size)} entries but the image is "
+            f"{ndim}D (spatial shape {image_shape}): give one size per axis"
+        )
     roi = tuple(int(r) for r in fall_back_tuple(roi_size, image_shape))
-    overlaps = (tuple(float(o) for o in overlap) if isinstance(overlap, Sequence)
-                else (float(overlap),) * ndim)
+    overlaps = (
+        tuple(float(o) for o in overlap)
+        if isinstance(overlap, Sequence)
+        else (float(overlap),) * ndim
+    )
     if len(overlaps) != ndim or any(not (0.0 <= o < 1.0) for o in overlaps):
         raise UserError(f"overlap={overlap!r}: give a fraction in [0, 1) (or one per axis)")
     if np.prod(roi, dtype=np.float64) >= PADDING_WARNING * np.prod(image_shape, dtype=np.float64):
@@ -187,7 +201,10 @@ def window_layout(image_shape: Sequence[int], roi_size: Sequence[int] | int,
             f"times the size of the image {'x'.join(map(str, image_shape))} (after the model's "
             "preprocessing): the network sees mostly zero padding, so its features describe "
             "the padding more than the image; give the bank entry a roi near the image size, "
-            "or check its preprocessing spacing", CCFVWarning, stacklevel=2)
+            "or check its preprocessing spacing",
+            CCFVWarning,
+            stacklevel=2,
+        )
     padded = tuple(max(n, r) for n, r in zip(image_shape, roi))
     before = tuple((p - n) // 2 for n, p in zip(image_shape, padded))
     after = tuple(p - n - b for n, p, b in zip(image_shape, padded, before))
@@ -198,5 +215,12 @@ def window_layout(image_shape: Sequence[int], roi_size: Sequence[int] | int,
     grid = np.stack(np.meshgrid(*axis_starts, indexing="ij"), axis=-1).reshape(-1, ndim)
     if grid.shape != starts.shape or not np.array_equal(grid, starts):  # pragma: no cover
         raise RuntimeError("MONAI's window order is not a C-order grid; update window_layout")
-    return WindowLayout(image_shape=image_shape, padded_shape=padded, pad_before=before,
-                        pad_after=after, roi_size=roi, starts=starts, axis_starts=axis_starts)
+    return WindowLayout(
+        image_shape=image_shape,
+        padded_shape=padded,
+        pad_before=before,
+        pad_after=after,
+        roi_size=roi,
+        starts=starts,
+        axis_starts=axis_starts,
+    )

@@ -9,5 +9,14 @@ successive halving, and the winner's weights handed over.
 from ccfv.select.plan import Budget, Plan, halving_plan, parse_budget, survivors, train_val_split
 from ccfv.select.run import SelectSettings, check_inputs, select
 
-__all__ = ["Budget", "Plan", "SelectSettings", "check_inputs", "halving_plan", "parse_budget",
-           "select", "survivors", "train_val_split"]
+__all__ = [
+    "Budget",
+    "Plan",
+    "SelectSettings",
+    "check_inputs",
+    "halving_plan",
+    "parse_budget",
+    "select",
+    "survivors",
+    "train_val_split",
+]

@@ -12,8 +12,16 @@ import numpy as np
 
 from ccfv.errors import UserError
 
-__all__ = ["DEFAULT_GROUP", "Budget", "Plan", "group_keys", "halving_plan", "parse_budget",
-           "survivors", "train_val_split"]
+__all__ = [
+    "DEFAULT_GROUP",
+    "Budget",
+    "Plan",
+    "group_keys",
+    "halving_plan",
+    "parse_budget",
+    "survivors",
+    "train_val_split",
+]
 
 #: Case ids like ``patient001_frame01_slice03`` belong to patient ``patient001``: when every
 #: case id matches, cases are grouped by the first group of this pattern.
@@ -40,8 +48,10 @@ def parse_budget(text: str) -> Budget:
     number = raw.removesuffix("steps").removesuffix("step")
     if number.isdigit():
         if int(number) < 1:
-            raise UserError(f"--budget {text}: give a number of steps >= 1 (e.g. 1500) or a "
-                            "time (e.g. 20m, 1h30m)")
+            raise UserError(
+                f"--budget {text}: give a number of steps >= 1 (e.g. 1500) or a "
+                "time (e.g. 20m, 1h30m)"
+            )
         return Budget(steps=int(number))
     match = _TIME.match(raw)
     if raw and match and any(match.groups()):
@@ -49,8 +59,10 @@ def parse_budget(text: str) -> Budget:
         seconds = 3600 * h + 60 * m + s
         if seconds > 0:
             return Budget(seconds=seconds)
-    raise UserError(f"--budget {text}: give a number of training steps over all candidates "
-                    "(e.g. 1500) or a time (e.g. 90s, 20m, 1h30m)")
+    raise UserError(
+        f"--budget {text}: give a number of training steps over all candidates "
+        "(e.g. 1500) or a time (e.g. 90s, 20m, 1h30m)"
+    )
 
 
 @dataclass(frozen=True)
@@ -81,12 +93,16 @@ class Plan:
 
     @property
     def total_steps(self) -> int:
-        return sum(n * self.base * 2 ** r for r, n in enumerate(self.counts))
+        return sum(n * self.base * 2**r for r, n in enumerate(self.counts))
 
     def to_dict(self) -> dict:
-        return {"counts": list(self.counts), "base_steps": self.base,
-                "rung_ends": list(self.ends), "schedule_steps": self.schedule_steps,
-                "total_steps": self.total_steps}
+        return {
+            "counts": list(self.counts),
+            "base_steps": self.base,
+            "rung_ends": list(self.ends),
+            "schedule_steps": self.schedule_steps,
+            "total_steps": self.total_steps,
+        }
 
 
 def halving_plan(k: int, total_steps: int) -> Plan:
@@ -98,12 +114,14 @@ def halving_plan(k: int, total_steps: int) -> Plan:
     counts = [k]
     while counts[-1] > 2:
         counts.append(math.ceil(counts[-1] / 2))
-    weight = sum(n * 2 ** r for r, n in enumerate(counts))
+    weight = sum(n * 2**r for r, n in enumerate(counts))
     base = int(total_steps) // weight
     if base < 1:
-        raise UserError(f"--budget {total_steps} steps is too small for {k} candidate(s): "
-                        f"successive halving over rungs of {counts} candidates needs at least "
-                        f"{weight} steps; raise --budget or lower --top")
+        raise UserError(
+            f"--budget {total_steps} steps is too small for {k} candidate(s): "
+            f"successive halving over rungs of {counts} candidates needs at least "
+            f"{weight} steps; raise --budget or lower --top"
+        )
     return Plan(counts=tuple(counts), base=base)
 
 
@@ -125,14 +143,18 @@ def group_keys(case_ids: Sequence[str], pattern: str | None) -> tuple[list[str],
         except re.error as exc:
             raise UserError(f"--group {pattern!r} is not a regular expression ({exc})") from None
         if regex.groups < 1:
-            raise UserError(f"--group {pattern!r} has no group: put the patient id in "
-                            "parentheses, e.g. '^(patient\\d+)'")
+            raise UserError(
+                f"--group {pattern!r} has no group: put the patient id in "
+                "parentheses, e.g. '^(patient\\d+)'"
+            )
         keys = []
         for case in case_ids:
             match = regex.search(case)
             if match is None:
-                raise UserError(f"--group {pattern!r} does not match case id {case!r}: give a "
-                                "pattern every case id matches")
+                raise UserError(
+                    f"--group {pattern!r} does not match case id {case!r}: give a "
+                    "pattern every case id matches"
+                )
             keys.append(match.group(1))
         return keys, f"patients by --group {pattern}"
     matches = [re.match(DEFAULT_GROUP, c) for c in case_ids]
@@ -141,16 +163,19 @@ def group_keys(case_ids: Sequence[str], pattern: str | None) -> tuple[list[str],
     return list(case_ids), "one patient per case"
 
 
-def train_val_split(case_ids: Sequence[str], keys: Sequence[str], val_fraction: float,
-                    seed: int) -> tuple[list[str], list[str]]:
+def train_val_split(
+    case_ids: Sequence[str], keys: Sequence[str], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
     """``(train ids, validation ids)``: ``round(val_fraction * G)`` of the G patients (at least
     1, at most G - 1), drawn with ``seed``, are validation; no patient on both sides."""
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction}: give a fraction between 0 and 1")
     groups = sorted(set(keys))
     if len(groups) < 2:
-        raise UserError(f"the target holds {len(groups)} patient(s) ({len(case_ids)} case(s)): "
-                        "select needs at least 2, one to train on and one to validate on")
+        raise UserError(
+            f"the target holds {len(groups)} patient(s) ({len(case_ids)} case(s)): "
+            "select needs at least 2, one to train on and one to validate on"
+        )
     n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
     order = np.random.default_rng([int(seed), 18]).permutation(len(groups))
     val_groups = {groups[i] for i in order[:n_val]}

@@ -87,8 +87,9 @@ class Target:
     classes: dict[int, str] = field(default_factory=dict)
 
 
-def check_inputs(bank: str | Path, data: str | Path, settings: SelectSettings,
-                 out: str | Path) -> tuple[Budget, Target]:
+def check_inputs(
+    bank: str | Path, data: str | Path, settings: SelectSettings, out: str | Path
+) -> tuple[Budget, Target]:
     """Every option, the output and cache folders, the bank file and the target's split,
     checked before any model runs. Returns the budget and the split target."""
     from ccfv.backends import check_torch_device
@@ -122,16 +123,21 @@ def check_inputs(bank: str | Path, data: str | Path, settings: SelectSettings,
     loaded = {c.case_id: load_case(c, dataset.labels) for c in chosen}
     present = {int(k) for case in loaded.values() for k in np.unique(case.label)}
     if not present - {0}:
-        raise UserError(f"{data}: the selected {len(loaded)} case(s) hold no foreground label; "
-                        "choose other cases (--cases, --seed) or check the label files")
+        raise UserError(
+            f"{data}: the selected {len(loaded)} case(s) hold no foreground label; "
+            "choose other cases (--cases, --seed) or check the label files"
+        )
     if not {int(k) for c in train for k in np.unique(loaded[c].label)} - {0}:
-        raise UserError(f"{data}: the training split ({', '.join(train)}) holds no foreground "
-                        "label; use another --seed or --val-fraction")
+        raise UserError(
+            f"{data}: the training split ({', '.join(train)}) holds no foreground "
+            "label; use another --seed or --val-fraction"
+        )
     n_classes = max([*dataset.labels, *present]) + 1
     fp = data_fingerprint(chosen, dataset.labels)
     table = dataset.class_table(present)
-    return budget, Target(Path(data), dataset, loaded, train, val, grouping, n_classes, fp,
-                          table["classes"])
+    return budget, Target(
+        Path(data), dataset, loaded, train, val, grouping, n_classes, fp, table["classes"]
+    )
 
 
 def _digest(value: Any) -> str:
@@ -163,23 +169,36 @@ def prepare_candidate(entry, target: Target, settings: SelectSettings, seed: int
         else:
             label = label_on_grid(case.label, case.affine, image.shape[1:], affine)
             train_cases.append(TrainCase(case_id, image, label))
-    roi = ([int(r) for r in pre.roi] if pre.roi else
-           [min(int(s), 96) // 16 * 16 or int(s) for s in train_cases[0].image.shape[1:]])
+    roi = (
+        [int(r) for r in pre.roi]
+        if pre.roi
+        else [min(int(s), 96) // 16 * 16 or int(s) for s in train_cases[0].image.shape[1:]]
+    )
     channels = int(train_cases[0].image.shape[0])
     for p in model.parameters():
         p.requires_grad_(True)
     try:
         head = replace_head(model, target.n_classes, channels, roi, seed)
     except ValueError as exc:
-        raise UserError(f"model '{entry.name}': its output head cannot be re-initialised for "
-                        f"the target's {target.n_classes} classes ({exc}); give a network "
-                        f"with {target.n_classes} output channels") from None
+        raise UserError(
+            f"model '{entry.name}': its output head cannot be re-initialised for "
+            f"the target's {target.n_classes} classes ({exc}); give a network "
+            f"with {target.n_classes} output channels"
+        ) from None
     model = model.to(settings.device)
     for p in model.parameters():
         p.requires_grad_(True)
     sampler = PatchSampler(train_cases, roi, settings.batch_size, seed, settings.device)
-    return Prepared(model, sampler, val_cases, roi, float(pre.overlap),
-                    int(pre.sw_batch_size), head, target.n_classes)
+    return Prepared(
+        model,
+        sampler,
+        val_cases,
+        roi,
+        float(pre.overlap),
+        int(pre.sw_batch_size),
+        head,
+        target.n_classes,
+    )
 
 
 def candidate_key(entry, target: Target, settings: SelectSettings, plan: Plan) -> str:
@@ -190,12 +209,24 @@ def candidate_key(entry, target: Target, settings: SelectSettings, plan: Plan) -
     from ccfv.bank import fingerprint
 
     kind = torch.device(settings.device).type
-    return _digest({"model": fingerprint(entry), "data": target.fingerprint,
-                    "train": target.train, "val": target.val, "classes": target.n_classes,
-                    "lr": settings.lr, "batch": settings.batch_size, "seed": settings.seed,
-                    "schedule": "poly", "schedule_steps": plan.schedule_steps,
-                    "eval_every": plan.base, "device": kind, "amp": kind == "cuda",
-                    "version": TRAINING_VERSION})[:16]
+    return _digest(
+        {
+            "model": fingerprint(entry),
+            "data": target.fingerprint,
+            "train": target.train,
+            "val": target.val,
+            "classes": target.n_classes,
+            "lr": settings.lr,
+            "batch": settings.batch_size,
+            "seed": settings.seed,
+            "schedule": "poly",
+            "schedule_steps": plan.schedule_steps,
+            "eval_every": plan.base,
+            "device": kind,
+            "amp": kind == "cuda",
+            "version": TRAINING_VERSION,
+        }
+    )[:16]
 
 
 class CandidateRun:
@@ -208,9 +239,11 @@ class CandidateRun:
         self.state_path = folder / "state.pt"
         self.record_path = folder / "record.json"
         folder.mkdir(parents=True, exist_ok=True)
-        self.record: dict[str, Any] = (json.loads(self.record_path.read_text())
-                                       if self.record_path.is_file() else
-                                       {"rungs": {}, "train_seconds": 0.0, "val_seconds": 0.0})
+        self.record: dict[str, Any] = (
+            json.loads(self.record_path.read_text())
+            if self.record_path.is_file()
+            else {"rungs": {}, "train_seconds": 0.0, "val_seconds": 0.0}
+        )
 
     def write_record(self) -> None:
         from ccfv.files import atomic_write
@@ -230,12 +263,20 @@ class CandidateRun:
 
         if not self.state_path.is_file():
             return None
-        return TrainState.from_dict(load_torch_file(self.state_path,
-                                                    f"saved select state {self.state_path}"))
+        return TrainState.from_dict(
+            load_torch_file(self.state_path, f"saved select state {self.state_path}")
+        )
 
 
-def train_rung(name: str, run: CandidateRun, prepared: Prepared, plan: Plan, rung: int,
-               settings: SelectSettings, log: Callable[[str], None]) -> float:
+def train_rung(
+    name: str,
+    run: CandidateRun,
+    prepared: Prepared,
+    plan: Plan,
+    rung: int,
+    settings: SelectSettings,
+    log: Callable[[str], None],
+) -> float:
     """Train a candidate through rung ``rung`` (from its saved state where there is one) and
     return its validation Dice at the rung's end."""
     from ccfv.training import fit, validation_dice
@@ -246,28 +287,51 @@ def train_rung(name: str, run: CandidateRun, prepared: Prepared, plan: Plan, run
     start = run.load_state()
     end = plan.ends[rung]
     if start is not None and start.step >= end:
-        raise UserError(f"{run.state_path} is at step {start.step}, past the end of rung "
-                        f"{rung + 1} ({end}) with no record of it: delete {run.folder}")
+        raise UserError(
+            f"{run.state_path} is at step {start.step}, past the end of rung "
+            f"{rung + 1} ({end}) with no record of it: delete {run.folder}"
+        )
     if start is not None and start.step > plan.starts[rung]:
-        log(f"{name}: resuming rung {rung + 1} at step {start.step} of {end} "
-            f"(saved state {run.state_path})")
+        log(
+            f"{name}: resuming rung {rung + 1} at step {start.step} of {end} "
+            f"(saved state {run.state_path})"
+        )
     amp = str(settings.device).startswith("cuda")
     val_seconds = [0.0]
 
     def validate(model) -> float:
         began = time.perf_counter()
-        value = validation_dice(model, prepared.val_cases, prepared.roi, prepared.out_channels,
-                                overlap=prepared.overlap, sw_batch_size=prepared.sw_batch_size,
-                                amp=amp)
+        value = validation_dice(
+            model,
+            prepared.val_cases,
+            prepared.roi,
+            prepared.out_channels,
+            overlap=prepared.overlap,
+            sw_batch_size=prepared.sw_batch_size,
+            amp=amp,
+        )
         val_seconds[0] += time.perf_counter() - began
         return value
 
     began = time.perf_counter()
-    info = fit(prepared.model, prepared.sampler, steps=plan.schedule_steps, lr=settings.lr,
-               seed=settings.seed, schedule="poly", validate=validate, eval_every=plan.base,
-               keep_best=False, max_label=prepared.out_channels - 1, amp=amp, start=start,
-               stop=end, save=run.save_state, save_every=settings.save_every,
-               progress=f"{name} rung {rung + 1}/{plan.rungs}" if settings.progress else None)
+    info = fit(
+        prepared.model,
+        prepared.sampler,
+        steps=plan.schedule_steps,
+        lr=settings.lr,
+        seed=settings.seed,
+        schedule="poly",
+        validate=validate,
+        eval_every=plan.base,
+        keep_best=False,
+        max_label=prepared.out_channels - 1,
+        amp=amp,
+        start=start,
+        stop=end,
+        save=run.save_state,
+        save_every=settings.save_every,
+        progress=f"{name} rung {rung + 1}/{plan.rungs}" if settings.progress else None,
+    )
     took = time.perf_counter() - began
     value = float(info["curve"][-1][1])
     run.record["rungs"][str(rung)] = value
@@ -277,16 +341,20 @@ def train_rung(name: str, run: CandidateRun, prepared: Prepared, plan: Plan, run
     run.record["steps"] = end
     run.record["head"] = prepared.head
     run.write_record()
-    log(f"{name}: rung {rung + 1}/{plan.rungs}, step {end}: validation Dice {value:.4f} "
-        f"({took:.1f} s)")
+    log(
+        f"{name}: rung {rung + 1}/{plan.rungs}, step {end}: validation Dice {value:.4f} "
+        f"({took:.1f} s)"
+    )
     return value
 
 
 def _failure(error: BaseException) -> str:
     if isinstance(error, UserError):
         return str(error)
-    return (f"{type(error).__name__}: {first_line(error)} (an unexpected error: please report "
-            f"it with its traceback)")
+    return (
+        f"{type(error).__name__}: {first_line(error)} (an unexpected error: please report "
+        f"it with its traceback)"
+    )
 
 
 def _calibrate(prepared: Prepared, settings: SelectSettings, n: int = 3) -> float:
@@ -301,8 +369,15 @@ def _calibrate(prepared: Prepared, settings: SelectSettings, n: int = 3) -> floa
     return (time.perf_counter() - began) / n
 
 
-def _time_budget_steps(budget: Budget, names: list[str], entries, prepared, target: Target,
-                       settings: SelectSettings, log: Callable[[str], None]) -> int:
+def _time_budget_steps(
+    budget: Budget,
+    names: list[str],
+    entries,
+    prepared,
+    target: Target,
+    settings: SelectSettings,
+    log: Callable[[str], None],
+) -> int:
     """A time budget as training steps: 80 % of it (20 % for validation) at the mean measured
     seconds per step of the candidates; measured once and kept under ``cache_dir/select``,
     so that a resumed run makes the same plan."""
@@ -311,26 +386,43 @@ def _time_budget_steps(budget: Budget, names: list[str], entries, prepared, targ
     from ccfv.bank import fingerprint
     from ccfv.files import atomic_write
 
-    key = _digest({"models": [fingerprint(entries[n]) for n in names], "data": target.fingerprint,
-                   "train": target.train, "val": target.val, "budget": budget.seconds,
-                   "batch": settings.batch_size, "device": torch.device(settings.device).type})
+    key = _digest(
+        {
+            "models": [fingerprint(entries[n]) for n in names],
+            "data": target.fingerprint,
+            "train": target.train,
+            "val": target.val,
+            "budget": budget.seconds,
+            "batch": settings.batch_size,
+            "device": torch.device(settings.device).type,
+        }
+    )
     path = Path(settings.cache_dir) / "select" / f"time-budget-{key[:16]}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
     else:
         per = {n: _calibrate(prepared[n], settings) for n in names}
         per_step = float(np.mean(list(per.values())))
-        saved = {"seconds_per_step": per, "steps": max(1, int(0.8 * float(budget.seconds or 0)
-                                                              / per_step))}
+        saved = {
+            "seconds_per_step": per,
+            "steps": max(1, int(0.8 * float(budget.seconds or 0) / per_step)),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(saved, indent=2))
-    log(f"budget {budget}: {saved['steps']} training steps at the measured seconds per step "
-        f"{ {n: round(v, 4) for n, v in saved['seconds_per_step'].items()} } ({path})")
+    log(
+        f"budget {budget}: {saved['steps']} training steps at the measured seconds per step "
+        f"{ {n: round(v, 4) for n, v in saved['seconds_per_step'].items()} } ({path})"
+    )
     return int(saved["steps"])
 
 
-def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: str | Path,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
+def select(
+    bank: str | Path,
+    data: str | Path,
+    settings: SelectSettings,
+    out: str | Path,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run ``ccfv select`` and return what ``selection.json`` holds (written with
     ``report.md``, the curve plot and the winner's weights into ``out``)."""
     from ccfv.bank import load_bank
@@ -338,19 +430,33 @@ def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: st
 
     budget, target = check_inputs(bank, data, settings, out)
     out = Path(out)
-    log(f"target split ({target.grouping}): {len(target.train)} training case(s) "
-        f"{target.train}, {len(target.val)} validation case(s) {target.val}")
+    log(
+        f"target split ({target.grouping}): {len(target.train)} training case(s) "
+        f"{target.train}, {len(target.val)} validation case(s) {target.val}"
+    )
     began = time.perf_counter()
-    ranked = rank(bank, data, methods=("ccfv",), cases=settings.cases, seed=settings.seed,
-                  device=settings.device, cache_dir=settings.cache_dir, bootstrap=0,
-                  progress=settings.progress, log=log)
+    ranked = rank(
+        bank,
+        data,
+        methods=("ccfv",),
+        cases=settings.cases,
+        seed=settings.seed,
+        device=settings.device,
+        cache_dir=settings.cache_dir,
+        bootstrap=0,
+        progress=settings.progress,
+        log=log,
+    )
     rank_seconds = time.perf_counter() - began
     entries = {e.name: e for e in load_bank(bank)}
-    order = [m for m in ranked.ranking() if m not in ranked.failures
-             and ranked.scores[m].get("ccfv") is not None]
+    order = [
+        m
+        for m in ranked.ranking()
+        if m not in ranked.failures and ranked.scores[m].get("ccfv") is not None
+    ]
     if not order:
         raise UserError(f"no model of {bank} could be ranked: {ranked.failures}")
-    candidates = order[:settings.top]
+    candidates = order[: settings.top]
     failures: dict[str, str] = {}
     tracebacks: dict[str, str] = {}
     prepared: dict[str, Prepared] = {}
@@ -368,21 +474,25 @@ def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: st
     if total is None:
         total = _time_budget_steps(budget, alive, entries, prepared, target, settings, log)
     plan = halving_plan(len(candidates), total)
-    log(f"successive halving over {len(candidates)} candidate(s) {candidates}: rungs of "
+    log(
+        f"successive halving over {len(candidates)} candidate(s) {candidates}: rungs of "
         f"{list(plan.counts)} candidates ending at steps {list(plan.ends)} ({plan.total_steps} "
-        f"steps in all)")
+        f"steps in all)"
+    )
     root = Path(settings.cache_dir) / "select"
-    runs = {name: CandidateRun(
-        root / f"{name}-{candidate_key(entries[name], target, settings, plan)}")
-        for name in alive}
+    runs = {
+        name: CandidateRun(root / f"{name}-{candidate_key(entries[name], target, settings, plan)}")
+        for name in alive
+    }
     values: dict[str, float | None] = {}
     rung_values: list[dict[str, float | None]] = []
     for rung in range(plan.rungs):
         values = {}
         for name in alive:
             try:
-                values[name] = train_rung(name, runs[name], prepared[name], plan, rung,
-                                          settings, log)
+                values[name] = train_rung(
+                    name, runs[name], prepared[name], plan, rung, settings, log
+                )
             except KeyboardInterrupt:
                 raise
             except Exception as error:  # noqa: BLE001 - one candidate's failure is its own
@@ -396,31 +506,66 @@ def select(bank: str | Path, data: str | Path, settings: SelectSettings, out: st
         if not alive:
             raise UserError(f"every candidate failed: {failures}")
     winner = alive[0]
-    result = _summarise(bank, data, settings, budget, target, ranked, order, candidates, plan,
-                        runs, rung_values, failures, prepared, winner, rank_seconds)
+    result = _summarise(
+        bank,
+        data,
+        settings,
+        budget,
+        target,
+        ranked,
+        order,
+        candidates,
+        plan,
+        runs,
+        rung_values,
+        failures,
+        prepared,
+        winner,
+        rank_seconds,
+    )
     from ccfv.select.report import write_outputs
 
     write_outputs(result, out, runs[winner], entries[winner], prepared[winner], target)
     if tracebacks:
         from ccfv.files import atomic_write
 
-        atomic_write(out / "failures.log", "".join(f"=== {k}\n{v}\n"
-                                                   for k, v in tracebacks.items()))
-    log(f"winner: {winner} (validation Dice {result['winner']['val_dice']:.4f} after "
-        f"{result['winner']['steps']} steps); weights in {out / 'winner'}")
+        atomic_write(
+            out / "failures.log", "".join(f"=== {k}\n{v}\n" for k, v in tracebacks.items())
+        )
+    log(
+        f"winner: {winner} (validation Dice {result['winner']['val_dice']:.4f} after "
+        f"{result['winner']['steps']} steps); weights in {out / 'winner'}"
+    )
     return result
 
 
-def _summarise(bank, data, settings, budget, target, ranked, order, candidates, plan, runs,
-               rung_values, failures, prepared, winner, rank_seconds) -> dict[str, Any]:
+def _summarise(
+    bank,
+    data,
+    settings,
+    budget,
+    target,
+    ranked,
+    order,
+    candidates,
+    plan,
+    runs,
+    rung_values,
+    failures,
+    prepared,
+    winner,
+    rank_seconds,
+) -> dict[str, Any]:
     per: dict[str, Any] = {}
     for name in candidates:
         run = runs.get(name)
         rec = run.record if run is not None else {}
         per[name] = {
-            "rank": order.index(name) + 1, "ccfv": ranked.scores[name]["ccfv"],
+            "rank": order.index(name) + 1,
+            "ccfv": ranked.scores[name]["ccfv"],
             "rungs": [rung_values[r].get(name) for r in range(len(rung_values))],
-            "curve": rec.get("curve", []), "steps": rec.get("steps", 0),
+            "curve": rec.get("curve", []),
+            "steps": rec.get("steps", 0),
             "train_seconds": rec.get("train_seconds", 0.0),
             "val_seconds": rec.get("val_seconds", 0.0),
             "head_reinitialised": (prepared[name].head if name in prepared else None),
@@ -429,35 +574,54 @@ def _summarise(bank, data, settings, budget, target, ranked, order, candidates, 
     trained = [p for p in per.values() if p["steps"]]
     steps_used = sum(p["steps"] for p in trained)
     seconds_used = sum(p["train_seconds"] + p["val_seconds"] for p in trained)
-    per_step = (sum(p["train_seconds"] + p["val_seconds"] for p in trained)
-                / max(1, steps_used))
+    per_step = sum(p["train_seconds"] + p["val_seconds"] for p in trained) / max(1, steps_used)
     n_models = len(order)
     all_steps = n_models * plan.schedule_steps
     return {
-        "bank": str(bank), "data": str(data), "winner": {
-            "model": winner, "val_dice": per[winner]["rungs"][-1] if per[winner]["rungs"]
-            else None, "steps": per[winner]["steps"]},
+        "bank": str(bank),
+        "data": str(data),
+        "winner": {
+            "model": winner,
+            "val_dice": per[winner]["rungs"][-1] if per[winner]["rungs"] else None,
+            "steps": per[winner]["steps"],
+        },
         "ranking": {m: ranked.scores[m]["ccfv"] for m in order},
         "rank_failures": dict(ranked.failures),
         "candidates": per,
         "plan": {**plan.to_dict(), "budget": str(budget), "top": settings.top},
-        "split": {"grouping": target.grouping, "train": target.train, "val": target.val,
-                  "val_fraction": settings.val_fraction, "seed": settings.seed},
+        "split": {
+            "grouping": target.grouping,
+            "train": target.train,
+            "val": target.val,
+            "val_fraction": settings.val_fraction,
+            "seed": settings.seed,
+        },
         "classes": {str(k): v for k, v in target.classes.items()},
         "n_classes": target.n_classes,
-        "settings": {"lr": settings.lr, "batch_size": settings.batch_size,
-                     "schedule": "poly", "loss": "DiceCE", "optimiser": "Adam",
-                     "device": settings.device, "amp": str(settings.device).startswith("cuda"),
-                     "seed": settings.seed, "save_every": settings.save_every},
+        "settings": {
+            "lr": settings.lr,
+            "batch_size": settings.batch_size,
+            "schedule": "poly",
+            "loss": "DiceCE",
+            "optimiser": "Adam",
+            "device": settings.device,
+            "amp": str(settings.device).startswith("cuda"),
+            "seed": settings.seed,
+            "save_every": settings.save_every,
+        },
         "compute": {
-            "ranking_seconds": rank_seconds, "training_steps": steps_used,
+            "ranking_seconds": rank_seconds,
+            "training_steps": steps_used,
             "training_seconds": seconds_used,
             "all_models_same_budget": {
-                "models": n_models, "steps_each": plan.schedule_steps, "steps": all_steps,
+                "models": n_models,
+                "steps_each": plan.schedule_steps,
+                "steps": all_steps,
                 "seconds_estimate": per_step * all_steps,
                 "note": "every ranked model fine-tuned for the winner's steps, at the mean "
-                        "measured seconds per step (training and validation) of the "
-                        "candidates"},
+                "measured seconds per step (training and validation) of the "
+                "candidates",
+            },
             "fraction_of_all": steps_used / all_steps if all_steps else None,
         },
     }

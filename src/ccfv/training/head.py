@@ -17,10 +17,23 @@ from torch import nn
 
 __all__ = ["output_channels", "replace_head"]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-          nn.ConvTranspose3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
-          nn.InstanceNorm3d, nn.GroupNorm)
+_CONVS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+)
 
 
 def output_channels(model: nn.Module, channels: int, shape: Sequence[int]) -> int:
@@ -38,9 +51,15 @@ def output_channels(model: nn.Module, channels: int, shape: Sequence[int]) -> in
 
 def _conv_like(conv: nn.Module, in_ch: int, out_ch: int) -> nn.Module:
     kind = type(conv)
-    kwargs: dict = dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                        dilation=conv.dilation, groups=1, bias=conv.bias is not None,
-                        padding_mode=conv.padding_mode)
+    kwargs: dict = dict(
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=1,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
     if isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         kwargs["output_padding"] = conv.output_padding
     return kind(in_ch, out_ch, **kwargs)
@@ -50,12 +69,18 @@ def _norm_like(norm: nn.Module, width: int) -> nn.Module:
     if isinstance(norm, nn.GroupNorm):
         groups = norm.num_groups if width % norm.num_groups == 0 else 1
         return nn.GroupNorm(groups, width, eps=norm.eps, affine=norm.affine)
-    return type(norm)(width, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
-                      track_running_stats=norm.track_running_stats)
+    return type(norm)(
+        width,
+        eps=norm.eps,
+        momentum=norm.momentum,
+        affine=norm.affine,
+        track_running_stats=norm.track_running_stats,
+    )
 
 
-def replace_head(model: nn.Module, n_classes: int, channels: int, shape: Sequence[int],
-                 seed: int) -> list[str]:
+def replace_head(
+    model: nn.Module, n_classes: int, channels: int, shape: Sequence[int], seed: int
+) -> list[str]:
     """Replace the head (module docstring) of ``model`` in place so that it outputs
     ``n_classes`` channels; the new layers are initialised with ``seed``. Returns the names of
     the replaced modules ([] when the output already has ``n_classes`` channels).
@@ -70,16 +95,20 @@ def replace_head(model: nn.Module, n_classes: int, channels: int, shape: Sequenc
     if old == n_classes:
         return []
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
-    last = max((i for i, (_, m) in enumerate(leaves) if isinstance(m, _CONVS)
-                and m.out_channels == old), default=None)
+    last = max(
+        (i for i, (_, m) in enumerate(leaves) if isinstance(m, _CONVS) and m.out_channels == old),
+        default=None,
+    )
     if last is None:
-        raise ValueError(f"no convolution with {old} output channels found: the output head "
-                         f"of {type(model).__name__} cannot be re-initialised")
+        raise ValueError(
+            f"no convolution with {old} output channels found: the output head "
+            f"of {type(model).__name__} cannot be re-initialised"
+        )
     replace: dict[str, nn.Module] = {}
     param = next(model.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        for name, module in reversed(leaves[:last + 1]):
+        for name, module in reversed(leaves[: last + 1]):
             if isinstance(module, _CONVS):
                 if module.out_channels != old:
                     break
@@ -87,8 +116,10 @@ def replace_head(model: nn.Module, n_classes: int, channels: int, shape: Sequenc
                 replace[name] = _conv_like(module, in_ch, n_classes)
                 if module.in_channels != old:
                     break
-            elif isinstance(module, _NORMS) and getattr(
-                    module, "num_features", getattr(module, "num_channels", None)) == old:
+            elif (
+                isinstance(module, _NORMS)
+                and getattr(module, "num_features", getattr(module, "num_channels", None)) == old
+            ):
                 replace[name] = _norm_like(module, n_classes)
             elif isinstance(module, nn.PReLU) and module.num_parameters == old:
                 replace[name] = nn.PReLU(n_classes)
@@ -98,7 +129,9 @@ def replace_head(model: nn.Module, n_classes: int, channels: int, shape: Sequenc
         setattr(parent, child, new.to(device=param.device, dtype=param.dtype))
     got = output_channels(model, channels, shape)
     if got != n_classes:
-        raise ValueError(f"re-initialising the output head of {type(model).__name__} "
-                         f"({', '.join(sorted(replace))}) gave {got} output channels, not "
-                         f"{n_classes}")
+        raise ValueError(
+            f"re-initialising the output head of {type(model).__name__} "
+            f"({', '.join(sorted(replace))}) gave {got} output channels, not "
+            f"{n_classes}"
+        )
     return sorted(replace)

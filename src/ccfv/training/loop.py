@@ -56,16 +56,27 @@ class TrainState:
     scaler: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "model": self.model, "optimiser": self.optimiser,
-                "rng": self.rng, "losses": list(self.losses), "curve": list(self.curve),
-                "scaler": self.scaler}
+        return {
+            "step": self.step,
+            "model": self.model,
+            "optimiser": self.optimiser,
+            "rng": self.rng,
+            "losses": list(self.losses),
+            "curve": list(self.curve),
+            "scaler": self.scaler,
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainState:
-        return cls(step=int(raw["step"]), model=raw["model"], optimiser=raw["optimiser"],
-                   rng=raw["rng"], losses=[float(v) for v in raw["losses"]],
-                   curve=[[int(a), float(b)] for a, b in raw["curve"]],
-                   scaler=raw.get("scaler"))
+        return cls(
+            step=int(raw["step"]),
+            model=raw["model"],
+            optimiser=raw["optimiser"],
+            rng=raw["rng"],
+            losses=[float(v) for v in raw["losses"]],
+            curve=[[int(a), float(b)] for a, b in raw["curve"]],
+            scaler=raw.get("scaler"),
+        )
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -163,8 +174,7 @@ def fit(
     if schedule not in ("constant", "poly"):
         raise ValueError(f"schedule must be 'constant' or 'poly', got {schedule!r}")
     if eval_every < 0 or save_every < 0:
-        raise ValueError(f"eval_every and save_every must be >= 0, got {eval_every}, "
-                         f"{save_every}")
+        raise ValueError(f"eval_every and save_every must be >= 0, got {eval_every}, {save_every}")
     device = _device_of(model)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -190,18 +200,28 @@ def fit(
         if bar is not None:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", val_dice=f"{value:.4f}")
         if best is None or value > best[0]:
-            best = (value, step, {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    if keep_best else {})
+            best = (
+                value,
+                step,
+                {k: v.detach().clone() for k, v in model.state_dict().items()} if keep_best else {},
+            )
 
     def snapshot(step: int) -> TrainState:
-        return TrainState(step=step, model={k: v.detach().clone()
-                                            for k, v in model.state_dict().items()},
-                          optimiser=optimiser.state_dict(), rng=torch.get_rng_state(),
-                          losses=list(losses), curve=[list(p) for p in curve],
-                          scaler=scaler.state_dict() if scaler is not None else None)
+        return TrainState(
+            step=step,
+            model={k: v.detach().clone() for k, v in model.state_dict().items()},
+            optimiser=optimiser.state_dict(),
+            rng=torch.get_rng_state(),
+            losses=list(losses),
+            curve=[list(p) for p in curve],
+            scaler=scaler.state_dict() if scaler is not None else None,
+        )
 
-    bar = (tqdm(total=stop, initial=first, desc=progress, leave=False)
-           if isinstance(progress, str) else None)
+    bar = (
+        tqdm(total=stop, initial=first, desc=progress, leave=False)
+        if isinstance(progress, str)
+        else None
+    )
     began = time.perf_counter()
     model.train()
     try:
@@ -216,8 +236,9 @@ def fit(
                         group["lr"] = lr * (1.0 - step / steps) ** 0.9
                 inputs, target = batches(step)
                 if amp:
-                    with torch.autocast(device.type,
-                                        dtype=torch.float16 if cuda_amp else torch.bfloat16):
+                    with torch.autocast(
+                        device.type, dtype=torch.float16 if cuda_amp else torch.bfloat16
+                    ):
                         logits = model(inputs)
                 else:
                     logits = model(inputs)
@@ -251,10 +272,12 @@ def fit(
                     if step % 10 == 0 or step == stop - 1:
                         bar.set_postfix(loss=f"{value:.4f}")
                 if validate is not None and (
-                        step == stop - 1 or (eval_every and (step + 1) % eval_every == 0)):
+                    step == stop - 1 or (eval_every and (step + 1) % eval_every == 0)
+                ):
                     check(step + 1)
                 if save is not None and (
-                        step == stop - 1 or (save_every and (step + 1) % save_every == 0)):
+                    step == stop - 1 or (save_every and (step + 1) % save_every == 0)
+                ):
                     save(snapshot(step + 1))
     finally:
         model.eval()

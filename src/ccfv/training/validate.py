@@ -42,9 +42,15 @@ def _logits(out) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def validation_dice(model: torch.nn.Module, cases: Sequence[ValCase], roi: Sequence[int],
-                    n_classes: int, overlap: float = 0.25, sw_batch_size: int = 1,
-                    amp: bool = False) -> float:
+def validation_dice(
+    model: torch.nn.Module,
+    cases: Sequence[ValCase],
+    roi: Sequence[int],
+    n_classes: int,
+    overlap: float = 0.25,
+    sw_batch_size: int = 1,
+    amp: bool = False,
+) -> float:
     """Mean over ``cases`` of :func:`case_dice`, the network run by
     ``monai.inferers.sliding_window_inference`` with windows ``roi`` on each preprocessed image,
     its argmax moved back onto the label's grid. Cases with no class present count 1.0 (an
@@ -60,10 +66,10 @@ def validation_dice(model: torch.nn.Module, cases: Sequence[ValCase], roi: Seque
             x = torch.as_tensor(case.image, dtype=torch.float32)[None].to(device)
             with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
                 logits = sliding_window_inference(
-                    x, list(roi), sw_batch_size, lambda w: _logits(model(w)), overlap=overlap)
+                    x, list(roi), sw_batch_size, lambda w: _logits(model(w)), overlap=overlap
+                )
             pred = torch.as_tensor(logits).argmax(dim=1)[0].cpu().numpy()
-            back = prediction_on_grid(pred, case.grid_affine, case.label.shape,
-                                      case.label_affine)
+            back = prediction_on_grid(pred, case.grid_affine, case.label.shape, case.label_affine)
             value = case_dice(back, case.label, n_classes)
             values.append(1.0 if value is None else value)
     return float(np.mean(values))

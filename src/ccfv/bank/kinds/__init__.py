@@ -85,8 +85,10 @@ def kind_of(entry: BankEntry) -> ModelKind:
     try:
         return KINDS[entry.kind]
     except KeyError:
-        raise UserError(f"model '{entry.name}': no bank kind '{entry.kind}' is registered "
-                        f"(known: {', '.join(KINDS)})") from None
+        raise UserError(
+            f"model '{entry.name}': no bank kind '{entry.kind}' is registered "
+            f"(known: {', '.join(KINDS)})"
+        ) from None
 
 
 def builder_keys() -> tuple[str, ...]:

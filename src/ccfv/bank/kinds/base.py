@@ -126,8 +126,9 @@ class ModelKind(ABC):
         """Added to ``bank check``'s "the window size is unknown" message (why it is)."""
         return ""
 
-    def trainer_checkpoint(self, entry: BankEntry, state: Mapping[str, Any],
-                           classes: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+    def trainer_checkpoint(
+        self, entry: BankEntry, state: Mapping[str, Any], classes: Mapping[str, str]
+    ) -> tuple[str, dict[str, Any]] | None:
         """Fine-tuned weights ``state`` in the form the entry's own trainer continues from, as
         ``(file name, object to torch.save)``; ``classes`` maps the target's label ids (as
         text) to class names. None: the plain state dict is that form (``ccfv select``)."""

@@ -139,8 +139,10 @@ def parse_bundle_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
             f"{where}: '{extra[0]}' is not used with 'bundle' (the bundle's configs give the "
             f"network, weights and preprocessing); allowed keys: {', '.join(BUNDLE_ENTRY_KEYS)}"
         )
-    text = string(str(raw["bundle"]) if isinstance(raw["bundle"], Path) else raw["bundle"],
-                  f"{where}: 'bundle'")
+    text = string(
+        str(raw["bundle"]) if isinstance(raw["bundle"], Path) else raw["bundle"],
+        f"{where}: 'bundle'",
+    )
     folder = resolve_folder(text, base)
     if not folder.is_dir():
         raise UserError(
@@ -168,8 +170,11 @@ def parse_bundle_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
     parser = bundle_parser(folder, where)
     for key in ("network_def", "preprocessing"):
         if key not in parser:
-            what = ("the network (e.g. {\"_target_\": \"UNet\", ...})" if key == "network_def"
-                    else "the image transforms (a Compose starting with LoadImaged)")
+            what = (
+                'the network (e.g. {"_target_": "UNet", ...})'
+                if key == "network_def"
+                else "the image transforms (a Compose starting with LoadImaged)"
+            )
             raise UserError(
                 f"{where}: {config} has no '{key}'; add '{key}' with {what} to the bundle's "
                 "inference config"
@@ -178,8 +183,11 @@ def parse_bundle_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
     user = raw.get("preprocessing") or {}
     if not isinstance(user, Mapping):
         raise UserError(f"{where}: 'preprocessing' must be a mapping, got {user!r}")
-    check_keys(user, BUNDLE_PREPROCESSING_KEYS,
-               f"{where}: 'preprocessing' (a bundle brings its own transforms)")
+    check_keys(
+        user,
+        BUNDLE_PREPROCESSING_KEYS,
+        f"{where}: 'preprocessing' (a bundle brings its own transforms)",
+    )
     window = _inferer_window(parser, config, where)
     window.update({k: v for k, v in user.items() if v is not None})
     args: dict[str, Any] = {}
@@ -219,8 +227,10 @@ def _inferer_window(parser, config: Path, where: str) -> dict[str, Any]:
 
     if not isinstance(inferer, SlidingWindowInferer):
         return {}
-    out: dict[str, Any] = {"overlap": float(inferer.overlap),  # type: ignore[arg-type]
-                           "sw_batch_size": int(inferer.sw_batch_size)}
+    out: dict[str, Any] = {
+        "overlap": float(inferer.overlap),  # type: ignore[arg-type]
+        "sw_batch_size": int(inferer.sw_batch_size),
+    }
     roi = inferer.roi_size
     roi = [int(roi)] * 3 if isinstance(roi, (int, np.integer)) else [int(r) for r in roi]
     if all(r > 0 for r in roi):
@@ -250,15 +260,19 @@ def load_bundle_model(entry):
             f"{first_line(exc)}); fix it in the bundle's config"
         ) from None
     if not isinstance(model, torch.nn.Module):
-        raise UserError(f"{where}: network_def of {config} gives a {type(model).__name__}, not "
-                        "a torch.nn.Module; fix it in the bundle's config")
+        raise UserError(
+            f"{where}: network_def of {config} gives a {type(model).__name__}, not "
+            "a torch.nn.Module; fix it in the bundle's config"
+        )
     weights = folder / "models" / "model.pt"
     state = load_torch_file(weights, f"{where}: weights {weights}")
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]  # {"model": state_dict}, as MONAI's CheckpointLoader accepts
     if not isinstance(state, Mapping):
-        raise UserError(f"{where}: {weights} holds a {type(state).__name__}, not a state dict; "
-                        "save it with torch.save(network.state_dict(), path)")
+        raise UserError(
+            f"{where}: {weights} holds a {type(state).__name__}, not a state dict; "
+            "save it with torch.save(network.state_dict(), path)"
+        )
     result = _load_strict(model, state)
     if result:
         raise UserError(
@@ -268,8 +282,14 @@ def load_bundle_model(entry):
     model.eval()
     keys = tuple(state)
     n = sum(1 for _ in model.parameters())
-    report = LoadReport(entry=entry.name, initialisation="checkpoint", checkpoint=weights,
-                        n_params=n, n_params_matched=n, matched=keys)
+    report = LoadReport(
+        entry=entry.name,
+        initialisation="checkpoint",
+        checkpoint=weights,
+        n_params=n,
+        n_params_matched=n,
+        matched=keys,
+    )
     return model, report
 
 
@@ -278,12 +298,20 @@ def _load_strict(model, state: Mapping[str, Any]) -> str:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and hasattr(state[k], "shape")
-              and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        k
+        for k in own
+        if k in state
+        and hasattr(state[k], "shape")
+        and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatched", shapes)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatched", shapes),
+        ):
             if keys:
                 parts.append(f"{len(keys)} {label}, e.g. {keys[0]}")
         return "; ".join(parts)
@@ -345,8 +373,11 @@ def make_bundle_preprocess(entry, ndim: int):
                 f"'{key}'; remove sampling transforms (e.g. Rand*Crop) from it"
             )
         y = out[key]
-        out_affine = (np.asarray(y.affine, dtype=np.float64).reshape(4, 4)
-                      if isinstance(y, MetaTensor) else affine)
+        out_affine = (
+            np.asarray(y.affine, dtype=np.float64).reshape(4, 4)
+            if isinstance(y, MetaTensor)
+            else affine
+        )
         arr = y.as_tensor() if isinstance(y, MetaTensor) else torch.as_tensor(np.asarray(y))
         return np.ascontiguousarray(arr.detach().cpu().numpy().astype(np.float32)), out_affine
 
@@ -420,11 +451,14 @@ class Bundle(ModelKind):
     def summary(self, entry: BankEntry) -> str:
         cfg = bundle_parser(Path(entry.location), entry.name).get("preprocessing")
         steps = cfg.get("transforms", []) if isinstance(cfg, Mapping) else []
-        names = [str(t.get("_target_", "?")).rsplit(".", 1)[-1] for t in steps
-                 if isinstance(t, Mapping)]
+        names = [
+            str(t.get("_target_", "?")).rsplit(".", 1)[-1] for t in steps if isinstance(t, Mapping)
+        ]
         names = [n for n in names if n not in SKIPPED_TRANSFORMS]
-        return (f"bundle transforms: {', '.join(names) or 'none'}; "
-                f"{window_summary(entry.preprocessing)}")
+        return (
+            f"bundle transforms: {', '.join(names) or 'none'}; "
+            f"{window_summary(entry.preprocessing)}"
+        )
 
     def window_note(self, entry: BankEntry) -> str:
         return ", and the bundle's inferer is no SlidingWindowInferer"
@@ -437,14 +471,30 @@ class Bundle(ModelKind):
             return None
         if not (models / "model.pt").is_file():
             if (models / "model.ts").is_file():
-                return [Skipped(folder, (
-                    "MONAI bundle with only models/model.ts (TorchScript): its layers cannot be "
-                    "hooked (TorchScript runs no Python hooks); add the state dict as "
-                    "models/model.pt (the bundle's model.pt from the model zoo)"))]
-            return [Skipped(folder, "MONAI bundle without weights models/model.pt; put "
-                                    "the network's state dict there")]
+                return [
+                    Skipped(
+                        folder,
+                        (
+                            "MONAI bundle with only models/model.ts (TorchScript): its layers "
+                            "cannot be hooked (TorchScript runs no Python hooks); add the state "
+                            "dict as "
+                            "models/model.pt (the bundle's model.pt from the model zoo)"
+                        ),
+                    )
+                ]
+            return [
+                Skipped(
+                    folder,
+                    "MONAI bundle without weights models/model.pt; put "
+                    "the network's state dict there",
+                )
+            ]
         config = next((n for n in _CONFIG_NAMES if (configs / n).is_file()), "?")
-        return [Candidate(
-            raw={"name": clean_name(folder.name), "bundle": relative_path(folder, base)},
-            source_format="bundle", path=folder,
-            comment=f"MONAI bundle: {folder} (configs/{config} + models/model.pt)")]
+        return [
+            Candidate(
+                raw={"name": clean_name(folder.name), "bundle": relative_path(folder, base)},
+                source_format="bundle",
+                path=folder,
+                comment=f"MONAI bundle: {folder} (configs/{config} + models/model.pt)",
+            )
+        ]

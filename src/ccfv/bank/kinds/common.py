@@ -43,8 +43,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def parse_built_entry(raw: Mapping[str, Any], ctx: ParseContext, kind: str,
-                      location: str | Path, *, takes_args: bool = True) -> BankEntry:
+def parse_built_entry(
+    raw: Mapping[str, Any],
+    ctx: ParseContext,
+    kind: str,
+    location: str | Path,
+    *,
+    takes_args: bool = True,
+) -> BankEntry:
     """The entry of a builder kind whose key (``location``) is already validated: ``args``,
     ``checkpoint``, ``seed``, ``layers``, ``preprocessing``, and the spatial dimensions they
     give checked for agreement. ``takes_args=False`` refuses ``args`` (a module already
@@ -86,8 +92,9 @@ def apply_checkpoint(entry: BankEntry, target: torch.nn.Module) -> LoadReport:
     """Load the entry's checkpoint into ``target`` (refused when it does not fit)."""
     assert entry.checkpoint is not None
     state, key = read_state_dict(entry.checkpoint, entry.checkpoint_key, entry=entry.name)
-    return apply_state_dict(target, state, entry=entry.name, checkpoint=entry.checkpoint,
-                            key=key, seed=entry.seed)
+    return apply_state_dict(
+        target, state, entry=entry.name, checkpoint=entry.checkpoint, key=key, seed=entry.seed
+    )
 
 
 def seeded_random_report(entry: BankEntry, model: torch.nn.Module) -> LoadReport:

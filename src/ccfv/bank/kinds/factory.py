@@ -54,5 +54,7 @@ class Factory(ModelKind):
         return load_built(entry, model)
 
     def fingerprint(self, entry: BankEntry) -> dict[str, Any]:
-        return {"factory": entry.location,
-                "factory_source": module_source_hash(str(entry.location).split(":", 1)[0])}
+        return {
+            "factory": entry.location,
+            "factory_source": module_source_hash(str(entry.location).split(":", 1)[0]),
+        }

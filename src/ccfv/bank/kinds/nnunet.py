@@ -70,8 +70,15 @@ __all__ = [
     "parse_nnunet_entry",
 ]
 
-NNUNET_ENTRY_KEYS = ("name", "nnunet", "fold", "checkpoint", "configuration", "layers",
-                     "preprocessing")
+NNUNET_ENTRY_KEYS = (
+    "name",
+    "nnunet",
+    "fold",
+    "checkpoint",
+    "configuration",
+    "layers",
+    "preprocessing",
+)
 NNUNET_PREPROCESSING_KEYS = ("roi", "overlap", "sw_batch_size")
 #: Readers whose arrays are the file's voxel order reversed (SimpleITK's (z, y, x)).
 _REVERSING_READERS = ("SimpleITKIO", "NibabelIO", "SimpleITKIOWithReorient")
@@ -104,13 +111,17 @@ def parse_nnunet_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
     check_keys(raw, NNUNET_ENTRY_KEYS, f"{where} (an nnunet entry)")
     text = raw["nnunet"]
     if not isinstance(text, (str, Path)) or not str(text).strip():
-        raise UserError(f"{where}: 'nnunet' must be the path of an nnU-Net v2 trained-model "
-                        f"folder, got {text!r}")
+        raise UserError(
+            f"{where}: 'nnunet' must be the path of an nnU-Net v2 trained-model "
+            f"folder, got {text!r}"
+        )
     folder = resolve_folder(text, base)
     if not folder.is_dir():
-        raise UserError(f"{where}: nnU-Net folder {folder} does not exist (relative paths are "
-                        f"read from {base}); give the trained-model folder, e.g. "
-                        "nnUNet_results/Dataset001_X/nnUNetTrainer__nnUNetPlans__3d_fullres")
+        raise UserError(
+            f"{where}: nnU-Net folder {folder} does not exist (relative paths are "
+            f"read from {base}); give the trained-model folder, e.g. "
+            "nnUNet_results/Dataset001_X/nnUNetTrainer__nnUNetPlans__3d_fullres"
+        )
     plans = _read_json(folder / "plans.json", where, "plans")
     dataset = _read_json(folder / "dataset.json", where, "dataset")
 
@@ -118,47 +129,61 @@ def parse_nnunet_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
     if configuration is None:
         configuration = folder.name.rsplit("__", 1)[-1]
     if not isinstance(configuration, str) or not configuration.strip():
-        raise UserError(f"{where}: 'configuration' must be a configuration name of "
-                        f"{folder / 'plans.json'}, got {configuration!r}")
+        raise UserError(
+            f"{where}: 'configuration' must be a configuration name of "
+            f"{folder / 'plans.json'}, got {configuration!r}"
+        )
     configuration = configuration.strip()
     configs = plans.get("configurations")
     if not isinstance(configs, Mapping) or configuration not in configs:
         have = ", ".join(configs) if isinstance(configs, Mapping) else "none"
-        raise UserError(f"{where}: {folder / 'plans.json'} has no configuration "
-                        f"'{configuration}' (it has: {have}); set 'configuration' to one of them "
-                        "or point 'nnunet' at the folder trained with it")
+        raise UserError(
+            f"{where}: {folder / 'plans.json'} has no configuration "
+            f"'{configuration}' (it has: {have}); set 'configuration' to one of them "
+            "or point 'nnunet' at the folder trained with it"
+        )
 
     fold = raw.get("fold", 0)
     if fold is None:
         fold = 0
     if isinstance(fold, bool) or not (isinstance(fold, int) and fold >= 0 or fold == "all"):
-        raise UserError(f"{where}: 'fold' must be a fold number (0, 1, ...) or 'all', got "
-                        f"{fold!r}")
+        raise UserError(f"{where}: 'fold' must be a fold number (0, 1, ...) or 'all', got {fold!r}")
     fold_dir = folder / f"fold_{fold}"
     if not fold_dir.is_dir():
         folds = sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
-        raise UserError(f"{where}: fold folder {fold_dir} does not exist (found: "
-                        f"{', '.join(folds) or 'no fold_* folder'}); set 'fold' to a trained fold")
+        raise UserError(
+            f"{where}: fold folder {fold_dir} does not exist (found: "
+            f"{', '.join(folds) or 'no fold_* folder'}); set 'fold' to a trained fold"
+        )
     ckpt = raw.get("checkpoint", "checkpoint_final.pth")
     if not isinstance(ckpt, str) or not ckpt.strip():
-        raise UserError(f"{where}: 'checkpoint' must be a file name in {fold_dir} such as "
-                        f"checkpoint_final.pth, got {ckpt!r}")
+        raise UserError(
+            f"{where}: 'checkpoint' must be a file name in {fold_dir} such as "
+            f"checkpoint_final.pth, got {ckpt!r}"
+        )
     checkpoint = (fold_dir / ckpt.strip()).resolve()
     if not checkpoint.is_file():
         found = sorted(p.name for p in fold_dir.glob("*.pth"))
-        raise UserError(f"{where}: checkpoint {checkpoint} does not exist (found: "
-                        f"{', '.join(found) or 'no .pth file'}); set 'checkpoint' to one of them")
+        raise UserError(
+            f"{where}: checkpoint {checkpoint} does not exist (found: "
+            f"{', '.join(found) or 'no .pth file'}); set 'checkpoint' to one of them"
+        )
 
     cfg = _configuration(plans, configuration)
     patch = cfg.get("patch_size")
     if not isinstance(patch, list) or len(patch) not in (2, 3):
-        raise UserError(f"{where}: configuration '{configuration}' of {folder / 'plans.json'} "
-                        f"has no 2- or 3-value patch_size (got {patch!r})")
+        raise UserError(
+            f"{where}: configuration '{configuration}' of {folder / 'plans.json'} "
+            f"has no 2- or 3-value patch_size (got {patch!r})"
+        )
     pre = raw.get("preprocessing") or {}
     if not isinstance(pre, Mapping):
         raise UserError(f"{where}: 'preprocessing' must be a mapping, got {pre!r}")
-    check_keys(pre, NNUNET_PREPROCESSING_KEYS,
-                f"{where}: 'preprocessing' (nnU-Net preprocessing comes from plans.json)")
+    check_keys(
+        pre,
+        NNUNET_PREPROCESSING_KEYS,
+        f"{where}: 'preprocessing' (nnU-Net preprocessing comes from plans.json)",
+    )
     given = parse_preprocessing(dict(pre), {}, where)
     channels = dataset.get("channel_names", dataset.get("modality", {}))
     preprocessing = Preprocessing(
@@ -170,8 +195,10 @@ def parse_nnunet_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
     roi = preprocessing.roi
     assert roi is not None
     if len(roi) != len(patch):
-        raise UserError(f"{where}: preprocessing.roi {list(roi)} must have "
-                        f"{len(patch)} values like the configuration's patch_size {patch}")
+        raise UserError(
+            f"{where}: preprocessing.roi {list(roi)} must have "
+            f"{len(patch)} values like the configuration's patch_size {patch}"
+        )
     return BankEntry(
         name=ctx.name,
         kind="nnunet",
@@ -187,13 +214,16 @@ def parse_nnunet_entry(raw: Mapping[str, Any], ctx: ParseContext) -> BankEntry:
 
 def _read_json(path: Path, where: str, what: str) -> dict:
     if not path.is_file():
-        raise UserError(f"{where}: {path} does not exist; 'nnunet' must point at an nnU-Net v2 "
-                        f"trained-model folder (it holds plans.json, dataset.json, fold_*)")
+        raise UserError(
+            f"{where}: {path} does not exist; 'nnunet' must point at an nnU-Net v2 "
+            f"trained-model folder (it holds plans.json, dataset.json, fold_*)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: {path} is not valid JSON ({exc}); restore the {what} file "
-                        "nnU-Net wrote") from None
+        raise UserError(
+            f"{where}: {path} is not valid JSON ({exc}); restore the {what} file nnU-Net wrote"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"{where}: {path} must hold a JSON object; restore the {what} file")
     return data
@@ -225,8 +255,11 @@ def nnunet_fingerprint(entry) -> dict:
         nnunet_version = version("nnunetv2")
     except Exception:  # not installed: building will say so
         nnunet_version = None
-    return {"plans": file_sha256(plans), "dataset": file_sha256(dataset),
-            "nnunetv2": nnunet_version}
+    return {
+        "plans": file_sha256(plans),
+        "dataset": file_sha256(dataset),
+        "nnunetv2": nnunet_version,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,7 +280,8 @@ def _managers(entry):
             f"model '{entry.name}': configuration '{entry.args['configuration']}' of "
             f"{plans_path} is a cascade stage (it also reads the segmentation of "
             f"'{cm.previous_stage_name}'); ccfv cannot rank it, use the folder of a "
-            "non-cascade configuration (3d_fullres, 3d_lowres, 2d)")
+            "non-cascade configuration (3d_fullres, 3d_lowres, 2d)"
+        )
     return pm, cm, dataset
 
 
@@ -273,7 +307,8 @@ def build_nnunet_network(entry):
             f"model '{entry.name}': nnU-Net cannot build the network of configuration "
             f"'{entry.args['configuration']}' from {_paths(entry)[0]} ({type(exc).__name__}: "
             f"{exc}); the plans need an installed architecture class (a custom one must be "
-            "importable) and its arguments") from None
+            "importable) and its arguments"
+        ) from None
     return network, pm, cm, dataset
 
 
@@ -285,13 +320,15 @@ def load_nnunet_model(entry):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(entry.seed)
         network, *_ = build_nnunet_network(entry)
-    obj = load_torch_file(entry.checkpoint,
-                          f"checkpoint {entry.checkpoint} of model '{entry.name}'")
+    obj = load_torch_file(
+        entry.checkpoint, f"checkpoint {entry.checkpoint} of model '{entry.name}'"
+    )
     if not isinstance(obj, Mapping) or not isinstance(obj.get("network_weights"), Mapping):
         keys = ", ".join(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
         raise UserError(
             f"model '{entry.name}': checkpoint {entry.checkpoint} has no 'network_weights' "
-            f"(found: {keys}); point 'checkpoint' at a checkpoint written by nnU-Net's trainer")
+            f"(found: {keys}); point 'checkpoint' at a checkpoint written by nnU-Net's trainer"
+        )
     state = dict(obj["network_weights"])
     if any(k.startswith("_orig_mod.") for k in state):  # saved from a torch.compile'd network
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
@@ -315,13 +352,21 @@ def load_nnunet_model(entry):
         raise UserError(
             f"model '{entry.name}': checkpoint {entry.checkpoint} does not fit the network of "
             f"configuration '{entry.args['configuration']}' in {_paths(entry)[0]}: "
-            f"{'; '.join(parts)}; use the checkpoint trained with these plans (same folder)")
+            f"{'; '.join(parts)}; use the checkpoint trained with these plans (same folder)"
+        )
     network.load_state_dict(state, strict=True)
     network.eval()
     n = sum(1 for _ in network.parameters())
-    report = LoadReport(entry=entry.name, initialisation="checkpoint", checkpoint=entry.checkpoint,
-                        key="network_weights", seed=entry.seed, n_params=n, n_params_matched=n,
-                        matched=tuple(state))
+    report = LoadReport(
+        entry=entry.name,
+        initialisation="checkpoint",
+        checkpoint=entry.checkpoint,
+        key="network_weights",
+        seed=entry.seed,
+        n_params=n,
+        n_params_matched=n,
+        matched=tuple(state),
+    )
     return network, report
 
 
@@ -334,7 +379,8 @@ def nnunet_auto_layers(model, entry):
         raise UserError(
             f"model '{entry.name}': 'layers: auto' knows nnU-Net networks with decoder.stages "
             f"and decoder.seg_layers (PlainConvUNet, ResidualEncoderUNet), not "
-            f"{type(model).__name__}; run `ccfv layers` and name 2-3 decoder layers in 'layers'")
+            f"{type(model).__name__}; run `ccfv layers` and name 2-3 decoder layers in 'layers'"
+        )
     specs = [LayerSpec(f"decoder.stages.{i}", "output") for i in range(n - 1)]
     specs.append(LayerSpec(f"decoder.seg_layers.{heads - 1}", "input"))
     return specs[-3:]
@@ -357,7 +403,8 @@ def make_nnunet_preprocess(entry, ndim: int):
         raise UserError(
             f"model '{entry.name}': configuration '{config}' of {plans_path} is {model_dims}D but "
             f"the images are {ndim}D; use a {'2d' if ndim == 2 else '3d_fullres'} configuration "
-            "(ccfv does not run a 2d configuration slice by slice on 3D images yet)")
+            "(ccfv does not run a 2d configuration slice by slice on 3D images yet)"
+        )
     reader = str(pm.plans.get("image_reader_writer", "SimpleITKIO"))
     if reader in _REVERSING_READERS:
         reverse = True
@@ -366,12 +413,14 @@ def make_nnunet_preprocess(entry, ndim: int):
     else:
         raise UserError(
             f"model '{entry.name}': {plans_path} reads images with {reader}, whose voxel order "
-            f"ccfv does not know (it knows {', '.join(_REVERSING_READERS + _KEEPING_READERS)})")
+            f"ccfv does not know (it knows {', '.join(_REVERSING_READERS + _KEEPING_READERS)})"
+        )
     transpose = [int(t) for t in pm.transpose_forward]
     if ndim == 2 and transpose[0] != 0:
         raise UserError(
             f"model '{entry.name}': {plans_path} has transpose_forward {transpose}, which moves "
-            "the slice axis of 2D images; ccfv supports 2D plans that keep it first")
+            "the slice axis of 2D images; ccfv supports 2D plans that keep it first"
+        )
     preprocessor = DefaultPreprocessor(verbose=False)
     if cm.preprocessor_name != "DefaultPreprocessor":
         preprocessor = cm.preprocessor_class(verbose=False)
@@ -459,23 +508,31 @@ class NnUNet(ModelKind):
     def preprocess(self, entry: BankEntry, ndim: int) -> PreprocessFn:
         return make_nnunet_preprocess(entry, ndim)
 
-    def trainer_checkpoint(self, entry: BankEntry, state: Mapping[str, Any],
-                           classes: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+    def trainer_checkpoint(
+        self, entry: BankEntry, state: Mapping[str, Any], classes: Mapping[str, str]
+    ) -> tuple[str, dict[str, Any]] | None:
         """The dict nnU-Net's ``nnUNetTrainer.save_checkpoint`` writes, built from the entry's
         own checkpoint (its ``init_args``, with the target's labels in ``dataset_json``)."""
         if entry.checkpoint is None:  # parse_nnunet_entry always sets it
             return None
-        original = load_torch_file(entry.checkpoint, f"checkpoint {entry.checkpoint} of model "
-                                                     f"'{entry.name}'")
+        original = load_torch_file(
+            entry.checkpoint, f"checkpoint {entry.checkpoint} of model '{entry.name}'"
+        )
         init = dict(original.get("init_args") or {})
         dataset = dict(init.get("dataset_json") or {})
         dataset["labels"] = {name: int(k) for k, name in classes.items()}
         init["dataset_json"] = dataset
         return "checkpoint_final.pth", {
-            "network_weights": dict(state), "optimizer_state": None, "grad_scaler_state": None,
-            "logging": {}, "_best_ema": None, "current_epoch": 0, "init_args": init,
+            "network_weights": dict(state),
+            "optimizer_state": None,
+            "grad_scaler_state": None,
+            "logging": {},
+            "_best_ema": None,
+            "current_epoch": 0,
+            "init_args": init,
             "trainer_name": original.get("trainer_name", "nnUNetTrainer"),
-            "inference_allowed_mirroring_axes": original.get("inference_allowed_mirroring_axes")}
+            "inference_allowed_mirroring_axes": original.get("inference_allowed_mirroring_axes"),
+        }
 
     def describe_preprocessing(self, entry: BankEntry) -> str:
         config = (entry.args or {}).get("configuration", "?")
@@ -486,8 +543,10 @@ class NnUNet(ModelKind):
         cfg = _configuration(plans, entry.args["configuration"])
         spacing = "x".join(f"{v:g}" for v in cfg.get("spacing", []))
         schemes = ", ".join(cfg.get("normalization_schemes", []))
-        return (f"nnU-Net {entry.args['configuration']}: {schemes or '?'}, spacing "
-                f"{spacing or '?'}; {window_summary(entry.preprocessing)}")
+        return (
+            f"nnU-Net {entry.args['configuration']}: {schemes or '?'}, spacing "
+            f"{spacing or '?'}; {window_summary(entry.preprocessing)}"
+        )
 
     def scan_folder(self, folder: Path, base: Path) -> list[Candidate | Skipped] | None:
         if not ((folder / "plans.json").is_file() and (folder / "dataset.json").is_file()):
@@ -495,7 +554,7 @@ class NnUNet(ModelKind):
         out: list[Candidate | Skipped] = []
         folds = sorted((p for p in folder.glob("fold_*") if p.is_dir()), key=_fold_key)
         for fold_dir in folds:
-            fold_text = fold_dir.name[len("fold_"):]
+            fold_text = fold_dir.name[len("fold_") :]
             if not (fold_text.isdigit() or fold_text == "all"):
                 continue
             ckpt = next((n for n in _CHECKPOINT_ORDER if (fold_dir / n).is_file()), None)
@@ -503,9 +562,14 @@ class NnUNet(ModelKind):
                 others = sorted(p.name for p in fold_dir.glob("*.pth"))
                 ckpt = others[0] if others else None
             if ckpt is None:
-                out.append(Skipped(fold_dir, "nnU-Net fold folder without a checkpoint "
-                                             "(checkpoint_final.pth); finish or copy the "
-                                             "training"))
+                out.append(
+                    Skipped(
+                        fold_dir,
+                        "nnU-Net fold folder without a checkpoint "
+                        "(checkpoint_final.pth); finish or copy the "
+                        "training",
+                    )
+                )
                 continue
             fold: int | str = int(fold_text) if fold_text.isdigit() else "all"
             trainer, plans, config = _folder_parts(folder.name)
@@ -515,17 +579,30 @@ class NnUNet(ModelKind):
             if plans and plans != "nnUNetPlans":
                 name_parts.append(plans)
             name_parts += [config or folder.name, f"fold{fold}"]
-            raw: dict[str, Any] = {"name": clean_name("_".join(name_parts)),
-                                   "nnunet": relative_path(folder, base), "fold": fold}
+            raw: dict[str, Any] = {
+                "name": clean_name("_".join(name_parts)),
+                "nnunet": relative_path(folder, base),
+                "fold": fold,
+            }
             if ckpt != "checkpoint_final.pth":
                 raw["checkpoint"] = ckpt
-            out.append(Candidate(
-                raw=raw, source_format="nnunet", path=fold_dir,
-                comment=f"nnU-Net v2 results folder: {folder} (fold {fold}, {ckpt})"))
+            out.append(
+                Candidate(
+                    raw=raw,
+                    source_format="nnunet",
+                    path=fold_dir,
+                    comment=f"nnU-Net v2 results folder: {folder} (fold {fold}, {ckpt})",
+                )
+            )
         if not folds:
-            out.append(Skipped(folder, "has plans.json and dataset.json but no fold_* folder "
-                                       "with a checkpoint; point the scan at a trained-model "
-                                       "folder of nnUNet_results"))
+            out.append(
+                Skipped(
+                    folder,
+                    "has plans.json and dataset.json but no fold_* folder "
+                    "with a checkpoint; point the scan at a trained-model "
+                    "folder of nnUNet_results",
+                )
+            )
         return out
 
 
@@ -538,5 +615,5 @@ def _folder_parts(name: str) -> tuple[str, str, str]:
 
 
 def _fold_key(path: Path) -> tuple[int, int | str]:
-    text = path.name[len("fold_"):]
+    text = path.name[len("fold_") :]
     return (0, int(text)) if text.isdigit() else (1, text)

@@ -96,7 +96,10 @@ class TorchScript(ModelKind):
         else:
             n = sum(1 for _ in model.scripted.parameters())
             report = LoadReport(
-                entry=entry.name, initialisation="torchscript", n_params=n, n_params_matched=n,
+                entry=entry.name,
+                initialisation="torchscript",
+                n_params=n,
+                n_params_matched=n,
                 weights_from="the TorchScript file",
             )
             log.info("%s", report.summary())
@@ -122,9 +125,9 @@ class TorchScript(ModelKind):
         taps = []
         if entry.layers != "auto":
             taps = [
-                spec.name[len(TAP_PREFIX):]
+                spec.name[len(TAP_PREFIX) :]
                 for spec in entry.layers
-                if spec.name.startswith(TAP_PREFIX) and "." not in spec.name[len(TAP_PREFIX):]
+                if spec.name.startswith(TAP_PREFIX) and "." not in spec.name[len(TAP_PREFIX) :]
             ]
         return TorchScriptModel(scripted, list(dict.fromkeys(taps)))
 
@@ -146,28 +149,37 @@ class TorchScript(ModelKind):
         cand.raw["layers"] = ["outputs.0"]
         guess = _guess_input(model)
         if guess is None:
-            cand.notes.append("input size unknown: set preprocessing.roi (the training patch "
-                              "size) and in_channels")
+            cand.notes.append(
+                "input size unknown: set preprocessing.roi (the training patch "
+                "size) and in_channels"
+            )
             return
         channels, dims = guess
         roi = _DEFAULT_ROI[dims]
         try:
             infos = list_layers(model, [1, channels, *roi])
         except Exception as exc:
-            cand.notes.append(f"a {list(roi)} window did not run "
-                              f"({first_line(exc, printable=True)[:100]}); "
-                              "set preprocessing.roi (the training patch size)")
+            cand.notes.append(
+                f"a {list(roi)} window did not run "
+                f"({first_line(exc, printable=True)[:100]}); "
+                "set preprocessing.roi (the training patch size)"
+            )
             return
         cand.raw["layers"] = [i.name for i in infos if i.output_shape is not None] or ["outputs.0"]
         cand.raw["preprocessing"] = {"roi": list(roi), "in_channels": channels}
-        cand.notes.append("TorchScript runs no hooks: layers are what its forward returns "
-                          "(outputs.N); roi guessed, set the training patch size")
+        cand.notes.append(
+            "TorchScript runs no hooks: layers are what its forward returns "
+            "(outputs.N); roi guessed, set the training patch size"
+        )
 
 
 def _candidate(path: Path, base: Path) -> Candidate:
-    return Candidate(raw={"name": clean_name(path.stem), "torchscript": relative_path(path, base)},
-                     source_format="torchscript", path=path,
-                     comment=f"TorchScript file: {path}")
+    return Candidate(
+        raw={"name": clean_name(path.stem), "torchscript": relative_path(path, base)},
+        source_format="torchscript",
+        path=path,
+        comment=f"TorchScript file: {path}",
+    )
 
 
 def _guess_input(model: TorchScriptModel) -> tuple[int, int] | None:
@@ -201,9 +213,12 @@ def _probe_torch_file(path: Path) -> tuple[bool, str]:
         return False, (
             "a state dict: it does not say its architecture. Write its entry by hand: "
             "{name: ..., network: monai.networks.nets.UNet (its class), args: {...the "
-            f"constructor arguments...}}, checkpoint: {path}}}")
-    return False, (f"holds a {type(obj).__name__}, not a model ccfv can build; save a "
-                   "TorchScript file or a state dict with a 'network'/'args' entry")
+            f"constructor arguments...}}, checkpoint: {path}}}"
+        )
+    return False, (
+        f"holds a {type(obj).__name__}, not a model ccfv can build; save a "
+        "TorchScript file or a state dict with a 'network'/'args' entry"
+    )
 
 
 def _holds_state_dict(obj: Any) -> bool:
@@ -211,5 +226,7 @@ def _holds_state_dict(obj: Any) -> bool:
         return False
     if any(isinstance(v, torch.Tensor) for v in obj.values()):
         return True
-    return any(isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values())
-               for v in obj.values())
+    return any(
+        isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values())
+        for v in obj.values()
+    )
