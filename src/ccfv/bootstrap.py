@@ -28,14 +28,13 @@ model's features; :func:`bootstrap_ranking` chains them for feature sets held in
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import UserError, collect_ccfv_warnings
 
 if TYPE_CHECKING:
     from ccfv.estimators.featureset import CaseIndices
@@ -125,8 +124,7 @@ def replicate_scores(
     from ccfv.estimators.registry import subset_scorer
 
     values = np.full(len(draws), np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CCFVWarning)
+    with collect_ccfv_warnings():
         if scorer is None and hasattr(score, "prepare"):
             try:
                 scorer = score.prepare(features, predictions)

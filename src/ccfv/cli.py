@@ -26,7 +26,7 @@ FAILURE_LOG = "failures.log"
 #: Loggers whose messages are the run's own lines (printed on stdout, INFO and up): a note on
 #: the data, one line per model, failures, warnings. Every other ``ccfv.*`` logger is printed
 #: on stderr from WARNING up, as Python prints a library's warnings without a handler.
-RUN_LOGGERS = ("ccfv.rank", "ccfv.backends")
+RUN_LOGGERS = ("ccfv.rank", "ccfv.backends", "ccfv.bench", "ccfv.select")
 
 
 @contextmanager

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from ccfv.bench.per_class import (
     mean_class_dice,
     plot_class_consistency,
 )
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 from ccfv.files import atomic_write
 
@@ -63,8 +62,7 @@ def reliability_statistics(summary: dict, main: list[str], n_boot: int = BOOTSTR
         if len(runs.usable()) < 3:
             continue
         scores = {name: m.get("scores", {}) for name, m in models.items()}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CCFVWarning)
+        with collect_ccfv_warnings():
             reports[t] = target_report(runs, scores, n_boot=n_boot)
         runs_of[t] = (runs, scores)
     head = headline(reports)
@@ -382,8 +380,7 @@ def target_statistics(models: dict) -> dict[str, dict]:
     out = {}
     for method in methods:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", CCFVWarning)
+            with collect_ccfv_warnings():
                 (row,) = evaluate(scores, truth, methods=[method])
         except UserError as error:
             out[method] = {s: None for s in STATS} | {"n_models": 0, "note": str(error)}
@@ -661,8 +658,7 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
             )
             md += ["", f"![{t}](fig2_{t}.png)"]
         elif usable:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", CCFVWarning)
+            with collect_ccfv_warnings():
                 paths[f"fig2_{t}"] = plot_scores_vs_truth(
                     scores, truth_of(models), out / f"fig2_{t}.png", methods=usable
                 )

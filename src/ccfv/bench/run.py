@@ -33,10 +33,11 @@ the convergence study (``ccfv bench --convergence``) that chooses ``finetune.ste
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,11 @@ import yaml
 from ccfv.bench.config import BenchConfig, digest_view
 from ccfv.bench.per_class import CLASS_CONSISTENCY  # the variants class_consistency records
 from ccfv.bench.tasks import PreparedTask, prepare_task
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.files import atomic_write
+
+#: The run's progress lines (the CLI prints them on stdout; ``log=`` sends them elsewhere).
+_logger = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
 PROPORTIONAL = "@proportional"
@@ -447,8 +451,7 @@ def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
 
     out = {}
     for name, options in CLASS_CONSISTENCY.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CCFVWarning)
+        with collect_ccfv_warnings():
             parts = ccfv_parts(features, "paper", **options)
         per_class: dict[str, list] = {}
         for layer in parts.layers:
@@ -487,8 +490,7 @@ def score_target(
     def record(model, features, _predictions):
         per_class[model] = class_consistency(features, target.class_names)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CCFVWarning)
+    with collect_ccfv_warnings():
         fixed = rank(
             bank_file,
             target.train_folder,
@@ -618,7 +620,7 @@ def run_bench(
     out: str | Path,
     *,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], object] | None = None,
     device: str = "cpu",
 ) -> dict:
     """Run (or resume) the whole benchmark; write results to ``out``; return the summary.
@@ -630,6 +632,7 @@ def run_bench(
     (target after target) and the scoring; each writes the results when all are done."""
     from ccfv.bench.report import write_results
 
+    log = log or _logger.info
     _check_device(device)
     work, out = Path(work), Path(out)
     start = time.time()
@@ -760,7 +763,7 @@ def run_convergence(
     out: str | Path,
     *,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], object] | None = None,
     device: str = "cpu",
 ) -> dict:
     """The convergence study that chooses ``finetune.steps``: per target, for each architecture
@@ -772,6 +775,7 @@ def run_convergence(
     budget: the curve, best and final validation Dice, test Dice) and
     ``out/convergence_<target>.png``. Cached in ``work/convergence``; shares the pre-training
     cache and the claims of :func:`run_bench`."""
+    log = log or _logger.info
     _check_device(device)
     work, out = Path(work), Path(out)
     tasks = _prepare_all(config, work, log)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ccfv.bench.sizes import spatial_size
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.files import atomic_write
 
 
@@ -295,8 +294,7 @@ def prepare_task(
             )
         _write_train_folder(task.train_folder, task)
         return task
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CCFVWarning)
+    with collect_ccfv_warnings():
         chosen = select_cases(dataset, min(max_cases, len(dataset.cases)), split_seed)
     chosen = sorted(chosen, key=lambda c: c.case_id)
     reserved = None

@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ccfv.errors import CCFVWarning, UserError
+from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.estimators.ccfv import CCFVTables, ccfv_tables
 from ccfv.estimators.ccfv_pca import centred
 from ccfv.estimators.featureset import CaseIndices, FeatureSet, validate_feature_set
@@ -69,8 +68,7 @@ class CCFVNullTables:
     def layer_terms(self, cases: CaseIndices | None = None) -> dict[str, float]:
         """``{layer: term}`` over ``cases`` (default all)."""
         observed = self.observed.parts(cases).layers
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CCFVWarning)  # the same skips as the observed
+        with collect_ccfv_warnings():  # the same skips as the observed
             null = np.array([[p.consistency for p in t.parts(cases).layers] for t in self.null])
         terms = {}
         for l, part in enumerate(observed):
@@ -164,8 +162,7 @@ def ccfv_null_tables(
         workers=workers,
     )
     observed = ccfv_tables(data, "paper", **options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CCFVWarning)
+    with collect_ccfv_warnings():
         null = [
             ccfv_tables(copy, "paper", **options)
             for copy in _permutations(data, int(seed), int(permutations))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ccfv.errors import CCFVWarning
+from ccfv.errors import collect_ccfv_warnings
 from ccfv.evaluation.metrics import _first_pick, evaluate
 from ccfv.files import atomic_write
 
@@ -36,8 +35,7 @@ def plot_scores_vs_truth(
     import matplotlib.pyplot as plt
 
     if rows is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CCFVWarning)
+        with collect_ccfv_warnings():
             rows = evaluate(scores, truth, methods=methods)
     n = len(rows)
     ncols = min(3, max(1, n))

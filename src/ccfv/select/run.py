@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import time
 import traceback
@@ -421,10 +422,13 @@ def select(
     data: str | Path,
     settings: SelectSettings,
     out: str | Path,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``ccfv select`` and return what ``selection.json`` holds (written with
-    ``report.md``, the curve plot and the winner's weights into ``out``)."""
+    ``report.md``, the curve plot and the winner's weights into ``out``). Progress lines go to
+    ``log``, by default the ``ccfv.select.run`` logger (the CLI prints it on stdout)."""
+    if log is None:
+        log = logging.getLogger(__name__).info
     from ccfv.bank import load_bank
     from ccfv.rank import rank
 
