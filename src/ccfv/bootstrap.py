@@ -134,11 +134,9 @@ def replicate_scores(
             scorer = subset_scorer(
                 lambda sub, preds: score(sub, predictions=preds), features, predictions
             )
-        iterator = enumerate(draws)
-        if progress:
-            from tqdm.auto import tqdm
+        from ccfv.progress import progress as bar
 
-            iterator = tqdm(list(iterator), desc=progress, unit="draw", leave=False)
+        iterator = bar(enumerate(draws), desc=str(progress), unit="draw", enabled=bool(progress))
         for b, idx in iterator:
             try:
                 value = float(scorer(idx))

@@ -1,4 +1,5 @@
-"""The one progress helper: tqdm bars for the feature passes, the bootstrap and the windows.
+"""The one progress helper: tqdm bars for the feature passes, the bootstrap, the windows and
+the training loop.
 
 Every bar of a run goes through :func:`progress` (over an iterable) or :func:`progress_bar`
 (a counter updated by hand), so that ``--quiet`` (``enabled=False``) turns all of them off in
@@ -25,11 +26,19 @@ def progress(
     return iter(tqdm(list(items), desc=desc, unit=unit, leave=leave))
 
 
-def progress_bar(total: int, *, desc: str, unit: str, enabled: bool = True) -> Any:
-    """A tqdm bar of ``total`` steps (call ``update(n)`` and ``close()``), or None when not
-    ``enabled``."""
+def progress_bar(
+    total: int,
+    *,
+    desc: str,
+    unit: str,
+    enabled: bool = True,
+    initial: int = 0,
+    leave: bool = True,
+) -> Any:
+    """A tqdm bar of ``total`` steps starting at ``initial`` (call ``update(n)``,
+    ``set_postfix_str`` and ``close()``), or None when not ``enabled``."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit)
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=leave)

@@ -9,7 +9,8 @@ sampling from volumes, output-head re-initialisation and sliding-window validati
     info = fit(model, sampler, steps=..., start=state, stop=500, save=save)     # resumable
     dice = validation_dice(model, val_cases, roi, n_classes=5)                 # sliding window
 
-May import torch, MONAI, numpy, scipy, tqdm and :mod:`ccfv.errors`; nothing above it.
+May import torch, MONAI, numpy, scipy, :mod:`ccfv.errors` and :mod:`ccfv.progress` (tqdm);
+nothing above it.
 """
 
 from ccfv.training.head import replace_head

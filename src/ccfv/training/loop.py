@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from ccfv.progress import progress_bar
 
 __all__ = ["TrainState", "fit", "set_seed"]
 
@@ -217,10 +218,13 @@ def fit(
             scaler=scaler.state_dict() if scaler is not None else None,
         )
 
-    bar = (
-        tqdm(total=stop, initial=first, desc=progress, leave=False)
-        if isinstance(progress, str)
-        else None
+    bar = progress_bar(
+        stop,
+        desc=str(progress),
+        unit="step",
+        enabled=isinstance(progress, str),
+        initial=first,
+        leave=False,
     )
     began = time.perf_counter()
     model.train()
