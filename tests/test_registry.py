@@ -106,3 +106,14 @@ def test_the_bench_report_sets_apart_only_the_variant_study():
         "nleep[mixture=sklearn; threads=null]",
     ):
         assert not is_ablation(method), method
+
+
+def test_one_default_method_for_rank_select_and_the_command_line():
+    from ccfv.cli import build_parser
+    from ccfv.estimators.registry import DEFAULT_METHOD
+    from ccfv.rank import RankSettings
+
+    assert DEFAULT_METHOD in ccfv.ESTIMATORS
+    assert RankSettings().methods == (DEFAULT_METHOD,)
+    args = build_parser().parse_args(["rank", "--bank", "b.yaml", "--data", "d"])
+    assert args.methods == DEFAULT_METHOD

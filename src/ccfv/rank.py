@@ -31,7 +31,7 @@ from ccfv.backends.base import FeatureBackend
 from ccfv.backends.local import LocalBackend
 from ccfv.bootstrap import BootstrapResult, replicate_scores, resample_cases, summarize
 from ccfv.errors import UserError, collect_ccfv_warnings, first_line
-from ccfv.estimators.registry import get_estimator, split_methods
+from ccfv.estimators.registry import DEFAULT_METHOD, get_estimator, split_methods
 from ccfv.passes import (
     FeatureTarget,
     ModelFeatures,
@@ -120,7 +120,7 @@ class RankSettings:
     :func:`rank` before any model runs.
     """
 
-    methods: tuple[str, ...] = ("ccfv",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     cases: int | None = None
     seed: int = 0
     device: str | None = None

@@ -105,6 +105,10 @@ def subset_scorer(score: Callable, features, predictions=None) -> Callable[[Case
 #: of 8 targets.
 DEFAULT_CCFV: dict[str, Any] = {"variant": "paper", "normalize_consistency": True}
 
+#: The estimator that ranks when none is named (``ccfv rank``, ``ccfv select``, ``RankSettings``);
+#: changed only by the rule of docs/explanation/choosing-the-default.md.
+DEFAULT_METHOD = "ccfv"
+
 ESTIMATORS: dict[str, Estimator] = {
     "ccfv": Estimator(
         partial(ccfv_score, **DEFAULT_CCFV), tables=partial(ccfv_tables, **DEFAULT_CCFV)

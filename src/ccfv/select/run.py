@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ccfv.errors import UserError, first_line
+from ccfv.estimators.registry import DEFAULT_METHOD
 from ccfv.select.plan import (
     Budget,
     Plan,
@@ -442,7 +443,7 @@ def select(
     ranked = rank(
         bank,
         data,
-        methods=("ccfv",),
+        methods=(DEFAULT_METHOD,),
         cases=settings.cases,
         seed=settings.seed,
         device=settings.device,
@@ -456,7 +457,7 @@ def select(
     order = [
         m
         for m in ranked.ranking()
-        if m not in ranked.failures and ranked.scores[m].get("ccfv") is not None
+        if m not in ranked.failures and ranked.scores[m].get(DEFAULT_METHOD) is not None
     ]
     if not order:
         raise UserError(f"no model of {bank} could be ranked: {ranked.failures}")
@@ -566,7 +567,7 @@ def _summarise(
         rec = run.record if run is not None else {}
         per[name] = {
             "rank": order.index(name) + 1,
-            "ccfv": ranked.scores[name]["ccfv"],
+            DEFAULT_METHOD: ranked.scores[name][DEFAULT_METHOD],
             "rungs": [rung_values[r].get(name) for r in range(len(rung_values))],
             "curve": rec.get("curve", []),
             "steps": rec.get("steps", 0),
@@ -589,7 +590,7 @@ def _summarise(
             "val_dice": per[winner]["rungs"][-1] if per[winner]["rungs"] else None,
             "steps": per[winner]["steps"],
         },
-        "ranking": {m: ranked.scores[m]["ccfv"] for m in order},
+        "ranking": {m: ranked.scores[m][DEFAULT_METHOD] for m in order},
         "rank_failures": dict(ranked.failures),
         "candidates": per,
         "plan": {**plan.to_dict(), "budget": str(budget), "top": settings.top},
