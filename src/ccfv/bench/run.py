@@ -271,6 +271,17 @@ def pretrain(
     return path
 
 
+def finetune_settings(config: BenchConfig, target: str, steps: int | None = None) -> dict:
+    """``finetune`` of the config for target ``target``: its ``steps`` from ``steps`` if given,
+    else from the target's ``finetune_steps``, else ``finetune.steps``."""
+    cfg = dict(config["finetune"])
+    if steps is None:
+        steps = config.finetune_steps(target)
+    if steps is not None:
+        cfg["steps"] = int(steps)
+    return cfg
+
+
 def finetune_path(
     config: BenchConfig,
     name: str,
@@ -283,11 +294,7 @@ def finetune_path(
 ) -> Path:
     """Where :func:`finetune` caches one run (``steps`` overrides ``finetune.steps`` and the
     target's ``finetune_steps``)."""
-    cfg = dict(config["finetune"])
-    if steps is None:
-        steps = config.finetune_steps(target.name)
-    if steps is not None:
-        cfg["steps"] = int(steps)
+    cfg = finetune_settings(config, target.name, steps)
     # the seed is in the file name, not the digest: adding a seed keeps the runs already made
     digest = config.digest(
         "pretrain", "size", "channels", "max_cases", "split_seed", "test_fraction"
@@ -331,11 +338,7 @@ def finetune(
         train,
     )
 
-    cfg = dict(config["finetune"])
-    if steps is None:
-        steps = config.finetune_steps(target.name)
-    if steps is not None:
-        cfg["steps"] = int(steps)
+    cfg = finetune_settings(config, target.name, steps)
     path = finetune_path(config, name, target, seed, work, device, steps, folder)
     if path.is_file():
         return json.loads(path.read_text())
@@ -705,7 +708,7 @@ def run_bench(
             "models": models,
             "classes": [target.class_names.get(k, str(k)) for k in range(1, target.n_classes)],
             "spatial_dims": len(config.spatial_size),
-            "finetune_steps": config.finetune_steps(target_name) or config["finetune"]["steps"],
+            "finetune_steps": finetune_settings(config, target_name)["steps"],
             "train": [target.case_ids[i] for i in target.train],
             "test": [target.case_ids[i] for i in target.test],
         }
