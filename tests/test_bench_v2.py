@@ -357,3 +357,45 @@ def test_statistics_bootstrap_is_checked_and_quick_uses_fewer(tmp_path):
     config = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer2d-v2.yaml"
     assert load_config(config)["statistics"]["bootstrap"] == 1000
     assert load_config(config, quick=True)["statistics"]["bootstrap"] == 100
+
+
+@needs_data
+def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys):
+    """``--targets`` runs only some targets; a name outside the config is refused in one line."""
+    from ccfv.cli import main
+
+    path = _config(
+        tmp_path,
+        targets=["drive_retinal_vessels", "hc18_fetal_head"],
+        size=32,
+        max_cases=12,
+        train_cases=6,
+        architectures=["unet"],
+        pretrain={"steps": 2},
+        finetune={"steps": 2, "seeds": [0, 1]},
+        scoring={"cases": 3, "counts": [10, 20, 40], "methods": ["logme"], "proportional": []},
+        statistics={"bootstrap": 20},
+    )
+    assert main(["bench", "--config", str(path), "--targets", "isbi_em_membranes"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        "--targets isbi_em_membranes: not a target of "
+        f"{path}; give some of drive_retinal_vessels, hc18_fetal_head"
+    )
+    work, out = tmp_path / "work", tmp_path / "out"
+    args = ["bench", "--config", str(path), "--work", str(work), "--out", str(out), "--quiet"]
+    assert main([*args, "--targets", "hc18_fetal_head"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["targets"]) == ["hc18_fetal_head"]
+    runs = sorted(p.name for p in (work / "finetune").glob("*/*.json"))
+    assert len(runs) == 4 and {p.parent.name for p in (work / "finetune").glob("*/*")} == {
+        "hc18_fetal_head"
+    }
+    # the full run reuses the subset's fine-tuning runs (same digests) and adds the other target
+    stamp = {p: p.stat().st_mtime_ns for p in (work / "finetune").glob("*/*.json")}
+    assert main(args) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
+    assert list(json.loads((out / "summary.json").read_text())["targets"]) == [
+        "drive_retinal_vessels",
+        "hc18_fetal_head",
+    ]

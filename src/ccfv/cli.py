@@ -301,6 +301,15 @@ def _cmd_bench(args) -> int:
 
         torch.set_num_threads(args.threads)
     config = load_config(args.config, quick=args.quick)
+    if args.targets:
+        unknown = [t for t in args.targets if t not in config.targets]
+        if unknown:
+            raise UserError(
+                f"--targets {' '.join(unknown)}: not a target of {args.config}; give some of "
+                f"{', '.join(config.targets)}"
+            )
+        # the targets enter no cache digest: a subset reuses the full run's cached stages
+        config.raw["targets"] = list(dict.fromkeys(args.targets))
     work = Path(args.work or Path(".ccfv_bench") / config["name"])
     out = Path(args.out or Path("bench-out") / config["name"])
     print(
@@ -558,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
         "against fine-tuning steps for the scratch and one pre-trained model "
         "per target, the config's `convergence` budgets) that chooses "
         "finetune.steps; writes --out/convergence.json and plots",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="TARGET",
+        help="run and report only these targets of the config (default: all of them); "
+        "they share the cache with the full run, so a finished target can be reported "
+        "while the others still train",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
