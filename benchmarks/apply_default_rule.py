@@ -138,7 +138,18 @@ def apply_rule(
     seed: int = SEED,
 ) -> dict:
     """The decision: ``default`` (the method chosen), ``qualified``, per candidate the checks,
-    the best baseline, the reliable targets and every figure the README reports."""
+    the best baseline, the reliable targets and every figure the README reports. On an interim
+    summary (``summary["interim"]``, written by ``ccfv bench --targets``) the same figures,
+    with ``interim`` set and ``default`` the incumbent: only a complete run decides."""
+    result = _decide(summary, candidates, baselines, threshold, n_boot, seed)
+    if summary.get("interim"):
+        result["interim"] = dict(summary["interim"], rule_would_pick=result["default"])
+        result["decision"] = f"interim, not applied (a partial run): {result['decision']}"
+        result["default"] = INCUMBENT
+    return result
+
+
+def _decide(summary, candidates, baselines, threshold, n_boot, seed) -> dict:
     from ccfv.reliability import across_targets, paired_difference
 
     methods = list(dict.fromkeys([*candidates, *baselines]))
@@ -288,6 +299,13 @@ def markdown(result: dict) -> str:
         f"**Decision: {result['decision']}.**",
         "",
     ]
+    if result.get("interim"):
+        lines += [
+            f"Interim: this summary holds {', '.join(result['interim']['targets'])} of the "
+            f"config's targets {', '.join(result['interim']['of'])}; by the rule, only the "
+            "complete run changes the default.",
+            "",
+        ]
     if not result.get("figures"):
         return "\n".join(lines) + "\n"
     best = result["best_baseline"]

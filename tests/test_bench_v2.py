@@ -387,6 +387,11 @@ def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys)
     assert main([*args, "--targets", "hc18_fetal_head"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["targets"]) == ["hc18_fetal_head"]
+    assert summary["interim"] == {
+        "targets": ["hc18_fetal_head"],
+        "of": ["drive_retinal_vessels", "hc18_fetal_head"],
+    }
+    assert "**Interim report**: 1 of the config's 2 targets" in (out / "tables.md").read_text()
     runs = sorted(p.name for p in (work / "finetune").glob("*/*.json"))
     assert len(runs) == 4 and {p.parent.name for p in (work / "finetune").glob("*/*")} == {
         "hc18_fetal_head"
@@ -395,7 +400,6 @@ def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys)
     stamp = {p: p.stat().st_mtime_ns for p in (work / "finetune").glob("*/*.json")}
     assert main(args) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
-    assert list(json.loads((out / "summary.json").read_text())["targets"]) == [
-        "drive_retinal_vessels",
-        "hc18_fetal_head",
-    ]
+    full = json.loads((out / "summary.json").read_text())
+    assert list(full["targets"]) == ["drive_retinal_vessels", "hc18_fetal_head"]
+    assert "interim" not in full

@@ -77,3 +77,15 @@ def test_within_architecture_tau_against_scipy():
         ]
     )
     assert within_architecture_tau(scores, truth) == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_interim_summary_reports_but_does_not_decide():
+    """A partial run (``ccfv bench --targets``) gets the rule's figures, not a new default."""
+    rng = np.random.default_rng(0)
+    summary = _summary(rng, good=["ccfv-pca"])
+    summary["interim"] = {"targets": ["t0", "t1"], "of": ["t0", "t1", "t2"]}
+    result = apply_rule(summary, n_boot=50)
+    assert result["default"] == "ccfv"
+    assert result["interim"]["rule_would_pick"] == "ccfv-pca"
+    assert result["decision"].startswith("interim, not applied")
+    assert "only the complete run changes the default" in markdown(result)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral
 from pathlib import Path
 
@@ -181,9 +181,25 @@ class BenchConfig:
 
     raw: dict
     source: str
+    #: set by :meth:`only_targets`: every target of the config file, of which this runs some
+    targets_of_config: tuple[str, ...] | None = None
 
     def __getitem__(self, key):
         return self.raw[key]
+
+    def only_targets(self, names: list[str]) -> BenchConfig:
+        """The same config restricted to some of its targets (``ccfv bench --targets``). The
+        targets enter no cache digest, so the subset shares every cached stage with the full
+        run; its summary says it is interim (``summary["interim"]``)."""
+        full = self.targets
+        unknown = [t for t in names if t not in full]
+        if unknown:
+            raise UserError(
+                f"--targets {' '.join(unknown)}: not a target of {self.source}; give some of "
+                f"{', '.join(full)}"
+            )
+        raw = {**self.raw, "targets": list(dict.fromkeys(names))}
+        return replace(self, raw=raw, targets_of_config=tuple(full))
 
     @property
     def task_specs(self) -> dict[str, TaskSpec]:

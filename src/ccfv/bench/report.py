@@ -580,6 +580,14 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
         "## Weighted Kendall tau (the paper's Table 1)",
         "",
     ]
+    if summary.get("interim"):
+        part = summary["interim"]
+        md[3:3] = [
+            f"**Interim report**: {len(part['targets'])} of the config's {len(part['of'])} "
+            f"targets ({', '.join(part['targets'])}; `ccfv bench --targets`); the others "
+            f"({', '.join(t for t in part['of'] if t not in part['targets'])}) are not in it.",
+            "",
+        ]
     md += _table(per_target, avg, main, "weighted_tau", targets, multi_column)
     md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets, multi_column)
     md += ["", "## Spearman rho", ""] + _table(

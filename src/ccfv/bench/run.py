@@ -654,6 +654,9 @@ def run_bench(
         if src != SCRATCH
     }
     summary: dict[str, Any] = {"config": config.raw, "targets": {}, "sources": sources}
+    if config.targets_of_config is not None and list(config.targets_of_config) != targets:
+        # a report of some targets while the others train (``--targets``): not the full run
+        summary["interim"] = {"targets": targets, "of": list(config.targets_of_config)}
     for target_name in targets:
         target = tasks[target_name]
         bank = {
