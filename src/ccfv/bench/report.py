@@ -30,6 +30,7 @@ from ccfv.bench.per_class import (
     mean_class_dice,
     plot_class_consistency,
 )
+from ccfv.bench.selection_report import plot_selection, selection_section
 from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 from ccfv.files import atomic_write
@@ -512,6 +513,24 @@ def is_ablation(method: str) -> bool:
     )
 
 
+def _selection(summary: dict, config, rel: dict, main: list[str]) -> dict:
+    """The replay of ``ccfv select`` on the fine-tuning runs (:mod:`ccfv.bench.selection`),
+    with the config's ``select`` key (its defaults where a config has none)."""
+    from ccfv.bench.config import DEFAULTS
+    from ccfv.bench.selection import selection_statistics
+
+    finetune = config["finetune"]
+    return selection_statistics(
+        summary,
+        config.raw.get("select") or DEFAULTS["select"],
+        eval_every=int(finetune.get("eval_every") or 0),
+        n_seeds=len(finetune["seeds"]),
+        reliable=rel["headline"]["reliable"],
+        methods=main,
+        n_boot=config["statistics"]["bootstrap"],
+    )
+
+
 def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     """Compute the statistics into ``summary`` and write every file (see module doc)."""
     out = Path(out)
@@ -599,6 +618,8 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
     md += _table(per_target, avg, ablations, "weighted_tau", targets, multi_column)
     md += reliability_section(rel, main)
+    summary["select"] = _selection(summary, config, rel, main)
+    md += selection_section(summary["select"])
     if summary.get("sources"):
         md += [
             "",
@@ -668,6 +689,9 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
                 t, summary["targets"][t], CLASS_CONSISTENCY, out / f"classes_{t}.png"
             )
             md += ["", f"![per-class consistency, {t}](classes_{t}.png)"]
+    selection_plot = plot_selection(summary["select"], out / "select_regret_vs_compute.png")
+    if selection_plot is not None:
+        paths["select_regret_vs_compute"] = selection_plot
     (out / "tables.md").write_text("\n".join(md) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
     atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))
