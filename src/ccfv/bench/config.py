@@ -25,6 +25,8 @@ A YAML file (``benchmarks/transfer2d.yaml`` is the one we run)::
       counts: [100, 200, 400]
       methods: [ccfv, ccfv-official, logme, transrate, leep, gbc]
       proportional: [ccfv, ccfv-official] # also scored with the proportional budget
+    select: {top: [1, 2, 3, 5],           # ccfv select replayed on the fine-tuning runs: K,
+             budgets: [1, 2]}             # and budgets in multiples of the fine-tuning steps
     quick: {...}                          # overrides for --quick (same keys)
 
 Any folder in Decathlon layout (``dataset.json`` + images/labels) can be a task: ``tasks``

@@ -10,7 +10,10 @@ Written to ``out``:
   ablation table (every CC-FV variant), the per-class analysis (:mod:`ccfv.bench.per_class`),
   the ground truth with its seed spread and per-class Dice;
 - ``fig2_<target>.png``: standardised score against fine-tuned Dice, one panel per method;
-- ``classes_<target>.png`` (multi-class targets): class consistency against class Dice.
+- ``classes_<target>.png`` (multi-class targets): class consistency against class Dice;
+- the select rows (:mod:`ccfv.bench.selection`: ``ccfv select`` replayed on the fine-tuning
+  runs, config key ``select``): ``summary.json["select"]``, a section of ``tables.md`` and
+  ``select_regret_vs_compute.png`` (:mod:`ccfv.bench.selection_report`).
 """
 
 from __future__ import annotations
