@@ -294,6 +294,9 @@ def _check_select_rows(summary, written, out):
     )
     models = summary["targets"]["hc18_fetal_head"]["models"]
     assert summary["targets"]["hc18_fetal_head"]["scoring_seconds"] > 0
+    # the same replicates as the reliability section: the same best group
+    rel = summary["statistics"]["reliability"]["per_target"]["hc18_fetal_head"]
+    assert sel["best_group"] == rel["best_group"]["group"]
     rows = {(r["method"], r.get("top"), r.get("multiple")): r for r in sel["rows"]}
     assert [k[1:] for k in rows if k[0] == SELECT] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert sorted(m["top"] for m in sel["not_run"]) == [3, 3, 5]

@@ -234,8 +234,12 @@ def pick_regret(
 
 def _order(scores: Mapping[str, float | None], models: Sequence[str]) -> list[str]:
     """Models with a finite score, highest first; ties in the bank's order (stable)."""
-    finite = [m for m in models if scores.get(m) is not None and math.isfinite(float(scores[m]))]  # type: ignore[arg-type]
-    return sorted(finite, key=lambda m: -float(scores[m]))  # type: ignore[arg-type]
+    finite: dict[str, float] = {}
+    for m in models:
+        value = scores.get(m)
+        if value is not None and math.isfinite(float(value)):
+            finite[m] = float(value)
+    return sorted(finite, key=lambda m: -finite[m])
 
 
 def _hindsight(
