@@ -17,10 +17,15 @@ end, so a select on a target and seed ``s`` is replayed from those curves:
    end; the survivors are :func:`ccfv.select.plan.survivors` of those values (ties: the
    ranking order), as in ``ccfv select``; the pick is the last survivor.
 
-The replay differs from a live ``ccfv select`` in one respect: the learning-rate schedule runs
-over the full fine-tuning budget instead of ending at the last rung's end (``ccfv select
---schedule-steps`` runs exactly that), and the split is the benchmark's. The pick is then
-scored with the ground truth: its mean test Dice over all seeds of its full fine-tunes.
+The halving is select's (its plan, its survivors); the training is the same loop
+(:func:`ccfv.training.fit`: Adam, DiceCE, polynomial decay). The replay differs from a live
+``ccfv select`` in its schedule, which runs over the full fine-tuning budget instead of ending
+at the last rung's end (``ccfv select --schedule-steps`` runs that schedule live), and in the
+data side, which is the benchmark's: its split, its batches (whole images at the benchmark's
+size, flips and quarter turns, ``finetune.batch_size``) and its validation Dice (on the whole
+validation images), where a live select trains on patches at the model's window and validates
+by sliding windows. The pick is then scored with the ground truth: its mean test Dice over all
+seeds of its full fine-tunes.
 
 Per target and (K, B) (:func:`target_selection`): the pick's **regret** (best model's mean test
 Dice minus the pick's, averaged over the seeds; 95% bootstrap interval), its **best-group hit

@@ -59,7 +59,7 @@ class SelectSettings:
     save_every: int = 50
     #: Length of the learning-rate schedule (None: the last rung's end). With the length of a
     #: full fine-tune, every candidate runs that fine-tune's schedule and stops at its rung
-    #: ends: what ``ccfv bench`` replays from its fine-tuning runs.
+    #: ends: the schedule of the runs ``ccfv bench`` replays select on.
     schedule_steps: int | None = None
     cache_dir: str | Path = ".ccfv_cache"
     progress: bool = True
