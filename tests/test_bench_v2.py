@@ -224,8 +224,10 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
         "Headline: targets with split-half",
         "Paired: `ccfv` minus",
         "Source models: validation Dice",
+        "`ccfv select` replayed on the fine-tuning runs",
     ):
         assert heading in tables
+    _check_select_rows(summary, json.loads((out / "summary.json").read_text()), out)
     # export into the repository layout, restore into a fresh work folder, resume: the
     # fine-tuning runs are read back, not trained again
     script = ROOT / "scripts" / "export_bench_results.py"
@@ -278,6 +280,46 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     assert {n: m["dice"] for n, m in again["targets"]["hc18_fetal_head"]["models"].items()} == {
         n: m["dice"] for n, m in target["models"].items()
     }
+
+
+def _check_select_rows(summary, written, out):
+    """The select rows of the small run (4 steps, validation every 2, 3 models, 4 seeds),
+    re-derived from the summary's curves: K = 1 and 2 fit the budgets 4 and 8 steps; K = 3
+    needs 7 x 2 steps, K = 5 more models than the bank."""
+    from ccfv.bench.selection import EVERYTHING, SELECT, TRAINING_FREE, curve_value
+
+    sel = summary["select"]["per_target"]["hc18_fetal_head"]
+    assert written["select"]["per_target"]["hc18_fetal_head"]["rows"] == json.loads(
+        json.dumps(sel["rows"])
+    )
+    models = summary["targets"]["hc18_fetal_head"]["models"]
+    assert summary["targets"]["hc18_fetal_head"]["scoring_seconds"] > 0
+    # the same replicates as the reliability section: the same best group
+    rel = summary["statistics"]["reliability"]["per_target"]["hc18_fetal_head"]
+    assert sel["best_group"] == rel["best_group"]["group"]
+    rows = {(r["method"], r.get("top"), r.get("multiple")): r for r in sel["rows"]}
+    assert [k[1:] for k in rows if k[0] == SELECT] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert sorted(m["top"] for m in sel["not_run"]) == [3, 3, 5]
+    order = sorted(models, key=lambda m: -models[m]["scores"]["ccfv"])
+    free = rows[(TRAINING_FREE, None, None)]
+    assert free["picks"] == [order[0]] * 4
+    assert rows[(SELECT, 1, 1)]["picks"] == free["picks"]
+    assert rows[(SELECT, 1, 1)]["regret"]["value"] == free["regret"]["value"]
+    for s in range(4):  # K = 2, B = 4 steps: one rung of 2 candidates to step 2
+        a, b = (curve_value(models[m]["validation_curve"][s], 2) for m in order[:2])
+        assert rows[(SELECT, 2, 1)]["picks"][s] == (order[0] if a >= b else order[1])
+        best = max(models, key=lambda m: models[m]["validation_dice"][s])
+        assert (
+            models[rows[(EVERYTHING, None, None)]["picks"][s]]["validation_dice"][s]
+            == (models[best]["validation_dice"][s])
+        )
+    assert rows[(SELECT, 2, 1)]["compute"]["fraction_steps"] == pytest.approx(2 * 2 / (3 * 4))
+    assert rows[(SELECT, 2, 2)]["compute"]["fraction_steps"] == pytest.approx(2 * 4 / (3 * 4))
+    truth = {m: np.mean(v["dice"]) for m, v in models.items()}
+    for r in sel["rows"]:
+        expected = np.mean([max(truth.values()) - truth[p] for p in r["picks"]])
+        assert r["regret"]["value"] == pytest.approx(expected, abs=1e-12)
+    assert (out / "select_regret_vs_compute.png").stat().st_size > 5000
 
 
 class _Config(dict):

@@ -25,6 +25,8 @@ A YAML file (``benchmarks/transfer2d.yaml`` is the one we run)::
       counts: [100, 200, 400]
       methods: [ccfv, ccfv-official, logme, transrate, leep, gbc]
       proportional: [ccfv, ccfv-official] # also scored with the proportional budget
+    select: {top: [1, 2, 3, 5],           # ccfv select replayed on the fine-tuning runs: K,
+             budgets: [1, 2]}             # and budgets in multiples of the fine-tuning steps
     quick: {...}                          # overrides for --quick (same keys)
 
 Any folder in Decathlon layout (``dataset.json`` + images/labels) can be a task: ``tasks``
@@ -49,6 +51,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from numbers import Integral
 from pathlib import Path
@@ -120,6 +123,10 @@ DEFAULTS: dict = {
     },
     # bootstrap replicates of the ground truth behind every interval of the reliability section
     "statistics": {"bootstrap": 1000},
+    # ccfv select replayed on the fine-tuning runs (ccfv.bench.selection): K candidates, and
+    # total budgets as multiples of the target's fine-tuning steps; read by the report only,
+    # in no cache digest
+    "select": {"top": [1, 2, 3, 5], "budgets": [1, 2]},
     "quick": {
         "size": 32,
         "max_cases": 10,
@@ -328,6 +335,32 @@ def _check_tasks(config: dict, path: Path) -> None:
         )
 
 
+def _check_select(select: dict, path: Path) -> None:
+    """``select.top``: candidate counts K >= 1; ``select.budgets``: total budgets as multiples
+    (> 0) of the target's fine-tuning steps."""
+    top, budgets = select["top"], select["budgets"]
+    if (
+        not isinstance(top, list)
+        or not top
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in top)
+    ):
+        raise UserError(
+            f"{path}: select.top {top!r}: give a list of candidate counts K >= 1, e.g. [1, 2, 3, 5]"
+        )
+    if (
+        not isinstance(budgets, list)
+        or not budgets
+        or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0
+            for b in budgets
+        )
+    ):
+        raise UserError(
+            f"{path}: select.budgets {budgets!r}: give a list of total budgets as multiples "
+            "(> 0) of the target's fine-tuning steps, e.g. [1, 2] (one and two full fine-tunes)"
+        )
+
+
 def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
     """Read a benchmark config, fill the defaults, apply the ``quick`` overrides if asked."""
     path = Path(path)
@@ -462,6 +495,7 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
                 f"{path}: convergence.architectures: {arch!r} is not among the "
                 f"benchmark's architectures {config['architectures']}"
             )
+    _check_select(config["select"], path)
     if len(config["finetune"]["seeds"]) < 1:
         raise UserError(f"{path}: finetune.seeds is empty: give at least one seed")
     resolved.targets  # noqa: B018 -- validates the target names

@@ -10,7 +10,10 @@ Written to ``out``:
   ablation table (every CC-FV variant), the per-class analysis (:mod:`ccfv.bench.per_class`),
   the ground truth with its seed spread and per-class Dice;
 - ``fig2_<target>.png``: standardised score against fine-tuned Dice, one panel per method;
-- ``classes_<target>.png`` (multi-class targets): class consistency against class Dice.
+- ``classes_<target>.png`` (multi-class targets): class consistency against class Dice;
+- the select rows (:mod:`ccfv.bench.selection`: ``ccfv select`` replayed on the fine-tuning
+  runs, config key ``select``): ``summary.json["select"]``, a section of ``tables.md`` and
+  ``select_regret_vs_compute.png`` (:mod:`ccfv.bench.selection_report`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ccfv.bench.per_class import (
     mean_class_dice,
     plot_class_consistency,
 )
+from ccfv.bench.selection_report import plot_selection, selection_section
 from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 from ccfv.files import atomic_write
@@ -512,6 +516,24 @@ def is_ablation(method: str) -> bool:
     )
 
 
+def _selection(summary: dict, config, rel: dict, main: list[str]) -> dict:
+    """The replay of ``ccfv select`` on the fine-tuning runs (:mod:`ccfv.bench.selection`),
+    with the config's ``select`` key (its defaults where a config has none)."""
+    from ccfv.bench.config import DEFAULTS
+    from ccfv.bench.selection import selection_statistics
+
+    finetune = config["finetune"]
+    return selection_statistics(
+        summary,
+        config.raw.get("select") or DEFAULTS["select"],
+        eval_every=int(finetune.get("eval_every") or 0),
+        n_seeds=len(finetune["seeds"]),
+        reliable=rel["headline"]["reliable"],
+        methods=main,
+        n_boot=config["statistics"]["bootstrap"],
+    )
+
+
 def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     """Compute the statistics into ``summary`` and write every file (see module doc)."""
     out = Path(out)
@@ -607,6 +629,8 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     md += ["", "## CC-FV variants and ablations (weighted tau; the paper's Table 2)", ""]
     md += _table(per_target, avg, ablations, "weighted_tau", targets, multi_column)
     md += reliability_section(rel, main)
+    summary["select"] = _selection(summary, config, rel, main)
+    md += selection_section(summary["select"])
     if summary.get("sources"):
         md += [
             "",
@@ -676,6 +700,9 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
                 t, summary["targets"][t], CLASS_CONSISTENCY, out / f"classes_{t}.png"
             )
             md += ["", f"![per-class consistency, {t}](classes_{t}.png)"]
+    selection_plot = plot_selection(summary["select"], out / "select_regret_vs_compute.png")
+    if selection_plot is not None:
+        paths["select_regret_vs_compute"] = selection_plot
     (out / "tables.md").write_text("\n".join(md) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
     atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))

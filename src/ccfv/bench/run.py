@@ -493,6 +493,7 @@ def score_target(
     def record(model, features, _predictions):
         per_class[model] = class_consistency(features, target.class_names)
 
+    began = time.perf_counter()
     with collect_ccfv_warnings():
         fixed = rank(
             bank_file,
@@ -502,6 +503,7 @@ def score_target(
             on_model=record,
             **common,
         )
+        seconds = time.perf_counter() - began  # every method of scoring.methods, one feature pass
         scores = {m: dict(v) for m, v in fixed.scores.items()}
         failures = dict(fixed.failures)
         if cfg["proportional"]:
@@ -519,6 +521,7 @@ def score_target(
     for model, error in failures.items():
         log(f"{target.name}: {model}: scoring FAILED: {error}")
     return scores, {
+        "seconds": seconds,
         "cases": fixed.details["cases"],
         "failures": failures,
         "class_consistency": per_class,
@@ -703,6 +706,8 @@ def run_bench(
                 models[name]["dice_per_case"] = [r["dice_per_case"] for r in runs]
             if all("validation" in r for r in runs):
                 models[name]["validation_dice"] = [r["validation"]["best_dice"] for r in runs]
+                # what the replay of select reads (ccfv.bench.selection)
+                models[name]["validation_curve"] = [r["validation"]["curve"] for r in runs]
             log(
                 f"{target_name}: {name}: fine-tuned Dice "
                 + ", ".join("n/a" if d is None else f"{d:.4f}" for d in models[name]["dice"])
@@ -739,6 +744,7 @@ def run_bench(
             model["scores"] = scores.get(name, {})
             model["class_consistency"] = info["class_consistency"].get(name, {})
         entry.update(scored_cases=info["cases"], failures=info["failures"])
+        entry["scoring_seconds"] = info.get("seconds")  # absent from scores cached before
         _write_json(work / "summary.partial.json", summary)
     summary["wall_seconds"] = time.time() - start
     summary["pretrain_seconds"] = _pretrain_seconds(checkpoints.values())

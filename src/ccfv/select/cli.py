@@ -21,6 +21,7 @@ def _cmd_select(args) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         save_every=args.save_every,
+        schedule_steps=args.schedule_steps,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
@@ -116,6 +117,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=2,
         metavar="B",
         help="patches per training step (default 2)",
+    )
+    p.add_argument(
+        "--schedule-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="length of the learning-rate schedule (polynomial decay) of every candidate "
+        "(default: the last rung's end). With a full fine-tune's length, each candidate runs "
+        "that fine-tune's schedule and stops at its rung ends, as `ccfv bench` replays "
+        "select from its fine-tuning runs; at least the last rung's end",
     )
     p.add_argument(
         "--save-every",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ __all__ = [
     "parse_budget",
     "survivors",
     "train_val_split",
+    "with_schedule",
 ]
 
 #: Case ids like ``patient001_frame01_slice03`` belong to patient ``patient001``: when every
@@ -70,10 +71,14 @@ class Plan:
     """Successive halving: rung ``r`` trains ``counts[r]`` candidates from global step
     ``starts[r]`` to ``ends[r]`` (``base * 2**r`` more steps each, twice the previous rung's);
     the better ``counts[r + 1]`` by validation Dice go on. ``schedule_steps`` is the length of
-    the learning-rate schedule (the last rung's end), ``total_steps`` the steps of all rungs."""
+    the learning-rate schedule: ``schedule`` when given (``--schedule-steps``, at least the last
+    rung's end: every candidate then stops at its rung ends on a schedule of that length, as a
+    full fine-tune stopped early), else the last rung's end. ``total_steps`` is the steps of
+    all rungs."""
 
     counts: tuple[int, ...]
     base: int
+    schedule: int | None = None
 
     @property
     def rungs(self) -> int:
@@ -89,7 +94,7 @@ class Plan:
 
     @property
     def schedule_steps(self) -> int:
-        return self.ends[-1]
+        return self.ends[-1] if self.schedule is None else int(self.schedule)
 
     @property
     def total_steps(self) -> int:
@@ -123,6 +128,21 @@ def halving_plan(k: int, total_steps: int) -> Plan:
             f"{weight} steps; raise --budget or lower --top"
         )
     return Plan(counts=tuple(counts), base=base)
+
+
+def with_schedule(plan: Plan, steps: int | None) -> Plan:
+    """``plan`` with its learning-rate schedule over ``steps`` (None: the last rung's end).
+    A schedule shorter than the last rung would end before the training does: refused."""
+    if steps is None:
+        return plan
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < plan.ends[-1]:
+        raise UserError(
+            f"--schedule-steps {steps}: the schedule must cover the last rung, which ends at "
+            f"step {plan.ends[-1]} (rungs of {list(plan.counts)} candidates ending at "
+            f"{list(plan.ends)}); give at least {plan.ends[-1]}, or leave it out (default: "
+            "the last rung's end)"
+        )
+    return replace(plan, schedule=int(steps))
 
 
 def survivors(values: dict[str, float | None], order: Sequence[str], n: int) -> list[str]:

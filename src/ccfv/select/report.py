@@ -51,7 +51,14 @@ def report_text(result: dict[str, Any]) -> str:
         "all); the better half by validation Dice goes on with twice the steps.",
         f"- Split ({split['grouping']}, seed {split['seed']}): train {split['train']}, "
         f"validation {split['val']}.",
-        f"- Training: Adam lr {result['settings']['lr']}, poly schedule, DiceCE loss, "
+        f"- Training: Adam lr {result['settings']['lr']}, poly schedule over "
+        f"{plan['schedule_steps']} steps"
+        + (
+            " (`--schedule-steps`: each candidate stops at its rung ends)"
+            if plan["schedule_steps"] != plan["rung_ends"][-1]
+            else ""
+        )
+        + ", DiceCE loss, "
         f"{result['settings']['batch_size']} patches per step at the model's window "
         "(RandCropByPosNegLabeld 2:1 foreground, random flips), device "
         f"{result['settings']['device']}"

@@ -34,6 +34,7 @@ from ccfv.select.plan import (
     parse_budget,
     survivors,
     train_val_split,
+    with_schedule,
 )
 
 __all__ = ["SelectSettings", "check_inputs", "select"]
@@ -56,6 +57,10 @@ class SelectSettings:
     lr: float = 1e-3
     batch_size: int = 2
     save_every: int = 50
+    #: Length of the learning-rate schedule (None: the last rung's end). With the length of a
+    #: full fine-tune, every candidate runs that fine-tune's schedule and stops at its rung
+    #: ends: the schedule of the runs ``ccfv bench`` replays select on.
+    schedule_steps: int | None = None
     cache_dir: str | Path = ".ccfv_cache"
     progress: bool = True
 
@@ -111,13 +116,22 @@ def check_inputs(
         raise UserError(f"--batch-size {s.batch_size}: give 1 or more patches per step")
     if s.save_every < 1:
         raise UserError(f"--save-every {s.save_every}: give 1 or more steps")
+    if s.schedule_steps is not None and (
+        isinstance(s.schedule_steps, bool)
+        or not isinstance(s.schedule_steps, int)
+        or s.schedule_steps < 1
+    ):
+        raise UserError(
+            f"--schedule-steps {s.schedule_steps}: give a number of steps >= 1 (at least the "
+            "last rung's end), or leave it out"
+        )
     check_cases(s.cases)
     check_torch_device(s.device)
     check_folder(out, "--out")
     check_folder(s.cache_dir, "--cache-dir")
     entries = load_bank(bank)
     if budget.steps is not None:
-        halving_plan(min(s.top, len(entries)), budget.steps)
+        with_schedule(halving_plan(min(s.top, len(entries)), budget.steps), s.schedule_steps)
     dataset, chosen = target_cases(data, s.cases, s.seed)
     ids = [c.case_id for c in chosen]
     keys, grouping = group_keys(ids, s.group)
@@ -418,6 +432,112 @@ def _time_budget_steps(
     return int(saved["steps"])
 
 
+@dataclass
+class Selection:
+    """What a selection produced, filled in as it goes (the ranking, then each candidate's
+    preparation and rungs, then the winner); :meth:`to_dict` is ``selection.json``."""
+
+    bank: str | Path
+    data: str | Path
+    settings: SelectSettings
+    budget: Budget
+    target: Target
+    ranked: Any
+    order: list[str]
+    rank_seconds: float
+    candidates: list[str] = field(default_factory=list)
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    tracebacks: dict[str, str] = field(default_factory=dict)
+    plan: Plan | None = None
+    runs: dict[str, CandidateRun] = field(default_factory=dict)
+    rung_values: list[dict[str, float | None]] = field(default_factory=list)
+    winner: str | None = None
+
+    def fail(self, name: str, error: BaseException) -> str:
+        """Record candidate ``name``'s failure (its message and traceback); the message."""
+        self.failures[name] = _failure(error)
+        self.tracebacks[name] = "".join(traceback.format_exception(error))
+        return self.failures[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``selection.json``: the winner, every candidate, the plan, split and compute."""
+        if self.plan is None or self.winner is None:
+            raise RuntimeError("the selection has no plan or winner yet")
+        settings, target, ranked, plan = self.settings, self.target, self.ranked, self.plan
+        per: dict[str, Any] = {}
+        for name in self.candidates:
+            run = self.runs.get(name)
+            rec = run.record if run is not None else {}
+            per[name] = {
+                "rank": self.order.index(name) + 1,
+                DEFAULT_METHOD: ranked.scores[name][DEFAULT_METHOD],
+                "rungs": [values.get(name) for values in self.rung_values],
+                "curve": rec.get("curve", []),
+                "steps": rec.get("steps", 0),
+                "train_seconds": rec.get("train_seconds", 0.0),
+                "val_seconds": rec.get("val_seconds", 0.0),
+                "head_reinitialised": (self.prepared[name].head if name in self.prepared else None),
+                "failure": self.failures.get(name),
+            }
+        trained = [p for p in per.values() if p["steps"]]
+        steps_used = sum(p["steps"] for p in trained)
+        seconds_used = sum(p["train_seconds"] + p["val_seconds"] for p in trained)
+        per_step = seconds_used / max(1, steps_used)
+        n_models = len(self.order)
+        steps_each = plan.ends[-1]  # the winner's steps
+        all_steps = n_models * steps_each
+        winner = per[self.winner]
+        return {
+            "bank": str(self.bank),
+            "data": str(self.data),
+            "winner": {
+                "model": self.winner,
+                "val_dice": winner["rungs"][-1] if winner["rungs"] else None,
+                "steps": winner["steps"],
+            },
+            "ranking": {m: ranked.scores[m][DEFAULT_METHOD] for m in self.order},
+            "rank_failures": dict(ranked.failures),
+            "candidates": per,
+            "plan": {**plan.to_dict(), "budget": str(self.budget), "top": settings.top},
+            "split": {
+                "grouping": target.grouping,
+                "train": target.train,
+                "val": target.val,
+                "val_fraction": settings.val_fraction,
+                "seed": settings.seed,
+            },
+            "classes": {str(k): v for k, v in target.classes.items()},
+            "n_classes": target.n_classes,
+            "settings": {
+                "lr": settings.lr,
+                "batch_size": settings.batch_size,
+                "schedule": "poly",
+                "loss": "DiceCE",
+                "optimiser": "Adam",
+                "device": settings.device,
+                "amp": str(settings.device).startswith("cuda"),
+                "seed": settings.seed,
+                "save_every": settings.save_every,
+            },
+            "compute": {
+                "ranking_seconds": self.rank_seconds,
+                "training_steps": steps_used,
+                "training_seconds": seconds_used,
+                "all_models_same_budget": {
+                    "models": n_models,
+                    "steps_each": steps_each,
+                    "steps": all_steps,
+                    "seconds_estimate": per_step * all_steps,
+                    "note": "every ranked model fine-tuned for the winner's steps, at the mean "
+                    "measured seconds per step (training and validation) of the "
+                    "candidates",
+                },
+                "fraction_of_all": steps_used / all_steps if all_steps else None,
+            },
+        }
+
+
 def select(
     bank: str | Path,
     data: str | Path,
@@ -461,172 +581,66 @@ def select(
     ]
     if not order:
         raise UserError(f"no model of {bank} could be ranked: {ranked.failures}")
-    candidates = order[: settings.top]
-    failures: dict[str, str] = {}
-    tracebacks: dict[str, str] = {}
-    prepared: dict[str, Prepared] = {}
-    for name in candidates:  # load every candidate once before training any
+    sel = Selection(bank, data, settings, budget, target, ranked, order, rank_seconds)
+    sel.candidates = order[: settings.top]
+    for name in sel.candidates:  # load every candidate once before training any
         try:
-            prepared[name] = prepare_candidate(entries[name], target, settings, settings.seed)
+            sel.prepared[name] = prepare_candidate(entries[name], target, settings, settings.seed)
         except Exception as error:  # noqa: BLE001 - one candidate's failure is that candidate's
-            failures[name] = _failure(error)
-            tracebacks[name] = "".join(traceback.format_exception(error))
-            log(f"{name}: FAILED: {failures[name]}")
-    alive = [c for c in candidates if c in prepared]
+            log(f"{name}: FAILED: {sel.fail(name, error)}")
+    alive = [c for c in sel.candidates if c in sel.prepared]
     if not alive:
-        raise UserError(f"every candidate failed: {failures}")
+        raise UserError(f"every candidate failed: {sel.failures}")
     total = budget.steps
     if total is None:
-        total = _time_budget_steps(budget, alive, entries, prepared, target, settings, log)
-    plan = halving_plan(len(candidates), total)
+        total = _time_budget_steps(budget, alive, entries, sel.prepared, target, settings, log)
+    plan = with_schedule(halving_plan(len(sel.candidates), total), settings.schedule_steps)
+    sel.plan = plan
     log(
-        f"successive halving over {len(candidates)} candidate(s) {candidates}: rungs of "
-        f"{list(plan.counts)} candidates ending at steps {list(plan.ends)} ({plan.total_steps} "
-        f"steps in all)"
+        f"successive halving over {len(sel.candidates)} candidate(s) {sel.candidates}: rungs "
+        f"of {list(plan.counts)} candidates ending at steps {list(plan.ends)} "
+        f"({plan.total_steps} steps in all)"
+        + (
+            f", learning-rate schedule over {plan.schedule_steps} steps"
+            if settings.schedule_steps is not None
+            else ""
+        )
     )
     root = Path(settings.cache_dir) / "select"
-    runs = {
+    sel.runs = {
         name: CandidateRun(root / f"{name}-{candidate_key(entries[name], target, settings, plan)}")
         for name in alive
     }
-    values: dict[str, float | None] = {}
-    rung_values: list[dict[str, float | None]] = []
     for rung in range(plan.rungs):
-        values = {}
+        values: dict[str, float | None] = {}
         for name in alive:
             try:
                 values[name] = train_rung(
-                    name, runs[name], prepared[name], plan, rung, settings, log
+                    name, sel.runs[name], sel.prepared[name], plan, rung, settings, log
                 )
             except KeyboardInterrupt:
                 raise
             except Exception as error:  # noqa: BLE001 - one candidate's failure is its own
-                failures[name] = _failure(error)
-                tracebacks[name] = "".join(traceback.format_exception(error))
                 values[name] = None
-                log(f"{name}: FAILED in rung {rung + 1}: {failures[name]}")
-        rung_values.append(dict(values))
+                log(f"{name}: FAILED in rung {rung + 1}: {sel.fail(name, error)}")
+        sel.rung_values.append(values)
         keep = plan.counts[rung + 1] if rung + 1 < plan.rungs else 1
-        alive = survivors(values, candidates, keep)
+        alive = survivors(values, sel.candidates, keep)
         if not alive:
-            raise UserError(f"every candidate failed: {failures}")
-    winner = alive[0]
-    result = _summarise(
-        bank,
-        data,
-        settings,
-        budget,
-        target,
-        ranked,
-        order,
-        candidates,
-        plan,
-        runs,
-        rung_values,
-        failures,
-        prepared,
-        winner,
-        rank_seconds,
-    )
+            raise UserError(f"every candidate failed: {sel.failures}")
+    winner = sel.winner = alive[0]
+    result = sel.to_dict()
     from ccfv.select.report import write_outputs
 
-    write_outputs(result, out, runs[winner], entries[winner], prepared[winner], target)
-    if tracebacks:
+    write_outputs(result, out, sel.runs[winner], entries[winner], sel.prepared[winner], target)
+    if sel.tracebacks:
         from ccfv.files import atomic_write
 
         atomic_write(
-            out / "failures.log", "".join(f"=== {k}\n{v}\n" for k, v in tracebacks.items())
+            out / "failures.log", "".join(f"=== {k}\n{v}\n" for k, v in sel.tracebacks.items())
         )
     log(
         f"winner: {winner} (validation Dice {result['winner']['val_dice']:.4f} after "
         f"{result['winner']['steps']} steps); weights in {out / 'winner'}"
     )
     return result
-
-
-def _summarise(
-    bank,
-    data,
-    settings,
-    budget,
-    target,
-    ranked,
-    order,
-    candidates,
-    plan,
-    runs,
-    rung_values,
-    failures,
-    prepared,
-    winner,
-    rank_seconds,
-) -> dict[str, Any]:
-    per: dict[str, Any] = {}
-    for name in candidates:
-        run = runs.get(name)
-        rec = run.record if run is not None else {}
-        per[name] = {
-            "rank": order.index(name) + 1,
-            DEFAULT_METHOD: ranked.scores[name][DEFAULT_METHOD],
-            "rungs": [rung_values[r].get(name) for r in range(len(rung_values))],
-            "curve": rec.get("curve", []),
-            "steps": rec.get("steps", 0),
-            "train_seconds": rec.get("train_seconds", 0.0),
-            "val_seconds": rec.get("val_seconds", 0.0),
-            "head_reinitialised": (prepared[name].head if name in prepared else None),
-            "failure": failures.get(name),
-        }
-    trained = [p for p in per.values() if p["steps"]]
-    steps_used = sum(p["steps"] for p in trained)
-    seconds_used = sum(p["train_seconds"] + p["val_seconds"] for p in trained)
-    per_step = sum(p["train_seconds"] + p["val_seconds"] for p in trained) / max(1, steps_used)
-    n_models = len(order)
-    all_steps = n_models * plan.schedule_steps
-    return {
-        "bank": str(bank),
-        "data": str(data),
-        "winner": {
-            "model": winner,
-            "val_dice": per[winner]["rungs"][-1] if per[winner]["rungs"] else None,
-            "steps": per[winner]["steps"],
-        },
-        "ranking": {m: ranked.scores[m][DEFAULT_METHOD] for m in order},
-        "rank_failures": dict(ranked.failures),
-        "candidates": per,
-        "plan": {**plan.to_dict(), "budget": str(budget), "top": settings.top},
-        "split": {
-            "grouping": target.grouping,
-            "train": target.train,
-            "val": target.val,
-            "val_fraction": settings.val_fraction,
-            "seed": settings.seed,
-        },
-        "classes": {str(k): v for k, v in target.classes.items()},
-        "n_classes": target.n_classes,
-        "settings": {
-            "lr": settings.lr,
-            "batch_size": settings.batch_size,
-            "schedule": "poly",
-            "loss": "DiceCE",
-            "optimiser": "Adam",
-            "device": settings.device,
-            "amp": str(settings.device).startswith("cuda"),
-            "seed": settings.seed,
-            "save_every": settings.save_every,
-        },
-        "compute": {
-            "ranking_seconds": rank_seconds,
-            "training_steps": steps_used,
-            "training_seconds": seconds_used,
-            "all_models_same_budget": {
-                "models": n_models,
-                "steps_each": plan.schedule_steps,
-                "steps": all_steps,
-                "seconds_estimate": per_step * all_steps,
-                "note": "every ranked model fine-tuned for the winner's steps, at the mean "
-                "measured seconds per step (training and validation) of the "
-                "candidates",
-            },
-            "fraction_of_all": steps_used / all_steps if all_steps else None,
-        },
-    }
