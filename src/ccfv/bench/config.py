@@ -16,6 +16,8 @@ A YAML file (``benchmarks/transfer2d.yaml`` is the one we run)::
       acdc_cine_mri2d: "^(patient\\d+)_"   # expression whose group 1 is the patient id
     source_cases: {}                      # {task: N}: N cases (groups) set aside for the
                                           # source tasks derived from it (3D example below)
+    native: {}                            # {task: {patch: 64}}: targets fine-tuned on native-
+                                          # resolution patches, predicted by sliding windows
     architectures: [unet, unetr]          # see ccfv.bench.train.ARCHITECTURES
     pretrain: {steps: 600, batch_size: 8, lr: 0.001, seed: 0}
     finetune: {steps: 150, batch_size: 8, lr: 0.001, seeds: [0, 1]}
