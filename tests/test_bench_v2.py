@@ -123,9 +123,7 @@ def test_config_v2_keys_are_checked_and_v1_digests_are_kept(tmp_path):
     }
     assert v1.digest("finetune") == v1.digest_of({"finetune": old})
     v2 = load_config(ROOT / "benchmarks" / "transfer2d-v2.yaml")
-    assert (
-        v2.train_cases("acdc_cine_mri2d") == 10 and v2.train_cases("drive_retinal_vessels") is None
-    )
+    assert v2.train_cases("acdc_cine_mri2d") == 10 and v2.train_cases("drive_retinal_vessels") == 16
     assert v2["finetune"]["seeds"] == [0, 1, 2, 3] and len(v2["architectures"]) == 3
 
 

@@ -16,6 +16,8 @@ A YAML file (``benchmarks/transfer2d.yaml`` is the one we run)::
       acdc_cine_mri2d: "^(patient\\d+)_"   # expression whose group 1 is the patient id
     source_cases: {}                      # {task: N}: N cases (groups) set aside for the
                                           # source tasks derived from it (3D example below)
+    native: {}                            # {task: {patch: 64}}: targets fine-tuned on native-
+                                          # resolution patches, predicted by sliding windows
     architectures: [unet, unetr]          # see ccfv.bench.train.ARCHITECTURES
     pretrain: {steps: 600, batch_size: 8, lr: 0.001, seed: 0}
     finetune: {steps: 150, batch_size: 8, lr: 0.001, seeds: [0, 1]}
@@ -76,6 +78,8 @@ DEFAULTS: dict = {
     "train_cases": None,
     # per-target fine-tuning budget {task: steps}, overriding finetune.steps for those targets
     "finetune_steps": {},
+    # targets fine-tuned on native-resolution patches {task: {patch, overlap, group}} (NATIVE)
+    "native": {},
     "architectures": ["unet", "unetr"],
     "pretrain": {
         "steps": 600,
@@ -140,7 +144,10 @@ DEFAULTS: dict = {
 
 
 #: Mapping-valued keys whose own keys are the user's (task names, profiles), not ours.
-FREE_FORM = ("quick", "groups", "source_cases", "train_cases", "finetune_steps")
+FREE_FORM = ("quick", "groups", "source_cases", "train_cases", "finetune_steps", "native")
+
+#: The options of a ``native`` target and their defaults (``patch`` None: the config's ``size``).
+NATIVE = {"patch": None, "overlap": 0.25, "group": None}
 
 #: Keys added by protocol v2 with the value that reproduces v1: left out of the cache digests
 #: while they keep it, so that v1 caches keep their names.
@@ -282,6 +289,31 @@ class BenchConfig:
         None: ``finetune.steps``."""
         return self.raw["finetune_steps"].get(task)
 
+    def native(self, task: str) -> dict | None:
+        """The native-resolution settings of target ``task`` under ``native``, resolved:
+        ``{"patch": [per spatial axis], "overlap": float, "group": regex or None}``; None:
+        ``task`` is prepared at ``size``. Only targets are native: a task that is not a target
+        is a source at ``size`` whatever ``native`` says (see :meth:`split_group` for the
+        pattern its split uses)."""
+        raw = self.raw["native"]
+        if task not in raw or task not in self.targets:
+            return None
+        options = {**NATIVE, **(raw[task] or {})}
+        patch = options["patch"] if options["patch"] is not None else self.raw["size"]
+        return {
+            "patch": spatial_size(patch),
+            "overlap": float(options["overlap"]),
+            "group": options["group"],
+        }
+
+    def split_group(self, task: str) -> str | None:
+        """The group (patient) pattern of target ``task``'s own split: a native target's
+        ``group``, else ``groups[task]``."""
+        native = self.native(task)
+        if native is not None and native["group"] is not None:
+            return native["group"]
+        return self.raw["groups"].get(task)
+
     @staticmethod
     def digest_of(value) -> str:
         """A short hash of any JSON-able value."""
@@ -359,6 +391,78 @@ def _check_select(select: dict, path: Path) -> None:
             f"{path}: select.budgets {budgets!r}: give a list of total budgets as multiples "
             "(> 0) of the target's fine-tuning steps, e.g. [1, 2] (one and two full fine-tunes)"
         )
+
+
+def _check_native(config: dict, resolved: BenchConfig, path: Path) -> None:
+    """``native: {task: {patch, overlap, group}}``: plain tasks of the config; ``patch`` one
+    int per spatial axis (or one for all), a multiple of every architecture's downsampling
+    and, with UNETR (whose position embedding is built for ``size``), equal to ``size``;
+    ``overlap`` in [0, 1); ``group`` a regular expression with a capturing group."""
+    import re
+
+    from ccfv.bench.networks import _SIZE_MULTIPLE
+
+    native = config["native"]
+    example = "native: {drive_retinal_vessels: {patch: 64}}"
+    if not isinstance(native, dict):
+        raise UserError(
+            f"{path}: native {native!r}: give a mapping {{task: options}}, e.g. {example}"
+        )
+    dims = len(resolved.spatial_size)
+    for task, options in native.items():
+        spec = resolved.task_specs.get(task)
+        if spec is None or spec.parent is not None:
+            raise UserError(
+                f"{path}: native names {task!r}, which is not a task folder among the tasks "
+                f"{[n for n, s in resolved.task_specs.items() if s.parent is None]}"
+            )
+        options = {} if options is None else options
+        if not isinstance(options, dict) or set(options) - set(NATIVE):
+            raise UserError(
+                f"{path}: native.{task}: {options!r}; give a mapping of "
+                f"{', '.join(NATIVE)} (or {{}} for the defaults), e.g. {example}"
+            )
+        patch = options.get("patch")
+        if patch is not None:
+            values = patch if isinstance(patch, list) else [patch] * dims
+            if len(values) != dims or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+            ):
+                raise UserError(
+                    f"{path}: native.{task}.patch {patch!r}: give one int or {dims} ints "
+                    "(the patch side per spatial axis, in pixels of the native grid)"
+                )
+            multiple = max(_SIZE_MULTIPLE[a] for a in config["architectures"])
+            if any(v % multiple for v in values):
+                raise UserError(
+                    f"{path}: native.{task}.patch {patch!r}: the architectures "
+                    f"{config['architectures']} need a multiple of {multiple} on every axis"
+                )
+            if "unetr" in config["architectures"] and values != resolved.spatial_size:
+                raise UserError(
+                    f"{path}: native.{task}.patch {patch!r}: UNETR's position embedding is "
+                    f"built for size {config['size']!r}: give patch: {config['size']!r}"
+                )
+        overlap = options.get("overlap", NATIVE["overlap"])
+        if (
+            isinstance(overlap, bool)
+            or not isinstance(overlap, (int, float))
+            or not (0 <= overlap < 1)
+        ):
+            raise UserError(
+                f"{path}: native.{task}.overlap {overlap!r}: give the sliding windows' "
+                "overlap as a fraction in [0, 1), e.g. 0.25"
+            )
+        group = options.get("group")
+        if group is not None:
+            try:
+                if re.compile(group).groups < 1:
+                    raise re.error("no capturing group")
+            except (re.error, TypeError) as error:
+                raise UserError(
+                    f"{path}: native.{task}.group: {group!r} is not a regular expression "
+                    f"with a capturing group for the patient id ({error})"
+                ) from None
 
 
 def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
@@ -496,6 +600,7 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
                 f"benchmark's architectures {config['architectures']}"
             )
     _check_select(config["select"], path)
+    _check_native(config, resolved, path)
     if len(config["finetune"]["seeds"]) < 1:
         raise UserError(f"{path}: finetune.seeds is empty: give at least one seed")
     resolved.targets  # noqa: B018 -- validates the target names

@@ -1,14 +1,23 @@
 """Test Dice of a benchmark network: per class over a split (MONAI's DiceMetric), per image
-and class, and the benchmark's mean Dice of a split."""
+and class (whole images of the benchmark's size, or whole native-resolution images predicted
+by sliding windows), and the benchmark's mean Dice of a split."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ccfv.bench.training import _check_data, _device_of, _to_input
 
-__all__ = ["dice_per_case", "dice_per_class", "mean_dice"]
+__all__ = [
+    "dice_per_case",
+    "dice_per_case_sliding",
+    "dice_per_class",
+    "mean_dice",
+    "predict_sliding",
+]
 
 
 def dice_per_class(
@@ -107,16 +116,98 @@ def dice_per_case(
                     )
                 pred = logits.argmax(dim=1).cpu().numpy()
                 for j, (p, g) in enumerate(zip(pred, labels[start : start + batch_size])):
-                    for k in range(1, n_classes):
-                        gk = g == k
-                        n_g = int(gk.sum())
-                        if n_g:
-                            pk = p == k
-                            out[start + j, k - 1] = (
-                                2.0 * int((pk & gk).sum()) / (int(pk.sum()) + n_g)
-                            )
+                    out[start + j] = _dice_row(p, g, n_classes)
     finally:
         model.train(was_training)
+    return out
+
+
+def _dice_row(prediction: np.ndarray, label: np.ndarray, n_classes: int) -> np.ndarray:
+    """``2 |P & G| / (|P| + |G|)`` of each foreground class of one image (float64), NaN where
+    the class is absent from the label."""
+    row = np.full(n_classes - 1, np.nan)
+    for k in range(1, n_classes):
+        gk = label == k
+        n_g = int(gk.sum())
+        if n_g:
+            pk = prediction == k
+            row[k - 1] = 2.0 * int((pk & gk).sum()) / (int(pk.sum()) + n_g)
+    return row
+
+
+def predict_sliding(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    roi: Sequence[int],
+    overlap: float,
+    sw_batch_size: int = 16,
+    n_classes: int | None = None,
+) -> np.ndarray:
+    """The class map (argmax, int64 ``(*spatial)``) of one whole uint8 image ``(C, *spatial)``
+    of any size, by MONAI's ``sliding_window_inference``: windows of ``roi`` overlapping by
+    ``overlap`` (the last window of an axis ends at the image's edge), the logits of
+    overlapping windows averaged with equal weights (``mode="constant"``), an image smaller
+    than ``roi`` padded with zeros and cropped back. The model runs in eval mode without
+    gradients (its mode is restored). Windows are how a network fine-tuned on patches sees
+    an image; the prediction is on the image's own grid, so its Dice needs no resampling.
+    ``n_classes``: refuse a network whose output has another number of channels."""
+    from monai.inferers import sliding_window_inference
+
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = sliding_window_inference(
+                _to_input(image[None], device),
+                [int(r) for r in roi],
+                int(sw_batch_size),
+                model,
+                overlap=float(overlap),
+                mode="constant",
+            )
+    finally:
+        model.train(was_training)
+    logits = torch.as_tensor(logits)
+    if n_classes is not None and logits.shape[1] != n_classes:
+        raise ValueError(
+            f"the network outputs {logits.shape[1]} channels, n_classes is {n_classes}"
+        )
+    return logits.argmax(dim=1)[0].cpu().numpy().astype(np.int64)
+
+
+def dice_per_case_sliding(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    n_classes: int,
+    roi: Sequence[int],
+    overlap: float,
+    sw_batch_size: int = 16,
+) -> np.ndarray:
+    """:func:`dice_per_case` of whole images of any size predicted by sliding windows
+    (:func:`predict_sliding`): ``(N, n_classes - 1)`` float64, entry ``[i, k - 1]`` the Dice of
+    class k on image i on its label's own grid, NaN where class k is absent from that label.
+    ``images[i]`` uint8 ``(C, *spatial_i)``, ``labels[i]`` int64 ``spatial_i``."""
+    if len(images) != len(labels) or not len(images):
+        raise ValueError(f"need as many images as labels, at least 1: {len(images)}, {len(labels)}")
+    out = np.full((len(images), n_classes - 1), np.nan)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        if image.shape[1:] != label.shape:
+            raise ValueError(f"image {i} {image.shape} and its label {label.shape} do not match")
+        if int(label.max()) >= n_classes or int(label.min()) < 0:
+            raise ValueError(f"label {i} holds class ids outside 0..{n_classes - 1}")
+        pred = predict_sliding(
+            model,
+            image,
+            roi=roi,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            n_classes=n_classes,
+        )
+        out[i] = _dice_row(pred, label, n_classes)
     return out
 
 

@@ -46,7 +46,7 @@ import yaml
 
 from ccfv.bench.config import BenchConfig, digest_view
 from ccfv.bench.per_class import CLASS_CONSISTENCY  # the variants class_consistency records
-from ccfv.bench.tasks import PreparedTask, prepare_task
+from ccfv.bench.tasks import NativeTask, PreparedTask, prepare_native_task, prepare_task
 from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.files import atomic_write
 
@@ -151,6 +151,13 @@ def _cases_digest(config: BenchConfig, task: str) -> str:
     if spec.labels is not None:
         extra["labels"] = spec.labels
     return config.digest_of(extra) if extra else ""
+
+
+def _native_digest(config: BenchConfig, task: str) -> str:
+    """'' for a target prepared at ``size`` (the digests its runs always had), else a digest
+    of its native settings (patch, overlap, group): a native target's runs are other runs."""
+    native = config.native(task)
+    return "" if native is None else config.digest_of({"native": native})
 
 
 def _device_digest(device: str) -> str:
@@ -285,7 +292,7 @@ def finetune_settings(config: BenchConfig, target: str, steps: int | None = None
 def finetune_path(
     config: BenchConfig,
     name: str,
-    target: PreparedTask,
+    target: PreparedTask | NativeTask,
     seed: int,
     work: Path,
     device: str = "cpu",
@@ -303,7 +310,8 @@ def finetune_path(
         digest += config.digest_of(config["groups"][target.name])
     if config.train_cases(target.name) is not None:
         digest += config.digest_of({"train_cases": config.train_cases(target.name)})
-    digest += _cases_digest(config, target.name) + _device_digest(device)
+    digest += _cases_digest(config, target.name) + _native_digest(config, target.name)
+    digest += _device_digest(device)
     return work / folder / target.name / f"{name}__{digest}__seed{seed}.json"
 
 
@@ -312,7 +320,7 @@ def finetune(
     arch: str,
     checkpoint: Path,
     name: str,
-    target: PreparedTask,
+    target: PreparedTask | NativeTask,
     seed: int,
     work: Path,
     progress: bool,
@@ -325,55 +333,104 @@ def finetune(
     carved out of target-train (by group, the same for every model and seed) selects the
     checkpoint (every ``finetune.eval_every`` steps and at the end); the test split never
     does. ``steps`` overrides ``finetune.steps`` (the convergence study, cached in
-    ``folder``)."""
+    ``folder``).
+
+    A native target (:class:`NativeTask`, the config's ``native``) is trained on random
+    patches of its native-resolution images (:func:`ccfv.bench.training.train_patches`:
+    the same steps, batch, optimiser, schedule, seeds and augmentation), and its validation
+    and test Dice come from sliding-window predictions of whole images on the label's own
+    grid (:func:`ccfv.bench.dice.dice_per_case_sliding`, windows of the patch size, the
+    native ``overlap``)."""
     from ccfv.bank.checkpoint import load_torch_file
     from ccfv.bench.tasks import carve_validation
     from ccfv.bench.train import (
         ARCHITECTURES,
         dice_per_case,
+        dice_per_case_sliding,
         head_module,
         load_pretrained,
         mean_dice,
         set_seed,
         train,
+        train_patches,
     )
 
+    native = config.native(target.name)
+    if (native is not None) != isinstance(target, NativeTask):
+        raise ValueError(
+            f"target {target.name}: the config says {'native' if native else 'size'}, the "
+            f"prepared task is {type(target).__name__}"
+        )
     cfg = finetune_settings(config, target.name, steps)
     path = finetune_path(config, name, target, seed, work, device, steps, folder)
     if path.is_file():
         return json.loads(path.read_text())
     fit, val = carve_validation(
-        target, cfg["val_fraction"], config["split_seed"], config["groups"].get(target.name)
+        target, cfg["val_fraction"], config["split_seed"], config.split_group(target.name)
     )
     set_seed(seed)
     model = ARCHITECTURES[arch](config["channels"], target.n_classes, config["size"])
     state = load_torch_file(checkpoint, f"benchmark checkpoint {checkpoint}")["state_dict"]
     loaded = load_pretrained(model, state, head_module(arch))
     model.to(device)
-
-    def validate(net):
-        value = mean_dice(
-            dice_per_case(net, target.images[val], target.labels[val], n_classes=target.n_classes)
-        )
-        return 0.0 if value is None else value
-
-    start = time.perf_counter()
-    info = train(
-        model,
-        target.images[fit],
-        target.labels[fit],
+    common = dict(
         steps=cfg["steps"],
         batch_size=cfg["batch_size"],
         lr=cfg["lr"],
         seed=seed,
         schedule=cfg["schedule"],
-        validate=validate if val.size else None,
         eval_every=cfg["eval_every"],
         progress=f"fine-tune {name} on {target.name} (seed {seed})" if progress else None,
     )
-    per_case = dice_per_case(
-        model, target.images[target.test], target.labels[target.test], n_classes=target.n_classes
-    )
+    start = time.perf_counter()
+    if isinstance(target, NativeTask) and native is not None:
+        native_task = target
+
+        def dice_of(net, index: np.ndarray) -> np.ndarray:
+            return dice_per_case_sliding(
+                net,
+                [native_task.images[i] for i in index],
+                [native_task.labels[i] for i in index],
+                n_classes=native_task.n_classes,
+                roi=native["patch"],
+                overlap=native["overlap"],
+            )
+
+        def validate_native(net):
+            value = mean_dice(dice_of(net, val))
+            return 0.0 if value is None else value
+
+        info = train_patches(
+            model,
+            [target.images[i] for i in fit],
+            [target.labels[i] for i in fit],
+            patch=native["patch"],
+            validate=validate_native if val.size else None,
+            **common,
+        )
+        per_case = dice_of(model, target.test)
+    else:
+        plain = target
+
+        def validate(net):
+            value = mean_dice(
+                dice_per_case(net, plain.images[val], plain.labels[val], n_classes=plain.n_classes)
+            )
+            return 0.0 if value is None else value
+
+        info = train(
+            model,
+            target.images[fit],
+            target.labels[fit],
+            validate=validate if val.size else None,
+            **common,
+        )
+        per_case = dice_per_case(
+            model,
+            target.images[target.test],
+            target.labels[target.test],
+            n_classes=target.n_classes,
+        )
     with np.errstate(all="ignore"):
         counts = np.isfinite(per_case).sum(axis=0)
         per_class = np.where(
@@ -400,6 +457,8 @@ def finetune(
         "loaded_tensors": loaded["loaded"],
         "reinitialised": loaded["reinitialised"],
     }
+    if isinstance(target, NativeTask) and native is not None:
+        result["native"] = {"patch": native["patch"], "overlap": native["overlap"]}
     if val.size:
         result["validation"] = {
             "cases": [target.case_ids[i] for i in val],
@@ -412,12 +471,22 @@ def finetune(
 
 
 def write_bank(
-    config: BenchConfig, target: PreparedTask, bank: dict[str, tuple], work: Path
+    config: BenchConfig, target: PreparedTask | NativeTask, bank: dict[str, tuple], work: Path
 ) -> Path:
-    """The bank YAML of one target: every model with its network, checkpoint, layers auto."""
+    """The bank YAML of one target: every model with its network, checkpoint, layers auto.
+    Its ``roi`` is the benchmark's ``size`` (a prepared image is one window), or for a native
+    target the patch size with the native ``overlap``: ``ccfv rank`` then extracts the
+    features of each native-resolution train image by sliding windows, the windows the
+    fine-tuned networks see."""
     from ccfv.bank.checkpoint import load_torch_file
     from ccfv.bench.train import network_spec
 
+    native = config.native(target.name)
+    window = (
+        {"roi": config.spatial_size}
+        if native is None
+        else {"roi": native["patch"], "overlap": native["overlap"]}
+    )
     models = []
     for name, (arch, checkpoint) in bank.items():
         meta = load_torch_file(checkpoint, f"benchmark checkpoint {checkpoint}")["meta"]
@@ -436,7 +505,7 @@ def write_bank(
                         "b_min": 0,
                         "b_max": 1,
                     },
-                    "roi": config.spatial_size,
+                    **window,
                 },
             }
         )
@@ -466,7 +535,7 @@ def class_consistency(features: dict, class_names: dict[int, str]) -> dict:
 
 def score_target(
     config: BenchConfig,
-    target: PreparedTask,
+    target: PreparedTask | NativeTask,
     bank_file: Path,
     work: Path,
     progress: bool,
@@ -540,11 +609,18 @@ def _pretrain_seconds(paths) -> float:
     )
 
 
-def _prepare_all(config: BenchConfig, work: Path, log) -> dict[str, PreparedTask]:
+def _prepare_all(
+    config: BenchConfig, work: Path, log
+) -> tuple[dict[str, PreparedTask], dict[str, PreparedTask | NativeTask]]:
+    """Every task at ``size`` (what pre-training reads), and every target as it is fine-tuned
+    and scored: the same prepared task, or for a native target (``native``) the task at its
+    native resolution. A native target's task at ``size`` is prepared as a source (without
+    ``train_cases``), exactly as when it was a source only, so its pre-training stays."""
     tasks = {}
     targets = set(config.targets)
     for name, spec in config.task_specs.items():
         folder = spec.parent or name
+        as_target = name in targets and config.native(name) is None
         tasks[name] = prepare_task(
             spec.path,
             work,
@@ -557,26 +633,53 @@ def _prepare_all(config: BenchConfig, work: Path, log) -> dict[str, PreparedTask
             reserve=config["source_cases"].get(folder, 0),
             derived=spec.labels,
             name=name,
-            train_cases=(config.train_cases(name) if name in targets else None),
+            train_cases=(config.train_cases(name) if as_target else None),
         )
         t = tasks[name]
         if spec.parent:
             role = f"source only ({len(t.train)} cases set aside from {spec.parent})"
         elif len(t.test) == 0:
             role = f"source only ({len(t.train)} case(s), too few to split)"
+        elif not as_target and name in targets:
+            role = f"{len(t.case_ids)} cases at size {config['size']} (as a source)"
         else:
             role = f"{len(t.train)} train / {len(t.test)} test cases"
             if t.reserved:
                 role += f", {len(t.reserved)} set aside for derived source tasks"
         log(f"task {name}: {role}, {t.n_classes - 1} foreground class(es)")
+    prepared: dict[str, PreparedTask | NativeTask] = {}
     for name in config.targets:
-        if len(tasks[name].test) == 0 or len(tasks[name].train) < 2:
+        native = config.native(name)
+        if native is None:
+            prepared[name] = tasks[name]
+            continue
+        target = prepare_native_task(
+            config.task_specs[name].path,
+            work,
+            ndim=len(config.spatial_size),
+            channels=config["channels"],
+            max_cases=config["max_cases"],
+            test_fraction=config["test_fraction"],
+            split_seed=config["split_seed"],
+            group=config.split_group(name),
+            train_cases=config.train_cases(name),
+        )
+        prepared[name] = target
+        shapes = sorted({"x".join(map(str, label.shape)) for label in target.labels})
+        log(
+            f"task {name} (native target): {len(target.train)} train / {len(target.test)} "
+            f"test cases at native resolution ({', '.join(shapes[:3])}"
+            f"{', ...' if len(shapes) > 3 else ''}), patches of "
+            f"{'x'.join(map(str, native['patch']))}"
+        )
+    for name in config.targets:
+        if len(prepared[name].test) == 0 or len(prepared[name].train) < 2:
             raise UserError(
-                f"{config.source}: target {name} has {len(tasks[name].train)} "
-                f"train and {len(tasks[name].test)} test case(s); a target needs at "
+                f"{config.source}: target {name} has {len(prepared[name].train)} "
+                f"train and {len(prepared[name].test)} test case(s); a target needs at "
                 "least 2 train and 1 test case: make it a source only (`targets`)"
             )
-    return tasks
+    return tasks, prepared
 
 
 def _pretrain_all(config, tasks, jobs, work, progress, log, device) -> dict:
@@ -603,7 +706,9 @@ def _pretrain_all(config, tasks, jobs, work, progress, log, device) -> dict:
     return paths
 
 
-def _scores_path(config: BenchConfig, target: PreparedTask, work: Path, device: str) -> Path:
+def _scores_path(
+    config: BenchConfig, target: PreparedTask | NativeTask, work: Path, device: str
+) -> Path:
     digest = config.digest(
         "pretrain",
         "size",
@@ -616,7 +721,8 @@ def _scores_path(config: BenchConfig, target: PreparedTask, work: Path, device: 
         "groups",
     )
     digest += config.digest_of({"train_cases": config.train_cases(target.name)})
-    digest += _cases_digest(config, target.name) + _device_digest(device)
+    digest += _cases_digest(config, target.name) + _native_digest(config, target.name)
+    digest += _device_digest(device)
     return work / "scores" / target.name / f"scores-{digest}.json"
 
 
@@ -642,7 +748,7 @@ def run_bench(
     _check_device(device)
     work, out = Path(work), Path(out)
     start = time.time()
-    tasks = _prepare_all(config, work, log)
+    tasks, prepared = _prepare_all(config, work, log)
     archs = config["architectures"]
     targets = config.targets
     jobs = [(arch, SCRATCH) for arch in archs] + [
@@ -661,7 +767,7 @@ def run_bench(
         # a report of some targets while the others train (``--targets``): not the full run
         summary["interim"] = {"targets": targets, "of": list(config.targets_of_config)}
     for target_name in targets:
-        target = tasks[target_name]
+        target = prepared[target_name]
         bank = {
             model_name(arch, src): (arch, checkpoints[(arch, src)])
             for arch in archs
@@ -720,11 +826,18 @@ def run_bench(
             "train": [target.case_ids[i] for i in target.train],
             "test": [target.case_ids[i] for i in target.test],
         }
+        native = config.native(target_name)
+        if native is not None:
+            summary["targets"][target_name]["native"] = {
+                "patch": native["patch"],
+                "overlap": native["overlap"],
+                "shapes": sorted({"x".join(map(str, label.shape)) for label in target.labels}),
+            }
         _write_json(work / "summary.partial.json", summary)
 
     # scoring, target after target; a target another process is scoring is read at the end
     def score(job):
-        target = tasks[job[1]]
+        target = prepared[job[1]]
         bank = {
             model_name(arch, src): (arch, checkpoints[(arch, src)])
             for arch in archs
@@ -734,7 +847,7 @@ def run_bench(
         scores, info = score_target(config, target, bank_file, work, progress, log, device)
         _write_json(job[0], {"scores": scores, "info": info})
 
-    score_jobs = [(_scores_path(config, tasks[t], work, device), t) for t in targets]
+    score_jobs = [(_scores_path(config, prepared[t], work, device), t) for t in targets]
     _run_claimed(score_jobs, lambda job: job[0].is_file(), score)
     for path, target_name in score_jobs:
         cached = json.loads(path.read_text())
@@ -769,6 +882,15 @@ def _check_device(device: str) -> None:
             )
 
 
+def convergence_config(config: BenchConfig) -> BenchConfig:
+    """The config of the convergence study's runs: ``config`` with ``finetune.eval_every``
+    set to ``convergence.eval_every`` (their cache names follow from it, :func:`finetune_path`
+    with the budget as ``steps`` and ``folder="convergence"``)."""
+    base = dict(config.raw)
+    base["finetune"] = {**config["finetune"], "eval_every": config["convergence"]["eval_every"]}
+    return BenchConfig(raw=base, source=config.source)
+
+
 def run_convergence(
     config: BenchConfig,
     work: str | Path,
@@ -790,7 +912,7 @@ def run_convergence(
     log = log or _logger.info
     _check_device(device)
     work, out = Path(work), Path(out)
-    tasks = _prepare_all(config, work, log)
+    tasks, prepared = _prepare_all(config, work, log)
     conv = config["convergence"]
     archs = conv["architectures"] or config["architectures"][:1]
     plan = {}
@@ -800,11 +922,9 @@ def run_convergence(
     jobs = list(dict.fromkeys(j for js in plan.values() for j in js))
     checkpoints = _pretrain_all(config, tasks, jobs, work, progress, log, device)
     study = {"budgets": conv["budgets"], "seed": conv["seed"], "targets": {}}
-    base = dict(config.raw)
-    base["finetune"] = {**config["finetune"], "eval_every": conv["eval_every"]}
-    study_config = BenchConfig(raw=base, source=config.source)
+    study_config = convergence_config(config)
     for target_name, models in plan.items():
-        target = tasks[target_name]
+        target = prepared[target_name]
         runs = [
             (
                 finetune_path(

@@ -66,11 +66,47 @@ class PreparedTask:
         return max(self.class_names) + 1 if self.class_names else int(self.labels.max()) + 1
 
 
+@dataclass
+class NativeTask:
+    """A target at its native resolution (the ``native`` key of the benchmark config): every
+    case on its own grid, so the images of a task may differ in size. Fine-tuned on patches,
+    predicted by sliding windows (:func:`ccfv.bench.run.finetune`)."""
+
+    name: str
+    images: list[np.ndarray]  # uint8 (C, *spatial_i) per case
+    labels: list[np.ndarray]  # int64 (*spatial_i) per case: the label's own grid
+    case_ids: list[str]
+    train: np.ndarray  # int64 indices into the cases
+    test: np.ndarray
+    class_names: dict[int, str]
+    train_folder: Path  # Decathlon folder of the train split at native resolution
+
+    @property
+    def n_classes(self) -> int:
+        if self.class_names:
+            return max(self.class_names) + 1
+        return int(max(int(label.max()) for label in self.labels)) + 1
+
+
 def _scale(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(image, [0.5, 99.5])
     if hi <= lo:
         hi = lo + 1.0
     return np.clip((image - lo) / (hi - lo) * 255.0, 0, 255)
+
+
+def _channels_scaled(image: np.ndarray, channels: int, task: str, case: str) -> np.ndarray:
+    """A case's image ``(C, *spatial)`` with ``channels`` channels (grey repeated), its
+    intensities mapped to 0..255 by :func:`_scale` (float32, not yet rounded)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[0] == 1 and channels > 1:
+        image = np.repeat(image, channels, axis=0)
+    if image.shape[0] != channels:
+        raise UserError(
+            f"task {task}: case {case} has {image.shape[0]} channels but the benchmark "
+            f"input has {channels}: set `channels` in the config"
+        )
+    return _scale(image)
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
@@ -99,7 +135,7 @@ def _write_case(tmp: Path, case: str, image: np.ndarray, label: np.ndarray) -> d
     return {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
 
 
-def _write_train_folder(folder: Path, task: PreparedTask) -> None:
+def _write_train_folder(folder: Path, task: PreparedTask | NativeTask) -> None:
     if (folder / "dataset.json").is_file():
         return
     tmp = folder.with_name(folder.name + ".partial")
@@ -112,7 +148,9 @@ def _write_train_folder(folder: Path, task: PreparedTask) -> None:
         json.dumps(
             {
                 "name": f"{task.name} (benchmark train split)",
-                "tensorImageSize": f"{task.labels.ndim - 1}D",
+                "tensorImageSize": f"{np.ndim(task.labels[0])}D"
+                if isinstance(task, NativeTask)
+                else f"{task.labels.ndim - 1}D",
                 "labels": {str(k): v for k, v in task.class_names.items()},
                 "numTraining": len(training),
                 "training": training,
@@ -316,16 +354,7 @@ def prepare_task(
                 f"{'one int or [x, y]' if loaded.ndim == 2 else '[x, y, z]'}, and "
                 "keep 2D and 3D tasks in separate configs"
             )
-        image = loaded.image.astype(np.float32)
-        if image.shape[0] == 1 and channels > 1:
-            image = np.repeat(image, channels, axis=0)
-        if image.shape[0] != channels:
-            raise UserError(
-                f"task {path.name}: case {case.case_id} has {image.shape[0]} "
-                f"channels but the benchmark input has {channels}: set `channels` "
-                "in the config"
-            )
-        image = _scale(image)
+        image = _channels_scaled(loaded.image, channels, path.name, case.case_id)
         image = np.asarray(resize_image(torch.as_tensor(image)))
         label = np.asarray(resize_label(torch.as_tensor(loaded.label[None].astype(np.float32))))
         label = label[0].astype(np.int64)
@@ -376,8 +405,112 @@ def prepare_task(
     return task
 
 
+def prepare_native_task(
+    path: str | Path,
+    work: str | Path,
+    *,
+    ndim: int,
+    channels: int,
+    max_cases: int,
+    test_fraction: float,
+    split_seed: int,
+    group: str | None = None,
+    train_cases: int | None = None,
+) -> NativeTask:
+    """Read, normalise and split one target at its native resolution, or load it from
+    ``work``: the cases of :func:`prepare_task` (the same seeded pick of ``max_cases``, the
+    same channels and intensity mapping to uint8), but **not resized**: each image keeps its
+    own grid and its label stays the label as read. Split as :func:`prepare_task` splits
+    (``train_cases`` or ``test_fraction``, by ``group``). Cached as
+    ``<work>/tasks/<name>-native-<digest>.npz`` with ``split.json``, and the train cases as a
+    Decathlon folder of native-size PNG (2D) or NIfTI (3D) images for ``ccfv rank``.
+    ``ndim``: the spatial axes the benchmark's networks take (a case with others is refused)."""
+    import hashlib
+
+    from ccfv.data import find_cases, load_case, select_cases
+
+    path = Path(path)
+    name = path.name
+    settings: dict[str, Any] = {
+        "native": True,
+        "channels": channels,
+        "max_cases": max_cases,
+        "test_fraction": test_fraction,
+        "split_seed": split_seed,
+        "source": str(path.resolve()),
+        "group": group,
+        "train_cases": None if train_cases is None else int(train_cases),
+        "format": 1,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    base = Path(work) / "tasks" / f"{name}-native-{digest}"
+    npz = base.with_suffix(".npz")
+    dataset = find_cases(path)
+    class_names = {int(k): str(v) for k, v in dataset.labels.items()} or {
+        0: "background",
+        1: "foreground",
+    }
+    if npz.is_file():
+        with np.load(npz) as z:
+            n = len(z["case_ids"])
+            task = NativeTask(
+                name,
+                [z[f"image_{i}"] for i in range(n)],
+                [z[f"label_{i}"] for i in range(n)],
+                [str(c) for c in z["case_ids"]],
+                z["train"],
+                z["test"],
+                class_names,
+                base / "train",
+            )
+        _write_train_folder(task.train_folder, task)
+        return task
+    with collect_ccfv_warnings():
+        chosen = select_cases(dataset, min(max_cases, len(dataset.cases)), split_seed)
+    chosen = sorted(chosen, key=lambda c: c.case_id)
+    images, labels, ids = [], [], []
+    for case in chosen:
+        loaded = load_case(case, dataset.labels)
+        if loaded.ndim != ndim:
+            raise UserError(
+                f"task {name}: case {case.case_id} is {loaded.ndim}D but the benchmark's "
+                f"networks are {ndim}D: keep 2D and 3D tasks in separate configs"
+            )
+        image = _channels_scaled(loaded.image, channels, name, case.case_id)
+        images.append(np.round(image).astype(np.uint8))
+        labels.append(np.asarray(loaded.label, dtype=np.int64))
+        ids.append(str(case.case_id).replace("/", "_"))
+    if len(ids) < 3:
+        raise UserError(
+            f"task {name}: {len(ids)} case(s), too few for a native target's train/test "
+            "split: leave it out of `native` and `targets`"
+        )
+    train, test = _split(ids, test_fraction, split_seed, group, name, train_cases)
+    task = NativeTask(name, images, labels, ids, train, test, class_names, base / "train")
+    _atomic_savez(
+        npz,
+        case_ids=np.array(ids),
+        train=train,
+        test=test,
+        **{f"image_{i}": a for i, a in enumerate(images)},
+        **{f"label_{i}": a for i, a in enumerate(labels)},
+    )
+    base.mkdir(parents=True, exist_ok=True)
+    split = {
+        "task": name,
+        "settings": settings,
+        "group": group,
+        "shapes": {ids[i]: list(labels[i].shape) for i in range(len(ids))},
+        "train": [ids[i] for i in train],
+        "test": [ids[i] for i in test],
+    }
+    (base / "split.json").write_text(json.dumps(split, indent=1))
+    _write_train_folder(task.train_folder, task)
+    return task
+
+
 def carve_validation(
-    task: PreparedTask, fraction: float, split_seed: int, group: str | None = None
+    task: PreparedTask | NativeTask, fraction: float, split_seed: int, group: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split a target's train indices into (fit, validation), seeded and by group when the task
     has a ``group`` pattern: ``round(fraction * G)`` of its G train cases (groups), at least 1

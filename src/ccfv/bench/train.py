@@ -33,7 +33,13 @@ a bank file written from the spec gives exactly the network that was trained.
 from __future__ import annotations
 
 from ccfv.bench.checkpoints import _names, _plain, load_checkpoint, load_pretrained, save_checkpoint
-from ccfv.bench.dice import dice_per_case, dice_per_class, mean_dice
+from ccfv.bench.dice import (
+    dice_per_case,
+    dice_per_case_sliding,
+    dice_per_class,
+    mean_dice,
+    predict_sliding,
+)
 from ccfv.bench.networks import (
     _HEADS,
     _SIZE_MULTIPLE,
@@ -42,22 +48,33 @@ from ccfv.bench.networks import (
     head_module,
     network_spec,
 )
-from ccfv.bench.training import _check_data, _device_of, _to_input, augment_batch, set_seed, train
+from ccfv.bench.training import (
+    _check_data,
+    _device_of,
+    _to_input,
+    augment_batch,
+    set_seed,
+    train,
+    train_patches,
+)
 
 __all__ = [
     "ARCHITECTURES",
     "augment_batch",
     "build_network",
     "dice_per_case",
+    "dice_per_case_sliding",
     "dice_per_class",
     "head_module",
     "mean_dice",
     "load_checkpoint",
     "load_pretrained",
     "network_spec",
+    "predict_sliding",
     "save_checkpoint",
     "set_seed",
     "train",
+    "train_patches",
 ]
 
 # private helpers some callers (and tests) reach through this module

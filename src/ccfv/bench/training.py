@@ -1,4 +1,5 @@
-"""The benchmark's training: whole images drawn from in-memory arrays, flips and turns, fed to
+"""The benchmark's training: whole images drawn from in-memory arrays (:func:`train`), or
+patches cropped from native-resolution images (:func:`train_patches`), flips and turns, fed to
 the package's one training loop (:func:`ccfv.training.fit`: Adam, MONAI's DiceCELoss, an optional
 polynomial learning-rate decay and checkpoint selection on a validation score).
 
@@ -8,7 +9,7 @@ enter a network; labels ``int64`` arrays ``(N, *spatial)`` of class ids, 0 the b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from ccfv.training.loop import _device_of, fit, set_seed
 
-__all__ = ["augment_batch", "set_seed", "train"]
+__all__ = ["PatchCropper", "augment_batch", "set_seed", "train", "train_patches"]
 
 
 def augment_batch(
@@ -173,4 +174,146 @@ def train(
         eval_every=eval_every,
         progress=progress,
         max_label=int(labels.max()),
+    )
+
+
+class PatchCropper:
+    """Patches of size ``patch`` from whole images of any size, by MONAI's
+    ``RandCropByPosNegLabeld``: a patch is centred on a foreground pixel (label > 0) with
+    probability ``pos / (pos + neg)``, else on a background pixel, the centre shifted so that
+    the patch lies inside the image (images smaller than ``patch`` are zero-padded first, label
+    0). The foreground and background indices are computed once per image (MONAI's
+    ``fg_indices_key``), not at every crop.
+
+    ``cropper(index, seed) -> (image (C, *patch) uint8, label (*patch) int64)``: image
+    ``index``, the crop drawn from MONAI's random state seeded with ``seed``."""
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        patch: Sequence[int],
+        pos: float = 2.0,
+        neg: float = 1.0,
+    ):
+        from monai.transforms import RandCropByPosNegLabeld
+
+        if not len(images) or len(images) != len(labels):
+            raise ValueError(
+                f"need as many images as labels, at least 1: {len(images)}, {len(labels)}"
+            )
+        self.patch = [int(p) for p in patch]
+        self.crop = RandCropByPosNegLabeld(
+            ["image", "label"],
+            label_key="label",
+            spatial_size=self.patch,
+            pos=pos,
+            neg=neg,
+            num_samples=1,
+            fg_indices_key="fg",
+            bg_indices_key="bg",
+        )
+        self.cases: list[dict[Any, Any]] = []
+        for image, label in zip(images, labels):
+            if image.shape[1:] != label.shape or len(self.patch) != label.ndim:
+                raise ValueError(
+                    f"image {image.shape}, label {label.shape} and patch {self.patch} do not match"
+                )
+            pad = [(0, 0)] + [
+                ((max(p - n, 0)) // 2, max(p - n, 0) - max(p - n, 0) // 2)
+                for n, p in zip(label.shape, self.patch)
+            ]
+            image = np.pad(image, pad)
+            label = np.pad(np.asarray(label, dtype=np.int64), pad[1:])
+            flat = label.ravel() > 0
+            self.cases.append(
+                {
+                    "image": torch.from_numpy(np.ascontiguousarray(image)),
+                    "label": torch.from_numpy(np.ascontiguousarray(label))[None],
+                    "fg": np.flatnonzero(flat),
+                    "bg": np.flatnonzero(~flat),
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __call__(self, index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        self.crop.set_random_state(seed=int(seed))
+        out = self.crop(self.cases[int(index)])[0]
+        image = torch.as_tensor(out["image"]).as_subclass(torch.Tensor).numpy()
+        label = torch.as_tensor(out["label"]).as_subclass(torch.Tensor).numpy()[0]
+        return image, label
+
+
+def train_patches(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    patch: Sequence[int],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pos: float = 2.0,
+    neg: float = 1.0,
+    augment: bool = True,
+    progress: str | None = None,
+    schedule: str = "constant",
+    validate: Callable[[torch.nn.Module], float] | None = None,
+    eval_every: int = 0,
+) -> dict[str, Any]:
+    """:func:`train` on patches instead of whole images: the training of a target at its
+    native resolution (the ``native`` key of the benchmark config).
+
+    Each step draws ``batch_size`` images with replacement (as :func:`train` does), crops one
+    patch of size ``patch`` from each (:class:`PatchCropper`: MONAI's ``RandCropByPosNegLabeld``,
+    foreground-centred with probability ``pos / (pos + neg)``, 2/3 by default as in
+    ``ccfv select``), then applies :func:`augment_batch` (random flips on every axis and
+    quarter turns), and hands the batch to :func:`ccfv.training.fit` with the same optimiser,
+    loss, schedule and checkpoint selection as :func:`train`.
+
+    Parameters
+    ----------
+    images : sequence of uint8 arrays ``(C, *spatial_i)``, one per image, any sizes
+    labels : sequence of int64 arrays ``spatial_i``, class ids ``0 .. K-1``
+    patch : the patch size per spatial axis
+    seed : seeds the image draws and the crops (one numpy stream) and the augmentation (a
+        second, independent stream), and torch's random state during training
+
+    The other parameters and the returned dict are those of :func:`train`.
+    """
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(
+            f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
+        )
+    cropper = PatchCropper(images, labels, patch, pos=pos, neg=neg)
+    device = _device_of(model)
+    batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
+    batch_rng, augment_rng = np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [
+            cropper(int(batch_rng.integers(0, len(cropper))), int(batch_rng.integers(2**31)))
+            for _ in range(batch_size)
+        ]
+        x, y = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        if augment:
+            x, y = augment_batch(x, y, augment_rng)
+        inputs = _to_input(x, device)
+        target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
+        return inputs, target
+
+    return fit(
+        model,
+        batches,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        schedule=schedule,
+        validate=validate,
+        eval_every=eval_every,
+        progress=progress,
+        max_label=int(max(int(np.max(label)) for label in labels)),
     )
