@@ -4,12 +4,13 @@ Why one BLAS thread: the estimators' linear algebra is many small products and L
 on matrices of a few hundred rows and columns at most (Gram matrices of d <= 512 channels,
 the r x r products of CC-FV's W2 pairs, a mixture's EM steps). A BLAS thread pool gains little
 there on a quiet machine and loses a lot on a busy one: OpenBLAS's threads spin while they
-wait for a core, so on this project's 2-core machine with two other processes running, the
-24,000 x 32 calls of ``benchmarks/bench_estimator.py`` took 10-80 times the CPU time of the
-same call on one thread (``sfda`` 2.3 s against 0.03 s, ``ccfv-hscore`` 1.7 s against 0.08 s,
-``ccfv-pca`` 0.9 s against 0.12 s; N-LEEP's 10-30 s per call of issue 16 had the same cause).
-So every registered estimator runs its BLAS on :data:`BLAS_THREADS` threads (default 1; the
-values do not depend on it), and CC-FV spreads its W2 pairs over its own worker threads
+wait for a core. On this project's 2-core machine with two other processes running (load
+average 4, 2026-12-02), the 24,000 x 32 calls of ``benchmarks/bench_estimator.py`` took, in
+CPU time, on the process's 2 BLAS threads against one: ``hscore`` 0.78 s against 0.01 s,
+``parc`` 0.64 s against 0.14 s, ``sfda`` 0.13 s against 0.03 s, ``ccfv-null`` 0.51 s against
+0.33 s (N-LEEP's 10-30 s per call of issue 16 had the same cause). So every registered
+estimator runs its BLAS on :data:`BLAS_THREADS` threads (default 1; the values do not depend
+on it), and CC-FV spreads its W2 pairs over its own worker threads
 (:func:`ccfv.estimators.gaussian.w2_squared_pairs`), each on one BLAS thread.
 
 Why a cached controller: ``threadpoolctl.threadpool_limits`` finds the loaded libraries

@@ -324,9 +324,10 @@ def ccfv_tables(
     Parameters: those of :func:`ccfv_parts`, which is ``ccfv_tables(...).parts()``.
     ``workers`` (threads for the pairwise W2 products, default the usable CPU cores, at most
     8; 1 = serial) changes the time only, never the value, and is not one of the result's
-    ``options``. The tables are computed under one BLAS thread
-    (:mod:`ccfv.estimators._threads`): the matrices are small, and BLAS threads on top of
-    the W2 workers oversubscribe the cores.
+    ``options``. The tables are computed with BLAS on
+    :data:`ccfv.estimators._threads.BLAS_THREADS` threads (default 1), the W2 products always
+    on one: the matrices are small, and BLAS threads on top of the W2 workers oversubscribe
+    the cores.
 
     Returns
     -------

@@ -88,8 +88,9 @@ def w2_squared_pairs(
     on the smaller side, min(r_i, r) x min(r_i, r). Grouping keeps the products exactly as
     wide as the factors: zero-padding the factors to a common width (the earlier code) gave the
     Gram of a pair of unequal ranks exact zero eigenvalues, which sent every such pair to the
-    SVD fallback (on 60 cases of 40-100 samples in 256 dimensions, 838 of 1770 pairs; 1.5
-    times the time). Equal ranks (one group) give the products of the earlier code.
+    SVD fallback (on 60 cases of 40-100 samples in 256 dimensions, 838 of 1770 pairs, and twice
+    the time: ``benchmarks/bench_estimator.py``, part 2). Equal ranks (one group) give the
+    products of the earlier code.
 
     The cases are shared out over ``workers`` threads (default :func:`default_workers`; NumPy
     releases the GIL in its matrix products and eigensolvers), each pair computed the same way
