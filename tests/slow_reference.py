@@ -123,3 +123,33 @@ def official_score(features, parts=False):
         total += np.log(variety / w)
         layer_parts.append((variety, w))
     return (float(total), layer_parts) if parts else float(total)
+
+
+def w2_squared_pairs_padded(gaussians):
+    """The W2^2 pairs (pdist order) as ``ccfv.estimators.gaussian`` computed them before the
+    cases were grouped by rank: every factor zero-padded to the widest, case i's products with
+    all later cases one matrix product, copied to a contiguous stack, serial. What the grouped
+    path is checked against and what ``benchmarks/bench_estimator.py`` times it against."""
+    from ccfv.estimators.gaussian import nuclear_norms
+
+    d = gaussians[0].mean.shape[0]
+    n = len(gaussians)
+    r_max = max(1, max(g.factor.shape[1] for g in gaussians))
+    factors = np.zeros((n, d, r_max))
+    for i, g in enumerate(gaussians):
+        factors[i, :, : g.factor.shape[1]] = g.factor
+    means = np.stack([g.mean for g in gaussians])
+    traces = np.array([g.trace for g in gaussians])
+    wide = np.ascontiguousarray(factors.transpose(1, 0, 2)).reshape(d, n * r_max)
+    rows = []
+    for i in range(n - 1):
+        factor = gaussians[i].factor
+        m = n - 1 - i
+        if factor.shape[1] == 0:
+            nuclear = np.zeros(m)
+        else:
+            cross = (factor.T @ wide[:, (i + 1) * r_max :]).reshape(factor.shape[1], m, r_max)
+            nuclear = nuclear_norms(np.ascontiguousarray(cross.transpose(1, 0, 2)))
+        mean_gap = np.sum((means[i + 1 :] - means[i]) ** 2, axis=1)
+        rows.append(mean_gap + traces[i] + traces[i + 1 :] - 2.0 * nuclear)
+    return np.concatenate(rows) if rows else np.zeros(0)

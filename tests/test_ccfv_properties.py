@@ -216,8 +216,11 @@ def test_bad_options(features, options, message):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_w2_threads_change_nothing(rng, variant):
+def test_w2_threads_change_nothing(rng, variant, monkeypatch):
     """The pairwise W2 work shared over threads gives the serial values exactly."""
+    from ccfv.estimators import gaussian
+
+    monkeypatch.setattr(gaussian, "_MIN_PARALLEL_WORK", 0)  # a set this small runs serially
     features = random_feature_set(rng, 9, (12, 30), (9, 20), 2, unequal=True)
     serial = ccfv.ccfv_parts(features, variant, workers=1)
     for workers in (2, 3):

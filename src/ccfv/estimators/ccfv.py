@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
-from threadpoolctl import threadpool_limits
 
 from ccfv.errors import CCFVWarning, UserError
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import (
     CaseIndices,
     FeatureSet,
@@ -297,6 +297,7 @@ def _log_ratio(layer: str, numerator: float, denominator: float, what: str) -> f
     return math.log(numerator / denominator)
 
 
+@one_blas_thread
 def ccfv_tables(
     features: FeatureSet,
     variant: str = "paper",
@@ -323,8 +324,10 @@ def ccfv_tables(
     Parameters: those of :func:`ccfv_parts`, which is ``ccfv_tables(...).parts()``.
     ``workers`` (threads for the pairwise W2 products, default the usable CPU cores, at most
     8; 1 = serial) changes the time only, never the value, and is not one of the result's
-    ``options``. The tables are computed under one BLAS thread (``threadpoolctl``): the
-    matrices are small, and BLAS threads on top of the W2 workers oversubscribe the cores.
+    ``options``. The tables are computed with BLAS on
+    :data:`ccfv.estimators._threads.BLAS_THREADS` threads (default 1), the W2 products always
+    on one: the matrices are small, and BLAS threads on top of the W2 workers oversubscribe
+    the cores.
 
     Returns
     -------
@@ -371,26 +374,23 @@ def ccfv_tables(
     )
     notes = _Notes()
     tables = []
-    # small matrices only (one Gaussian per case and class, d x d at most): one BLAS thread
-    # each is fastest, and more compete with the W2 worker threads for the same cores
-    with threadpool_limits(limits=1, user_api="blas"):
-        for layer, cases in data.items():
-            t = _LayerTables(layer)
-            if not consistency_only:
-                _variety_tables(t, cases, variant, s, normalise, eps, notes)
-            if not variety_only:
-                _consistency_tables(
-                    t,
-                    cases,
-                    classes,
-                    variant,
-                    distance,
-                    ridge,
-                    normalize_consistency,
-                    notes,
-                    workers,
-                )
-            tables.append(t)
+    for layer, cases in data.items():
+        t = _LayerTables(layer)
+        if not consistency_only:
+            _variety_tables(t, cases, variant, s, normalise, eps, notes)
+        if not variety_only:
+            _consistency_tables(
+                t,
+                cases,
+                classes,
+                variant,
+                distance,
+                ridge,
+                normalize_consistency,
+                notes,
+                workers,
+            )
+        tables.append(t)
     n_cases = len(next(iter(data.values())))
     return CCFVTables(variant, options, tables, n_cases, list(notes))
 

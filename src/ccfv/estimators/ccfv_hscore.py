@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ccfv.errors import UserError
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.ccfv import CCFVTables, ccfv_tables
 from ccfv.estimators.ccfv_pca import centred
 from ccfv.estimators.featureset import CaseIndices, FeatureSet, validate_feature_set
@@ -81,6 +82,7 @@ class CCFVHScoreTables:
         return float(np.mean(list(self.layer_terms(cases).values())))
 
 
+@one_blas_thread
 def ccfv_hscore_tables(
     features: FeatureSet,
     *,

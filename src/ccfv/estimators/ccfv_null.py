@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ccfv.errors import UserError, collect_ccfv_warnings
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.ccfv import CCFVTables, ccfv_tables
 from ccfv.estimators.ccfv_pca import centred
 from ccfv.estimators.featureset import CaseIndices, FeatureSet, validate_feature_set
@@ -116,6 +117,7 @@ def _permutations(data, seed: int, permutations: int) -> list[dict]:
     return copies
 
 
+@one_blas_thread
 def ccfv_null_tables(
     features: FeatureSet,
     *,

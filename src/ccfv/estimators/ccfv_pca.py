@@ -40,6 +40,7 @@ import numpy as np
 
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators._labelled import spectrum
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.ccfv import CCFVTables, ccfv_tables
 from ccfv.estimators.featureset import FeatureSet, validate_feature_set
 
@@ -120,6 +121,7 @@ def principal_features(
     return out
 
 
+@one_blas_thread
 def ccfv_pca_tables(
     features: FeatureSet,
     *,

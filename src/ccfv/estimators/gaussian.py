@@ -13,8 +13,8 @@ The 2-Wasserstein trace term never needs a d x d matrix square root of a product
 
 (the nuclear norm is unchanged when a square root is replaced by any factor of the same
 covariance), and ``A_i^T A_j`` is only r_i x r_j. All pairs are batched: one matrix product
-per case against every later case, one stacked eigen/singular-value solve of the small
-products (:func:`nuclear_norms`).
+per case against every later case of the same rank, one stacked eigenvalue solve of the small
+products' Gram matrices (:func:`nuclear_norms`), spread over worker threads.
 
 KL and Bhattacharyya need inverses and determinants, which do not exist for the rank-deficient
 covariances of n < d samples; they use ``S + ridge * (Tr S / d) * I`` and say so.
@@ -27,10 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+from ccfv.estimators._threads import limited
 
 #: Batches of pairwise d x d work are cut to keep their arrays under this many float64 values.
 _MAX_BATCH_VALUES = 2**25
+#: Below this many multiply-adds (about 3 ms on one core) the W2 pairs are computed serially:
+#: starting and feeding worker threads would cost more than they save.
+_MIN_PARALLEL_WORK = 5e7
 
 
 @dataclass(frozen=True)
@@ -56,18 +60,6 @@ def fit_gaussian(X: np.ndarray) -> Gaussian:
     return Gaussian(mean=mean, factor=factor, trace=trace, n=n)
 
 
-def _stack(gaussians: list[Gaussian]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Means (N, d), zero-padded factors (N, d, r_max) and traces (N,)."""
-    d = gaussians[0].mean.shape[0]
-    r_max = max(1, max(g.factor.shape[1] for g in gaussians))
-    factors = np.zeros((len(gaussians), d, r_max))
-    for i, g in enumerate(gaussians):
-        factors[i, :, : g.factor.shape[1]] = g.factor
-    means = np.stack([g.mean for g in gaussians])
-    traces = np.array([g.trace for g in gaussians])
-    return means, factors, traces
-
-
 def default_workers() -> int:
     """Threads for the pairwise W2 work: the CPU cores this process may use, at most 8."""
     try:
@@ -89,28 +81,55 @@ def w2_squared_pairs(
     ``64 eps (|mu_i|^2 + |mu_j|^2 + Tr S_i + Tr S_j)``, is returned as exactly 0 (such pairs are
     numerically identical); otherwise the caller decides how to clip.
 
-    Case i's products with every later case are one matrix product, ``A_i^T [A_i+1 ... A_N]``;
-    the cases are shared out over ``workers`` threads (default :func:`default_workers`; NumPy
+    The cases are grouped by the rank r of their factor (the number of its columns). Case i's
+    products with the later cases of rank r are one matrix product, ``A_i^T [A_j ...]`` (the
+    group's factors side by side, stored once, so no copy per pair), whose
+    (r_i, m, r) result goes to :func:`nuclear_norms` as a strided view, the Gram product taken
+    on the smaller side, min(r_i, r) x min(r_i, r). Grouping keeps the products exactly as
+    wide as the factors: zero-padding the factors to a common width (the earlier code) gave the
+    Gram of a pair of unequal ranks exact zero eigenvalues, which sent every such pair to the
+    SVD fallback (on 60 cases of 40-100 samples in 256 dimensions, 838 of 1770 pairs, and twice
+    the time: ``benchmarks/bench_estimator.py``, part 2). Equal ranks (one group) give the
+    products of the earlier code.
+
+    The cases are shared out over ``workers`` threads (default :func:`default_workers`; NumPy
     releases the GIL in its matrix products and eigensolvers), each pair computed the same way
-    whatever the number of threads, so the values do not depend on it. With more than one
-    worker, BLAS is held to one thread meanwhile, so that the two kinds of threads do not
-    compete for the same cores.
+    whatever the number of threads, so the values do not depend on it. BLAS is held to one
+    thread meanwhile (the products are small, and BLAS threads on top of the workers compete
+    for the same cores). Below :data:`_MIN_PARALLEL_WORK` multiply-adds in all (small feature
+    sets) the pairs are computed serially whatever ``workers`` says.
     """
-    means, factors, traces = _stack(gaussians)
-    n, d, r_max = factors.shape
-    # every factor's columns side by side, (d, N * r_max): case j's are columns j*r_max...
-    wide = np.ascontiguousarray(factors.transpose(1, 0, 2)).reshape(d, n * r_max)
+    n = len(gaussians)
+    if n < 2:
+        return np.zeros(0)
+    d = gaussians[0].mean.shape[0]
+    means = np.stack([g.mean for g in gaussians])
+    traces = np.array([g.trace for g in gaussians])
+    ranks = np.array([g.factor.shape[1] for g in gaussians])
+    # per rank r > 0: the cases of that rank in index order and their factors side by side,
+    # (d, count * r); the cases after i of rank r are a tail of the group
+    groups = []
+    for r in np.unique(ranks[ranks > 0]):
+        members = np.flatnonzero(ranks == r)
+        wide = np.concatenate([gaussians[j].factor for j in members], axis=1)
+        groups.append((int(r), members, wide))
     tiny = 64 * np.finfo(np.float64).eps
     squared_means = np.sum(means**2, axis=1)
 
     def row(i: int) -> np.ndarray:
         factor = gaussians[i].factor
-        m = n - 1 - i
-        if factor.shape[1] == 0:
-            nuclear = np.zeros(m)
-        else:
-            cross = (factor.T @ wide[:, (i + 1) * r_max :]).reshape(factor.shape[1], m, r_max)
-            nuclear = nuclear_norms(np.ascontiguousarray(cross.transpose(1, 0, 2)))
+        nuclear = np.zeros(n - 1 - i)
+        if factor.shape[1] > 0:
+            for r, members, wide in groups:
+                first = int(np.searchsorted(members, i, side="right"))
+                later = members[first:]
+                if later.size == 0:
+                    continue
+                cross = (factor.T @ wide[:, first * r :]).reshape(factor.shape[1], later.size, r)
+                stack = cross.transpose(1, 0, 2)  # (m, r_i, r): pair k is A_i^T A_later[k]
+                if r < factor.shape[1]:
+                    stack = np.swapaxes(stack, 1, 2)
+                nuclear[later - i - 1] = nuclear_norms(stack)
         mean_gap = np.sum((means[i + 1 :] - means[i]) ** 2, axis=1)
         sq = mean_gap + traces[i] + traces[i + 1 :] - 2.0 * nuclear
         if round_off_to_zero:
@@ -118,22 +137,20 @@ def w2_squared_pairs(
             sq[sq <= tiny * scale] = 0.0
         return sq
 
-    if n < 2:
-        return np.zeros(0)
     workers = default_workers() if workers is None else int(workers)
-    if workers <= 1 or n < 3:
-        rows = [row(i) for i in range(n - 1)]
-    else:
-        with (
-            threadpool_limits(limits=1, user_api="blas"),
-            ThreadPoolExecutor(max_workers=workers) as pool,
-        ):
-            rows = list(pool.map(row, range(n - 1)))
+    r_max = int(ranks.max())
+    work = n * (n - 1) / 2 * r_max * r_max * (d + r_max)
+    with limited(1, "blas"):
+        if workers <= 1 or n < 3 or work < _MIN_PARALLEL_WORK:
+            rows = [row(i) for i in range(n - 1)]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                rows = list(pool.map(row, range(n - 1)))
     return np.concatenate(rows)
 
 
 def nuclear_norms(matrices: np.ndarray) -> np.ndarray:
-    """Sum of singular values of each matrix in a stack (m, p, q), p <= q.
+    """Sum of singular values of each matrix in a stack (m, p, q), p <= q (any strides).
 
     Fast path: ``sqrt`` of the eigenvalues of the symmetric Gram ``C C^T`` (eigvalsh is several
     times cheaper than an SVD). Squaring loses the small singular values' accuracy, so every

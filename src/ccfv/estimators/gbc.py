@@ -45,6 +45,7 @@ import numpy as np
 
 from ccfv.errors import UserError
 from ccfv.estimators._labelled import labelled_samples, spectrum
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import FeatureSet
 
 COVARIANCES = ("diagonal", "spherical")
@@ -52,6 +53,7 @@ COVARIANCES = ("diagonal", "spherical")
 VARIANCE_FLOOR = 1e-4
 
 
+@one_blas_thread
 def gbc_score(
     features: FeatureSet,
     *,

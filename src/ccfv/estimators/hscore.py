@@ -52,9 +52,11 @@ from __future__ import annotations
 import numpy as np
 
 from ccfv.estimators._labelled import Labelled, labelled_samples, left_projections
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import FeatureSet
 
 
+@one_blas_thread
 def hscore(features: FeatureSet, *, layer: str | None = None) -> float:
     """H-score ``tr(cov(f)^+ cov(E[f|y]))`` of one layer's pooled features (larger = better).
 
@@ -79,6 +81,7 @@ def hscore(features: FeatureSet, *, layer: str | None = None) -> float:
     return _within_bound(float(np.sum(projected**2 / data.counts)), data)
 
 
+@one_blas_thread
 def regularized_hscore(features: FeatureSet, *, layer: str | None = None) -> float:
     """Shrinkage H-score ``tr(S_a^-1 (1 - a) cov(E[f|y]))`` (Ledoit-Wolf ``a``; larger = better).
 

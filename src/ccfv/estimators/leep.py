@@ -27,9 +27,11 @@ from __future__ import annotations
 import numpy as np
 
 from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import FeatureSet, validate_predictions
 
 
+@one_blas_thread
 def leep_score(features: FeatureSet, predictions, *, layer: str | None = None) -> float:
     """LEEP of a source model's predictions for the target labels of a feature set.
 

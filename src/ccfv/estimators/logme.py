@@ -59,6 +59,7 @@ import numpy as np
 
 from ccfv.errors import CCFVWarning, UserError
 from ccfv.estimators._labelled import labelled_samples, left_projections
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import FeatureSet
 
 #: t = alpha/beta beyond this multiple of the largest s_i is the alpha -> inf limit.
@@ -76,6 +77,7 @@ _SETTLED = 1e-9
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+@one_blas_thread
 def logme_score(
     features: FeatureSet, *, layer: str | None = None, max_iter: int = 100, tol: float = 1e-3
 ) -> float:

@@ -54,10 +54,10 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
-from threadpoolctl import threadpool_limits
 
 from ccfv.errors import UserError
 from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators._threads import limited
 from ccfv.estimators.featureset import FeatureSet
 from ccfv.estimators.leep import _leep
 
@@ -125,7 +125,7 @@ def nleep_score(
         )
     data = labelled_samples(features, layer, "nleep")
     X, labels = data.X, data.labels
-    with threadpool_limits(limits=threads):
+    with limited(threads):
         theta = _gmm_posteriors(
             X,
             n_classes=int(labels.max()) + 1,

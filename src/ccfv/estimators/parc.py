@@ -59,6 +59,7 @@ from scipy.spatial.distance import pdist
 
 from ccfv.errors import UserError
 from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import FeatureSet
 
 #: The default cap on the number of samples PARC compares pairwise.
@@ -67,6 +68,7 @@ MAX_SAMPLES = 3000
 DECIMALS = 12
 
 
+@one_blas_thread
 def parc_score(
     features: FeatureSet,
     *,

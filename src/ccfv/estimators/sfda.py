@@ -52,6 +52,7 @@ from scipy.special import log_softmax, softmax
 
 from ccfv.errors import UserError
 from ccfv.estimators._labelled import labelled_samples
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import FeatureSet
 
 #: ``a`` in lambda = exp(-a sigma_max(S_w)) (released code).
@@ -60,6 +61,7 @@ SHRINKAGE_RATE = 5.0
 MIN_SHRINKAGE = 1e-10
 
 
+@one_blas_thread
 def sfda_score(features: FeatureSet, *, layer: str | None = None, log: bool = True) -> float:
     """SFDA of a feature set's layer.
 

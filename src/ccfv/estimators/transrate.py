@@ -34,9 +34,11 @@ import numpy as np
 
 from ccfv.errors import UserError
 from ccfv.estimators._labelled import labelled_samples, squared_singular_values
+from ccfv.estimators._threads import one_blas_thread
 from ccfv.estimators.featureset import FeatureSet
 
 
+@one_blas_thread
 def transrate_score(features: FeatureSet, *, layer: str | None = None, eps: float = 1e-4) -> float:
     """TransRate of one layer's pooled features for the voxel classes (larger = better).
 
