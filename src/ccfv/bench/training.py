@@ -150,22 +150,17 @@ def train(
         raise ValueError(
             f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
         )
-    device = _device_of(model)
-    batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
-    batch_rng, augment_rng = np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
+    batch_rng, augment_rng = _streams(seed)
 
-    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw() -> tuple[np.ndarray, np.ndarray]:
         index = batch_rng.integers(0, images.shape[0], size=batch_size)
-        x, y = images[index], labels[index]
-        if augment:
-            x, y = augment_batch(x, y, augment_rng)
-        inputs = _to_input(x, device)
-        target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
-        return inputs, target
+        return images[index], labels[index]
 
-    return fit(
+    return _fit_draws(
         model,
-        batches,
+        draw,
+        augment_rng if augment else None,
+        max_label=int(labels.max()),
         steps=steps,
         lr=lr,
         seed=seed,
@@ -173,8 +168,35 @@ def train(
         validate=validate,
         eval_every=eval_every,
         progress=progress,
-        max_label=int(labels.max()),
     )
+
+
+def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """The two independent numpy streams of a training run: the batch draws, the augmentation."""
+    batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
+    return np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
+
+
+def _fit_draws(
+    model: torch.nn.Module,
+    draw: Callable[[], tuple[np.ndarray, np.ndarray]],
+    augment_rng: np.random.Generator | None,
+    max_label: int,
+    **fit_options: Any,
+) -> dict[str, Any]:
+    """:func:`ccfv.training.fit` on the batches ``draw()`` returns (uint8 images, int labels),
+    augmented by :func:`augment_batch` with ``augment_rng`` (None: not augmented)."""
+    device = _device_of(model)
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = draw()
+        if augment_rng is not None:
+            x, y = augment_batch(x, y, augment_rng)
+        inputs = _to_input(x, device)
+        target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
+        return inputs, target
+
+    return fit(model, batches, max_label=max_label, **fit_options)
 
 
 class PatchCropper:
@@ -289,25 +311,20 @@ def train_patches(
             f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
         )
     cropper = PatchCropper(images, labels, patch, pos=pos, neg=neg)
-    device = _device_of(model)
-    batch_seq, augment_seq = np.random.SeedSequence(int(seed)).spawn(2)
-    batch_rng, augment_rng = np.random.default_rng(batch_seq), np.random.default_rng(augment_seq)
+    batch_rng, augment_rng = _streams(seed)
 
-    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw() -> tuple[np.ndarray, np.ndarray]:
         pairs = [
             cropper(int(batch_rng.integers(0, len(cropper))), int(batch_rng.integers(2**31)))
             for _ in range(batch_size)
         ]
-        x, y = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-        if augment:
-            x, y = augment_batch(x, y, augment_rng)
-        inputs = _to_input(x, device)
-        target = torch.from_numpy(np.asarray(y, dtype=np.int64)).unsqueeze(1).to(device)
-        return inputs, target
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
-    return fit(
+    return _fit_draws(
         model,
-        batches,
+        draw,
+        augment_rng if augment else None,
+        max_label=int(max(int(np.max(label)) for label in labels)),
         steps=steps,
         lr=lr,
         seed=seed,
@@ -315,5 +332,4 @@ def train_patches(
         validate=validate,
         eval_every=eval_every,
         progress=progress,
-        max_label=int(max(int(np.max(label)) for label in labels)),
     )
