@@ -443,3 +443,29 @@ def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys)
     full = json.loads((out / "summary.json").read_text())
     assert list(full["targets"]) == ["drive_retinal_vessels", "hc18_fetal_head"]
     assert "interim" not in full
+
+
+def test_budget_rule_of_the_convergence_study():
+    """Doubling 1000 -> 2000 steps must gain < 0.01 test Dice for every studied model, else the
+    largest budget; the committed study gives the config's finetune_steps."""
+    from ccfv.bench.run import budget_rule
+    from ccfv.errors import UserError
+
+    def entry(*gains):
+        return {
+            f"m{i}": {"1000": {"test_dice": 0.5}, "2000": {"test_dice": 0.5 + g}, "250": {}}
+            for i, g in enumerate(gains)
+        }
+
+    budgets = [250, 1000, 2000]
+    kept = budget_rule(entry(0.009, -0.02), 1000, budgets)
+    assert kept["steps"] == 1000 and kept["converged"]
+    assert kept["gains"]["m0"] == pytest.approx(0.009)
+    assert budget_rule(entry(0.009, 0.01), 1000, budgets)["steps"] == 2000
+    with pytest.raises(UserError, match="include both"):
+        budget_rule(entry(0.0), 1000, [250, 500, 1000])
+    study = json.loads((ROOT / "benchmarks/results/v2/convergence/convergence.json").read_text())
+    config = load_config(ROOT / "benchmarks" / "transfer2d-v2.yaml")
+    for target, runs in study["targets"].items():
+        rule = budget_rule(runs, config["finetune"]["steps"], study["budgets"])
+        assert rule["steps"] == (config.finetune_steps(target) or config["finetune"]["steps"])

@@ -977,6 +977,20 @@ def run_convergence(
                 "seconds": r["seconds"],
             }
         study["targets"][target_name] = entry
+        rule = budget_rule(entry, int(config["finetune"]["steps"]), conv["budgets"])
+        study.setdefault("budget_rule", {})[target_name] = rule
+        configured = finetune_settings(config, target_name)["steps"]
+        log(
+            f"convergence {target_name}: budget rule: {rule['steps']} steps ("
+            + ", ".join(f"{m} {g:+.3f}" for m, g in rule["gains"].items())
+            + f" test Dice from {rule['from']} to {rule['to']} steps)"
+            + (
+                ""
+                if rule["steps"] == configured
+                else f"; the config gives {configured}: set finetune_steps: "
+                f"{{{target_name}: {rule['steps']}}} in {config.source}"
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "convergence.json", study)
     from ccfv.bench.report import plot_convergence
@@ -984,3 +998,33 @@ def run_convergence(
     for target_name, entry in study["targets"].items():
         plot_convergence(target_name, entry, out / f"convergence_{target_name}.png")
     return study
+
+
+def budget_rule(
+    entry: dict[str, dict[str, dict]], steps: int, budgets: list[int], threshold: float = 0.01
+) -> dict:
+    """The budget rule of the v2 config, written down before its fine-tuning runs: a target
+    keeps ``steps`` (``finetune.steps``) when doubling the budget from ``steps`` to ``2 * steps``
+    gains < ``threshold`` test Dice for every studied model; otherwise it gets the largest
+    studied budget (and is reported "not converged" with the gains). ``entry``: one target of
+    the convergence study (model -> budget -> ``{"test_dice": ...}``). Returns ``{"steps",
+    "converged", "from", "to", "gains": {model: gain}}``."""
+    larger = 2 * int(steps)
+    if int(steps) not in budgets or larger not in budgets:
+        raise UserError(
+            f"convergence.budgets {budgets}: the budget rule compares finetune.steps ({steps}) "
+            f"with twice it ({larger}); give budgets that include both"
+        )
+    gains = {}
+    for model, runs in entry.items():
+        low, high = runs[str(steps)]["test_dice"], runs[str(larger)]["test_dice"]
+        gains[model] = None if low is None or high is None else float(high) - float(low)
+    converged = all(g is not None and g < threshold for g in gains.values())
+    chosen = int(steps) if converged else max(int(b) for b in budgets)
+    return {
+        "steps": chosen,
+        "converged": converged,
+        "from": int(steps),
+        "to": larger,
+        "gains": gains,
+    }
