@@ -720,7 +720,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     ``statistics.average_all`` the average over every target of every track (with several
     tracks) and ``statistics.within_architecture_all`` the same among the models of one
     architecture, and ``statistics.headline`` the weighted tau of each method in each average.
-    ``tracks`` records each run's config, commit and training times.
+    ``tracks`` records each run's config, commit and training times. A track whose summary
+    is interim (``ccfv bench --targets``) makes the merge interim too (``interim``: the merged
+    targets, and every track's config targets), so the default rule does not decide on it.
     """
     out = Path(out)
     merged: dict[str, Any] = {
@@ -732,6 +734,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     reliability: dict = {}  # per target, from the tracks that have it (protocol v2 reports)
     n_boots: set = set()  # their bootstrap replicates (statistics.bootstrap of each track)
     columns = []
+    of_config: list[str] = []  # every track's config targets (an interim track: all of them)
     for folder in results:
         path = Path(folder) / "summary.json"
         if not path.is_file():
@@ -750,6 +753,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
             k: run.get(k) for k in ("config", "commit", "wall_seconds", "pretrain_seconds")
         }
         merged["tracks"][track]["finetune_seconds"] = _finetune_seconds(run)
+        if run.get("interim"):
+            merged["tracks"][track]["interim"] = run["interim"]
+        of_config += (run.get("interim") or {}).get("of", list(run["targets"]))
         for t, target in run["targets"].items():
             merged["targets"][t] = {**target, "track": track}
             merged["statistics"]["per_target"][t] = stats["per_target"][t]
@@ -810,6 +816,14 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         }
         merged["statistics"]["reliability"] = rel
         md += reliability_section(rel, [m for m in methods if not is_ablation(m)])
+    if any("interim" in t for t in merged["tracks"].values()):
+        # a track of some of its config's targets (``--targets``): the merge is interim too
+        merged["interim"] = {"targets": list(merged["targets"]), "of": of_config}
+        md[1:1] = [
+            "",
+            f"**Interim report**: {len(merged['targets'])} of the tracks' {len(of_config)} "
+            "targets (a track run with `ccfv bench --targets`).",
+        ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "headline.md").write_text("\n".join(md) + "\n")
     atomic_write(out / "summary.json", json.dumps(merged, indent=1, default=str))
