@@ -250,6 +250,25 @@ def test_scoring_time_unknown_and_no_ranking():
     assert [r["method"] for r in bare["rows"]] == [EVERYTHING]
 
 
+def test_a_model_without_scores_and_candidates_without_values():
+    """A model with no ``scores`` at all is left out of the rankings (no KeyError in the
+    hindsight baseline); candidates whose curves hold no finite value at the rung ends all
+    fail: the (K, B) is listed as not run, with its budget multiple."""
+    entry = _entry()
+    del entry["models"]["m3"]["scores"]
+    result = target_selection(
+        entry, top=[3], budgets=[1], eval_every=50, n_seeds=4, methods=["other"], n_boot=50
+    )
+    hind = _rows(result)[(HINDSIGHT, None, None)]
+    assert hind["estimator"] == "other" and hind["picks"] == ["m2"] * 4
+    for m in entry["models"].values():
+        m["validation_curve"] = [[[s, float("nan")] for s, _ in c] for c in m["validation_curve"]]
+    result = target_selection(entry, top=[3], budgets=[1], eval_every=50, n_seeds=4, n_boot=50)
+    assert result["not_run"] == [
+        {"top": 3, "budget": 1000, "multiple": 1, "reason": "every candidate failed"}
+    ]
+
+
 def test_a_target_with_a_missing_run_is_skipped():
     entry = _entry()
     entry["models"]["m1"]["validation_curve"][2] = None
