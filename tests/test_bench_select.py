@@ -460,3 +460,30 @@ def test_rungs_on_a_full_schedule_equal_one_run_read_at_the_rung_ends(tmp_path):
     short = net()
     fit(short, PatchSampler(train, (16, 16), 2, seed=5), steps=6, lr=1e-2, seed=1, schedule="poly")
     assert not all(torch.equal(state.model[k], v) for k, v in short.state_dict().items())
+
+
+def test_write_png_is_atomic_and_closes_the_figure(tmp_path):
+    """The plots' one way to save (ccfv.files.write_png): a PNG at the path, the figure closed;
+    a failing save leaves no file (not even its temporary) and still closes the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ccfv.files import write_png
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = write_png(fig, tmp_path / "a.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    fig, _ = plt.subplots()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    fig.savefig = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        write_png(fig, tmp_path / "b.png")
+    assert not plt.fignum_exists(fig.number)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -36,7 +36,7 @@ from ccfv.bench.per_class import (
 from ccfv.bench.selection_report import plot_selection, selection_section
 from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
-from ccfv.files import atomic_write
+from ccfv.files import atomic_write, write_png
 
 STATS = (*CORRELATIONS, "top1_relative", "regret")
 #: Bootstrap replicates of the ground truth behind every interval of the reliability section
@@ -339,12 +339,7 @@ def plot_fig2(
     )
     fig.suptitle(f"{target}: score vs fine-tuned Dice", fontsize=10)
     fig.tight_layout(rect=(0, 0.9 / (3.8 * nrows + 1.0) + 0.03, 1, 0.97))
-    path = Path(path)
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path)
 
 
 def truth_of(models: dict) -> dict[str, float]:
