@@ -167,6 +167,16 @@ def test_combine_results_by_hand(tmp_path):
     assert json.loads((tmp_path / "all" / "summary.json").read_text()) == merged
     headline_md = (tmp_path / "all" / "headline.md").read_text()
     assert "| `m` | 0.500 | 0.650 | -0.500 | 0.250 | 0.250 |" in headline_md
+    assert "interim" not in merged and "Interim" not in headline_md
+    # a track of some of its config's targets (--targets) makes the merge interim too, so the
+    # default rule (benchmarks/apply_default_rule.py) does not decide on it
+    summary = json.loads((three / "summary.json").read_text())
+    summary["interim"] = {"targets": ["w"], "of": ["w", "v"]}
+    (three / "summary.json").write_text(json.dumps(summary))
+    partial = combine_results([two, three], tmp_path / "partial")
+    assert partial["interim"] == {"targets": ["x", "y", "z", "w"], "of": ["x", "y", "z", "w", "v"]}
+    assert partial["tracks"]["t3d"]["interim"] == summary["interim"]
+    assert "**Interim report**: 4 of" in (tmp_path / "partial" / "headline.md").read_text()
     with pytest.raises(ccfv.UserError, match="given twice"):
         combine_results([two, two], tmp_path / "again")
     with pytest.raises(ccfv.UserError, match="does not exist"):

@@ -70,6 +70,11 @@ def test_native_config_is_checked(tmp_path):
             load_config(_config(tmp_path, native=native))
     with pytest.raises(ccfv.UserError, match="native .*: give a mapping"):
         load_config(_config(tmp_path, native=["hc18_fetal_head"]))
+    # subjects set aside for derived sources would land in the native target's test split
+    with pytest.raises(ccfv.UserError, match="native.hc18_fetal_head: source_cases sets 3"):
+        load_config(
+            _config(tmp_path, native={"hc18_fetal_head": {}}, source_cases={"hc18_fetal_head": 3})
+        )
     with pytest.raises(ccfv.UserError, match="UNETR's position embedding is built for size 64"):
         load_config(
             _config(tmp_path, architectures=["unetr"], native={"hc18_fetal_head": {"patch": 32}})

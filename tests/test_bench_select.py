@@ -250,6 +250,25 @@ def test_scoring_time_unknown_and_no_ranking():
     assert [r["method"] for r in bare["rows"]] == [EVERYTHING]
 
 
+def test_a_model_without_scores_and_candidates_without_values():
+    """A model with no ``scores`` at all is left out of the rankings (no KeyError in the
+    hindsight baseline); candidates whose curves hold no finite value at the rung ends all
+    fail: the (K, B) is listed as not run, with its budget multiple."""
+    entry = _entry()
+    del entry["models"]["m3"]["scores"]
+    result = target_selection(
+        entry, top=[3], budgets=[1], eval_every=50, n_seeds=4, methods=["other"], n_boot=50
+    )
+    hind = _rows(result)[(HINDSIGHT, None, None)]
+    assert hind["estimator"] == "other" and hind["picks"] == ["m2"] * 4
+    for m in entry["models"].values():
+        m["validation_curve"] = [[[s, float("nan")] for s, _ in c] for c in m["validation_curve"]]
+    result = target_selection(entry, top=[3], budgets=[1], eval_every=50, n_seeds=4, n_boot=50)
+    assert result["not_run"] == [
+        {"top": 3, "budget": 1000, "multiple": 1, "reason": "every candidate failed"}
+    ]
+
+
 def test_a_target_with_a_missing_run_is_skipped():
     entry = _entry()
     entry["models"]["m1"]["validation_curve"][2] = None
@@ -441,3 +460,30 @@ def test_rungs_on_a_full_schedule_equal_one_run_read_at_the_rung_ends(tmp_path):
     short = net()
     fit(short, PatchSampler(train, (16, 16), 2, seed=5), steps=6, lr=1e-2, seed=1, schedule="poly")
     assert not all(torch.equal(state.model[k], v) for k, v in short.state_dict().items())
+
+
+def test_write_png_is_atomic_and_closes_the_figure(tmp_path):
+    """The plots' one way to save (ccfv.files.write_png): a PNG at the path, the figure closed;
+    a failing save leaves no file (not even its temporary) and still closes the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ccfv.files import write_png
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = write_png(fig, tmp_path / "a.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    fig, _ = plt.subplots()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    fig.savefig = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        write_png(fig, tmp_path / "b.png")
+    assert not plt.fignum_exists(fig.number)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -198,6 +198,8 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     assert set(curves) == {"unet__scratch", "unet__drive_retinal_vessels"}
     assert [c[0] for c in curves["unet__scratch"]["4"]["curve"]] == [1, 2, 3, 4]
     assert (out / "convergence" / "convergence_hc18_fetal_head.png").stat().st_size > 1000
+    # budgets [2, 4] lack twice finetune.steps (8): the study is written, the rule not applied
+    assert "include both" in study["budget_rule"]["hc18_fetal_head"]["not_applied"]
     summary = run_bench(config, work, out, progress=False, log=lambda *_: None)
     target = summary["targets"]["hc18_fetal_head"]
     assert len(target["train"]) == 8 and len(target["test"]) == 12

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_png"]
 
 
 def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> Path:
@@ -44,4 +44,18 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], o
         except OSError:
             pass
         raise
+    return path
+
+
+def write_png(figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib ``figure`` to ``path`` as PNG through :func:`atomic_write` (a killed
+    run leaves no half-written plot) and close it (pyplot keeps every open figure otherwise),
+    also when saving fails. Returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=dpi))
+    finally:
+        plt.close(figure)
     return path

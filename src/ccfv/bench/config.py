@@ -397,7 +397,8 @@ def _check_native(config: dict, resolved: BenchConfig, path: Path) -> None:
     """``native: {task: {patch, overlap, group}}``: plain tasks of the config; ``patch`` one
     int per spatial axis (or one for all), a multiple of every architecture's downsampling
     and, with UNETR (whose position embedding is built for ``size``), equal to ``size``;
-    ``overlap`` in [0, 1); ``group`` a regular expression with a capturing group."""
+    ``overlap`` in [0, 1); ``group`` a regular expression with a capturing group; no
+    ``source_cases`` for the task (a native target's split sets no subjects aside)."""
     import re
 
     from ccfv.bench.networks import _SIZE_MULTIPLE
@@ -415,6 +416,15 @@ def _check_native(config: dict, resolved: BenchConfig, path: Path) -> None:
             raise UserError(
                 f"{path}: native names {task!r}, which is not a task folder among the tasks "
                 f"{[n for n, s in resolved.task_specs.items() if s.parent is None]}"
+            )
+        if config["source_cases"].get(task):
+            # a native target's split (prepare_native_task) sets nothing aside, so its test
+            # cases would include the subjects its derived sources were pre-trained on
+            raise UserError(
+                f"{path}: native.{task}: source_cases sets {config['source_cases'][task]} of "
+                f"its cases aside for derived source tasks, which a native target's split does "
+                "not do (its test split would hold the derived sources' subjects): leave "
+                f"{task} out of native or out of source_cases"
             )
         options = {} if options is None else options
         if not isinstance(options, dict) or set(options) - set(NATIVE):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ccfv.evaluation import spearman, weighted_tau
-from ccfv.files import atomic_write
+from ccfv.files import write_png
 
 #: The CC-FV variants whose per-class consistency the benchmark records (per model, class,
 #: layer), to set class consistency against the fine-tuned Dice of each class.
@@ -115,9 +115,4 @@ def plot_class_consistency(target_name: str, target: dict, variants, path: str |
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path)

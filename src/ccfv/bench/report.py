@@ -36,7 +36,7 @@ from ccfv.bench.per_class import (
 from ccfv.bench.selection_report import plot_selection, selection_section
 from ccfv.errors import UserError, collect_ccfv_warnings
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
-from ccfv.files import atomic_write
+from ccfv.files import atomic_write, write_png
 
 STATS = (*CORRELATIONS, "top1_relative", "regret")
 #: Bootstrap replicates of the ground truth behind every interval of the reliability section
@@ -339,12 +339,7 @@ def plot_fig2(
     )
     fig.suptitle(f"{target}: score vs fine-tuned Dice", fontsize=10)
     fig.tight_layout(rect=(0, 0.9 / (3.8 * nrows + 1.0) + 0.03, 1, 0.97))
-    path = Path(path)
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path)
 
 
 def truth_of(models: dict) -> dict[str, float]:
@@ -720,7 +715,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     ``statistics.average_all`` the average over every target of every track (with several
     tracks) and ``statistics.within_architecture_all`` the same among the models of one
     architecture, and ``statistics.headline`` the weighted tau of each method in each average.
-    ``tracks`` records each run's config, commit and training times.
+    ``tracks`` records each run's config, commit and training times. A track whose summary
+    is interim (``ccfv bench --targets``) makes the merge interim too (``interim``: the merged
+    targets, and every track's config targets), so the default rule does not decide on it.
     """
     out = Path(out)
     merged: dict[str, Any] = {
@@ -732,6 +729,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     reliability: dict = {}  # per target, from the tracks that have it (protocol v2 reports)
     n_boots: set = set()  # their bootstrap replicates (statistics.bootstrap of each track)
     columns = []
+    of_config: list[str] = []  # every track's config targets (an interim track: all of them)
     for folder in results:
         path = Path(folder) / "summary.json"
         if not path.is_file():
@@ -750,6 +748,9 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
             k: run.get(k) for k in ("config", "commit", "wall_seconds", "pretrain_seconds")
         }
         merged["tracks"][track]["finetune_seconds"] = _finetune_seconds(run)
+        if run.get("interim"):
+            merged["tracks"][track]["interim"] = run["interim"]
+        of_config += (run.get("interim") or {}).get("of", list(run["targets"]))
         for t, target in run["targets"].items():
             merged["targets"][t] = {**target, "track": track}
             merged["statistics"]["per_target"][t] = stats["per_target"][t]
@@ -810,6 +811,14 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
         }
         merged["statistics"]["reliability"] = rel
         md += reliability_section(rel, [m for m in methods if not is_ablation(m)])
+    if any("interim" in t for t in merged["tracks"].values()):
+        # a track of some of its config's targets (``--targets``): the merge is interim too
+        merged["interim"] = {"targets": list(merged["targets"]), "of": of_config}
+        md[1:1] = [
+            "",
+            f"**Interim report**: {len(merged['targets'])} of the tracks' {len(of_config)} "
+            "targets (a track run with `ccfv bench --targets`).",
+        ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "headline.md").write_text("\n".join(md) + "\n")
     atomic_write(out / "summary.json", json.dumps(merged, indent=1, default=str))

@@ -906,9 +906,10 @@ def run_convergence(
     for every budget of ``convergence.budgets`` (each a full run of its own, the learning-rate
     schedule spanning its budget), their validation Dice recorded every
     ``convergence.eval_every`` steps. Written: ``out/convergence.json`` (per target, model and
-    budget: the curve, best and final validation Dice, test Dice) and
-    ``out/convergence_<target>.png``. Cached in ``work/convergence``; shares the pre-training
-    cache and the claims of :func:`run_bench`."""
+    budget: the curve, best and final validation Dice, test Dice; per target the
+    :func:`budget_rule`, or ``{"not_applied": reason}`` when the budgets lack
+    ``finetune.steps`` or twice it) and ``out/convergence_<target>.png``. Cached in
+    ``work/convergence``; shares the pre-training cache and the claims of :func:`run_bench`."""
     log = log or _logger.info
     _check_device(device)
     work, out = Path(work), Path(out)
@@ -977,7 +978,12 @@ def run_convergence(
                 "seconds": r["seconds"],
             }
         study["targets"][target_name] = entry
-        rule = budget_rule(entry, int(config["finetune"]["steps"]), conv["budgets"])
+        try:
+            rule = budget_rule(entry, int(config["finetune"]["steps"]), conv["budgets"])
+        except UserError as error:  # budgets without finetune.steps and twice it: no rule
+            study.setdefault("budget_rule", {})[target_name] = {"not_applied": str(error)}
+            log(f"convergence {target_name}: budget rule not applied: {error}")
+            continue
         study.setdefault("budget_rule", {})[target_name] = rule
         configured = finetune_settings(config, target_name)["steps"]
         log(

@@ -437,7 +437,12 @@ def target_selection(
                 ]
                 if any(r.pick is None for r in replays):
                     result["not_run"].append(
-                        {"top": k, "budget": budget, "reason": "every candidate failed"}
+                        {
+                            "top": k,
+                            "budget": budget,
+                            "multiple": multiple,
+                            "reason": "every candidate failed",
+                        }
                     )
                     continue
                 result["rows"].append(
@@ -458,7 +463,9 @@ def target_selection(
         found = _hindsight(methods, models, dict(zip(names, truth)))
         if found is not None:
             best_method, tau = found
-            top1 = _order({m: models[m]["scores"].get(best_method) for m in names}, names)[0]
+            top1 = _order({m: models[m].get("scores", {}).get(best_method) for m in names}, names)[
+                0
+            ]
             result["rows"].append(
                 row(
                     HINDSIGHT,

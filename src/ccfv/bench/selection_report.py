@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ccfv.bench.selection import EVERYTHING, HINDSIGHT, SELECT, TRAINING_FREE
-from ccfv.files import atomic_write
+from ccfv.files import write_png
 
 __all__ = ["plot_selection", "selection_section"]
 
@@ -214,9 +214,4 @@ def plot_selection(stats: Mapping[str, Any], path: str | Path) -> Path | None:
         ax.axis("off")
     fig.suptitle("ccfv select replayed on the fine-tuning runs", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ccfv.errors import collect_ccfv_warnings
 from ccfv.evaluation.metrics import _first_pick, evaluate
-from ccfv.files import atomic_write
+from ccfv.files import write_png
 
 
 def plot_scores_vs_truth(
@@ -87,9 +87,4 @@ def plot_scores_vs_truth(
         ax.axis("off")
     fig.suptitle("Score vs fine-tuned Dice (red: the model each score ranks first)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path)
