@@ -221,15 +221,19 @@ def test_target_selection_by_hand():
     assert free["picks"] == ["m0"] * 4 and free["estimator"] == "ccfv"
     assert free["regret"]["value"] == pytest.approx(truth["m2"] - truth["m0"])
     assert free["compute"]["fraction_steps"] == 0.0
+    # the same pick on every seed is one trial, not four
+    assert free["hit_trials"] == [False] and free["best_group_hit"]["n"] == 1
     assert free["compute"]["fraction_seconds"] == pytest.approx(10 / 1000)
     hind = rows[(HINDSIGHT, None, None)]  # "other" scores = the levels: weighted tau 1
     assert hind["estimator"] == "other" and hind["weighted_tau"] == pytest.approx(1.0)
-    assert hind["picks"] == ["m2"] * 4
+    assert hind["picks"] == ["m2"] * 4 and hind["best_group_hit"]["n"] == 1
     every = rows[(EVERYTHING, None, None)]
     assert every["picks"] == ["m2"] * 4 and every["compute"]["fraction_steps"] == 1.0
     assert every["compute"]["seconds"] == pytest.approx(1000.0)
     head = selection_headline({"t": result}, ["t"])
     assert head["rows"]["select K=3 B=1x"]["best_group_hit"]["rate"] == 1.0
+    assert head["rows"]["select K=3 B=1x"]["best_group_hit"]["n"] == 4
+    assert head["rows"][TRAINING_FREE]["best_group_hit"]["n"] == 1
     assert head["rows"][TRAINING_FREE]["regret"] == pytest.approx(free["regret"]["value"])
     assert selection_headline({"t": result}, [])["rows"] == {}
 

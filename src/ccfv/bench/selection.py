@@ -29,7 +29,8 @@ seeds of its full fine-tunes.
 
 Per target and (K, B) (:func:`target_selection`): the pick's **regret** (best model's mean test
 Dice minus the pick's, averaged over the seeds; 95% bootstrap interval), its **best-group hit
-rate** over the seeds (Wilson interval, :func:`ccfv.reliability.rate_interval`) and its
+rate** over the seeds (Wilson interval, :func:`ccfv.reliability.rate_interval`; a
+training-free pick, the same on every seed, is one trial) and its
 **compute** as a fraction of fine-tuning the whole bank (steps, and seconds from each run's
 seconds per step). Beside them the baselines on the same axes: the training-free top-1 (of the
 default estimator, and of the target's best estimator by weighted tau, chosen in hindsight)
@@ -355,10 +356,19 @@ def target_selection(
     scoring = entry.get("scoring_seconds")
     scoring = float(scoring) if scoring is not None else None
 
-    def row(label: str, picks: list[str], steps: list[dict[str, int]] | None, **extra) -> dict:
+    def row(
+        label: str,
+        picks: list[str],
+        steps: list[dict[str, int]] | None,
+        per_seed: bool = True,
+        **extra,
+    ) -> dict:
         reg = pick_regret([index[p] for p in picks], truth, replicates, seed, level)
         out: dict[str, Any] = {"method": label, **extra, "picks": picks, "regret": reg}
-        out["best_group_hit"] = rate_interval([p in group for p in picks], level)
+        # the hit rate's trials: one per seed where the pick depends on the seed (its runs'
+        # curves); a training-free pick is the same on every seed, one trial per target
+        out["hit_trials"] = [p in group for p in (picks if per_seed else picks[:1])]
+        out["best_group_hit"] = rate_interval(out["hit_trials"], level)
         if steps is None:  # fine-tune everything
             out["compute"] = {"steps": len(names) * run_steps, "fraction_steps": 1.0}
             out["compute"] |= {"seconds": float(full_seconds.mean()), "fraction_seconds": 1.0}
@@ -458,7 +468,13 @@ def target_selection(
                     )
                 )
         result["rows"].append(
-            row(TRAINING_FREE, [order[0]] * n_seeds, [{}] * n_seeds, estimator=method)
+            row(
+                TRAINING_FREE,
+                [order[0]] * n_seeds,
+                [{}] * n_seeds,
+                per_seed=False,
+                estimator=method,
+            )
         )
         found = _hindsight(methods, models, dict(zip(names, truth)))
         if found is not None:
@@ -471,6 +487,7 @@ def target_selection(
                     HINDSIGHT,
                     [top1] * n_seeds,
                     [{}] * n_seeds,
+                    per_seed=False,
                     estimator=best_method,
                     weighted_tau=tau,
                 )
@@ -521,8 +538,10 @@ def _key(row: Mapping[str, Any]) -> str:
 
 def selection_headline(per_target: Mapping[str, Mapping], reliable: Sequence[str]) -> dict:
     """Across the ``reliable`` targets that have select rows, per row kind (each K and budget
-    multiple, each baseline): the mean regret, the best-group hit rate pooled over every seed
-    of those targets (Wilson interval) and the mean compute fractions."""
+    multiple, each baseline): the mean regret, the best-group hit rate pooled over the rows'
+    trials on those targets (``hit_trials``: each seed's pick where it depends on the seed, one
+    pick per target for the training-free rows; Wilson interval) and the mean compute
+    fractions."""
     from ccfv.reliability import rate_interval
 
     used = [t for t in reliable if per_target.get(t, {}).get("rows")]
@@ -534,7 +553,7 @@ def selection_headline(per_target: Mapping[str, Mapping], reliable: Sequence[str
             )
             e["targets"].append(t)
             e["regret"].append(r["regret"]["value"])
-            e["hits"] += [p in per_target[t]["best_group"] for p in r["picks"]]
+            e["hits"] += r["hit_trials"]
             e["steps"].append(r["compute"]["fraction_steps"])
             e["seconds"].append(r["compute"]["fraction_seconds"])
     out = {}
