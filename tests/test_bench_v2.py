@@ -471,3 +471,54 @@ def test_budget_rule_of_the_convergence_study():
     for target, runs in study["targets"].items():
         rule = budget_rule(runs, config["finetune"]["steps"], study["budgets"])
         assert rule["steps"] == (config.finetune_steps(target) or config["finetune"]["steps"])
+
+
+@needs_data
+def test_a_failing_finetune_run_leaves_out_its_model_only(tmp_path, monkeypatch):
+    """One run that raises is recorded and its model left out; the others go on; deleting the
+    record retries it."""
+    import ccfv.bench.run as bench_run
+
+    path = _config(
+        tmp_path,
+        targets=["hc18_fetal_head"],
+        size=32,
+        max_cases=12,
+        train_cases=6,
+        architectures=["unet"],
+        pretrain={"steps": 2},
+        finetune={"steps": 2, "seeds": [0, 1]},
+        scoring={"cases": 3, "counts": [10, 20, 40], "methods": ["logme"], "proportional": []},
+        statistics={"bootstrap": 20},
+    )
+    config = load_config(path)
+    real = bench_run.finetune
+
+    def flaky(config, arch, checkpoint, name, target, seed, *args, **kwargs):
+        if name == "unet__drive_retinal_vessels" and seed == 1:
+            raise FloatingPointError("loss is nan at step 2")
+        return real(config, arch, checkpoint, name, target, seed, *args, **kwargs)
+
+    monkeypatch.setattr(bench_run, "finetune", flaky)
+    work, out = tmp_path / "work", tmp_path / "out"
+    summary = run_bench(config, work, out, progress=False, log=lambda *_: None)
+    entry = summary["targets"]["hc18_fetal_head"]
+    assert list(entry["models"]) == ["unet__scratch"]
+    assert entry["finetune_failures"] == {
+        "unet__drive_retinal_vessels": ["seed 1: FloatingPointError: loss is nan at step 2"]
+    }
+    assert (
+        "**Left out of hc18_fetal_head**: `unet__drive_retinal_vessels`"
+        in (out / "tables.md").read_text()
+    )
+    failed = list((work / "finetune").glob("*/*.failed.json"))
+    assert len(failed) == 1
+    monkeypatch.setattr(bench_run, "finetune", real)
+    again = run_bench(config, work, out, progress=False, log=lambda *_: None)
+    assert "finetune_failures" in again["targets"]["hc18_fetal_head"]  # recorded, not retried
+    failed[0].unlink()
+    third = run_bench(config, work, out, progress=False, log=lambda *_: None)
+    assert set(third["targets"]["hc18_fetal_head"]["models"]) == {
+        "unet__scratch",
+        "unet__drive_retinal_vessels",
+    }

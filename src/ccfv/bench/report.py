@@ -605,6 +605,12 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
             f"({', '.join(t for t in part['of'] if t not in part['targets'])}) are not in it.",
             "",
         ]
+    for t in targets:
+        for name, errors in summary["targets"][t].get("finetune_failures", {}).items():
+            md[3:3] = [
+                f"**Left out of {t}**: `{name}`, whose fine-tuning failed ({'; '.join(errors)}).",
+                "",
+            ]
     md += _table(per_target, avg, main, "weighted_tau", targets, multi_column)
     md += ["", "## Pearson r", ""] + _table(per_target, avg, main, "pearson", targets, multi_column)
     md += ["", "## Spearman rho", ""] + _table(

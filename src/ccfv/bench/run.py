@@ -47,7 +47,7 @@ import yaml
 from ccfv.bench.config import BenchConfig, digest_view
 from ccfv.bench.per_class import CLASS_CONSISTENCY  # the variants class_consistency records
 from ccfv.bench.tasks import NativeTask, PreparedTask, prepare_native_task, prepare_task
-from ccfv.errors import UserError, collect_ccfv_warnings
+from ccfv.errors import UserError, collect_ccfv_warnings, first_line
 from ccfv.files import atomic_write
 
 #: The run's progress lines (the CLI prints them on stdout; ``log=`` sends them elsewhere).
@@ -276,6 +276,13 @@ def pretrain(
     with torch.no_grad():
         save_checkpoint(model, path, meta)
     return path
+
+
+def failure_path(run: Path) -> Path:
+    """Where a fine-tuning run that raised records its error (beside the run's cache file): the
+    run counts as done, its model is left out of the target's ground truth, and deleting the
+    file makes the next invocation try it again."""
+    return run.with_name(f"{run.stem}.failed.json")
 
 
 def finetune_settings(config: BenchConfig, target: str, steps: int | None = None) -> dict:
@@ -782,9 +789,25 @@ def run_bench(
 
         def compute(job, target=target, bank=bank):
             name, seed = job[1]
-            result = finetune(
-                config, bank[name][0], bank[name][1], name, target, seed, work, progress, device
-            )
+            try:
+                result = finetune(
+                    config, bank[name][0], bank[name][1], name, target, seed, work, progress, device
+                )
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:  # noqa: BLE001 - one failing run is that model's alone
+                failed = failure_path(job[0])
+                why = (
+                    str(error)
+                    if isinstance(error, UserError)
+                    else f"{type(error).__name__}: {first_line(error)}"
+                )
+                _write_json(failed, {"model": name, "seed": seed, "error": why})
+                log(
+                    f"{target.name}: {name}: seed {seed}: FAILED: {why} (left out of the "
+                    f"ground truth; delete {failed} to try it again)"
+                )
+                return
             log(
                 f"{target.name}: {name}: seed {seed}: fine-tuned Dice "
                 + ("n/a" if result["dice"] is None else f"{result['dice']:.4f}")
@@ -796,9 +819,21 @@ def run_bench(
                 )
             )
 
-        _run_claimed(runs_of, lambda job: job[0].is_file(), compute)
+        _run_claimed(
+            runs_of, lambda job: job[0].is_file() or failure_path(job[0]).is_file(), compute
+        )
         models = {}
+        failed_runs: dict[str, list[str]] = {}
         for name in bank:
+            paths = [finetune_path(config, name, target, seed, work, device) for seed in seeds]
+            errors = [
+                f"seed {seed}: {json.loads(failure_path(path).read_text())['error']}"
+                for seed, path in zip(seeds, paths)
+                if not path.is_file()
+            ]
+            if errors:  # a model is in the ground truth only with every seed's run
+                failed_runs[name] = errors
+                continue
             runs = [
                 json.loads(finetune_path(config, name, target, seed, work, device).read_text())
                 for seed in seeds
@@ -826,6 +861,8 @@ def run_bench(
             "train": [target.case_ids[i] for i in target.train],
             "test": [target.case_ids[i] for i in target.test],
         }
+        if failed_runs:
+            summary["targets"][target_name]["finetune_failures"] = failed_runs
         native = config.native(target_name)
         if native is not None:
             summary["targets"][target_name]["native"] = {
