@@ -148,10 +148,12 @@ def selection_section(stats: Mapping[str, Any]) -> list[str]:
 
 
 def plot_selection(stats: Mapping[str, Any], path: str | Path) -> Path | None:
-    """Regret against compute fraction (fine-tuning steps, log x), one panel per target with
-    rows: one marker per (K, budget) of select (colour: K, shape: budget), the training-free
-    top-1 (at its scoring time's fraction where recorded, else at the left edge, marked ~0)
-    and fine-tuning everything (1.0); bars: the regret's 95% interval. None without rows."""
+    """Regret against compute (log x): the fraction of the seconds of fine-tuning every model,
+    the scoring time included (the ranking select starts from, and all the training-free top-1
+    costs); where a target's seconds are not recorded, the fraction of fine-tuning steps (the
+    training-free top-1 at the left edge, marked ~0). One panel per target with rows: one
+    marker per (K, budget) of select (colour: K, shape: budget), the training-free top-1 and
+    fine-tuning everything (1.0); bars: the regret's 95% interval. None without rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,17 +162,15 @@ def plot_selection(stats: Mapping[str, Any], path: str | Path) -> Path | None:
     panels = {t: r for t, r in stats["per_target"].items() if r.get("rows")}
     if not panels:
         return None
-    xs = [
-        row["compute"]["fraction_steps"]
-        for r in panels.values()
-        for row in r["rows"]
-        if row["compute"]["fraction_steps"] > 0
-    ] + [
-        row["compute"]["fraction_seconds"]
-        for r in panels.values()
-        for row in r["rows"]
-        if row["method"] in (TRAINING_FREE, HINDSIGHT) and row["compute"]["fraction_seconds"]
-    ]
+
+    def x_of(compute: Mapping[str, Any]) -> float | None:
+        seconds = compute["fraction_seconds"]
+        return seconds if seconds else (compute["fraction_steps"] or None)
+
+    xs = [x for r in panels.values() for row in r["rows"] if (x := x_of(row["compute"]))]
+    in_seconds = all(
+        row["compute"]["fraction_seconds"] for r in panels.values() for row in r["rows"]
+    )
     floor = 10 ** math.floor(math.log10(min(xs) / 3)) if xs else 1e-3
     ks = sorted({row["top"] for r in panels.values() for row in r["rows"] if "top" in row})
     multiples = sorted(
@@ -182,7 +182,10 @@ def plot_selection(stats: Mapping[str, Any], path: str | Path) -> Path | None:
     n = len(panels)
     ncols = min(2, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.0 * nrows), squeeze=False)
+    legend_width = 3.4  # inches beside the panels, so that the legend hides no marker
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(5.4 * ncols + legend_width, 4.0 * nrows), squeeze=False
+    )
     for ax, (t, r) in zip(axes.flat, panels.items()):
         for row in r["rows"]:
             reg = row["regret"]
@@ -190,29 +193,48 @@ def plot_selection(stats: Mapping[str, Any], path: str | Path) -> Path | None:
             y = reg["value"]
             iv = reg["interval"] or [y, y]
             yerr = [[max(0.0, y - iv[0])], [max(0.0, iv[1] - y)]]
+            x = x_of(c) or floor
             if row["method"] == SELECT:
-                x = c["fraction_steps"]
                 style = dict(marker=shape.get(row["multiple"], "o"), color=colour[row["top"]])
                 label = f"select K={row['top']}, B={row['multiple']:g}x"
             elif row["method"] == EVERYTHING:
                 x, style, label = 1.0, dict(marker="s", color="black"), EVERYTHING
             else:
-                x = c["fraction_seconds"] or floor
                 hind = row["method"] == HINDSIGHT
                 style = dict(marker="X", color="tab:orange" if hind else "tab:red")
-                label = f"{'best estimator (hindsight)' if hind else 'training-free'}: "
-                label += f"{row['estimator']}" + (
-                    " (x: its scoring time)" if c["fraction_seconds"] else " (x: ~0, not recorded)"
+                # one legend serves every panel: the hindsight estimator (each target's own)
+                # is written beside its marker
+                label = "training-free top-1" + (
+                    ", best estimator in hindsight (named)" if hind else f": {row['estimator']}"
                 )
+                label += "" if x_of(c) else " (x: ~0, not recorded)"
+                if hind:
+                    ax.annotate(
+                        row["estimator"],
+                        (x, y),
+                        xytext=(6, -3),
+                        textcoords="offset points",
+                        fontsize=6.5,
+                    )
             ax.errorbar([x], [y], yerr=yerr, ls="", ms=7, capsize=2, label=label, **style)
         ax.set_xscale("log")
-        ax.set_xlabel("compute: fraction of fine-tuning every model (steps)")
+        ax.set_xlabel(
+            "compute / fine-tuning every model (seconds, scoring incl.)"
+            if in_seconds
+            else "compute / fine-tuning every model (steps)"
+        )
         ax.set_ylabel("regret (Dice), 95% interval")
         ax.set_title(t, fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6.5)
+    legend: dict[str, Any] = {}
+    for ax in axes.flat[:n]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("ccfv select replayed on the fine-tuning runs", fontsize=10)
-    fig.tight_layout()
+    right = 5.4 * ncols / (5.4 * ncols + legend_width)
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(right, 0.5))
     return write_png(fig, path)
