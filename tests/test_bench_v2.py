@@ -383,6 +383,7 @@ def test_reliability_in_the_report_and_across_tracks(tmp_path):
     assert "| `ccfv` | 2 | 1.000 | 1.000 |" in tables  # headline: 2 targets, wtau, Spearman
     assert (clean / "fig2_p.png").stat().st_size > 1000
     merged = combine_results([clean, noisy], tmp_path / "all")
+    assert merged["default_method"] == ccfv.estimators.registry.DEFAULT_METHOD
     head = merged["statistics"]["reliability"]["headline"]
     assert head["reliable"] == ["p", "q"] and list(head["too_noisy"]) == ["r"]
     assert (
@@ -429,6 +430,7 @@ def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys)
     assert main([*args, "--targets", "hc18_fetal_head"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["targets"]) == ["hc18_fetal_head"]
+    assert summary["default_method"] == ccfv.estimators.registry.DEFAULT_METHOD
     assert summary["interim"] == {
         "targets": ["hc18_fetal_head"],
         "of": ["drive_retinal_vessels", "hc18_fetal_head"],

@@ -35,6 +35,7 @@ from ccfv.bench.per_class import (
 )
 from ccfv.bench.selection_report import plot_selection, selection_section
 from ccfv.errors import UserError, collect_ccfv_warnings
+from ccfv.estimators.registry import DEFAULT_METHOD
 from ccfv.evaluation import CORRELATIONS, evaluate, plot_scores_vs_truth
 from ccfv.files import atomic_write, write_png
 
@@ -567,6 +568,8 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
         "per_class": per_class,
     }
     summary["commit"] = _commit()
+    # the package's default estimator, so that anyone can recompute the headline for it
+    summary["default_method"] = DEFAULT_METHOD
     methods = list(avg)
     main = [m for m in methods if not is_ablation(m)]
     rel = reliability_statistics(summary, main, n_boot=config["statistics"]["bootstrap"])
@@ -727,6 +730,7 @@ def combine_results(results: list[str | Path], out: str | Path) -> dict:
     """
     out = Path(out)
     merged: dict[str, Any] = {
+        "default_method": DEFAULT_METHOD,
         "targets": {},
         "tracks": {},
         "statistics": {"per_target": {}, "per_track": {}, "headline": {}},
