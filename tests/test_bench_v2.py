@@ -402,14 +402,11 @@ def test_statistics_bootstrap_is_checked_and_quick_uses_fewer(tmp_path):
     assert load_config(config, quick=True)["statistics"]["bootstrap"] == 100
 
 
-@needs_data
-def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys):
-    """``--targets`` runs only some targets; a name outside the config is refused in one line."""
-    from ccfv.cli import main
-
-    path = _config(
+def _tiny_config(tmp_path, targets):
+    """A benchmark of seconds: one UNet, 2 pre-training and fine-tuning steps, 2 seeds."""
+    return _config(
         tmp_path,
-        targets=["drive_retinal_vessels", "hc18_fetal_head"],
+        targets=targets,
         size=32,
         max_cases=12,
         train_cases=6,
@@ -419,6 +416,14 @@ def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys)
         scoring={"cases": 3, "counts": [10, 20, 40], "methods": ["logme"], "proportional": []},
         statistics={"bootstrap": 20},
     )
+
+
+@needs_data
+def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys):
+    """``--targets`` runs only some targets; a name outside the config is refused in one line."""
+    from ccfv.cli import main
+
+    path = _tiny_config(tmp_path, ["drive_retinal_vessels", "hc18_fetal_head"])
     assert main(["bench", "--config", str(path), "--targets", "isbi_em_membranes"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(
@@ -481,18 +486,7 @@ def test_a_failing_finetune_run_leaves_out_its_model_only(tmp_path, monkeypatch)
     record retries it."""
     import ccfv.bench.run as bench_run
 
-    path = _config(
-        tmp_path,
-        targets=["hc18_fetal_head"],
-        size=32,
-        max_cases=12,
-        train_cases=6,
-        architectures=["unet"],
-        pretrain={"steps": 2},
-        finetune={"steps": 2, "seeds": [0, 1]},
-        scoring={"cases": 3, "counts": [10, 20, 40], "methods": ["logme"], "proportional": []},
-        statistics={"bootstrap": 20},
-    )
+    path = _tiny_config(tmp_path, ["hc18_fetal_head"])
     config = load_config(path)
     real = bench_run.finetune
 
