@@ -389,7 +389,6 @@ def finetune(
         eval_every=cfg["eval_every"],
         progress=f"fine-tune {name} on {target.name} (seed {seed})" if progress else None,
     )
-    start = time.perf_counter()
     if isinstance(target, NativeTask) and native is not None:
         native_task = target
 
@@ -403,28 +402,29 @@ def finetune(
                 overlap=native["overlap"],
             )
 
-        def validate_native(net):
-            value = mean_dice(dice_of(net, val))
-            return 0.0 if value is None else value
+    else:
+        plain = target
 
+        def dice_of(net, index: np.ndarray) -> np.ndarray:
+            return dice_per_case(
+                net, plain.images[index], plain.labels[index], n_classes=plain.n_classes
+            )
+
+    def validate(net):
+        value = mean_dice(dice_of(net, val))
+        return 0.0 if value is None else value
+
+    start = time.perf_counter()
+    if isinstance(target, NativeTask) and native is not None:
         info = train_patches(
             model,
             [target.images[i] for i in fit],
             [target.labels[i] for i in fit],
             patch=native["patch"],
-            validate=validate_native if val.size else None,
+            validate=validate if val.size else None,
             **common,
         )
-        per_case = dice_of(model, target.test)
     else:
-        plain = target
-
-        def validate(net):
-            value = mean_dice(
-                dice_per_case(net, plain.images[val], plain.labels[val], n_classes=plain.n_classes)
-            )
-            return 0.0 if value is None else value
-
         info = train(
             model,
             target.images[fit],
@@ -432,12 +432,7 @@ def finetune(
             validate=validate if val.size else None,
             **common,
         )
-        per_case = dice_per_case(
-            model,
-            target.images[target.test],
-            target.labels[target.test],
-            n_classes=target.n_classes,
-        )
+    per_case = dice_of(model, target.test)
     with np.errstate(all="ignore"):
         counts = np.isfinite(per_case).sum(axis=0)
         per_class = np.where(
@@ -672,7 +667,7 @@ def _prepare_all(
             train_cases=config.train_cases(name),
         )
         prepared[name] = target
-        shapes = sorted({"x".join(map(str, label.shape)) for label in target.labels})
+        shapes = target.shapes
         log(
             f"task {name} (native target): {len(target.train)} train / {len(target.test)} "
             f"test cases at native resolution ({', '.join(shapes[:3])}"
@@ -864,11 +859,11 @@ def run_bench(
         if failed_runs:
             summary["targets"][target_name]["finetune_failures"] = failed_runs
         native = config.native(target_name)
-        if native is not None:
+        if native is not None and isinstance(target, NativeTask):
             summary["targets"][target_name]["native"] = {
                 "patch": native["patch"],
                 "overlap": native["overlap"],
-                "shapes": sorted({"x".join(map(str, label.shape)) for label in target.labels}),
+                "shapes": target.shapes,
             }
         _write_json(work / "summary.partial.json", summary)
 

@@ -87,6 +87,11 @@ class NativeTask:
             return max(self.class_names) + 1
         return int(max(int(label.max()) for label in self.labels)) + 1
 
+    @property
+    def shapes(self) -> list[str]:
+        """The distinct label grids of the cases, e.g. ``["584x565"]``, sorted."""
+        return sorted({"x".join(map(str, label.shape)) for label in self.labels})
+
 
 def _scale(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(image, [0.5, 99.5])
