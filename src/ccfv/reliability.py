@@ -271,7 +271,9 @@ def replicate_truth(
     return out
 
 
-def _interval(values: Iterable[float | None], level: float = 0.95) -> list[float] | None:
+def percentile_interval(values: Iterable[float | None], level: float = 0.95) -> list[float] | None:
+    """The central ``level`` percentile interval of the finite ``values`` (bootstrap
+    replicates); None with fewer than 2."""
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if v.size < 2:
         return None
@@ -308,7 +310,7 @@ def noise_ceiling(
         finite = [v for v in values if v is not None]
         out[name] = {
             "mean": float(np.mean(finite)) if finite else None,
-            "interval": _interval(finite),
+            "interval": percentile_interval(finite),
         }
     return out
 
@@ -340,7 +342,7 @@ def best_group(
         if i == b:
             continue
         d = replicates[:, b] - replicates[:, i]
-        iv = _interval(d, level)
+        iv = percentile_interval(d, level)
         diffs[m] = {"difference": float(means[b] - means[i]), "interval": iv}
         if iv is None or iv[0] <= 0:
             group.append(m)
@@ -357,7 +359,7 @@ def _ranked(scores: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
-def _finite_scores(scores: Mapping[str, float | None], models: Sequence[str]) -> dict[str, float]:
+def finite_scores(scores: Mapping[str, float | None], models: Sequence[str]) -> dict[str, float]:
     """model -> score as a float, for the ``models`` whose score is given and finite."""
     out = {}
     for m in models:
@@ -390,7 +392,7 @@ def estimator_statistics(
     models = runs.usable()
     if replicates is None:
         replicates = replicate_truth(runs, models, n_boot, seed)
-    finite = _finite_scores(scores, models)
+    finite = finite_scores(scores, models)
     keep = [i for i, m in enumerate(models) if m in finite]
     if len(keep) < 3:
         return {
@@ -405,7 +407,7 @@ def estimator_statistics(
     for name, fn in {**CORRELATION_STATS, "regret": regret}.items():
         value = fn(x, truth)
         rep = [fn(x, r) for r in reps if np.isfinite(r).all()]
-        out[name] = {"value": value, "interval": _interval(rep, level)}
+        out[name] = {"value": value, "interval": percentile_interval(rep, level)}
     if group is None:
         group = best_group(runs, models, replicates=replicates, level=level)["group"]
     in_group = set(group)
@@ -438,7 +440,7 @@ def paired_difference(
     models = runs.usable()
     if replicates is None:
         replicates = replicate_truth(runs, models, n_boot, seed)
-    finite_a, finite_b = _finite_scores(scores_a, models), _finite_scores(scores_b, models)
+    finite_a, finite_b = finite_scores(scores_a, models), finite_scores(scores_b, models)
     keep = [i for i, m in enumerate(models) if m in finite_a and m in finite_b]
     if len(keep) < 3:
         return {"difference": None, "interval": None, "n_models": len(keep)}
@@ -454,7 +456,7 @@ def paired_difference(
             diffs.append(ra - rb)
     return {
         "difference": (va - vb if va is not None and vb is not None else None),
-        "interval": _interval(diffs, level),
+        "interval": percentile_interval(diffs, level),
         "n_models": len(keep),
     }
 
@@ -541,7 +543,9 @@ def target_report(
         "noise": seed_noise(matrix),
         "best_group": group,
         "truth": {m: float(v) for m, v in zip(models, _means(matrix))},
-        "truth_interval": {m: _interval(replicates[:, i], level) for i, m in enumerate(models)},
+        "truth_interval": {
+            m: percentile_interval(replicates[:, i], level) for i, m in enumerate(models)
+        },
     }
     if complete.shape[1] >= 2 and len(models) >= 3:
         out["noise_ceiling"] = noise_ceiling(

@@ -48,6 +48,7 @@ import numpy as np
 
 from ccfv.errors import UserError
 from ccfv.estimators.registry import DEFAULT_METHOD
+from ccfv.reliability import finite_scores, percentile_interval
 from ccfv.select.plan import Plan, halving_plan, survivors
 
 __all__ = [
@@ -225,26 +226,16 @@ def pick_regret(
     rng = np.random.default_rng([int(seed), 18])
     draws = p[rng.integers(0, p.size, size=(reps.shape[0], p.size))]
     boot = reps.max(axis=1, keepdims=True) - np.take_along_axis(reps, draws, axis=1)
-    boot = boot.mean(axis=1)
-    boot = boot[np.isfinite(boot)]
-    interval = None
-    if boot.size >= 2:
-        lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
-        interval = [float(lo), float(hi)]
     return {
         "value": float(per_seed.mean()),
-        "interval": interval,
+        "interval": percentile_interval(boot.mean(axis=1).tolist(), level),
         "per_seed": [float(v) for v in per_seed],
     }
 
 
 def _order(scores: Mapping[str, float | None], models: Sequence[str]) -> list[str]:
     """Models with a finite score, highest first; ties in the bank's order (stable)."""
-    finite: dict[str, float] = {}
-    for m in models:
-        value = scores.get(m)
-        if value is not None and math.isfinite(float(value)):
-            finite[m] = float(value)
+    finite = finite_scores(scores, models)
     return sorted(finite, key=lambda m: -finite[m])
 
 

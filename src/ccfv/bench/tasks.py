@@ -153,9 +153,7 @@ def _write_train_folder(folder: Path, task: PreparedTask | NativeTask) -> None:
         json.dumps(
             {
                 "name": f"{task.name} (benchmark train split)",
-                "tensorImageSize": f"{np.ndim(task.labels[0])}D"
-                if isinstance(task, NativeTask)
-                else f"{task.labels.ndim - 1}D",
+                "tensorImageSize": f"{np.ndim(task.labels[0])}D",  # one case's spatial axes
                 "labels": {str(k): v for k, v in task.class_names.items()},
                 "numTraining": len(training),
                 "training": training,
