@@ -14,7 +14,8 @@ by the same protocol)::
 
 Written on export: ``runs/<target>/<model>__<digest>__seed<s>.json`` (the cache files, compact),
 ``convergence/<target>/...`` (the convergence study's runs), ``sources.json`` (each pre-trained
-source model's validation Dice on its own task, its last loss, steps and seconds) and
+source model's validation Dice on its own task, its last loss, steps and seconds; merged into the
+file already there, so that an export never drops a source model) and
 ``progress.json`` (per target: runs done of expected, and the missing ones).
 """
 
@@ -73,7 +74,10 @@ def export(config, work: Path, dest: Path) -> dict:
             target_dir.mkdir(parents=True, exist_ok=True)
             data = json.loads(path.read_text())
             (target_dir / path.name).write_text(json.dumps(data, separators=(",", ":")))
-    sources = {}
+    # merged into what was exported before: a work folder whose pre-training is still running
+    # (a fresh machine re-doing it) must not drop the committed source models it lacks yet
+    written = dest / "sources.json"
+    sources = json.loads(written.read_text()) if written.is_file() else {}
     for path in sorted((work / "pretrain").glob("*.pt")):
         meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
         if meta.get("source") == SCRATCH:
@@ -91,7 +95,7 @@ def export(config, work: Path, dest: Path) -> dict:
                 "seconds",
             )
         }
-    (dest / "sources.json").write_text(json.dumps(sources, indent=1))
+    written.write_text(json.dumps(dict(sorted(sources.items())), indent=1))
     progress = {}
     for target, paths in expected_runs(config).items():
         done = [p for p in paths if (work / p).is_file()]

@@ -255,6 +255,17 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     sources = json.loads((dest / "sources.json").read_text()).values()
     assert sorted(s["source"] for s in sources) == ["drive_retinal_vessels", "isbi_em_membranes"]
     assert all(0 <= s["source_val_dice"] <= 1 for s in sources)
+    # an export from a work folder without those checkpoints (pre-training not yet redone on a
+    # fresh machine) keeps the exported source models
+    before = (dest / "sources.json").read_text()
+    subprocess.run(
+        [sys.executable, str(script), "--config", str(config.source), "--work",
+         str(tmp_path / "empty"), "--dest", str(dest)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    assert json.loads((dest / "sources.json").read_text()) == json.loads(before)
     fresh = tmp_path / "fresh"
     subprocess.run(
         [
