@@ -47,7 +47,8 @@ def _run_files(folder: Path):
 
 
 def expected_runs(config) -> dict[str, list[Path]]:
-    """The fine-tuning cache files of the whole benchmark, per target (relative paths)."""
+    """The fine-tuning cache files of the whole benchmark, per target (relative paths), each
+    target on its own seeds (``finetune_seeds``, else ``finetune.seeds``)."""
     names = list(config.task_specs)
     out = {}
     for target in config.targets:
@@ -59,7 +60,7 @@ def expected_runs(config) -> dict[str, list[Path]]:
         out[target] = [
             finetune_path(config, m, _Named(target), seed, Path("."))
             for m in models
-            for seed in config["finetune"]["seeds"]
+            for seed in config.finetune_seeds(target)
         ]
     return out
 

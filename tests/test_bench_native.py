@@ -130,7 +130,7 @@ def test_committed_v2_runs_keep_their_names():
             finetune_path(cfg, model_name(a, s), _Named(target), seed, Path("."), **kw).name
             for a in cfg["architectures"]
             for s in [*(n for n in names if n != target), SCRATCH]
-            for seed in cfg["finetune"]["seeds"]
+            for seed in cfg.finetune_seeds(target)
         }
 
     committed_runs = 0

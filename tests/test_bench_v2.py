@@ -164,6 +164,133 @@ def test_finetune_steps_per_target_override_only_their_runs(tmp_path):
         )
 
 
+def test_finetune_seeds_per_target_are_checked_and_keep_every_cache_name(tmp_path):
+    """``finetune_seeds: {task: [seeds]}`` gives a target its own seeds (the others keep
+    ``finetune.seeds``); the seed is in a run's file name, not its digest, so every cache name
+    of seeds 0-3 stays what it is without the key."""
+    from ccfv.bench.run import finetune_path, finetune_settings
+
+    bad = [
+        (5, "finetune_seeds 5: give a mapping"),
+        ({"nowhere": [0]}, "finetune_seeds names task 'nowhere', which is not among the targets"),
+        ({"hc18_fetal_head": []}, r"finetune_seeds \(hc18_fetal_head\): \[\]; give a non-empty"),
+        ({"hc18_fetal_head": [0, 1, 1]}, r"\(hc18_fetal_head\): \[0, 1, 1\]; .* distinct"),
+        ({"hc18_fetal_head": [0, -1]}, r"\(hc18_fetal_head\): \[0, -1\]; .*integers >= 0"),
+        ({"hc18_fetal_head": [0, True]}, r"\(hc18_fetal_head\): \[0, True\]"),
+        ({"hc18_fetal_head": 4}, r"\(hc18_fetal_head\): 4; give a non-empty list"),
+    ]
+    for value, message in bad:
+        with pytest.raises(ccfv.UserError, match=message):
+            load_config(_config(tmp_path, finetune_seeds=value))
+    # a task that is not a target has no fine-tuning runs to seed
+    with pytest.raises(ccfv.UserError, match="names task 'drive_retinal_vessels', which is not"):
+        load_config(
+            _config(
+                tmp_path, targets=["hc18_fetal_head"], finetune_seeds={"drive_retinal_vessels": [0]}
+            )
+        )
+
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+    plain = load_config(_config(tmp_path, finetune={"seeds": [0, 1, 2, 3]}))
+    (tmp_path / "b").mkdir()
+    eight = list(range(8))
+    over = load_config(
+        _config(
+            tmp_path / "b",
+            finetune={"seeds": [0, 1, 2, 3]},
+            finetune_seeds={"hc18_fetal_head": eight},
+        )
+    )
+    assert plain["finetune_seeds"] == {} and plain.finetune_seeds("hc18_fetal_head") == [0, 1, 2, 3]
+    assert over.finetune_seeds("hc18_fetal_head") == eight
+    assert over.finetune_seeds("drive_retinal_vessels") == [0, 1, 2, 3]
+    assert finetune_settings(over, "hc18_fetal_head")["seeds"] == eight
+    for target in ("hc18_fetal_head", "drive_retinal_vessels"):
+        for seed in range(4):
+            assert finetune_path(over, "m", Named(target), seed, tmp_path) == finetune_path(
+                plain, "m", Named(target), seed, tmp_path
+            )
+    # the committed v2 config: every target's seeds are finetune.seeds or its own
+    v2 = load_config(ROOT / "benchmarks" / "transfer2d-v2.yaml")
+    for target in v2.targets:
+        seeds = v2.finetune_seeds(target)
+        assert seeds == v2["finetune_seeds"].get(target, v2["finetune"]["seeds"])
+
+
+def _seeded_summary(seeds_of: dict, rng):
+    """A v2-style summary whose targets have the given number of seeds, with validation
+    curves, seconds and scores (what the reliability section and the select replay read)."""
+    summary: dict = {"config": {"name": "mixed"}, "targets": {}}
+    for t, n in seeds_of.items():
+        models = {}
+        for i, arch in enumerate(["unet", "segresnet"]):
+            for j, src in enumerate(["a", "b", "scratch"]):
+                level = 0.5 + 0.1 * i + 0.03 * j
+                cases = np.clip(level + 0.01 * rng.standard_normal((n, 10)), 0, 1)
+                dice = [float(v) for v in cases.mean(axis=1)]
+                models[f"{arch}__{src}"] = {
+                    "dice": dice,
+                    "dice_per_class": [{"fg": d} for d in dice],
+                    "dice_per_case": [
+                        {f"c{k}": [float(v)] for k, v in enumerate(row)} for row in cases
+                    ],
+                    "finetune_seconds": [1.0] * n,
+                    "validation_dice": dice,
+                    "validation_curve": [[[2, d - 0.01], [4, d]] for d in dice],
+                    "scores": {"ccfv": level, "logme": -level + 0.01 * j},
+                }
+        summary["targets"][t] = {
+            "models": models,
+            "classes": ["fg"],
+            "train": [],
+            "test": [],
+            "finetune_steps": 4,
+            "scoring_seconds": 1.0,
+        }
+    return summary
+
+
+def test_targets_with_8_and_4_seeds_in_one_report(tmp_path):
+    """A target with seeds of its own (``finetune_seeds``) beside one on ``finetune.seeds``:
+    the reliability section splits each on its own seeds (8 seeds: all 35 balanced splits),
+    the select replay reads each target's seeds, and the header names both."""
+    import time
+
+    from ccfv.bench.report import write_results
+    from ccfv.reliability import split_half
+
+    summary = _seeded_summary({"p": 8, "q": 4}, np.random.default_rng(0))
+    config = _Config(
+        name="mixed",
+        architectures=["unet", "segresnet"],
+        finetune={"seeds": [0, 1, 2, 3], "eval_every": 2},
+        finetune_seeds={"p": list(range(8))},
+        scoring={"cases": 4},
+        statistics={"bootstrap": 50},
+        select={"top": [2], "budgets": [1]},
+    )
+    write_results(summary, config, tmp_path)
+    rel = summary["statistics"]["reliability"]["per_target"]
+    assert rel["p"]["n_seeds"] == 8 and rel["q"]["n_seeds"] == 4
+    assert rel["p"]["reliability"]["n_splits"] == 35 and rel["q"]["reliability"]["n_splits"] == 3
+    assert rel["p"]["reliability"]["spearman"] > 0.8
+    sel = summary["select"]["per_target"]
+    assert sel["p"]["seeds"] == 8 and sel["q"]["seeds"] == 4  # neither skipped nor cut to 4
+    for t, n in (("p", 8), ("q", 4)):
+        rows = {r["method"]: r for r in sel[t]["rows"]}
+        assert len(rows["select"]["picks"]) == n and len(rows["fine-tune everything"]["picks"]) == n
+    tables = (tmp_path / "tables.md").read_text()
+    assert "mean over 4 seed(s) [0, 1, 2, 3] (p: 8 seed(s) [0, 1, 2, 3, 4, 5, 6, 7])." in tables
+    assert "| p | 6 | 8 | 10 |" in tables and "| q | 6 | 4 | 10 |" in tables
+    # split-half enumerates every balanced split (no cap, no sampling): cheap at 8 seeds
+    start = time.perf_counter()
+    assert split_half(np.random.default_rng(1).random((21, 8)))["n_splits"] == 35
+    assert time.perf_counter() - start < 5
+
+
 @needs_data
 def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     config = load_config(
@@ -259,8 +386,16 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     # fresh machine) keeps the exported source models
     before = (dest / "sources.json").read_text()
     subprocess.run(
-        [sys.executable, str(script), "--config", str(config.source), "--work",
-         str(tmp_path / "empty"), "--dest", str(dest)],
+        [
+            sys.executable,
+            str(script),
+            "--config",
+            str(config.source),
+            "--work",
+            str(tmp_path / "empty"),
+            "--dest",
+            str(dest),
+        ],
         check=True,
         env=env,
         capture_output=True,
@@ -529,3 +664,58 @@ def test_a_failing_finetune_run_leaves_out_its_model_only(tmp_path, monkeypatch)
         "unet__scratch",
         "unet__drive_retinal_vessels",
     }
+
+
+@needs_data
+def test_a_target_given_more_seeds_trains_only_the_new_ones(tmp_path):
+    """``finetune_seeds: {hc18_fetal_head: [0, 1, 2]}`` on a finished run with ``finetune.seeds``
+    [0, 1]: only seed 2 of HC18's models is trained, the runs of seeds 0-1 are read back
+    (unchanged files); HC18's models have 3 seeds in summary.json, DRIVE's 2; the export counts
+    the third seed as expected."""
+    import importlib.util
+
+    targets = ["drive_retinal_vessels", "hc18_fetal_head"]
+    work = tmp_path / "work"
+    first = run_bench(
+        load_config(_tiny_config(tmp_path, targets)),
+        work,
+        tmp_path / "out",
+        progress=False,
+        log=lambda *_: None,
+    )
+    runs = sorted((work / "finetune").glob("*/*.json"))
+    assert len(runs) == 2 * 2 * 2  # 2 targets x 2 models x 2 seeds
+    stamps = {p: p.stat().st_mtime_ns for p in runs}
+    (tmp_path / "more").mkdir()
+    path = _tiny_config(tmp_path / "more", targets)
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "finetune_seeds": {"hc18_fetal_head": [0, 1, 2]}}))
+    config = load_config(path)
+    out = tmp_path / "out2"
+    run_bench(config, work, out, progress=False, log=lambda *_: None)
+    assert {p: p.stat().st_mtime_ns for p in runs} == stamps  # seeds 0-1: not trained again
+    added = sorted(set((work / "finetune").glob("*/*.json")) - set(runs))
+    assert [p.parent.name for p in added] == ["hc18_fetal_head"] * 2
+    assert all(p.name.endswith("__seed2.json") for p in added)
+    written = json.loads((out / "summary.json").read_text())
+    for name, want in (("hc18_fetal_head", 3), ("drive_retinal_vessels", 2)):
+        entry = written["targets"][name]
+        assert entry["seeds"] == list(range(want))
+        assert {len(m["dice"]) for m in entry["models"].values()} == {want}
+        for model, m in entry["models"].items():  # seeds 0-1: the first run's Dice
+            assert m["dice"][:2] == first["targets"][name]["models"][model]["dice"]
+    assert (
+        "mean over 2 seed(s) [0, 1] (hc18_fetal_head: 3 seed(s) [0, 1, 2])"
+        in (out / "tables.md").read_text()
+    )
+    spec = importlib.util.spec_from_file_location(
+        "export_bench_results", ROOT / "scripts" / "export_bench_results.py"
+    )
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    expected = export.expected_runs(config)
+    assert {t: len(p) for t, p in expected.items()} == {
+        "drive_retinal_vessels": 4,
+        "hc18_fetal_head": 6,
+    }
+    assert all((work / p).is_file() for paths in expected.values() for p in paths)

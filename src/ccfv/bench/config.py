@@ -78,6 +78,8 @@ DEFAULTS: dict = {
     "train_cases": None,
     # per-target fine-tuning budget {task: steps}, overriding finetune.steps for those targets
     "finetune_steps": {},
+    # per-target fine-tuning seeds {task: [seeds]}, overriding finetune.seeds for those targets
+    "finetune_seeds": {},
     # targets fine-tuned on native-resolution patches {task: {patch, overlap, group}} (NATIVE)
     "native": {},
     "architectures": ["unet", "unetr"],
@@ -144,7 +146,15 @@ DEFAULTS: dict = {
 
 
 #: Mapping-valued keys whose own keys are the user's (task names, profiles), not ours.
-FREE_FORM = ("quick", "groups", "source_cases", "train_cases", "finetune_steps", "native")
+FREE_FORM = (
+    "quick",
+    "groups",
+    "source_cases",
+    "train_cases",
+    "finetune_steps",
+    "finetune_seeds",
+    "native",
+)
 
 #: The options of a ``native`` target and their defaults (``patch`` None: the config's ``size``).
 NATIVE = {"patch": None, "overlap": 0.25, "group": None}
@@ -289,6 +299,13 @@ class BenchConfig:
         None: ``finetune.steps``."""
         return self.raw["finetune_steps"].get(task)
 
+    def finetune_seeds(self, task: str) -> list[int]:
+        """The fine-tuning seeds of target ``task``: its list under ``finetune_seeds``
+        ({task: [seeds]}), else ``finetune.seeds``. The seed is in a run's file name, not in
+        its digest, so a target given more seeds keeps the runs of the seeds it had."""
+        own = (self.raw.get("finetune_seeds") or {}).get(task)
+        return list(self.raw["finetune"]["seeds"] if own is None else own)
+
     def native(self, task: str) -> dict | None:
         """The native-resolution settings of target ``task`` under ``native``, resolved:
         ``{"patch": [per spatial axis], "overlap": float, "group": regex or None}``; None:
@@ -391,6 +408,32 @@ def _check_select(select: dict, path: Path) -> None:
             f"{path}: select.budgets {budgets!r}: give a list of total budgets as multiples "
             "(> 0) of the target's fine-tuning steps, e.g. [1, 2] (one and two full fine-tunes)"
         )
+
+
+def _check_finetune_seeds(value, targets: list[str], path: Path) -> None:
+    """``finetune_seeds: {task: [seeds]}``: targets of the config, each a non-empty list of
+    distinct integers >= 0."""
+    example = "finetune_seeds: {acdc_cine_mri2d: [0, 1, 2, 3, 4, 5, 6, 7]}"
+    if not isinstance(value, dict):
+        raise UserError(
+            f"{path}: finetune_seeds {value!r}: give a mapping {{task: [seeds]}}, e.g. {example}"
+        )
+    for task, seeds in value.items():
+        if task not in targets:
+            raise UserError(
+                f"{path}: finetune_seeds names task {task!r}, which is not among the "
+                f"targets {targets}: give seeds to one of them"
+            )
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise UserError(
+                f"{path}: finetune_seeds ({task}): {seeds!r}; give a non-empty list of "
+                f"distinct seeds (integers >= 0), e.g. {example}"
+            )
 
 
 def _check_native(config: dict, resolved: BenchConfig, path: Path) -> None:
@@ -613,5 +656,5 @@ def load_config(path: str | Path, quick: bool = False) -> BenchConfig:
     _check_native(config, resolved, path)
     if len(config["finetune"]["seeds"]) < 1:
         raise UserError(f"{path}: finetune.seeds is empty: give at least one seed")
-    resolved.targets  # noqa: B018 -- validates the target names
+    _check_finetune_seeds(config["finetune_seeds"], resolved.targets, path)
     return resolved

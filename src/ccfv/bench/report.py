@@ -512,9 +512,26 @@ def is_ablation(method: str) -> bool:
     )
 
 
+def target_seeds(config, target: str) -> list[int]:
+    """The fine-tuning seeds of ``target``: the config's ``finetune_seeds`` for it, else
+    ``finetune.seeds`` (:meth:`ccfv.bench.config.BenchConfig.finetune_seeds`; read from the
+    keys, so that a plain mapping of config keys works too)."""
+    own = (config.raw.get("finetune_seeds") or {}).get(target)
+    return list(config["finetune"]["seeds"] if own is None else own)
+
+
+def _seeds_text(seeds: dict[str, list[int]], default: list[int]) -> str:
+    """``N seed(s) [..]``, and where a target has seeds of its own, theirs per target."""
+    common = next(iter(seeds.values())) if len(set(map(tuple, seeds.values()))) == 1 else default
+    text = f"{len(common)} seed(s) {common}"
+    own = [f"{t}: {len(s)} seed(s) {s}" for t, s in seeds.items() if s != common]
+    return text + (f" ({'; '.join(own)})" if own else "")
+
+
 def _selection(summary: dict, config, rel: dict, main: list[str]) -> dict:
     """The replay of ``ccfv select`` on the fine-tuning runs (:mod:`ccfv.bench.selection`),
-    with the config's ``select`` key (its defaults where a config has none)."""
+    with the config's ``select`` key (its defaults where a config has none), each target on
+    its own seeds."""
     from ccfv.bench.config import DEFAULTS
     from ccfv.bench.selection import selection_statistics
 
@@ -523,7 +540,7 @@ def _selection(summary: dict, config, rel: dict, main: list[str]) -> dict:
         summary,
         config.raw.get("select") or DEFAULTS["select"],
         eval_every=int(finetune.get("eval_every") or 0),
-        n_seeds=len(finetune["seeds"]),
+        n_seeds={t: len(target_seeds(config, t)) for t in summary["targets"]},
         reliable=rel["headline"]["reliable"],
         methods=main,
         n_boot=config["statistics"]["bootstrap"],
@@ -575,7 +592,7 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     rel = reliability_statistics(summary, main, n_boot=config["statistics"]["bootstrap"])
     summary["statistics"]["reliability"] = rel
     ablations = [m for m in methods if m.startswith("ccfv")]
-    seeds = config["finetune"]["seeds"]
+    seeds = {t: target_seeds(config, t) for t in targets}
     n_models = {t: len(summary["targets"][t]["models"]) for t in targets}
     md = [
         f"# Transfer benchmark `{config['name']}`",
@@ -584,7 +601,7 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
         f"{', '.join(f'{n_models[t]}' for t in targets)} models "
         f"({', '.join(config['architectures'])} pre-trained on every other task, and from "
         f"scratch); ground truth: Dice on the target's test split after fine-tuning, "
-        f"mean over {len(seeds)} seed(s) {seeds}. Estimators on "
+        f"mean over {_seeds_text(seeds, config['finetune']['seeds'])}. Estimators on "
         f"{config['scoring']['cases']} target-train cases. Commit `{summary['commit'][:12]}`. "
         f"Training time recorded by the stages: pre-training "
         f"{summary.get('pretrain_seconds', 0) / 60:.1f} min, fine-tuning "

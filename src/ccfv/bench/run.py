@@ -287,8 +287,10 @@ def failure_path(run: Path) -> Path:
 
 def finetune_settings(config: BenchConfig, target: str, steps: int | None = None) -> dict:
     """``finetune`` of the config for target ``target``: its ``steps`` from ``steps`` if given,
-    else from the target's ``finetune_steps``, else ``finetune.steps``."""
+    else from the target's ``finetune_steps``, else ``finetune.steps``; its ``seeds`` the
+    target's (``finetune_seeds``, else ``finetune.seeds``: in no cache digest)."""
     cfg = dict(config["finetune"])
+    cfg["seeds"] = config.finetune_seeds(target)
     if steps is None:
         steps = config.finetune_steps(target)
     if steps is not None:
@@ -775,7 +777,7 @@ def run_bench(
             for arch in archs
             for src in [*(n for n in tasks if n != target_name), SCRATCH]
         }
-        seeds = config["finetune"]["seeds"]
+        seeds = config.finetune_seeds(target_name)  # finetune_seeds, else finetune.seeds
         runs_of = [
             (finetune_path(config, name, target, seed, work, device), (name, seed))
             for name in bank
@@ -853,6 +855,7 @@ def run_bench(
             "classes": [target.class_names.get(k, str(k)) for k in range(1, target.n_classes)],
             "spatial_dims": len(config.spatial_size),
             "finetune_steps": finetune_settings(config, target_name)["steps"],
+            "seeds": seeds,
             "train": [target.case_ids[i] for i in target.train],
             "test": [target.case_ids[i] for i in target.test],
         }

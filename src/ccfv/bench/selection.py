@@ -492,21 +492,22 @@ def selection_statistics(
     select: Mapping[str, Any],
     *,
     eval_every: int,
-    n_seeds: int,
+    n_seeds: int | Mapping[str, int],
     reliable: Sequence[str],
     methods: Sequence[str] = (),
     n_boot: int = 1000,
 ) -> dict:
     """:func:`target_selection` for every target of the benchmark ``summary`` (``select``:
     the config's ``select`` key, ``top`` and ``budgets``), and the :func:`selection_headline`
-    over the ``reliable`` targets (split-half Spearman >= 0.8)."""
+    over the ``reliable`` targets (split-half Spearman >= 0.8). ``n_seeds``: the seeds of
+    every target, or per target (the config's ``finetune_seeds``)."""
     per_target = {
         t: target_selection(
             entry,
             top=select["top"],
             budgets=select["budgets"],
             eval_every=eval_every,
-            n_seeds=n_seeds,
+            n_seeds=n_seeds if isinstance(n_seeds, int) else n_seeds[t],
             methods=methods,
             n_boot=n_boot,
         )
