@@ -3,36 +3,51 @@
 
 The benchmark caches every stage in its work folder (``.ccfv_bench/<name>``, not committed);
 the fine-tuning runs are the expensive part and each is one small JSON file (the Dice per
-class and per test case, the validation curve). This script copies those files into
-``benchmarks/results/v2/<name>/`` so that they can be committed while a run is still going, and
-copies them back into a fresh work folder (``--restore``) so that a next session resumes
-without redoing them (the file names carry the digests of the config, so a run is only reused
-by the same protocol)::
+class and per test case, the validation curve). This script copies those files, and the
+checkpoints they started from, into ``benchmarks/results/v2/<name>/`` so that they can be
+committed while a run is still going, and copies them back into a fresh work folder
+(``--restore``: the checkpoints first) so that a next session resumes without pre-training or
+fine-tuning again. A run's file name carries the digests of the config and the fingerprint of
+its starting checkpoint's weights, so a run is only reused by the same protocol from the same
+weights (pre-training is not reproducible across machines: the same seed and config give other
+weights on another CPU, hence the checkpoints are committed too)::
 
     python scripts/export_bench_results.py --config benchmarks/transfer2d-v2.yaml
     python scripts/export_bench_results.py --config benchmarks/transfer2d-v2.yaml --restore
 
-Written on export: ``runs/<target>/<model>__<digest>__seed<s>.json`` (the cache files, compact),
-``convergence/<target>/...`` (the convergence study's runs), ``sources.json`` (each pre-trained
-source model's validation Dice on its own task, its last loss, steps and seconds; merged into the
-file already there, so that an export never drops a source model) and
-``progress.json`` (per target: runs done of expected, and the missing ones).
+Written on export: ``runs/<target>/<model>__<digest>__seed<s>.json`` (the cache files, compact;
+only runs that record their ``checkpoint``: runs made before the fingerprint are left out),
+``convergence/<target>/...`` (the convergence study's runs), ``checkpoints/*.pt`` (every
+checkpoint of ``work/pretrain``: the source models and the scratch initialisations),
+``sources.json`` (each pre-trained source model's validation Dice on its own task, its last
+loss, steps, seconds and ``fingerprint``; merged into the file already there, so that an export
+never drops a source model) and ``progress.json`` (per target: runs done of expected, and the
+missing ones; a model without a checkpoint yet is missing as "not pre-trained yet").
+
+A checkpoint of the work folder whose committed namesake holds other weights stops the export
+(and, the other way round, the restore) with an error before anything is copied.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ccfv.bench.checkpoints import fingerprint_once  # noqa: E402
 from ccfv.bench.config import load_config  # noqa: E402
-from ccfv.bench.run import SCRATCH, finetune_path, model_name  # noqa: E402
+from ccfv.bench.run import SCRATCH, finetune_path, model_name, pretrain_path  # noqa: E402
 from ccfv.errors import UserError  # noqa: E402
+
+CHECKPOINTS = "checkpoints"
 
 
 class _Named:
@@ -42,44 +57,121 @@ class _Named:
         self.name = name
 
 
+class Expected(NamedTuple):
+    """One fine-tuning run the benchmark expects: its cache file relative to the work folder,
+    or None with ``why`` when its name cannot be known yet (its checkpoint does not exist)."""
+
+    model: str
+    seed: int
+    path: Path | None
+    why: str = ""
+
+
+NOT_PRETRAINED = "not pre-trained yet"
+
+
 def _run_files(folder: Path):
     return sorted(p for p in folder.glob("*/*.json") if not p.name.startswith("."))
 
 
-def expected_runs(config) -> dict[str, list[Path]]:
-    """The fine-tuning cache files of the whole benchmark, per target (relative paths), each
-    target on its own seeds (``finetune_seeds``, else ``finetune.seeds``)."""
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoints of a folder: ``*.pt``, not the claims' ``.lock`` files nor the
+    temporary files of a checkpoint being written (both start with a dot)."""
+    return sorted(p for p in folder.glob("*.pt") if not p.name.startswith("."))
+
+
+def _fingerprint_of(name: str, folders: list[Path]) -> str | None:
+    """The fingerprint of checkpoint file ``name`` in the first of ``folders`` that has it."""
+    for folder in folders:
+        if (folder / name).is_file():
+            return fingerprint_once(folder / name)
+    return None
+
+
+def expected_runs(config, checkpoints: list[Path]) -> dict[str, list[Expected]]:
+    """The fine-tuning runs of the whole benchmark, per target, each target on its own seeds
+    (``finetune_seeds``, else ``finetune.seeds``). A run's cache name carries the fingerprint
+    of its starting checkpoint, read from the first folder of ``checkpoints`` that holds the
+    checkpoint (the work folder's ``pretrain``, then the committed ``checkpoints``); a model
+    whose checkpoint is in none of them is expected with ``path`` None ("not pre-trained
+    yet")."""
     names = list(config.task_specs)
     out = {}
     for target in config.targets:
-        models = [
-            model_name(a, s)
-            for a in config["architectures"]
-            for s in [*(n for n in names if n != target), SCRATCH]
-        ]
-        out[target] = [
-            finetune_path(config, m, _Named(target), seed, Path("."))
-            for m in models
-            for seed in config.finetune_seeds(target)
-        ]
+        runs = []
+        for arch in config["architectures"]:
+            for src in [*(n for n in names if n != target), SCRATCH]:
+                model = model_name(arch, src)
+                task = None if src == SCRATCH else _Named(src)
+                file = pretrain_path(config, arch, task, Path(".")).name  # type: ignore[arg-type]
+                fingerprint = _fingerprint_of(file, checkpoints)
+                for seed in config.finetune_seeds(target):
+                    if fingerprint is None:
+                        runs.append(Expected(model, seed, None, NOT_PRETRAINED))
+                        continue
+                    path = finetune_path(
+                        config, model, _Named(target), seed, Path("."), checkpoint=fingerprint
+                    )
+                    runs.append(Expected(model, seed, path))
+        out[target] = runs
     return out
+
+
+def _conflicts(files: list[Path], folder: Path) -> list[tuple[Path, Path, str, str]]:
+    """``(file, same name in folder, fingerprint of file, of the other)`` for each of ``files``
+    whose namesake in ``folder`` holds other weights (identical bytes: the same weights)."""
+    out = []
+    for path in files:
+        other = folder / path.name
+        if not other.is_file() or filecmp.cmp(path, other, shallow=False):
+            continue
+        mine, theirs = fingerprint_once(path), fingerprint_once(other)
+        if mine != theirs:
+            out.append((path, other, mine, theirs))
+    return out
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    """Copy a checkpoint so that a benchmark reading the folder never sees half of it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.copy.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def export(config, work: Path, dest: Path) -> dict:
     import torch
 
+    saved = _checkpoint_files(work / "pretrain")
+    conflicts = _conflicts(saved, dest / CHECKPOINTS)
+    if conflicts:  # checked before anything is written
+        path, other, mine, theirs = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise UserError(
+            f"{path} (weights {mine}) is not the committed {other} (weights {theirs}){more}: "
+            "this work folder was pre-trained anew instead of restored; export into another "
+            "--dest, or remove the committed checkpoint if these weights replace it (its "
+            "committed runs then no longer count)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     for kind in ("finetune", "convergence"):
         for path in _run_files(work / kind):
+            data = json.loads(path.read_text())
+            if kind == "finetune" and "checkpoint" not in data:
+                continue  # made before runs recorded their checkpoint: not tied to its weights
             target_dir = dest / ("runs" if kind == "finetune" else kind) / path.parent.name
             target_dir.mkdir(parents=True, exist_ok=True)
-            data = json.loads(path.read_text())
             (target_dir / path.name).write_text(json.dumps(data, separators=(",", ":")))
+    # the checkpoints the runs started from (source models and scratch initialisations)
+    for path in saved:
+        target = dest / CHECKPOINTS / path.name
+        if not target.is_file():
+            _copy_atomic(path, target)
     # merged into what was exported before: a work folder whose pre-training is still running
     # (a fresh machine re-doing it) must not drop the committed source models it lacks yet
     written = dest / "sources.json"
     sources = json.loads(written.read_text()) if written.is_file() else {}
-    for path in sorted((work / "pretrain").glob("*.pt")):
+    for path in saved:
         meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
         if meta.get("source") == SCRATCH:
             continue
@@ -96,20 +188,44 @@ def export(config, work: Path, dest: Path) -> dict:
                 "seconds",
             )
         }
+        sources[path.stem]["fingerprint"] = fingerprint_once(path)
     written.write_text(json.dumps(dict(sorted(sources.items())), indent=1))
     progress = {}
-    for target, paths in expected_runs(config).items():
-        done = [p for p in paths if (work / p).is_file()]
+    folders = [work / "pretrain", dest / CHECKPOINTS]
+    for target, runs in expected_runs(config, folders).items():
         progress[target] = {
-            "done": len(done),
-            "expected": len(paths),
-            "missing": [p.name for p in paths if not (work / p).is_file()],
+            "done": sum(r.path is not None and (work / r.path).is_file() for r in runs),
+            "expected": len(runs),
+            "missing": [
+                f"{r.model}__seed{r.seed} ({r.why})" if r.path is None else r.path.name
+                for r in runs
+                if r.path is None or not (work / r.path).is_file()
+            ],
         }
     (dest / "progress.json").write_text(json.dumps(progress, indent=1))
     return progress
 
 
-def restore(work: Path, dest: Path) -> int:
+def restore(work: Path, dest: Path) -> tuple[int, int]:
+    """Copy the committed checkpoints into ``work/pretrain`` (so that a fresh machine reuses
+    them instead of pre-training again), then the runs; files already in ``work`` are kept.
+    Returns ``(checkpoints copied, runs copied)``. Raises UserError, copying nothing, when a
+    checkpoint of ``work`` holds other weights than its committed namesake."""
+    committed = _checkpoint_files(dest / CHECKPOINTS)
+    conflicts = _conflicts(committed, work / "pretrain")
+    if conflicts:
+        path, other, mine, theirs = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise UserError(
+            f"{other} (weights {theirs}) is not the committed {path} (weights {mine}){more}; "
+            f"nothing was restored: remove the work file, or restore into another --work"
+        )
+    checkpoints = 0
+    for path in committed:
+        target = work / "pretrain" / path.name
+        if not target.is_file():
+            _copy_atomic(path, target)
+            checkpoints += 1
     copied = 0
     for kind, folder in (("finetune", "runs"), ("convergence", "convergence")):
         for path in _run_files(dest / folder):
@@ -118,7 +234,7 @@ def restore(work: Path, dest: Path) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
                 copied += 1
-    return copied
+    return checkpoints, copied
 
 
 def main(argv=None) -> int:
@@ -140,10 +256,15 @@ def main(argv=None) -> int:
         return 2
     work = Path(args.work or Path(".ccfv_bench") / config["name"])
     dest = Path(args.dest or ROOT / "benchmarks" / "results" / "v2" / config["name"])
-    if args.restore:
-        print(f"restored {restore(work, dest)} run(s) from {dest} into {work}")
-        return 0
-    progress = export(config, work, dest)
+    try:
+        if args.restore:
+            checkpoints, runs = restore(work, dest)
+            print(f"restored {checkpoints} checkpoint(s) and {runs} run(s) from {dest} into {work}")
+            return 0
+        progress = export(config, work, dest)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for target, p in progress.items():
         print(f"{target}: {p['done']} / {p['expected']} fine-tuning runs")
     print(f"wrote {dest}")

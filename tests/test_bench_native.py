@@ -105,10 +105,11 @@ def test_native_config_is_checked(tmp_path):
 
 
 @needs_data
-def test_committed_v2_runs_keep_their_names():
-    """The native key and the three native targets leave every cache name of the committed v2
-    runs as it was: pre-training (sources.json), fine-tuning (runs/) and the convergence study
-    (convergence/); the native targets' own runs carry their native settings."""
+def test_committed_v2_sources_and_convergence_keep_their_names():
+    """The native key and the three native targets leave the cache names of the committed v2
+    pre-training (sources.json) and convergence study (convergence/, whose names carry no
+    checkpoint fingerprint) as they were; the native targets' own runs carry their native
+    settings."""
     config = load_config(V2)
     names = list(config.task_specs)
     assert config.targets[:4] == [
@@ -124,21 +125,6 @@ def test_committed_v2_runs_keep_their_names():
         for task in names
     }
     assert set(sources) == expected and len(expected) == 21
-
-    def runs(cfg, target, **kw):
-        return {
-            finetune_path(cfg, model_name(a, s), _Named(target), seed, Path("."), **kw).name
-            for a in cfg["architectures"]
-            for s in [*(n for n in names if n != target), SCRATCH]
-            for seed in cfg.finetune_seeds(target)
-        }
-
-    committed_runs = 0
-    for target in config.targets[:4]:
-        committed = {p.name for p in (RESULTS / "runs" / target).glob("*.json")}
-        assert committed <= runs(config, target)
-        committed_runs += len(committed)
-    assert committed_runs >= 57  # HC18's 57 exported runs at least
     study = convergence_config(config)
     for target in config.targets[:4]:
         source = next(n for n in names if n != target)
@@ -161,9 +147,56 @@ def test_committed_v2_runs_keep_their_names():
     plain = json.loads(json.dumps(config.raw))
     plain["native"] = {}
     without = type(config)(raw=plain, source=config.source)
+    fp = "0123456789ab"
     for target in config.targets[4:]:
         assert config.native(target) is not None
-        assert runs(config, target).isdisjoint(runs(without, target))
+        for a in config["architectures"]:
+            name = model_name(a, SCRATCH)
+            assert finetune_path(
+                config, name, _Named(target), 0, Path("."), checkpoint=fp
+            ) != finetune_path(without, name, _Named(target), 0, Path("."), checkpoint=fp)
+
+
+def test_committed_v2_runs_keep_their_names():
+    """Every committed v2 fine-tuning run that records its starting checkpoint
+    (``"checkpoint"``) has the cache name that the config and that checkpoint give: the
+    committed checkpoint of its model (``checkpoints/``) has that fingerprint, and the name
+    recomputed from it is the file's. Runs made before runs recorded their checkpoint (moved
+    to ``legacy-runs/``) are not tied to any weights and are not checked."""
+    from ccfv.bench.checkpoints import checkpoint_fingerprint
+
+    config = load_config(V2)
+    names = list(config.task_specs)
+    folder = RESULTS / "checkpoints"
+    checked = 0
+    for target in config.targets:
+        for path in sorted((RESULTS / "runs" / target).glob("*.json")):
+            run = json.loads(path.read_text())
+            if "checkpoint" not in run:
+                continue
+            arch, source = run["model"].split("__", 1)
+            assert source == SCRATCH or (source in names and source != target), path
+            task = None if source == SCRATCH else _Named(source)
+            checkpoint = folder / pretrain_path(config, arch, task, Path(".")).name
+            assert checkpoint.is_file(), (
+                f"{path.name}: its checkpoint {checkpoint} is not committed"
+            )
+            assert checkpoint_fingerprint(checkpoint) == run["checkpoint"], path.name
+            expected = finetune_path(
+                config,
+                run["model"],
+                _Named(target),
+                run["seed"],
+                Path("."),
+                checkpoint=run["checkpoint"],
+            )
+            assert path.name == expected.name
+            checked += 1
+    if not checked:
+        pytest.skip(
+            f"no committed run under {RESULTS / 'runs'} records its checkpoint yet (the runs "
+            "made before the fingerprint are legacy): nothing to check"
+        )
 
 
 @needs_data
@@ -393,7 +426,16 @@ def test_tiny_benchmark_with_a_native_target(tmp_path):
         assert {"ccfv", "logme"} <= set(m["scores"]) and all(
             math.isfinite(v) for v in m["scores"].values()
         )
-    run = json.loads(finetune_path(config, "unet__scratch", _Named("drive"), 0, work).read_text())
+    from ccfv.bench.checkpoints import checkpoint_fingerprint
+
+    def run_path(model, seed):
+        arch, source = model.split("__")
+        task = None if source == SCRATCH else _Named(source)
+        fp = checkpoint_fingerprint(pretrain_path(config, arch, task, work))
+        return finetune_path(config, model, _Named("drive"), seed, work, checkpoint=fp)
+
+    run = json.loads(run_path("unet__scratch", 0).read_text())
+    assert run["checkpoint"] == checkpoint_fingerprint(pretrain_path(config, "unet", None, work))
     assert run["native"] == {"patch": [32, 32], "overlap": 0.25} and run["steps"] == 4
     assert [s for s, _ in run["validation"]["curve"]] == [2, 4]
     # the estimators see the native train images through windows of the patch size
@@ -420,10 +462,10 @@ def test_tiny_benchmark_with_a_native_target(tmp_path):
     assert any(line.startswith("task drive: 6 cases at size 16 (as a source)") for line in lines)
     assert any("drive (native target): 4 train / 2 test cases" in line for line in lines)
     # the same runs again: read from the cache, not trained again
-    stamp = finetune_path(config, "unet__isbi", _Named("drive"), 1, work).stat().st_mtime_ns
+    stamp = run_path("unet__isbi", 1).stat().st_mtime_ns
     again = run_bench(config, work, tmp_path / "out2", progress=False, log=lambda *_: None)
     assert (
         again["targets"]["drive"]["models"]["unet__isbi"]["dice"]
         == target["models"]["unet__isbi"]["dice"]
     )
-    assert finetune_path(config, "unet__isbi", _Named("drive"), 1, work).stat().st_mtime_ns == stamp
+    assert run_path("unet__isbi", 1).stat().st_mtime_ns == stamp

@@ -370,8 +370,14 @@ def test_select_key_enters_no_cache_digest(tmp_path):
     other = load_config(_config(tmp_path / "b", select={"top": [2], "budgets": [0.5, 3]}))
     assert other["select"] == {"top": [2], "budgets": [0.5, 3]}
     t = Named()
-    assert finetune_path(plain, "m", t, 1, tmp_path) == finetune_path(other, "m", t, 1, tmp_path)
-    assert _scores_path(plain, t, tmp_path, "cpu") == _scores_path(other, t, tmp_path, "cpu")
+    fp = {"checkpoint": "0123456789ab"}
+    assert finetune_path(plain, "m", t, 1, tmp_path, **fp) == finetune_path(
+        other, "m", t, 1, tmp_path, **fp
+    )
+    bank = {"m": "0123456789ab"}
+    assert _scores_path(plain, t, tmp_path, "cpu", bank) == _scores_path(
+        other, t, tmp_path, "cpu", bank
+    )
     assert pretrain_path(plain, "unet", t, tmp_path) == pretrain_path(other, "unet", t, tmp_path)
     for name in ("transfer2d-v2", "chaos3d-v2"):
         config = load_config(ROOT / "benchmarks" / f"{name}.yaml")

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 needs_data = pytest.mark.skipif(
     not (DATA / "hc18_fetal_head").exists(), reason="../shared/data absent"
 )
+FP = "0123456789ab"  # a checkpoint fingerprint, where only the config's part of a name matters
 
 
 def _config(tmp_path, **changes):
@@ -151,17 +152,72 @@ def test_finetune_steps_per_target_override_only_their_runs(tmp_path):
     # of that budget, as if steps were given explicitly
     for seed in (0, 3):
         assert (
-            finetune_path(over, "m", drive, seed, tmp_path).name
-            == finetune_path(plain, "m", drive, seed, tmp_path).name
+            finetune_path(over, "m", drive, seed, tmp_path, checkpoint=FP).name
+            == finetune_path(plain, "m", drive, seed, tmp_path, checkpoint=FP).name
         )
         assert (
-            finetune_path(over, "m", hc18, seed, tmp_path).name
-            == finetune_path(plain, "m", hc18, seed, tmp_path, steps=40).name
+            finetune_path(over, "m", hc18, seed, tmp_path, checkpoint=FP).name
+            == finetune_path(plain, "m", hc18, seed, tmp_path, steps=40, checkpoint=FP).name
         )
         assert (
-            finetune_path(over, "m", hc18, seed, tmp_path).name
-            != finetune_path(plain, "m", hc18, seed, tmp_path).name
+            finetune_path(over, "m", hc18, seed, tmp_path, checkpoint=FP).name
+            != finetune_path(plain, "m", hc18, seed, tmp_path, checkpoint=FP).name
         )
+
+
+def test_checkpoint_fingerprint_names_the_weights_in_the_cache_names(tmp_path):
+    """The fingerprint hashes the weights, not the file: the same weights saved twice (other
+    meta, other bytes) give one fingerprint, one changed weight another; a fine-tuning run's
+    name and a target's scores path change with it, the convergence study's names do not."""
+    import torch
+
+    from ccfv.bench.checkpoints import checkpoint_fingerprint, fingerprint_once
+    from ccfv.bench.run import _scores_path, finetune_path
+    from ccfv.bench.train import save_checkpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    a = save_checkpoint(net, tmp_path / "a.pt", {"seconds": 1.0})
+    b = save_checkpoint(net, tmp_path / "b.pt", {"seconds": 2.0, "note": "saved again"})
+    assert a.read_bytes() != b.read_bytes()
+    fp = checkpoint_fingerprint(a)
+    assert len(fp) == 12 and int(fp, 16) >= 0
+    assert checkpoint_fingerprint(b) == fp
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] += 1e-6
+    c = save_checkpoint(net, tmp_path / "c.pt", {"seconds": 1.0})
+    changed = checkpoint_fingerprint(c)
+    assert changed != fp
+    with torch.no_grad():  # a buffer is weights too
+        net[1].running_mean[0] += 1.0
+    assert checkpoint_fingerprint(save_checkpoint(net, tmp_path / "d.pt", {})) != changed
+    # once per process per file; a file replaced since is hashed again
+    assert fingerprint_once(a) == fp
+    os.replace(c, a)
+    assert fingerprint_once(a) == changed
+
+    class Named:
+        name = "hc18_fetal_head"
+
+    config = load_config(_config(tmp_path))
+    t = Named()
+    for seed in (0, 3):
+        same = finetune_path(config, "m", t, seed, tmp_path, checkpoint=fp)
+        assert same == finetune_path(config, "m", t, seed, tmp_path, checkpoint=fp)
+        assert same != finetune_path(config, "m", t, seed, tmp_path, checkpoint=changed)
+        assert same.parent == tmp_path / "finetune" / "hc18_fetal_head"
+    with pytest.raises(ValueError, match="needs the fingerprint of its starting checkpoint"):
+        finetune_path(config, "m", t, 0, tmp_path)
+    # the convergence study's runs keep their names (they only set the budgets)
+    study = [
+        finetune_path(config, "m", t, 0, tmp_path, steps=8, folder="convergence", checkpoint=c)
+        for c in (None, fp, changed)
+    ]
+    assert len(set(study)) == 1
+    bank = {"m": fp, "n": fp}
+    scores = _scores_path(config, t, tmp_path, "cpu", bank)
+    assert scores == _scores_path(config, t, tmp_path, "cpu", dict(reversed(bank.items())))
+    assert scores != _scores_path(config, t, tmp_path, "cpu", {"m": fp, "n": changed})
 
 
 def test_finetune_seeds_per_target_are_checked_and_keep_every_cache_name(tmp_path):
@@ -210,9 +266,9 @@ def test_finetune_seeds_per_target_are_checked_and_keep_every_cache_name(tmp_pat
     assert finetune_settings(over, "hc18_fetal_head")["seeds"] == eight
     for target in ("hc18_fetal_head", "drive_retinal_vessels"):
         for seed in range(4):
-            assert finetune_path(over, "m", Named(target), seed, tmp_path) == finetune_path(
-                plain, "m", Named(target), seed, tmp_path
-            )
+            assert finetune_path(
+                over, "m", Named(target), seed, tmp_path, checkpoint=FP
+            ) == finetune_path(plain, "m", Named(target), seed, tmp_path, checkpoint=FP)
     # the committed v2 config: every target's seeds are finetune.seeds or its own
     v2 = load_config(ROOT / "benchmarks" / "transfer2d-v2.yaml")
     for target in v2.targets:
@@ -292,7 +348,7 @@ def test_targets_with_8_and_4_seeds_in_one_report(tmp_path):
 
 
 @needs_data
-def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
+def test_bench_v2_small_end_to_end_export_and_restore(tmp_path, monkeypatch):
     config = load_config(
         _config(
             tmp_path,
@@ -360,6 +416,9 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     script = ROOT / "scripts" / "export_bench_results.py"
     dest = tmp_path / "exported"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # a run made before runs recorded their checkpoint is not exported
+    legacy = work / "finetune" / "hc18_fetal_head" / "unet__scratch__0123456789__seed0.json"
+    legacy.write_text(json.dumps({"model": "unet__scratch", "dice": 0.5}))
     subprocess.run(
         [
             sys.executable,
@@ -382,6 +441,21 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
     sources = json.loads((dest / "sources.json").read_text()).values()
     assert sorted(s["source"] for s in sources) == ["drive_retinal_vessels", "isbi_em_membranes"]
     assert all(0 <= s["source_val_dice"] <= 1 for s in sources)
+    # the checkpoints the runs started from are exported, and every run names its own
+    from ccfv.bench.checkpoints import checkpoint_fingerprint
+
+    exported = {p.name: checkpoint_fingerprint(p) for p in (dest / "checkpoints").glob("*")}
+    pretrained = sorted(p.name for p in (work / "pretrain").glob("*.pt"))
+    assert sorted(exported) == pretrained and len(pretrained) == 3  # 2 sources and scratch
+    assert any(name.startswith("unet__scratch-") for name in exported)
+    for stem, entry in json.loads((dest / "sources.json").read_text()).items():
+        assert entry["fingerprint"] == exported[stem + ".pt"]
+    by_model = {name.split("-")[0]: fp for name, fp in exported.items()}
+    runs = sorted((dest / "runs" / "hc18_fetal_head").glob("*.json"))
+    assert legacy.name not in {p.name for p in runs}
+    for path in runs:
+        run = json.loads(path.read_text())
+        assert run["checkpoint"] == by_model[run["model"]]
     # an export from a work folder without those checkpoints (pre-training not yet redone on a
     # fresh machine) keeps the exported source models
     before = (dest / "sources.json").read_text()
@@ -419,13 +493,79 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path):
         capture_output=True,
     )
     restored = sorted((fresh / "finetune").rglob("*.json"))
-    stamps = [p.stat().st_mtime_ns for p in restored]
+    checkpoints = sorted((fresh / "pretrain").glob("*.pt"))
+    assert [p.name for p in checkpoints] == pretrained
+    stamps = [p.stat().st_mtime_ns for p in restored + checkpoints]
     assert len(restored) == 12
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("pre-trained again instead of reusing the restored checkpoints")
+
+    monkeypatch.setattr("ccfv.bench.run.pretrain", no_pretraining)
     again = run_bench(config, fresh, tmp_path / "out2", progress=False, log=lambda *_: None)
-    assert [p.stat().st_mtime_ns for p in restored] == stamps
+    assert [p.stat().st_mtime_ns for p in restored + checkpoints] == stamps
+    assert sorted((fresh / "finetune").rglob("*.json")) == restored  # no run trained again
     assert {n: m["dice"] for n, m in again["targets"]["hc18_fetal_head"]["models"].items()} == {
         n: m["dice"] for n, m in target["models"].items()
     }
+    # a work folder holding other weights under a committed checkpoint's name: the restore
+    # stops with one line naming both files and the fix, and copies nothing
+    import torch
+
+    from ccfv.bench.checkpoints import load_checkpoint
+
+    clash = tmp_path / "clash"
+    name = next(n for n in pretrained if n.startswith("unet__drive_retinal_vessels-"))
+    state, meta = load_checkpoint(work / "pretrain" / name)
+    state = {k: (v + 1 if v.is_floating_point() else v) for k, v in state.items()}
+    (clash / "pretrain").mkdir(parents=True)
+    torch.save({"state_dict": state, "meta": meta}, clash / "pretrain" / name)
+    before_clash = (clash / "pretrain" / name).read_bytes()
+    failed = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--config",
+            str(config.source),
+            "--work",
+            str(clash),
+            "--dest",
+            str(dest),
+            "--restore",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2
+    message = failed.stderr.strip()
+    assert "\n" not in message
+    assert str(clash / "pretrain" / name) in message and str(dest / "checkpoints" / name) in message
+    assert "remove the work file, or restore into another --work" in message
+    assert sorted(p.relative_to(clash) for p in clash.rglob("*")) == [
+        Path("pretrain"),
+        Path("pretrain") / name,
+    ]
+    assert (clash / "pretrain" / name).read_bytes() == before_clash
+    # and its export would replace the committed checkpoint: refused too, nothing written
+    committed = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    failed = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--config",
+            str(config.source),
+            "--work",
+            str(clash),
+            "--dest",
+            str(dest),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2 and "pre-trained anew" in failed.stderr
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == committed
 
 
 def _check_select_rows(summary, written, out):
@@ -713,9 +853,16 @@ def test_a_target_given_more_seeds_trains_only_the_new_ones(tmp_path):
     )
     export = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(export)
-    expected = export.expected_runs(config)
+    expected = export.expected_runs(config, [work / "pretrain"])
     assert {t: len(p) for t, p in expected.items()} == {
         "drive_retinal_vessels": 4,
         "hc18_fetal_head": 6,
     }
-    assert all((work / p).is_file() for paths in expected.values() for p in paths)
+    assert all((work / r.path).is_file() for runs in expected.values() for r in runs)
+    # without the checkpoints (a fresh machine still pre-training) the runs are expected, their
+    # names unknown yet: missing as not pre-trained yet, not a crash
+    unknown = export.expected_runs(config, [tmp_path / "nowhere"])
+    assert {t: len(p) for t, p in unknown.items()} == {t: len(p) for t, p in expected.items()}
+    assert {(r.path, r.why) for runs in unknown.values() for r in runs} == {
+        (None, "not pre-trained yet")
+    }

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,13 @@ import torch
 from ccfv.errors import UserError
 from ccfv.files import atomic_write
 
-__all__ = ["load_checkpoint", "load_pretrained", "save_checkpoint"]
+__all__ = [
+    "checkpoint_fingerprint",
+    "fingerprint_once",
+    "load_checkpoint",
+    "load_pretrained",
+    "save_checkpoint",
+]
 
 
 def load_pretrained(
@@ -133,3 +141,51 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not isinstance(obj, Mapping) or "state_dict" not in obj:
         raise UserError(f"{path} is not a benchmark checkpoint (no 'state_dict')")
     return dict(obj["state_dict"]), dict(obj.get("meta", {}))
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """The first 12 hex characters of a sha256 over the weights of a benchmark checkpoint.
+
+    What is hashed: the ``state_dict`` of the file (read by :func:`load_checkpoint`, i.e.
+    ``torch.load(weights_only=True)``), its tensor names in sorted order, and for each its
+    name, dtype, shape and raw bytes (CPU, contiguous). The ``meta`` (seconds, losses) is
+    not hashed, nor are the file's bytes: ``torch.save`` writes a zip container whose bytes
+    depend on more than the weights (the record names, the torch version), so the same
+    weights saved twice may differ as files; two checkpoints have one fingerprint exactly
+    when they hold the same weights.
+
+    Why: pre-training is not bit-reproducible across machines (the same seed and config give
+    other weights on another CPU), so a fine-tuning run is tied to the weights it started
+    from by this fingerprint in its cache name (:func:`ccfv.bench.run.finetune_path`).
+    """
+    state, _meta = load_checkpoint(path)
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise UserError(f"{path}: state_dict entry {name!r} is not a tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        # the bytes of the storage, whatever the dtype (bfloat16 has no numpy view)
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def fingerprint_once(path: str | Path) -> str:
+    """:func:`checkpoint_fingerprint`, computed once per process for each checkpoint file:
+    remembered by the file's resolved path, size and modification time (a file replaced
+    since is hashed again)."""
+    resolved = Path(path).resolve()
+    try:
+        stat = os.stat(resolved)
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot read this checkpoint to fingerprint it ({exc.strerror or exc})"
+        ) from exc
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = checkpoint_fingerprint(resolved)
+    return _FINGERPRINTS[key]

@@ -15,12 +15,16 @@ being trained or the model being scored):
    optimiser, schedule and batch for all; v2: the checkpoint of best Dice on a validation
    split carved out of T's train split (``finetune.val_fraction``); Dice on T's test split
    (mean over foreground classes, per class and per test case); one run per seed.
-   ``work/finetune/<target>/<model>__<digest>__seed<s>.json``.
+   ``work/finetune/<target>/<model>__<digest>__seed<s>.json``, the digest ending with one of
+   the fingerprint of the starting checkpoint's weights (recorded as ``"checkpoint"``):
+   pre-training is not reproducible across machines, so a run is reused only with the
+   weights it was fine-tuned from.
 5. **scores**: ``ccfv rank`` on T's train split only (``scoring.cases`` of its cases, one
    sampling plan shared by all models), every method of ``scoring.methods`` (ablations are
    methods with options, ``ccfv[distance=kl]``), and ``scoring.proportional`` again with the
    proportional budget (columns ``<method>@proportional``). Features are cached in
-   ``work/features``; the scores of a target in ``work/scores/<target>/scores-<digest>.json``.
+   ``work/features``; the scores of a target in ``work/scores/<target>/scores-<digest>.json``
+   (the digest covers the fingerprints of the bank's checkpoints).
 6. **statistics** (:mod:`ccfv.evaluation`, :mod:`ccfv.reliability`): per target and averaged
    over targets, the reliability of the ground truth and intervals; written by
    :mod:`ccfv.bench.report`.
@@ -130,6 +134,14 @@ def _run_claimed(jobs: list, done, compute, wait_seconds: float = 5.0) -> None:
             progressed = True
         if pending and not progressed:
             time.sleep(wait_seconds)
+
+
+def fingerprint_once(checkpoint: str | Path) -> str:
+    """The fingerprint of a checkpoint's weights, hashed once per process per file
+    (:func:`ccfv.bench.checkpoints.fingerprint_once`; imported here lazily: torch)."""
+    from ccfv.bench.checkpoints import fingerprint_once as once
+
+    return once(checkpoint)
 
 
 def model_name(arch: str, source: str) -> str:
@@ -307,9 +319,23 @@ def finetune_path(
     device: str = "cpu",
     steps: int | None = None,
     folder: str = "finetune",
+    checkpoint: str | None = None,
 ) -> Path:
     """Where :func:`finetune` caches one run (``steps`` overrides ``finetune.steps`` and the
-    target's ``finetune_steps``)."""
+    target's ``finetune_steps``).
+
+    ``checkpoint``: the fingerprint of the run's starting checkpoint
+    (:func:`ccfv.bench.checkpoints.checkpoint_fingerprint`), required for the benchmark's runs
+    (``folder="finetune"``): a digest of it ends their digest, so that a run is reused only
+    with the very weights it was fine-tuned from (pre-training is not reproducible across
+    machines; the config alone does not name the weights). The convergence study's runs
+    (``folder="convergence"``) keep their names without it (they only set the budgets, and
+    re-running them costs an hour): their ``checkpoint`` is ignored."""
+    if folder == "finetune" and not checkpoint:
+        raise ValueError(
+            "finetune_path: a fine-tuning run's cache name needs the fingerprint of its "
+            "starting checkpoint (checkpoint=...)"
+        )
     cfg = finetune_settings(config, target.name, steps)
     # the seed is in the file name, not the digest: adding a seed keeps the runs already made
     digest = config.digest(
@@ -321,6 +347,8 @@ def finetune_path(
         digest += config.digest_of({"train_cases": config.train_cases(target.name)})
     digest += _cases_digest(config, target.name) + _native_digest(config, target.name)
     digest += _device_digest(device)
+    if folder == "finetune":
+        digest += config.digest_of({"checkpoint": checkpoint})
     return work / folder / target.name / f"{name}__{digest}__seed{seed}.json"
 
 
@@ -371,7 +399,8 @@ def finetune(
             f"prepared task is {type(target).__name__}"
         )
     cfg = finetune_settings(config, target.name, steps)
-    path = finetune_path(config, name, target, seed, work, device, steps, folder)
+    fingerprint = fingerprint_once(checkpoint)
+    path = finetune_path(config, name, target, seed, work, device, steps, folder, fingerprint)
     if path.is_file():
         return json.loads(path.read_text())
     fit, val = carve_validation(
@@ -445,6 +474,7 @@ def finetune(
         "model": name,
         "target": target.name,
         "seed": seed,
+        "checkpoint": fingerprint,
         "dice": mean_dice(per_case),
         "dice_per_class": {
             c: (float(v) if math.isfinite(v) else None) for c, v in zip(names, per_class)
@@ -711,8 +741,17 @@ def _pretrain_all(config, tasks, jobs, work, progress, log, device) -> dict:
 
 
 def _scores_path(
-    config: BenchConfig, target: PreparedTask | NativeTask, work: Path, device: str
+    config: BenchConfig,
+    target: PreparedTask | NativeTask,
+    work: Path,
+    device: str,
+    fingerprints: dict[str, str],
 ) -> Path:
+    """Where the scores of ``target`` are cached: digests of the config and of
+    ``fingerprints``, ``{model: checkpoint fingerprint}`` of the target's bank (sorted), so
+    that scores are never reused with other weights than the ones scored."""
+    if not fingerprints:
+        raise ValueError("_scores_path: give the checkpoint fingerprints of the target's bank")
     digest = config.digest(
         "pretrain",
         "size",
@@ -727,6 +766,7 @@ def _scores_path(
     digest += config.digest_of({"train_cases": config.train_cases(target.name)})
     digest += _cases_digest(config, target.name) + _native_digest(config, target.name)
     digest += _device_digest(device)
+    digest += config.digest_of({"checkpoints": dict(sorted(fingerprints.items()))})
     return work / "scores" / target.name / f"scores-{digest}.json"
 
 
@@ -759,6 +799,8 @@ def run_bench(
         (arch, name) for arch in archs for name in tasks if any(t != name for t in targets)
     ]
     checkpoints = _pretrain_all(config, tasks, jobs, work, progress, log, device)
+    # each checkpoint's weights hashed once: the fine-tuning runs and scores are tied to them
+    fingerprints = {job: fingerprint_once(path) for job, path in checkpoints.items()}
     sources = {
         f"{arch}__{src}": {
             k: meta.get(k) for k in ("source_val_dice", "loss_last", "steps", "seconds")
@@ -778,11 +820,16 @@ def run_bench(
             for src in [*(n for n in tasks if n != target_name), SCRATCH]
         }
         seeds = config.finetune_seeds(target_name)  # finetune_seeds, else finetune.seeds
-        runs_of = [
-            (finetune_path(config, name, target, seed, work, device), (name, seed))
-            for name in bank
-            for seed in seeds
-        ]
+        bank_fp = {
+            model_name(arch, src): fingerprints[(arch, src)]
+            for arch in archs
+            for src in [*(n for n in tasks if n != target_name), SCRATCH]
+        }
+
+        def run_path(name, seed, target=target, bank_fp=bank_fp):
+            return finetune_path(config, name, target, seed, work, device, checkpoint=bank_fp[name])
+
+        runs_of = [(run_path(name, seed), (name, seed)) for name in bank for seed in seeds]
 
         def compute(job, target=target, bank=bank):
             name, seed = job[1]
@@ -822,7 +869,7 @@ def run_bench(
         models = {}
         failed_runs: dict[str, list[str]] = {}
         for name in bank:
-            paths = [finetune_path(config, name, target, seed, work, device) for seed in seeds]
+            paths = [run_path(name, seed) for seed in seeds]
             errors = [
                 f"seed {seed}: {json.loads(failure_path(path).read_text())['error']}"
                 for seed, path in zip(seeds, paths)
@@ -831,10 +878,7 @@ def run_bench(
             if errors:  # a model is in the ground truth only with every seed's run
                 failed_runs[name] = errors
                 continue
-            runs = [
-                json.loads(finetune_path(config, name, target, seed, work, device).read_text())
-                for seed in seeds
-            ]
+            runs = [json.loads(path.read_text()) for path in paths]
             models[name] = {
                 "dice": [r["dice"] for r in runs],
                 "dice_per_class": [r["dice_per_class"] for r in runs],
@@ -882,7 +926,16 @@ def run_bench(
         scores, info = score_target(config, target, bank_file, work, progress, log, device)
         _write_json(job[0], {"scores": scores, "info": info})
 
-    score_jobs = [(_scores_path(config, prepared[t], work, device), t) for t in targets]
+    def bank_fingerprints(target_name: str) -> dict[str, str]:
+        return {
+            model_name(arch, src): fingerprints[(arch, src)]
+            for arch in archs
+            for src in [*(n for n in tasks if n != target_name), SCRATCH]
+        }
+
+    score_jobs = [
+        (_scores_path(config, prepared[t], work, device, bank_fingerprints(t)), t) for t in targets
+    ]
     _run_claimed(score_jobs, lambda job: job[0].is_file(), score)
     for path, target_name in score_jobs:
         cached = json.loads(path.read_text())
