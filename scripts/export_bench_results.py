@@ -103,7 +103,7 @@ def expected_runs(config, checkpoints: list[Path]) -> dict[str, list[Expected]]:
             for src in [*(n for n in names if n != target), SCRATCH]:
                 model = model_name(arch, src)
                 task = None if src == SCRATCH else _Named(src)
-                file = pretrain_path(config, arch, task, Path(".")).name  # type: ignore[arg-type]
+                file = pretrain_path(config, arch, task, Path(".")).name
                 fingerprint = _fingerprint_of(file, checkpoints)
                 for seed in config.finetune_seeds(target):
                     if fingerprint is None:
