@@ -206,3 +206,65 @@ def test_relative_links_resolve(page, target):
 def test_readme_is_short():
     size = len((ROOT / "README.md").read_bytes())
     assert size < 12_000, f"README.md is {size} bytes: move detail into docs/"
+
+
+#: A generated table: ``<!-- headline_table.py ARGS -->``, the table, then
+#: ``<!-- /headline_table.py -->``.
+GENERATED = re.compile(
+    r"<!-- headline_table\.py (.+?) -->\n(.*?)\n<!-- /headline_table\.py -->", re.S
+)
+GENERATED_PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "results" / "v2" / "README.md"]
+
+
+def _headline_table():
+    spec = importlib.util.spec_from_file_location(
+        "headline_table", ROOT / "benchmarks" / "headline_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _generated_tables():
+    return [
+        (page, args, table)
+        for page in GENERATED_PAGES
+        for args, table in GENERATED.findall(page.read_text())
+    ]
+
+
+def test_the_readme_carries_generated_tables():
+    pages = {page for page, _, _ in _generated_tables()}
+    assert pages == set(GENERATED_PAGES), "a results page lost its generated benchmark tables"
+
+
+@pytest.mark.parametrize(
+    "page, args, table",
+    _generated_tables(),
+    ids=lambda v: v.name if isinstance(v, Path) else str(v)[:40],
+)
+def test_generated_tables_are_what_the_summary_says(page, args, table, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    _headline_table().main(shlex.split(args))
+    printed = capsys.readouterr().out.strip()
+    assert table.strip() == printed, (
+        f"{page.relative_to(ROOT)}: the table under `headline_table.py {args}` is not what the "
+        f"summary gives; paste the output of `python benchmarks/headline_table.py {args}`"
+    )
+
+
+def test_a_stale_table_is_caught(tmp_path, capsys, monkeypatch):
+    """The check above can fail: one changed figure in a copy of the summary changes the table."""
+    import json
+
+    monkeypatch.chdir(ROOT)
+    source = ROOT / "benchmarks/results/v2/transfer2d-v2/interim-2026-12-02/summary.json"
+    summary = json.loads(source.read_text())
+    ht = _headline_table()
+    ht.main(["estimators", str(source)])
+    before = capsys.readouterr().out
+    summary["statistics"]["reliability"]["headline"]["estimators"]["ccfv"]["weighted_tau"] += 0.5
+    changed = tmp_path / "summary.json"
+    changed.write_text(json.dumps(summary))
+    ht.main(["estimators", str(changed)])
+    assert capsys.readouterr().out != before

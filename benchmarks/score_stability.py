@@ -1,0 +1,113 @@
+"""How far each estimator's scores move when the bank is pre-trained again.
+
+Pre-training is not bit-reproducible across machines: the same config and seed give other
+weights (benchmarks/results/v2/transfer2d-v2/legacy-runs/README.md). Two ``ccfv bench``
+summaries of the same targets, scored on two such realisations of the bank, say how much of a
+score is the model's recipe and how much is the realisation::
+
+    python benchmarks/score_stability.py OLD/summary.json NEW/summary.json [--out FILE.md]
+
+Per target and method: the Spearman correlation between the two realisations' scores over the
+bank (1: the realisation does not matter), and the weighted Kendall tau of each realisation's
+scores against the ground truth of OLD (its fine-tuned Dice, mean over seeds, made from OLD's
+checkpoints). Only targets and methods present in both summaries; a model with a non-finite
+score in either is left out of that method's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr, weightedtau
+
+
+def _load(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"{p}: no such file: give the summary.json of a `ccfv bench` run")
+    try:
+        summary = json.loads(p.read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{p}: not JSON ({error}): give a summary.json of `ccfv bench`") from None
+    if "targets" not in summary:
+        raise SystemExit(f"{p}: no 'targets': give a summary.json of `ccfv bench`")
+    return summary
+
+
+def stability(old: dict, new: dict) -> dict[str, dict[str, dict[str, float | int]]]:
+    """``{target: {method: {"spearman", "wtau_old", "wtau_new", "n"}}}`` (see the module doc)."""
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    for target in [t for t in old["targets"] if t in new["targets"]]:
+        mo, mn = old["targets"][target]["models"], new["targets"][target]["models"]
+        models = sorted(set(mo) & set(mn))
+        truth = np.array([float(np.mean(mo[m]["dice"])) for m in models])
+        methods = [m for m in mo[models[0]]["scores"] if m in mn[models[0]]["scores"]]
+        out[target] = {}
+        for method in methods:
+            so = np.array([_num(mo[m]["scores"].get(method)) for m in models])
+            sn = np.array([_num(mn[m]["scores"].get(method)) for m in models])
+            ok = np.isfinite(so) & np.isfinite(sn)
+            if ok.sum() < 3:
+                continue
+            out[target][method] = {
+                "spearman": float(spearmanr(so[ok], sn[ok])[0]),
+                "wtau_old": float(weightedtau(truth[ok], so[ok])[0]),
+                "wtau_new": float(weightedtau(truth[ok], sn[ok])[0]),
+                "n": int(ok.sum()),
+            }
+    return out
+
+
+def _num(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+
+def markdown(result: dict, old: str, new: str) -> str:
+    lines = [
+        "# Estimator scores on two pre-trained realisations of the same bank",
+        "",
+        f"Old: `{old}`; new: `{new}` (`python benchmarks/score_stability.py {old} {new}`).",
+        "Spearman: between the two realisations' scores over the bank. Weighted tau: each",
+        "realisation's scores against the old ground truth (its fine-tuned Dice).",
+        "",
+    ]
+    targets = list(result)
+    methods = [m for m in result[targets[0]] if all(m in result[t] for t in targets)]
+    head = ["method"]
+    for t in targets:
+        head += [f"{t}: Spearman old/new", f"{t}: wtau old", f"{t}: wtau new"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        row = [f"`{m}`"]
+        for t in targets:
+            r = result[t][m]
+            row += [f"{r['spearman']:.3f}", f"{r['wtau_old']:+.2f}", f"{r['wtau_new']:+.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", help="summary.json scored on the first realisation")
+    parser.add_argument("new", help="summary.json scored on the second realisation")
+    parser.add_argument("--out", help="write the markdown table there (default: print it)")
+    args = parser.parse_args(argv)
+    result = stability(_load(args.old), _load(args.new))
+    if not result:
+        raise SystemExit(f"{args.old}, {args.new}: no target in common")
+    text = markdown(result, args.old, args.new)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
