@@ -413,27 +413,11 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path, monkeypatch):
     _check_select_rows(summary, json.loads((out / "summary.json").read_text()), out)
     # export into the repository layout, restore into a fresh work folder, resume: the
     # fine-tuning runs are read back, not trained again
-    script = ROOT / "scripts" / "export_bench_results.py"
     dest = tmp_path / "exported"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     # a run made before runs recorded their checkpoint is not exported
     legacy = work / "finetune" / "hc18_fetal_head" / "unet__scratch__0123456789__seed0.json"
     legacy.write_text(json.dumps({"model": "unet__scratch", "dice": 0.5}))
-    subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--config",
-            str(config.source),
-            "--work",
-            str(work),
-            "--dest",
-            str(dest),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    _export(config, str(work), dest)
     progress = json.loads((dest / "progress.json").read_text())
     assert progress["hc18_fetal_head"]["missing"] == []
     assert progress["hc18_fetal_head"]["done"] == 3 * 4
@@ -459,39 +443,10 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path, monkeypatch):
     # an export from a work folder without those checkpoints (pre-training not yet redone on a
     # fresh machine) keeps the exported source models
     before = (dest / "sources.json").read_text()
-    subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--config",
-            str(config.source),
-            "--work",
-            str(tmp_path / "empty"),
-            "--dest",
-            str(dest),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    _export(config, str(tmp_path / "empty"), dest)
     assert json.loads((dest / "sources.json").read_text()) == json.loads(before)
     fresh = tmp_path / "fresh"
-    subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--config",
-            str(config.source),
-            "--work",
-            str(fresh),
-            "--dest",
-            str(dest),
-            "--restore",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    _export(config, str(fresh), dest, "--restore")
     restored = sorted((fresh / "finetune").rglob("*.json"))
     checkpoints = sorted((fresh / "pretrain").glob("*.pt"))
     assert [p.name for p in checkpoints] == pretrained
@@ -521,22 +476,7 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path, monkeypatch):
     (clash / "pretrain").mkdir(parents=True)
     torch.save({"state_dict": state, "meta": meta}, clash / "pretrain" / name)
     before_clash = (clash / "pretrain" / name).read_bytes()
-    failed = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--config",
-            str(config.source),
-            "--work",
-            str(clash),
-            "--dest",
-            str(dest),
-            "--restore",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    failed = _export(config, str(clash), dest, "--restore", check=False)
     assert failed.returncode == 2
     message = failed.stderr.strip()
     assert "\n" not in message
@@ -549,23 +489,32 @@ def test_bench_v2_small_end_to_end_export_and_restore(tmp_path, monkeypatch):
     assert (clash / "pretrain" / name).read_bytes() == before_clash
     # and its export would replace the committed checkpoint: refused too, nothing written
     committed = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
-    failed = subprocess.run(
+    failed = _export(config, str(clash), dest, check=False)
+    assert failed.returncode == 2 and "pre-trained anew" in failed.stderr
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == committed
+
+
+def _export(config, work, dest, *extra, check=True):
+    """scripts/export_bench_results.py on ``config`` from ``work`` into ``dest`` (``extra``:
+    e.g. ``"--restore"``), in a subprocess; its output captured as text."""
+    script = ROOT / "scripts" / "export_bench_results.py"
+    return subprocess.run(
         [
             sys.executable,
             str(script),
             "--config",
             str(config.source),
             "--work",
-            str(clash),
+            str(work),
             "--dest",
             str(dest),
+            *extra,
         ],
-        env=env,
+        check=check,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         capture_output=True,
         text=True,
     )
-    assert failed.returncode == 2 and "pre-trained anew" in failed.stderr
-    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == committed
 
 
 def _check_select_rows(summary, written, out):
