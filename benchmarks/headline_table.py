@@ -50,6 +50,16 @@ LABELS = {
 }
 
 
+def _row(cells: list[str]) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def _head(cols: list[str]) -> list[str]:
+    """A markdown table's header row and its rule."""
+    return [_row(cols), "|" + "---|" * len(cols)]
+
+
 def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -97,7 +107,7 @@ def estimators_table(summary: dict, methods: list[str], per_target: bool, path: 
     if per_target:
         cols += [summary["config"].get("labels", {}).get(t, t) for t in reliable]
     cols += ["mean weighted tau", "interval above 0", "within one architecture", "top-3 recall"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = _head(cols)
     for m in methods:
         est = head["estimators"][m]
         per = [rel["per_target"][t]["estimators"][m]["weighted_tau"] for t in reliable]
@@ -112,7 +122,7 @@ def estimators_table(summary: dict, methods: list[str], per_target: bool, path: 
             _f((within.get(m) or {}).get("weighted_tau"), 3),
             f"{round(recall['rate'] * recall['n'])}/{recall['n']}",
         ]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(_row(row))
     # the paired comparison of the summary: its reference method minus each other method
     default, paired = rel["paired"]["reference"], rel["paired"]["versus"]
     if ref in paired:
@@ -149,15 +159,14 @@ def reliability_table(summary: dict, path: str) -> str:
         "best group",
         "headline",
     ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = _head(cols)
     reliable = set(rel["headline"]["reliable"])
     for target, entry in rel["per_target"].items():
         r, noise = entry["reliability"], entry["noise"]
         lo, hi = noise["dice_range"]
         group = entry["best_group"]["group"]
         lines.append(
-            "| "
-            + " | ".join(
+            _row(
                 [
                     target,
                     _f(r["spearman"]),
@@ -170,7 +179,6 @@ def reliability_table(summary: dict, path: str) -> str:
                     "yes" if target in reliable else "no: too noisy",
                 ]
             )
-            + " |"
         )
     return "\n".join(lines)
 
@@ -194,7 +202,7 @@ def select_table(summary: dict, path: str) -> str:
         raise SystemExit(f"{path}: no select section: give a summary.json of `ccfv bench` (v2)")
     reliable = select["headline"]["reliable"]
     cols = ["", *(f"{t} regret [95% CI]" for t in reliable), "best-group hits", "compute"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = _head(cols)
     for label, method, top, multiple in SELECT_ROWS:
         cells, hits, n, fractions = [], 0, 0, []
         for t in reliable:
@@ -215,7 +223,7 @@ def select_table(summary: dict, path: str) -> str:
             fractions.append(row["compute"]["fraction_seconds"])
         name = label.format(estimator=select["estimator"])
         compute = f"{sum(fractions) / len(fractions):.3f}" if fractions else "n/a"
-        lines.append("| " + " | ".join([name, *cells, f"{hits}/{n}", compute]) + " |")
+        lines.append(_row([name, *cells, f"{hits}/{n}", compute]))
     return "\n".join(lines)
 
 

@@ -42,9 +42,15 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ccfv.bench.checkpoints import fingerprint_once  # noqa: E402
+from ccfv.bench.checkpoints import fingerprint_once, load_checkpoint  # noqa: E402
 from ccfv.bench.config import load_config  # noqa: E402
-from ccfv.bench.run import SCRATCH, finetune_path, model_name, pretrain_path  # noqa: E402
+from ccfv.bench.run import (  # noqa: E402
+    SCRATCH,
+    bank_jobs,
+    finetune_path,
+    model_name,
+    pretrain_path,
+)
 from ccfv.errors import UserError  # noqa: E402
 
 CHECKPOINTS = "checkpoints"
@@ -99,20 +105,19 @@ def expected_runs(config, checkpoints: list[Path]) -> dict[str, list[Expected]]:
     out = {}
     for target in config.targets:
         runs = []
-        for arch in config["architectures"]:
-            for src in [*(n for n in names if n != target), SCRATCH]:
-                model = model_name(arch, src)
-                task = None if src == SCRATCH else _Named(src)
-                file = pretrain_path(config, arch, task, Path(".")).name
-                fingerprint = _fingerprint_of(file, checkpoints)
-                for seed in config.finetune_seeds(target):
-                    if fingerprint is None:
-                        runs.append(Expected(model, seed, None, NOT_PRETRAINED))
-                        continue
-                    path = finetune_path(
-                        config, model, _Named(target), seed, Path("."), checkpoint=fingerprint
-                    )
-                    runs.append(Expected(model, seed, path))
+        for arch, src in bank_jobs(config["architectures"], names, target):
+            model = model_name(arch, src)
+            task = None if src == SCRATCH else _Named(src)
+            file = pretrain_path(config, arch, task, Path(".")).name
+            fingerprint = _fingerprint_of(file, checkpoints)
+            for seed in config.finetune_seeds(target):
+                if fingerprint is None:
+                    runs.append(Expected(model, seed, None, NOT_PRETRAINED))
+                    continue
+                path = finetune_path(
+                    config, model, _Named(target), seed, Path("."), checkpoint=fingerprint
+                )
+                runs.append(Expected(model, seed, path))
         out[target] = runs
     return out
 
@@ -140,7 +145,6 @@ def _copy_atomic(source: Path, target: Path) -> None:
 
 
 def export(config, work: Path, dest: Path) -> dict:
-    import torch
 
     saved = _checkpoint_files(work / "pretrain")
     conflicts = _conflicts(saved, dest / CHECKPOINTS)
@@ -172,7 +176,7 @@ def export(config, work: Path, dest: Path) -> dict:
     written = dest / "sources.json"
     sources = json.loads(written.read_text()) if written.is_file() else {}
     for path in saved:
-        meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
+        meta = load_checkpoint(path)[1]
         if meta.get("source") == SCRATCH:
             continue
         sources[path.stem] = {

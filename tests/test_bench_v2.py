@@ -15,7 +15,7 @@ import yaml
 from conftest import SHARED
 
 import ccfv
-from ccfv.bench.config import load_config
+from ccfv.bench.config import BenchConfig, load_config
 from ccfv.bench.run import _Claim, run_bench, run_convergence
 from ccfv.bench.tasks import PreparedTask, _split, carve_validation
 
@@ -313,8 +313,6 @@ def test_targets_with_8_and_4_seeds_in_one_report(tmp_path):
     """A target with seeds of its own (``finetune_seeds``) beside one on ``finetune.seeds``:
     the reliability section splits each on its own seeds (8 seeds: all 35 balanced splits),
     the select replay reads each target's seeds, and the header names both."""
-    import time
-
     from ccfv.bench.report import write_results
     from ccfv.reliability import split_half
 
@@ -341,10 +339,8 @@ def test_targets_with_8_and_4_seeds_in_one_report(tmp_path):
     tables = (tmp_path / "tables.md").read_text()
     assert "mean over 4 seed(s) [0, 1, 2, 3] (p: 8 seed(s) [0, 1, 2, 3, 4, 5, 6, 7])." in tables
     assert "| p | 6 | 8 | 10 |" in tables and "| q | 6 | 4 | 10 |" in tables
-    # split-half enumerates every balanced split (no cap, no sampling): cheap at 8 seeds
-    start = time.perf_counter()
+    # split-half enumerates every balanced split (no cap, no sampling)
     assert split_half(np.random.default_rng(1).random((21, 8)))["n_splits"] == 35
-    assert time.perf_counter() - start < 5
 
 
 @needs_data
@@ -557,12 +553,9 @@ def _check_select_rows(summary, written, out):
     assert (out / "select_regret_vs_compute.png").stat().st_size > 5000
 
 
-class _Config(dict):
-    """What write_results reads of a config: keys and ``raw``."""
-
-    @property
-    def raw(self):
-        return dict(self)
+def _Config(**keys) -> BenchConfig:
+    """A config of only the keys write_results reads (no file, no defaults filled in)."""
+    return BenchConfig(raw=keys, source="test config")
 
 
 def _synthetic_track(out, name, targets, spread):

@@ -512,14 +512,6 @@ def is_ablation(method: str) -> bool:
     )
 
 
-def target_seeds(config, target: str) -> list[int]:
-    """The fine-tuning seeds of ``target``: the config's ``finetune_seeds`` for it, else
-    ``finetune.seeds`` (:meth:`ccfv.bench.config.BenchConfig.finetune_seeds`; read from the
-    keys, so that a plain mapping of config keys works too)."""
-    own = (config.raw.get("finetune_seeds") or {}).get(target)
-    return list(config["finetune"]["seeds"] if own is None else own)
-
-
 def _seeds_text(seeds: dict[str, list[int]], default: list[int]) -> str:
     """``N seed(s) [..]``, and where a target has seeds of its own, theirs per target."""
     common = next(iter(seeds.values())) if len(set(map(tuple, seeds.values()))) == 1 else default
@@ -540,7 +532,7 @@ def _selection(summary: dict, config, rel: dict, main: list[str]) -> dict:
         summary,
         config.raw.get("select") or DEFAULTS["select"],
         eval_every=int(finetune.get("eval_every") or 0),
-        n_seeds={t: len(target_seeds(config, t)) for t in summary["targets"]},
+        n_seeds={t: len(config.finetune_seeds(t)) for t in summary["targets"]},
         reliable=rel["headline"]["reliable"],
         methods=main,
         n_boot=config["statistics"]["bootstrap"],
@@ -592,7 +584,7 @@ def write_results(summary: dict, config, out: str | Path) -> dict[str, Path]:
     rel = reliability_statistics(summary, main, n_boot=config["statistics"]["bootstrap"])
     summary["statistics"]["reliability"] = rel
     ablations = [m for m in methods if m.startswith("ccfv")]
-    seeds = {t: target_seeds(config, t) for t in targets}
+    seeds = {t: config.finetune_seeds(t) for t in targets}
     n_models = {t: len(summary["targets"][t]["models"]) for t in targets}
     md = [
         f"# Transfer benchmark `{config['name']}`",

@@ -41,7 +41,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,13 @@ def fingerprint_once(checkpoint: str | Path) -> str:
 def model_name(arch: str, source: str) -> str:
     """Bank model name: ``<arch>__<source task>`` or ``<arch>__scratch``."""
     return f"{arch}__{source}"
+
+
+def bank_jobs(archs: Iterable[str], tasks: Iterable[str], target: str) -> list[tuple[str, str]]:
+    """The ``(architecture, source)`` pairs of ``target``'s bank (leave one task out): every
+    architecture pre-trained on every task but the target, and from scratch."""
+    sources = [*(n for n in tasks if n != target), SCRATCH]
+    return [(arch, src) for arch in archs for src in sources]
 
 
 def _cases_digest(config: BenchConfig, task: str) -> str:
@@ -801,6 +808,11 @@ def run_bench(
     checkpoints = _pretrain_all(config, tasks, jobs, work, progress, log, device)
     # each checkpoint's weights hashed once: the fine-tuning runs and scores are tied to them
     fingerprints = {job: fingerprint_once(path) for job, path in checkpoints.items()}
+
+    def bank_fingerprints(target_name: str) -> dict[str, str]:
+        """``{model: fingerprint}`` of the target's bank (its runs' and scores' cache names)."""
+        return {model_name(*j): fingerprints[j] for j in bank_jobs(archs, tasks, target_name)}
+
     sources = {
         f"{arch}__{src}": {
             k: meta.get(k) for k in ("source_val_dice", "loss_last", "steps", "seconds")
@@ -815,16 +827,10 @@ def run_bench(
     for target_name in targets:
         target = prepared[target_name]
         bank = {
-            model_name(arch, src): (arch, checkpoints[(arch, src)])
-            for arch in archs
-            for src in [*(n for n in tasks if n != target_name), SCRATCH]
+            model_name(*j): (j[0], checkpoints[j]) for j in bank_jobs(archs, tasks, target_name)
         }
         seeds = config.finetune_seeds(target_name)  # finetune_seeds, else finetune.seeds
-        bank_fp = {
-            model_name(arch, src): fingerprints[(arch, src)]
-            for arch in archs
-            for src in [*(n for n in tasks if n != target_name), SCRATCH]
-        }
+        bank_fp = bank_fingerprints(target_name)
 
         def run_path(name, seed, target=target, bank_fp=bank_fp):
             return finetune_path(config, name, target, seed, work, device, checkpoint=bank_fp[name])
@@ -918,20 +924,11 @@ def run_bench(
     def score(job):
         target = prepared[job[1]]
         bank = {
-            model_name(arch, src): (arch, checkpoints[(arch, src)])
-            for arch in archs
-            for src in [*(n for n in tasks if n != target.name), SCRATCH]
+            model_name(*j): (j[0], checkpoints[j]) for j in bank_jobs(archs, tasks, target.name)
         }
         bank_file = write_bank(config, target, bank, work)
         scores, info = score_target(config, target, bank_file, work, progress, log, device)
         _write_json(job[0], {"scores": scores, "info": info})
-
-    def bank_fingerprints(target_name: str) -> dict[str, str]:
-        return {
-            model_name(arch, src): fingerprints[(arch, src)]
-            for arch in archs
-            for src in [*(n for n in tasks if n != target_name), SCRATCH]
-        }
 
     score_jobs = [
         (_scores_path(config, prepared[t], work, device, bank_fingerprints(t)), t) for t in targets
