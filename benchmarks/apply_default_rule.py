@@ -149,6 +149,23 @@ def apply_rule(
     return result
 
 
+def pick_best_baseline(figures: dict, baselines: Sequence[str]) -> str:
+    """Step 2 of the rule: b*, the baseline with the highest mean weighted tau over the
+    reliable targets; baselines within ``TIE`` of it are tied and the tie goes to the higher
+    mean within-architecture tau, then the name.
+
+    ``figures`` maps a method to ``{"weighted_tau": ..., "within_architecture_tau": ...}``
+    (either may be None); only the ``baselines`` with a weighted tau take part.
+    """
+    scored = [b for b in baselines if _finite(figures.get(b, {}).get("weighted_tau"))]
+    if not scored:
+        raise UserError(f"no baseline has a weighted tau (baselines: {', '.join(baselines)})")
+    best_wtau = max(figures[b]["weighted_tau"] for b in scored)
+    tied = [b for b in scored if figures[b]["weighted_tau"] >= best_wtau - TIE]
+    within = {b: figures[b].get("within_architecture_tau") for b in tied}
+    return min(tied, key=lambda b: (-(within[b] if _finite(within[b]) else -math.inf), b))
+
+
 def _decide(summary, candidates, baselines, threshold, n_boot, seed) -> dict:
     from ccfv.reliability import across_targets, paired_difference
 
@@ -203,15 +220,14 @@ def _decide(summary, candidates, baselines, threshold, n_boot, seed) -> dict:
         )
 
     def order(m):  # higher mean weighted tau first; within TIE: within-architecture tau
+        wtau, within = figures[m]["weighted_tau"], figures[m]["within_architecture_tau"]
         return (
-            -(figures[m]["weighted_tau"] or -math.inf),
-            -(figures[m]["within_architecture_tau"] or -math.inf),
+            -(wtau if _finite(wtau) else -math.inf),  # 0.0 is a value, not a missing one
+            -(within if _finite(within) else -math.inf),
             m,
         )
 
-    best_wtau = max(figures[b]["weighted_tau"] for b in scored)
-    tied = [b for b in scored if figures[b]["weighted_tau"] >= best_wtau - TIE]
-    best = sorted(tied, key=lambda b: order(b)[1:])[0]
+    best = pick_best_baseline(figures, scored)
     result["best_baseline"] = best
     result["figures"] = figures
     checks = {}

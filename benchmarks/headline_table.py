@@ -36,7 +36,9 @@ from pathlib import Path
 
 # the baselines of the pre-registered rule: the best of them is the paired reference
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apply_default_rule import BASELINES  # noqa: E402
+from apply_default_rule import BASELINES, pick_best_baseline  # noqa: E402
+
+from ccfv.errors import UserError  # noqa: E402
 
 #: Rows of the README's table unless --methods says otherwise.
 DEFAULT_METHODS = ["ccfv", "ccfv-paper", "logme", "gbc", "nleep", "ccfv-hscore", "ccfv-null"]
@@ -65,6 +67,8 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 
 def _iv(entry: dict) -> str:
+    if entry.get("interval") is None:
+        return f"{_f(entry.get('value'))} [n/a]"
     lo, hi = entry["interval"]
     return f"{_f(entry['value'])} [{_f(lo)}, {_f(hi)}]"
 
@@ -80,14 +84,23 @@ def _reliability(summary: dict, path: str) -> dict:
 
 
 def best_baseline(summary: dict, path: str = "summary.json") -> str:
-    """The baseline with the highest mean weighted tau over the reliable targets."""
+    """The rule's best baseline b* (``apply_default_rule.pick_best_baseline``: the highest mean
+    weighted tau over the reliable targets, ties within 0.01 to the higher within-architecture
+    tau), from the summary's headline figures."""
     estimators = _reliability(summary, path)["headline"]["estimators"]
-    present = [
-        m for m in BASELINES if m in estimators and estimators[m]["weighted_tau"] is not None
-    ]
-    if not present:
-        raise SystemExit(f"{path}: no baseline among the scored methods ({', '.join(BASELINES)})")
-    return max(present, key=lambda m: estimators[m]["weighted_tau"])
+    within = summary["statistics"]["within_architecture"]["average"]
+    figures = {
+        m: {
+            "weighted_tau": estimators[m]["weighted_tau"],
+            "within_architecture_tau": (within.get(m) or {}).get("weighted_tau"),
+        }
+        for m in BASELINES
+        if m in estimators
+    }
+    try:
+        return pick_best_baseline(figures, BASELINES)
+    except UserError as err:
+        raise SystemExit(f"{path}: {err}") from None
 
 
 def estimators_table(summary: dict, methods: list[str], per_target: bool, path: str) -> str:

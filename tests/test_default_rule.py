@@ -14,8 +14,11 @@ from apply_default_rule import (  # noqa: E402
     CANDIDATES,
     apply_rule,
     markdown,
+    pick_best_baseline,
     within_architecture_tau,
 )
+
+from ccfv.errors import UserError  # noqa: E402
 
 ARCHS = ("unet", "segresnet")
 
@@ -89,3 +92,24 @@ def test_an_interim_summary_reports_but_does_not_decide():
     assert result["interim"]["rule_would_pick"] == "ccfv-pca"
     assert result["decision"].startswith("interim, not applied")
     assert "only the complete run changes the default" in markdown(result)
+
+
+def test_best_baseline_ties_go_to_within_architecture_tau():
+    figures = {
+        "nleep": {"weighted_tau": 0.500, "within_architecture_tau": 0.0},
+        "logme": {"weighted_tau": 0.495, "within_architecture_tau": -0.1},  # tied, lower within
+        "gbc": {"weighted_tau": 0.492, "within_architecture_tau": 0.3},  # tied, higher within
+        "leep": {"weighted_tau": 0.480, "within_architecture_tau": 0.9},  # 0.02 below: not tied
+        "hscore": {"weighted_tau": None, "within_architecture_tau": None},
+    }
+    assert pick_best_baseline(figures, BASELINES) == "gbc"
+    # a within-architecture tau of exactly 0 is a value and beats a negative one
+    del figures["gbc"]
+    assert pick_best_baseline(figures, BASELINES) == "nleep"
+    # alone, by mean weighted tau
+    assert pick_best_baseline({"leep": figures["leep"]}, BASELINES) == "leep"
+
+
+def test_best_baseline_needs_one_with_a_weighted_tau():
+    with pytest.raises(UserError, match="no baseline has a weighted tau"):
+        pick_best_baseline({"nleep": {"weighted_tau": None}}, BASELINES)

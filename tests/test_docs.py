@@ -268,3 +268,13 @@ def test_a_stale_table_is_caught(tmp_path, capsys, monkeypatch):
     changed.write_text(json.dumps(summary))
     ht.main(["estimators", str(changed)])
     assert capsys.readouterr().out != before
+
+
+def test_the_tables_best_baseline_is_the_rules():
+    """The README's paired line compares with the rule's b*, read from the same interim run."""
+    import json
+
+    interim = ROOT / "benchmarks/results/v2/transfer2d-v2/interim-2026-12-02"
+    rule = json.loads((interim / "default-rule/default_rule.json").read_text())
+    summary = json.loads((interim / "summary.json").read_text())
+    assert _headline_table().best_baseline(summary) == rule["best_baseline"]
