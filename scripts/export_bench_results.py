@@ -122,18 +122,22 @@ def expected_runs(config, checkpoints: list[Path]) -> dict[str, list[Expected]]:
     return out
 
 
-def _conflicts(files: list[Path], folder: Path) -> list[tuple[Path, Path, str, str]]:
-    """``(file, same name in folder, fingerprint of file, of the other)`` for each of ``files``
-    whose namesake in ``folder`` holds other weights (identical bytes: the same weights)."""
-    out = []
-    for path in files:
-        other = folder / path.name
-        if not other.is_file() or filecmp.cmp(path, other, shallow=False):
+def _refuse_conflicts(pairs: list[tuple[Path, Path]], fix: str) -> None:
+    """Raise UserError, before anything is written, when a ``(work file, committed file)``
+    pair of checkpoints that both exist hold other weights (identical bytes: the same)."""
+    conflicts = []
+    for mine, theirs in pairs:
+        if not (mine.is_file() and theirs.is_file()) or filecmp.cmp(mine, theirs, shallow=False):
             continue
-        mine, theirs = fingerprint_once(path), fingerprint_once(other)
-        if mine != theirs:
-            out.append((path, other, mine, theirs))
-    return out
+        if fingerprint_once(mine) != fingerprint_once(theirs):
+            conflicts.append((mine, theirs))
+    if conflicts:
+        mine, theirs = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise UserError(
+            f"{mine} (weights {fingerprint_once(mine)}) is not the committed {theirs} "
+            f"(weights {fingerprint_once(theirs)}){more}: {fix}"
+        )
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
@@ -147,16 +151,12 @@ def _copy_atomic(source: Path, target: Path) -> None:
 def export(config, work: Path, dest: Path) -> dict:
 
     saved = _checkpoint_files(work / "pretrain")
-    conflicts = _conflicts(saved, dest / CHECKPOINTS)
-    if conflicts:  # checked before anything is written
-        path, other, mine, theirs = conflicts[0]
-        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-        raise UserError(
-            f"{path} (weights {mine}) is not the committed {other} (weights {theirs}){more}: "
-            "this work folder was pre-trained anew instead of restored; export into another "
-            "--dest, or remove the committed checkpoint if these weights replace it (its "
-            "committed runs then no longer count)"
-        )
+    _refuse_conflicts(
+        [(path, dest / CHECKPOINTS / path.name) for path in saved],
+        "this work folder was pre-trained anew instead of restored; export into another "
+        "--dest, or remove the committed checkpoint if these weights replace it (its "
+        "committed runs then no longer count)",
+    )
     dest.mkdir(parents=True, exist_ok=True)
     for kind in ("finetune", "convergence"):
         for path in _run_files(work / kind):
@@ -216,14 +216,10 @@ def restore(work: Path, dest: Path) -> tuple[int, int]:
     Returns ``(checkpoints copied, runs copied)``. Raises UserError, copying nothing, when a
     checkpoint of ``work`` holds other weights than its committed namesake."""
     committed = _checkpoint_files(dest / CHECKPOINTS)
-    conflicts = _conflicts(committed, work / "pretrain")
-    if conflicts:
-        path, other, mine, theirs = conflicts[0]
-        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-        raise UserError(
-            f"{other} (weights {theirs}) is not the committed {path} (weights {mine}){more}; "
-            f"nothing was restored: remove the work file, or restore into another --work"
-        )
+    _refuse_conflicts(
+        [(work / "pretrain" / path.name, path) for path in committed],
+        "nothing was restored: remove the work file, or restore into another --work",
+    )
     checkpoints = 0
     for path in committed:
         target = work / "pretrain" / path.name
@@ -255,12 +251,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, quick=args.quick)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    work = Path(args.work or Path(".ccfv_bench") / config["name"])
-    dest = Path(args.dest or ROOT / "benchmarks" / "results" / "v2" / config["name"])
-    try:
+        work = Path(args.work or Path(".ccfv_bench") / config["name"])
+        dest = Path(args.dest or ROOT / "benchmarks" / "results" / "v2" / config["name"])
         if args.restore:
             checkpoints, runs = restore(work, dest)
             print(f"restored {checkpoints} checkpoint(s) and {runs} run(s) from {dest} into {work}")
