@@ -10,8 +10,13 @@ score is the model's recipe and how much is the realisation::
 Per target and method: the Spearman correlation between the two realisations' scores over the
 bank (1: the realisation does not matter), and the weighted Kendall tau of each realisation's
 scores against the ground truth of OLD (its fine-tuned Dice, mean over seeds, made from OLD's
-checkpoints). Only targets and methods present in both summaries; a model with a non-finite
-score in either is left out of that method's figures.
+checkpoints). Where NEW carries its own fine-tuned Dice (runs fine-tuned from its own
+checkpoints, not OLD's Dice rescored), also the weighted tau of NEW's scores against NEW's
+Dice, and per target the agreement of the two ground truths (Spearman and weighted tau between
+the two realisations' mean Dice over the bank): how far the benchmark's verdict on an estimator
+survives re-pre-training, the instrument's noise at the level of the realisation. Only targets
+and methods present in both summaries; a model with a non-finite score in either is left out
+of that method's figures.
 """
 
 from __future__ import annotations
@@ -39,13 +44,19 @@ def _load(path: str) -> dict:
     return summary
 
 
+def _truth(models: dict, names: list[str]) -> np.ndarray:
+    """Mean fine-tuned Dice over the seeds, per model of ``names``."""
+    return np.array([float(np.mean(models[m]["dice"])) for m in names])
+
+
 def stability(old: dict, new: dict) -> dict[str, dict[str, dict[str, float | int]]]:
-    """``{target: {method: {"spearman", "wtau_old", "wtau_new", "n"}}}`` (see the module doc)."""
+    """``{target: {method: {"spearman", "wtau_old", "wtau_new", "wtau_new_own", "n"}}}`` (see
+    the module doc; ``wtau_new_own`` is NEW's scores against NEW's own Dice)."""
     out: dict[str, dict[str, dict[str, float | int]]] = {}
     for target in [t for t in old["targets"] if t in new["targets"]]:
         mo, mn = old["targets"][target]["models"], new["targets"][target]["models"]
         models = sorted(set(mo) & set(mn))
-        truth = np.array([float(np.mean(mo[m]["dice"])) for m in models])
+        truth, truth_new = _truth(mo, models), _truth(mn, models)
         methods = [m for m in mo[models[0]]["scores"] if m in mn[models[0]]["scores"]]
         out[target] = {}
         for method in methods:
@@ -58,8 +69,26 @@ def stability(old: dict, new: dict) -> dict[str, dict[str, dict[str, float | int
                 "spearman": float(spearmanr(so[ok], sn[ok])[0]),
                 "wtau_old": float(weightedtau(truth[ok], so[ok])[0]),
                 "wtau_new": float(weightedtau(truth[ok], sn[ok])[0]),
+                "wtau_new_own": float(weightedtau(truth_new[ok], sn[ok])[0]),
                 "n": int(ok.sum()),
             }
+    return out
+
+
+def ground_truth_agreement(old: dict, new: dict) -> dict[str, dict[str, float | int | bool]]:
+    """``{target: {"spearman", "wtau", "n", "own"}}``: the two realisations' mean fine-tuned
+    Dice over the common models; ``own`` is False where NEW holds OLD's Dice (rescored only)."""
+    out: dict[str, dict[str, float | int | bool]] = {}
+    for target in [t for t in old["targets"] if t in new["targets"]]:
+        mo, mn = old["targets"][target]["models"], new["targets"][target]["models"]
+        models = sorted(set(mo) & set(mn))
+        a, b = _truth(mo, models), _truth(mn, models)
+        out[target] = {
+            "spearman": float(spearmanr(a, b)[0]),
+            "wtau": float(weightedtau(a, b)[0]),
+            "n": len(models),
+            "own": bool(np.any(a != b)),
+        }
     return out
 
 
@@ -67,26 +96,51 @@ def _num(value) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
 
 
-def markdown(result: dict, old: str, new: str) -> str:
+def markdown(result: dict, truths: dict, old: str, new: str) -> str:
+    own = any(t["own"] for t in truths.values())
     lines = [
         "# Estimator scores on two pre-trained realisations of the same bank",
         "",
         f"Old: `{old}`; new: `{new}` (`python benchmarks/score_stability.py {old} {new}`).",
         "Spearman: between the two realisations' scores over the bank. Weighted tau: each",
-        "realisation's scores against the old ground truth (its fine-tuned Dice).",
+        "realisation's scores against the old ground truth (its fine-tuned Dice)"
+        + (
+            "; own: the new scores against the new ground truth (the Dice of runs fine-tuned "
+            "from the new checkpoints)."
+            if own
+            else "."
+        ),
         "",
     ]
+    if own:
+        lines += [
+            "The two ground truths (mean fine-tuned Dice over the seeds, each from its own "
+            "checkpoints), agreement over the bank:",
+            "",
+            "| target | models | Spearman | weighted tau |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t} | {g['n']} | {g['spearman']:.3f} | {g['wtau']:.3f} |"
+            for t, g in truths.items()
+            if g["own"]
+        ]
+        lines.append("")
     targets = list(result)
     methods = [m for m in result[targets[0]] if all(m in result[t] for t in targets)]
     head = ["method"]
     for t in targets:
         head += [f"{t}: Spearman old/new", f"{t}: wtau old", f"{t}: wtau new"]
+        if truths[t]["own"]:
+            head.append(f"{t}: wtau new, own")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         row = [f"`{m}`"]
         for t in targets:
             r = result[t][m]
             row += [f"{r['spearman']:.3f}", f"{r['wtau_old']:+.2f}", f"{r['wtau_new']:+.2f}"]
+            if truths[t]["own"]:
+                row.append(f"{r['wtau_new_own']:+.2f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -97,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", help="summary.json scored on the second realisation")
     parser.add_argument("--out", help="write the markdown table there (default: print it)")
     args = parser.parse_args(argv)
-    result = stability(_load(args.old), _load(args.new))
+    old, new = _load(args.old), _load(args.new)
+    result = stability(old, new)
     if not result:
         raise SystemExit(f"{args.old}, {args.new}: no target in common")
-    text = markdown(result, args.old, args.new)
+    text = markdown(result, ground_truth_agreement(old, new), args.old, args.new)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from score_stability import main, stability  # noqa: E402
+from score_stability import ground_truth_agreement, main, stability  # noqa: E402
 
 
 def _summary(scores: dict[str, np.ndarray], dice: np.ndarray) -> dict:
@@ -53,3 +53,20 @@ def test_non_finite_scores_are_left_out_and_bad_files_get_one_line(tmp_path, cap
     assert "| `x` | 1.000 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no such file"):
         main([str(tmp_path / "missing.json"), str(tmp_path / "new.json")])
+
+
+def test_own_ground_truth_adds_its_agreement_and_tau():
+    rng = np.random.default_rng(1)
+    dice = rng.uniform(0.5, 0.9, 10)
+    dice_new = dice + rng.normal(scale=0.05, size=10)
+    a = rng.normal(size=10)
+    old, new = _summary({"x": a}, dice), _summary({"x": a + 0.1}, dice_new)
+    out = stability(old, new)["t"]["x"]
+    assert out["wtau_new_own"] == pytest.approx(stats.weightedtau(dice_new + 0.005, a)[0])
+    assert out["wtau_new"] == pytest.approx(stats.weightedtau(dice + 0.005, a)[0])
+    truth = ground_truth_agreement(old, new)["t"]
+    assert truth["own"] and truth["n"] == 10
+    assert truth["spearman"] == pytest.approx(stats.spearmanr(dice, dice_new)[0])
+    assert truth["wtau"] == pytest.approx(stats.weightedtau(dice + 0.005, dice_new + 0.005)[0])
+    # the same Dice in both (a rescoring only): no own ground truth, no extra column
+    assert not ground_truth_agreement(old, _summary({"x": a}, dice))["t"]["own"]
