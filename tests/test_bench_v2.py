@@ -663,6 +663,11 @@ def test_targets_option_reports_a_subset_from_the_shared_cache(tmp_path, capsys)
     assert main([*args, "--targets", "hc18_fetal_head"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["targets"]) == ["hc18_fetal_head"]
+    # comma-separated names are the same targets
+    assert load_config(path).only_targets(["hc18_fetal_head,drive_retinal_vessels"]).targets == [
+        "hc18_fetal_head",
+        "drive_retinal_vessels",
+    ]
     assert summary["default_method"] == ccfv.estimators.registry.DEFAULT_METHOD
     assert summary["interim"] == {
         "targets": ["hc18_fetal_head"],

@@ -565,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         nargs="+",
         metavar="TARGET",
-        help="run and report only these targets of the config (default: all of them); "
+        help="run and report only these targets of the config, space- or comma-separated "
+        "(default: all of them); "
         "they share the cache with the full run, so a finished target can be reported "
         "while the others still train",
     )

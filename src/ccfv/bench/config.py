@@ -214,8 +214,10 @@ class BenchConfig:
     def only_targets(self, names: list[str]) -> BenchConfig:
         """The same config restricted to some of its targets (``ccfv bench --targets``). The
         targets enter no cache digest, so the subset shares every cached stage with the full
-        run; its summary says it is interim (``summary["interim"]``)."""
+        run; its summary says it is interim (``summary["interim"]``). A name may hold several
+        targets separated by commas (``--targets a,b`` as ``--targets a b``)."""
         full = self.targets
+        names = [n for name in names for n in name.split(",") if n]
         unknown = [t for t in names if t not in full]
         if unknown:
             raise UserError(
