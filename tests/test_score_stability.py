@@ -70,3 +70,27 @@ def test_own_ground_truth_adds_its_agreement_and_tau():
     assert truth["wtau"] == pytest.approx(stats.weightedtau(dice + 0.005, dice_new + 0.005)[0])
     # the same Dice in both (a rescoring only): no own ground truth, no extra column
     assert not ground_truth_agreement(old, _summary({"x": a}, dice))["t"]["own"]
+
+
+@pytest.mark.parametrize(
+    "old, new, table",
+    [
+        (
+            "interim-2026-12-02",
+            "score-stability/rescored_summary.json",
+            "score-stability/score_stability.md",
+        ),
+        ("interim-2026-12-02", "interim/summary.json", "interim/realisations.md"),
+    ],
+)
+def test_the_committed_tables_are_what_the_script_prints(old, new, table, tmp_path, monkeypatch):
+    """The committed comparisons of the two realisations are regenerated from their summaries."""
+    root = Path(__file__).resolve().parents[1]
+    base = "benchmarks/results/v2/transfer2d-v2"
+    monkeypatch.chdir(root)
+    out = tmp_path / "table.md"
+    main([f"{base}/{old}/summary.json", f"{base}/{new}", "--out", str(out)])
+    assert out.read_text() == (root / base / table).read_text(), (
+        f"{base}/{table} is stale: run benchmarks/score_stability.py {base}/{old}/summary.json "
+        f"{base}/{new} --out {base}/{table}"
+    )
