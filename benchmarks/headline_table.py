@@ -6,13 +6,14 @@ Three tables, each one markdown block::
     python benchmarks/headline_table.py estimators SUMMARY [--methods M,M,...] [--per-target]
     python benchmarks/headline_table.py reliability SUMMARY
     python benchmarks/headline_table.py select SUMMARY
+    python benchmarks/headline_table.py update PAGE.md [PAGE.md ...]
 
 ``estimators``: per method, the weighted Kendall tau averaged over the headline's reliable
 targets (split-half Spearman >= 0.8), on how many of them its 95% interval lies above 0, the
 weighted tau within one architecture (averaged over the architectures and the reliable
-targets), the top-3 recall; the paired difference from the best baseline (the baseline with
-the highest mean weighted tau), for the summary's reference method (the default), as a line
-below the table.
+targets), the top-3 recall; the paired difference from the best baseline (the pre-registered
+rule's b*: the highest mean weighted tau, ties within 0.01 to the higher within-architecture
+tau), for the summary's reference method (the default), as a line below the table.
 ``--per-target`` adds one column per reliable target (value and 95% interval).
 ``reliability``: per target, the split-half Spearman and weighted tau of the fine-tuned Dice,
 the Dice range of the bank, the mean seed sd, the median gap between adjacent models, the noise
@@ -21,6 +22,10 @@ ceiling of weighted tau and the size of the best group.
 1x and 2x the fine-tuning budget, fine-tuning everything): per reliable target the pick's
 regret with its 95% interval, the best-group hits over the targets' seeds and the compute as a
 fraction of fine-tuning every model (seconds, the scoring included).
+
+``update``: rewrites, in place, every table a page carries under a
+``<!-- headline_table.py ARGS -->`` comment (up to ``<!-- /headline_table.py -->``) with what
+``ARGS`` print, run from the repository root.
 
 ``tests/test_docs.py`` checks that each table the README and ``benchmarks/results/v2/README.md``
 carry under a ``<!-- headline_table.py ... -->`` comment is what this script prints, so the
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -240,8 +247,9 @@ def select_table(summary: dict, path: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def render(argv: list[str]) -> str:
+    """The table that ``headline_table.py ARGV`` prints (``ARGV``: table, summary, options)."""
+    parser = argparse.ArgumentParser(prog="headline_table.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=["estimators", "reliability", "select"])
     parser.add_argument("summary", help="summary.json of a `ccfv bench` run")
     parser.add_argument(
@@ -266,11 +274,48 @@ def main(argv: list[str] | None = None) -> int:
         ) from None
     if args.table == "estimators":
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        print(estimators_table(summary, methods, args.per_target, str(path)))
-    elif args.table == "select":
-        print(select_table(summary, str(path)))
-    else:
-        print(reliability_table(summary, str(path)))
+        return estimators_table(summary, methods, args.per_target, str(path))
+    if args.table == "select":
+        return select_table(summary, str(path))
+    return reliability_table(summary, str(path))
+
+
+#: A generated table in a markdown page: the comment with its arguments, the table, the end.
+GENERATED = re.compile(
+    r"(<!-- headline_table\.py (.+?) -->\n)(.*?)(\n<!-- /headline_table\.py -->)", re.S
+)
+
+
+def update(pages: list[str]) -> list[str]:
+    """Rewrite every generated table of ``pages`` in place from its own arguments (paths in
+    them relative to the working directory, as ``tests/test_docs.py`` runs them from the
+    repository root); returns the pages that changed."""
+    changed = []
+    for name in pages:
+        page = Path(name)
+        if not page.is_file():
+            raise SystemExit(f"{page}: no such file: give a markdown page with generated tables")
+        text = page.read_text()
+        new = GENERATED.sub(
+            lambda m: m.group(1) + render(shlex.split(m.group(2))) + m.group(4), text
+        )
+        if not GENERATED.search(text):
+            raise SystemExit(f"{page}: no `<!-- headline_table.py ... -->` table in it")
+        if new != text:
+            page.write_text(new)
+            changed.append(name)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["update"]:
+        if len(argv) < 2:
+            raise SystemExit("usage: headline_table.py update PAGE.md [PAGE.md ...]")
+        for page in update(argv[1:]):
+            print(f"updated {page}")
+        return 0
+    print(render(argv))
     return 0
 
 

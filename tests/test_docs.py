@@ -249,8 +249,25 @@ def test_generated_tables_are_what_the_summary_says(page, args, table, capsys, m
     printed = capsys.readouterr().out.strip()
     assert table.strip() == printed, (
         f"{page.relative_to(ROOT)}: the table under `headline_table.py {args}` is not what the "
-        f"summary gives; paste the output of `python benchmarks/headline_table.py {args}`"
+        f"summary gives; run `python benchmarks/headline_table.py update "
+        f"{page.relative_to(ROOT)}`"
     )
+
+
+def test_update_rewrites_a_stale_table_in_place(tmp_path, monkeypatch):
+    """``headline_table.py update`` puts back what the summary says, and only under a marker."""
+    monkeypatch.chdir(ROOT)
+    page = tmp_path / "page.md"
+    original = (ROOT / "benchmarks/results/v2/README.md").read_text()
+    page.write_text(original.replace("| `nleep` | 0.", "| `nleep` | 9.", 1))
+    assert page.read_text() != original
+    ht = _headline_table()
+    assert ht.update([str(page)]) == [str(page)]
+    assert page.read_text() == original
+    assert ht.update([str(page)]) == []  # nothing stale: the page is left alone
+    (tmp_path / "plain.md").write_text("# no tables\n")
+    with pytest.raises(SystemExit, match="no `<!-- headline_table.py"):
+        ht.main(["update", str(tmp_path / "plain.md")])
 
 
 def test_a_stale_table_is_caught(tmp_path, capsys, monkeypatch):
