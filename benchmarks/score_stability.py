@@ -12,11 +12,12 @@ bank (1: the realisation does not matter), and the weighted Kendall tau of each 
 scores against the ground truth of OLD (its fine-tuned Dice, mean over seeds, made from OLD's
 checkpoints). Where NEW carries its own fine-tuned Dice (runs fine-tuned from its own
 checkpoints, not OLD's Dice rescored), also the weighted tau of NEW's scores against NEW's
-Dice, and per target the agreement of the two ground truths (Spearman and weighted tau between
-the two realisations' mean Dice over the bank): how far the benchmark's verdict on an estimator
-survives re-pre-training, the instrument's noise at the level of the realisation. Only targets
-and methods present in both summaries; a model with a non-finite score in either is left out
-of that method's figures.
+Dice; and per target the agreement of the two ground truths (Spearman and weighted tau between
+the two realisations' mean Dice over the bank) and of the two verdicts (Spearman over the
+methods between each one's weighted tau in the one and in the other realisation): how far the
+benchmark's verdict on the estimators survives re-pre-training, the instrument's noise at the
+level of the realisation. Only targets and methods present in both summaries; a model with a
+non-finite score in either is left out of that method's figures.
 """
 
 from __future__ import annotations
@@ -96,6 +97,23 @@ def _num(value) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
 
 
+def verdict_agreement(result: dict) -> dict[str, dict[str, float | int]]:
+    """``{target: {"spearman", "n"}}``: the Spearman correlation over the methods between
+    their weighted tau on OLD (OLD's scores, OLD's Dice) and on NEW (NEW's scores, NEW's own
+    Dice): whether the benchmark's ranking of the estimators survives re-pre-training."""
+    out: dict[str, dict[str, float | int]] = {}
+    for target, methods in result.items():
+        pairs = [
+            (r["wtau_old"], r["wtau_new_own"])
+            for r in methods.values()
+            if math.isfinite(r["wtau_old"]) and math.isfinite(r["wtau_new_own"])
+        ]
+        if len(pairs) >= 3:
+            a, b = zip(*pairs, strict=True)
+            out[target] = {"spearman": float(spearmanr(a, b)[0]), "n": len(pairs)}
+    return out
+
+
 def markdown(result: dict, truths: dict, old: str, new: str) -> str:
     own = any(t["own"] for t in truths.values())
     lines = [
@@ -113,18 +131,22 @@ def markdown(result: dict, truths: dict, old: str, new: str) -> str:
         "",
     ]
     if own:
+        verdict = verdict_agreement(result)
         lines += [
             "The two ground truths (mean fine-tuned Dice over the seeds, each from its own "
-            "checkpoints), agreement over the bank:",
+            "checkpoints), agreement over the bank; and the two verdicts on the estimators "
+            "(each method's weighted tau in its own realisation, scores and Dice), Spearman "
+            "over the methods:",
             "",
-            "| target | models | Spearman | weighted tau |",
-            "|---|---|---|---|",
+            "| target | models | ground truths: Spearman | weighted tau "
+            "| verdicts: Spearman | methods |",
+            "|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {t} | {g['n']} | {g['spearman']:.3f} | {g['wtau']:.3f} |"
-            for t, g in truths.items()
-            if g["own"]
-        ]
+        for t, g in truths.items():
+            if g["own"]:
+                v = verdict.get(t)
+                tail = f"{v['spearman']:.3f} | {v['n']}" if v else "n/a | 0"
+                lines.append(f"| {t} | {g['n']} | {g['spearman']:.3f} | {g['wtau']:.3f} | {tail} |")
         lines.append("")
     targets = list(result)
     methods = [m for m in result[targets[0]] if all(m in result[t] for t in targets)]

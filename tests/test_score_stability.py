@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from score_stability import ground_truth_agreement, main, stability  # noqa: E402
+from score_stability import ground_truth_agreement, main, stability, verdict_agreement  # noqa: E402
 
 
 def _summary(scores: dict[str, np.ndarray], dice: np.ndarray) -> dict:
@@ -94,3 +94,18 @@ def test_the_committed_tables_are_what_the_script_prints(old, new, table, tmp_pa
         f"{base}/{table} is stale: run benchmarks/score_stability.py {base}/{old}/summary.json "
         f"{base}/{new} --out {base}/{table}"
     )
+
+
+def test_the_verdicts_agreement_is_spearman_over_the_methods():
+    rng = np.random.default_rng(2)
+    dice = rng.uniform(0.5, 0.9, 10)
+    dice_new = dice + rng.normal(scale=0.02, size=10)
+    scores = {f"m{k}": dice * k + rng.normal(scale=0.1, size=10) for k in range(-2, 3)}
+    old = _summary(scores, dice)
+    new = _summary({m: s + rng.normal(scale=0.05, size=10) for m, s in scores.items()}, dice_new)
+    result = stability(old, new)
+    expected = stats.spearmanr(
+        [r["wtau_old"] for r in result["t"].values()],
+        [r["wtau_new_own"] for r in result["t"].values()],
+    )[0]
+    assert verdict_agreement(result)["t"] == {"spearman": pytest.approx(expected), "n": 5}
