@@ -162,8 +162,14 @@ def pick_best_baseline(figures: dict, baselines: Sequence[str]) -> str:
         raise UserError(f"no baseline has a weighted tau (baselines: {', '.join(baselines)})")
     best_wtau = max(figures[b]["weighted_tau"] for b in scored)
     tied = [b for b in scored if figures[b]["weighted_tau"] >= best_wtau - TIE]
-    within = {b: figures[b].get("within_architecture_tau") for b in tied}
-    return min(tied, key=lambda b: (-(within[b] if _finite(within[b]) else -math.inf), b))
+    return min(tied, key=lambda b: (-_within(figures, b), b))
+
+
+def _within(figures: dict, method: str) -> float:
+    """The method's mean within-architecture tau, -inf where missing (0.0 is a value): the
+    key that breaks ties in steps 2 and 4."""
+    value = figures[method].get("within_architecture_tau")
+    return value if _finite(value) else -math.inf
 
 
 def _decide(summary, candidates, baselines, threshold, n_boot, seed) -> dict:
@@ -217,14 +223,6 @@ def _decide(summary, candidates, baselines, threshold, n_boot, seed) -> dict:
         raise UserError(
             "no baseline is scored on every reliable target: the rule compares "
             "with the best baseline; run the benchmark with the baselines"
-        )
-
-    def order(m):  # higher mean weighted tau first; within TIE: within-architecture tau
-        wtau, within = figures[m]["weighted_tau"], figures[m]["within_architecture_tau"]
-        return (
-            -(wtau if _finite(wtau) else -math.inf),  # 0.0 is a value, not a missing one
-            -(within if _finite(within) else -math.inf),
-            m,
         )
 
     best = pick_best_baseline(figures, scored)
@@ -285,14 +283,10 @@ def _decide(summary, candidates, baselines, threshold, n_boot, seed) -> dict:
     if INCUMBENT in tied and len(tied) > 1:
         # the incumbent keeps its place unless beaten on within-architecture tau too
         others = [
-            c
-            for c in tied
-            if c != INCUMBENT
-            and (figures[c]["within_architecture_tau"] or -math.inf)
-            > (figures[INCUMBENT]["within_architecture_tau"] or -math.inf)
+            c for c in tied if c != INCUMBENT and _within(figures, c) > _within(figures, INCUMBENT)
         ]
         tied = [INCUMBENT] if not others else others
-    chosen = sorted(tied, key=lambda c: order(c)[1:])[0]
+    chosen = min(tied, key=lambda c: (-_within(figures, c), c))
     result["default"] = chosen
     result["decision"] = (
         f"{chosen} qualifies (beats {best}) with the highest mean weighted "

@@ -296,11 +296,11 @@ def update(pages: list[str]) -> list[str]:
         if not page.is_file():
             raise SystemExit(f"{page}: no such file: give a markdown page with generated tables")
         text = page.read_text()
+        if not GENERATED.search(text):
+            raise SystemExit(f"{page}: no `<!-- headline_table.py ... -->` table in it")
         new = GENERATED.sub(
             lambda m: m.group(1) + render(shlex.split(m.group(2))) + m.group(4), text
         )
-        if not GENERATED.search(text):
-            raise SystemExit(f"{page}: no `<!-- headline_table.py ... -->` table in it")
         if new != text:
             page.write_text(new)
             changed.append(name)

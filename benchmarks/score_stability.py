@@ -50,13 +50,18 @@ def _truth(models: dict, names: list[str]) -> np.ndarray:
     return np.array([float(np.mean(models[m]["dice"])) for m in names])
 
 
+def _common(old: dict, new: dict):
+    """Per target of both summaries: ``(target, OLD's models, NEW's models, common names)``."""
+    for target in [t for t in old["targets"] if t in new["targets"]]:
+        mo, mn = old["targets"][target]["models"], new["targets"][target]["models"]
+        yield target, mo, mn, sorted(set(mo) & set(mn))
+
+
 def stability(old: dict, new: dict) -> dict[str, dict[str, dict[str, float | int]]]:
     """``{target: {method: {"spearman", "wtau_old", "wtau_new", "wtau_new_own", "n"}}}`` (see
     the module doc; ``wtau_new_own`` is NEW's scores against NEW's own Dice)."""
     out: dict[str, dict[str, dict[str, float | int]]] = {}
-    for target in [t for t in old["targets"] if t in new["targets"]]:
-        mo, mn = old["targets"][target]["models"], new["targets"][target]["models"]
-        models = sorted(set(mo) & set(mn))
+    for target, mo, mn, models in _common(old, new):
         truth, truth_new = _truth(mo, models), _truth(mn, models)
         methods = [m for m in mo[models[0]]["scores"] if m in mn[models[0]]["scores"]]
         out[target] = {}
@@ -80,9 +85,7 @@ def ground_truth_agreement(old: dict, new: dict) -> dict[str, dict[str, float | 
     """``{target: {"spearman", "wtau", "n", "own"}}``: the two realisations' mean fine-tuned
     Dice over the common models; ``own`` is False where NEW holds OLD's Dice (rescored only)."""
     out: dict[str, dict[str, float | int | bool]] = {}
-    for target in [t for t in old["targets"] if t in new["targets"]]:
-        mo, mn = old["targets"][target]["models"], new["targets"][target]["models"]
-        models = sorted(set(mo) & set(mn))
+    for target, mo, mn, models in _common(old, new):
         a, b = _truth(mo, models), _truth(mn, models)
         out[target] = {
             "spearman": float(spearmanr(a, b)[0]),

@@ -208,11 +208,6 @@ def test_readme_is_short():
     assert size < 12_000, f"README.md is {size} bytes: move detail into docs/"
 
 
-#: A generated table: ``<!-- headline_table.py ARGS -->``, the table, then
-#: ``<!-- /headline_table.py -->``.
-GENERATED = re.compile(
-    r"<!-- headline_table\.py (.+?) -->\n(.*?)\n<!-- /headline_table\.py -->", re.S
-)
 GENERATED_PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "results" / "v2" / "README.md"]
 
 
@@ -226,10 +221,13 @@ def _headline_table():
 
 
 def _generated_tables():
+    """``(page, ARGS, table)`` for each table under ``<!-- headline_table.py ARGS -->`` (the
+    script's own pattern, the one its ``update`` rewrites)."""
+    pattern = _headline_table().GENERATED
     return [
-        (page, args, table)
+        (page, m.group(2), m.group(3))
         for page in GENERATED_PAGES
-        for args, table in GENERATED.findall(page.read_text())
+        for m in pattern.finditer(page.read_text())
     ]
 
 
