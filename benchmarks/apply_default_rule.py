@@ -165,6 +165,26 @@ def pick_best_baseline(figures: dict, baselines: Sequence[str]) -> str:
     return min(tied, key=lambda b: (-_within(figures, b), b))
 
 
+def pick_default(figures: dict, qualified: Sequence[str]) -> str:
+    """Step 4 of the rule: among the ``qualified`` candidates, the highest mean weighted tau;
+    candidates within ``TIE`` of it are tied and the tie goes to the higher mean
+    within-architecture tau, then the name, except that the incumbent, if tied, stays unless
+    a tied candidate has a strictly higher within-architecture tau.
+
+    ``figures`` as for :func:`pick_best_baseline`; every qualified candidate has a weighted tau.
+    """
+    if not qualified:
+        raise UserError("no qualified candidate: the default stays " + INCUMBENT)
+    top = max(figures[c]["weighted_tau"] for c in qualified)
+    tied = [c for c in qualified if figures[c]["weighted_tau"] >= top - TIE]
+    if INCUMBENT in tied and len(tied) > 1:
+        others = [
+            c for c in tied if c != INCUMBENT and _within(figures, c) > _within(figures, INCUMBENT)
+        ]
+        tied = others or [INCUMBENT]
+    return min(tied, key=lambda c: (-_within(figures, c), c))
+
+
 def _within(figures: dict, method: str) -> float:
     """The method's mean within-architecture tau, -inf where missing (0.0 is a value): the
     key that breaks ties in steps 2 and 4."""
@@ -278,15 +298,7 @@ def _decide(summary, candidates, baselines, threshold, n_boot, seed) -> dict:
             f"no candidate beats the best baseline {best}: the default stays {INCUMBENT}"
         )
         return result
-    top = max(figures[c]["weighted_tau"] for c in qualified)
-    tied = [c for c in qualified if figures[c]["weighted_tau"] >= top - TIE]
-    if INCUMBENT in tied and len(tied) > 1:
-        # the incumbent keeps its place unless beaten on within-architecture tau too
-        others = [
-            c for c in tied if c != INCUMBENT and _within(figures, c) > _within(figures, INCUMBENT)
-        ]
-        tied = [INCUMBENT] if not others else others
-    chosen = min(tied, key=lambda c: (-_within(figures, c), c))
+    chosen = pick_default(figures, qualified)
     result["default"] = chosen
     result["decision"] = (
         f"{chosen} qualifies (beats {best}) with the highest mean weighted "

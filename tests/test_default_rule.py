@@ -15,6 +15,7 @@ from apply_default_rule import (  # noqa: E402
     apply_rule,
     markdown,
     pick_best_baseline,
+    pick_default,
     within_architecture_tau,
 )
 
@@ -108,6 +109,45 @@ def test_best_baseline_ties_go_to_within_architecture_tau():
     assert pick_best_baseline(figures, BASELINES) == "nleep"
     # alone, by mean weighted tau
     assert pick_best_baseline({"leep": figures["leep"]}, BASELINES) == "leep"
+
+
+def test_the_default_among_qualified_candidates():
+    figures = {
+        "ccfv": {"weighted_tau": 0.500, "within_architecture_tau": 0.20},
+        "ccfv-null": {"weighted_tau": 0.495, "within_architecture_tau": 0.20},  # tied, equal
+        "ccfv-pca": {"weighted_tau": 0.492, "within_architecture_tau": 0.10},  # tied, lower
+        "ccfv-hscore": {"weighted_tau": 0.470, "within_architecture_tau": 0.90},  # not tied
+    }
+    # the incumbent, tied, stays: no tied candidate is strictly higher within architectures
+    assert pick_default(figures, list(figures)) == "ccfv"
+    # a tied candidate strictly higher within architectures displaces it
+    figures["ccfv-pca"]["within_architecture_tau"] = 0.25
+    assert pick_default(figures, list(figures)) == "ccfv-pca"
+    # without the incumbent, ties go to within-architecture tau, then the name
+    figures["ccfv-pca"]["within_architecture_tau"] = 0.20
+    assert pick_default(figures, ["ccfv-pca", "ccfv-null"]) == "ccfv-null"
+    # a missing within tau loses to 0.0, and the highest weighted tau wins outside a tie
+    figures["ccfv-null"]["within_architecture_tau"] = None
+    figures["ccfv-pca"]["within_architecture_tau"] = 0.0
+    assert pick_default(figures, ["ccfv-pca", "ccfv-null"]) == "ccfv-pca"
+    assert pick_default(figures, ["ccfv-hscore", "ccfv-pca"]) == "ccfv-pca"
+    with pytest.raises(UserError, match="no qualified candidate"):
+        pick_default(figures, [])
+
+
+def test_a_tied_incumbent_stays_against_an_equal_within_tau(monkeypatch):
+    # every candidate's name begins with "ccfv", so with the real incumbent the name order
+    # alone would keep it; an incumbent that sorts later shows the exception at work
+    import apply_default_rule
+
+    monkeypatch.setattr(apply_default_rule, "INCUMBENT", "ccfv-pca")
+    figures = {
+        "ccfv-pca": {"weighted_tau": 0.500, "within_architecture_tau": 0.20},
+        "ccfv": {"weighted_tau": 0.495, "within_architecture_tau": 0.20},
+    }
+    assert pick_default(figures, list(figures)) == "ccfv-pca"
+    figures["ccfv"]["within_architecture_tau"] = 0.21
+    assert pick_default(figures, list(figures)) == "ccfv"
 
 
 def test_best_baseline_needs_one_with_a_weighted_tau():
