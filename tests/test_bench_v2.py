@@ -813,3 +813,19 @@ def test_a_target_given_more_seeds_trains_only_the_new_ones(tmp_path):
     assert {(r.path, r.why) for runs in unknown.values() for r in runs} == {
         (None, "not pre-trained yet")
     }
+
+
+@pytest.mark.skipif(
+    not (DATA / "chaos_t2spir_abdomen3d").exists(), reason="../shared/data absent"
+)
+def test_the_committed_3d_quick_profile_runs_a_small_convergence_study(tmp_path):
+    # the quick profile's own budgets: a study of seconds whose rule applies to its 3 steps
+    config = load_config(ROOT / "benchmarks" / "chaos3d-v2.yaml", quick=True)
+    assert config["convergence"]["budgets"] == [3, 6]
+    study = run_convergence(
+        config, tmp_path / "work", tmp_path / "out", progress=False, log=lambda *_: None
+    )
+    rule = study["budget_rule"]["chaos_t2spir_abdomen3d"]
+    assert (rule["steps"], rule["from"], rule["to"]) == (3, 3, 6)
+    assert set(rule["gains"]) == {"unet__scratch", "unet__spleen_ct_crop_3d"}
+    assert rule["converged"] == all(g < 0.01 for g in rule["gains"].values())
