@@ -815,9 +815,7 @@ def test_a_target_given_more_seeds_trains_only_the_new_ones(tmp_path):
     }
 
 
-@pytest.mark.skipif(
-    not (DATA / "chaos_t2spir_abdomen3d").exists(), reason="../shared/data absent"
-)
+@pytest.mark.skipif(not (DATA / "chaos_t2spir_abdomen3d").exists(), reason="../shared/data absent")
 def test_the_committed_3d_quick_profile_runs_a_small_convergence_study(tmp_path):
     # the quick profile's own budgets: a study of seconds whose rule applies to its 3 steps
     config = load_config(ROOT / "benchmarks" / "chaos3d-v2.yaml", quick=True)
